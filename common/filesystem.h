@@ -1,0 +1,89 @@
+// Filesystem seam (after leveldb's Env): the few POSIX operations certcast needs to make state and
+// certificate files durable, behind an interface so tests can inject failures and simulate
+// crashes (see tests/fixtures/fake_filesystem.h). Implementations are thread-safe.
+#ifndef CERTCAST_COMMON_FILESYSTEM_H_
+#define CERTCAST_COMMON_FILESYSTEM_H_
+
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace certcast {
+
+class Filesystem {
+ public:
+  virtual ~Filesystem() = default;
+
+  // Whole contents of a regular file (following symlinks). NotFound when it does not exist,
+  // PermissionDenied, or Internal for other errno values; messages name the path.
+  virtual absl::StatusOr<std::string> ReadFile(const std::string& path) = 0;
+
+  // Creates or truncates `path` with `mode`, writes `data`, fsyncs the file and closes it.
+  // The directory entry is durable only after SyncDir of its parent.
+  virtual absl::Status WriteFile(const std::string& path, absl::string_view data, mode_t mode) = 0;
+
+  // rename(2): atomically replaces `to`. Durable after SyncDir of the parent.
+  virtual absl::Status Rename(const std::string& from, const std::string& to) = 0;
+
+  // fsync of a directory, making creations, renames and removals in it durable.
+  virtual absl::Status SyncDir(const std::string& path) = 0;
+
+  // mkdir(2) with `mode`; OK when the directory already exists (its mode is then left alone).
+  virtual absl::Status CreateDir(const std::string& path, mode_t mode) = 0;
+
+  // Removes a file, a symlink or an empty directory. NotFound when absent.
+  virtual absl::Status Remove(const std::string& path) = 0;
+
+  // Removes a directory and everything below it. OK when absent.
+  virtual absl::Status RemoveAll(const std::string& path) = 0;
+
+  // Names in a directory, without "." and "..", sorted. NotFound when absent.
+  virtual absl::StatusOr<std::vector<std::string>> ListDir(const std::string& path) = 0;
+
+  // symlink(2) and readlink(2). ReadLink returns NotFound when absent and InvalidArgument when
+  // `path` is not a symlink.
+  virtual absl::Status Symlink(const std::string& target, const std::string& path) = 0;
+  virtual absl::StatusOr<std::string> ReadLink(const std::string& path) = 0;
+
+  // Whether `path` exists (without following a final symlink).
+  virtual bool Exists(const std::string& path) = 0;
+};
+
+// The real thing, on POSIX calls.
+class PosixFilesystem final : public Filesystem {
+ public:
+  absl::StatusOr<std::string> ReadFile(const std::string& path) override;
+  absl::Status WriteFile(const std::string& path, absl::string_view data, mode_t mode) override;
+  absl::Status Rename(const std::string& from, const std::string& to) override;
+  absl::Status SyncDir(const std::string& path) override;
+  absl::Status CreateDir(const std::string& path, mode_t mode) override;
+  absl::Status Remove(const std::string& path) override;
+  absl::Status RemoveAll(const std::string& path) override;
+  absl::StatusOr<std::vector<std::string>> ListDir(const std::string& path) override;
+  absl::Status Symlink(const std::string& target, const std::string& path) override;
+  absl::StatusOr<std::string> ReadLink(const std::string& path) override;
+  bool Exists(const std::string& path) override;
+};
+
+// Replaces `path` so that a reader (or a crash) sees either the old or the new bytes, never a
+// mix: writes `path.tmp-XXXX` in the same directory, fsyncs it, renames it over `path` and
+// fsyncs the directory. On failure the temporary file is removed and `path` is untouched.
+absl::Status WriteFileAtomically(Filesystem& fs, const std::string& path, absl::string_view data,
+                                 mode_t mode);
+
+// Maps an errno value from operation `op` on `path` to a Status with the most specific code.
+absl::Status ErrnoToStatus(int err, absl::string_view op, absl::string_view path);
+
+// Directory part of `path` ("." when none).
+std::string Dirname(absl::string_view path);
+// `dir/name`, without doubling a slash.
+std::string JoinPath(absl::string_view dir, absl::string_view name);
+
+}  // namespace certcast
+
+#endif  // CERTCAST_COMMON_FILESYSTEM_H_

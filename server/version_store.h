@@ -1,0 +1,89 @@
+// The version store persists, per certificate, the version counter, the last few versions'
+// material and the rollback pin, so versions survive restarts and are never reused.
+// This header is the seam between the server and its storage engines: the embedded
+// FileVersionStore (a state directory) here, etcd later.
+#ifndef CERTCAST_SERVER_VERSION_STORE_H_
+#define CERTCAST_SERVER_VERSION_STORE_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/certificate.h"
+#include "common/clock.h"
+#include "common/filesystem.h"
+
+namespace certcast {
+
+struct StoredVersion {
+  uint64_t version = 0;
+  CertificateMaterial material;
+  absl::Time published_at;
+  std::string origin = "source";  // "source" or "rollback"
+  uint64_t rolled_back_from = 0;  // for rollbacks
+};
+
+struct PinState {
+  uint64_t version = 0;  // 0: not pinned
+  uint64_t rolled_back_from = 0;
+  std::string source_digest;  // ContentDigest of the source when pinned
+  absl::Time since;
+};
+
+struct CertificateState {
+  uint64_t last_version = 0;             // highest version ever assigned
+  std::vector<StoredVersion> versions;   // oldest first; the last one is current
+  PinState pin;
+};
+
+// Thread-safe.
+class VersionStore {
+ public:
+  virtual ~VersionStore() = default;
+
+  // The persisted state of certificate `name`, or nullopt when nothing was ever stored.
+  // DataLoss (naming the file or key) when the stored state is corrupt: never a silent reset.
+  virtual absl::StatusOr<std::optional<CertificateState>> Load(const std::string& name) = 0;
+
+  // Durably replaces the state of `name`. After OK, a crash at any later point loads `state`;
+  // after an error, Load returns either the previous or the new state, never a mix.
+  // Keeps at most `history_limit()` versions (the oldest are dropped; last_version is kept).
+  virtual absl::Status Save(const std::string& name, const CertificateState& state) = 0;
+
+  virtual int history_limit() const = 0;
+};
+
+// Embedded store: one file per certificate, `DIR/NAME.state`, holding a checksummed protobuf
+// (certcast.state.v1.CertificateState). Directory 0700, files 0600, written with
+// WriteFileAtomically. Does not own `fs`; it must outlive the store.
+class FileVersionStore final : public VersionStore {
+ public:
+  static constexpr int kDefaultHistoryLimit = 10;
+
+  // Creates `dir` (0700) when missing. FailedPrecondition when it cannot be created.
+  static absl::StatusOr<std::unique_ptr<FileVersionStore>> Open(
+      Filesystem* fs, std::string dir, int history_limit = kDefaultHistoryLimit);
+
+  absl::StatusOr<std::optional<CertificateState>> Load(const std::string& name) override;
+  absl::Status Save(const std::string& name, const CertificateState& state) override;
+  int history_limit() const override { return history_limit_; }
+
+  std::string PathFor(const std::string& name) const;
+
+ private:
+  FileVersionStore(Filesystem* fs, std::string dir, int history_limit)
+      : fs_(fs), dir_(std::move(dir)), history_limit_(history_limit) {}
+
+  Filesystem* const fs_;
+  const std::string dir_;
+  const int history_limit_;
+};
+
+}  // namespace certcast
+
+#endif  // CERTCAST_SERVER_VERSION_STORE_H_
