@@ -51,9 +51,13 @@ struct ValidationOptions {
 // Checks, in order: tls.crt parses as one or more PEM certificates with nothing else in the file
 // (no trailing garbage, no private key); each certificate is issued (and signed) by the next one;
 // when ca.crt is present it parses and the last chain certificate is issued by a CA in it or is
-// that CA; tls.key holds exactly one unencrypted private key (RSA, ECDSA or Ed25519, in PKCS#1,
-// PKCS#8 or SEC1 form) that matches the leaf; the leaf is valid at `options.now` (not expired,
-// not yet valid are both errors); every required DNS name is covered by a leaf DNS SAN.
+// that CA; tls.key holds exactly one unencrypted private key (RSA of 2048 bits or more, ECDSA
+// P-256/P-384/P-521 or Ed25519, in PKCS#1, PKCS#8 or SEC1 form; an "EC PARAMETERS" block is
+// tolerated) that matches the leaf; the leaf is valid at `options.now` (not expired, not yet valid
+// are both errors; the default InfinitePast fails closed); every required DNS name is covered by
+// a leaf DNS SAN. Chain links: a certificate not issued by the next one is kReasonChainOrder
+// (message says "out of order" when another order would link); a certificate naming the next
+// one as issuer whose signature does not verify is kReasonBadSignature.
 //
 // On failure returns InvalidArgument (malformed input, mismatch, order, SAN) or
 // FailedPrecondition (expired, not yet valid), with a message that starts with

@@ -1,0 +1,296 @@
+#include "common/filesystem.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <openssl/rand.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "common/secret.h"
+#include "common/status_macros.h"
+
+namespace certcast {
+namespace {
+
+// strerror_r comes in a GNU (returns char*) and an XSI (returns int) flavour; accept both.
+[[maybe_unused]] const char* StrErrorResult(const char* result, const char* /*buf*/) {
+  return result;
+}
+[[maybe_unused]] const char* StrErrorResult(int result, const char* buf) {
+  return result == 0 ? buf : "Unknown error";
+}
+
+std::string StrError(int err) {
+  char buf[256] = {0};
+  return StrErrorResult(strerror_r(err, buf, sizeof(buf)), buf);
+}
+
+// Closes `fd` on scope exit unless Release()d; close errors here are already moot.
+class FdCloser {
+ public:
+  explicit FdCloser(int fd) : fd_(fd) {}
+  ~FdCloser() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  FdCloser(const FdCloser&) = delete;
+  FdCloser& operator=(const FdCloser&) = delete;
+  int Release() {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+
+ private:
+  int fd_;
+};
+
+int OpenRetrying(const std::string& path, int flags, mode_t mode = 0) {
+  int fd;
+  do {
+    fd = ::open(path.c_str(), flags, mode);
+  } while (fd < 0 && errno == EINTR);
+  return fd;
+}
+
+// close(2) must not be retried on EINTR (Linux releases the descriptor anyway); an EINTR from
+// close is therefore not an error we can act on.
+absl::Status CloseChecked(int fd, const std::string& path) {
+  if (::close(fd) != 0 && errno != EINTR) return ErrnoToStatus(errno, "close", path);
+  return absl::OkStatus();
+}
+
+absl::Status RemoveAllImpl(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return absl::OkStatus();
+    return ErrnoToStatus(errno, "lstat", path);
+  }
+  if (S_ISDIR(st.st_mode)) {
+    DIR* dir = ::opendir(path.c_str());
+    if (dir == nullptr) return ErrnoToStatus(errno, "opendir", path);
+    std::vector<std::string> names;
+    errno = 0;
+    while (struct dirent* entry = ::readdir(dir)) {
+      absl::string_view name = entry->d_name;
+      if (name != "." && name != "..") names.emplace_back(name);
+    }
+    int err = errno;
+    ::closedir(dir);
+    if (err != 0) return ErrnoToStatus(err, "readdir", path);
+    for (const std::string& name : names) RETURN_IF_ERROR(RemoveAllImpl(JoinPath(path, name)));
+    if (::rmdir(path.c_str()) != 0 && errno != ENOENT) return ErrnoToStatus(errno, "rmdir", path);
+    return absl::OkStatus();
+  }
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) return ErrnoToStatus(errno, "unlink", path);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> RandomHex(size_t bytes) {
+  std::string raw(bytes, '\0');
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(raw.data()), static_cast<int>(raw.size())) != 1) {
+    return absl::InternalError("RAND_bytes failed");
+  }
+  return absl::BytesToHexString(raw);
+}
+
+absl::string_view Basename(absl::string_view path) {
+  size_t slash = path.rfind('/');
+  return slash == absl::string_view::npos ? path : path.substr(slash + 1);
+}
+
+}  // namespace
+
+absl::Status ErrnoToStatus(int err, absl::string_view op, absl::string_view path) {
+  std::string message = absl::StrCat(op, " ", path, ": ", StrError(err));
+  switch (err) {
+    case ENOENT:
+      return absl::NotFoundError(message);
+    case EACCES:
+    case EPERM:
+      return absl::PermissionDeniedError(message);
+    case EEXIST:
+      return absl::AlreadyExistsError(message);
+    case ENOSPC:
+    case EDQUOT:
+      return absl::ResourceExhaustedError(message);
+    case EROFS:
+      return absl::FailedPreconditionError(message);
+    default:
+      return absl::InternalError(message);
+  }
+}
+
+std::string Dirname(absl::string_view path) {
+  size_t slash = path.rfind('/');
+  if (slash == absl::string_view::npos) return ".";
+  // Drop repeated slashes before the last component ("a//b" -> "a"), but keep the root.
+  size_t end = path.find_last_not_of('/', slash);
+  if (end == absl::string_view::npos) return "/";
+  return std::string(path.substr(0, end + 1));
+}
+
+std::string JoinPath(absl::string_view dir, absl::string_view name) {
+  if (dir.empty()) return std::string(name);
+  while (!name.empty() && name.front() == '/') name.remove_prefix(1);
+  if (dir.back() == '/') return absl::StrCat(dir, name);
+  return absl::StrCat(dir, "/", name);
+}
+
+absl::StatusOr<std::string> PosixFilesystem::ReadFile(const std::string& path) {
+  int fd = OpenRetrying(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoToStatus(errno, "open", path);
+  FdCloser closer(fd);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return ErrnoToStatus(errno, "fstat", path);
+  std::string contents;
+  if (S_ISREG(st.st_mode) && st.st_size > 0) contents.reserve(static_cast<size_t>(st.st_size));
+  char buf[64 * 1024];
+  while (true) {
+    ssize_t n = ::read(fd, buf, sizeof(buf));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoToStatus(errno, "read", path);
+    }
+    if (n == 0) break;
+    contents.append(buf, static_cast<size_t>(n));
+  }
+  // The stack buffer may have held key material.
+  CleanseMemory(buf, sizeof(buf));
+  return contents;
+}
+
+absl::Status PosixFilesystem::WriteFile(const std::string& path, absl::string_view data,
+                                        mode_t mode) {
+  // O_NOFOLLOW: never write through a symlink someone planted in a state or key directory.
+  int fd = OpenRetrying(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
+  if (fd < 0) return ErrnoToStatus(errno, "open", path);
+  FdCloser closer(fd);
+  // open(2) applies the umask and leaves an existing file's mode alone; set it explicitly.
+  if (::fchmod(fd, mode) != 0) return ErrnoToStatus(errno, "fchmod", path);
+  const char* p = data.data();
+  size_t left = data.size();
+  while (left > 0) {
+    ssize_t n = ::write(fd, p, left);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoToStatus(errno, "write", path);
+    }
+    p += n;
+    left -= static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0) return ErrnoToStatus(errno, "fsync", path);
+  return CloseChecked(closer.Release(), path);
+}
+
+absl::Status PosixFilesystem::Rename(const std::string& from, const std::string& to) {
+  if (::rename(from.c_str(), to.c_str()) != 0) {
+    return ErrnoToStatus(errno, "rename", absl::StrCat(from, " -> ", to));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PosixFilesystem::SyncDir(const std::string& path) {
+  int fd = OpenRetrying(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return ErrnoToStatus(errno, "open", path);
+  FdCloser closer(fd);
+  if (::fsync(fd) != 0) return ErrnoToStatus(errno, "fsync", path);
+  return CloseChecked(closer.Release(), path);
+}
+
+absl::Status PosixFilesystem::CreateDir(const std::string& path, mode_t mode) {
+  if (::mkdir(path.c_str(), mode) != 0) {
+    int err = errno;
+    struct stat st;
+    if (err == EEXIST && ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+      return absl::OkStatus();
+    }
+    return ErrnoToStatus(err, "mkdir", path);
+  }
+  // mkdir(2) applies the umask; the caller asked for exactly `mode`.
+  if (::chmod(path.c_str(), mode) != 0) return ErrnoToStatus(errno, "chmod", path);
+  return absl::OkStatus();
+}
+
+absl::Status PosixFilesystem::Remove(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) return ErrnoToStatus(errno, "lstat", path);
+  if (S_ISDIR(st.st_mode)) {
+    if (::rmdir(path.c_str()) != 0) return ErrnoToStatus(errno, "rmdir", path);
+  } else if (::unlink(path.c_str()) != 0) {
+    return ErrnoToStatus(errno, "unlink", path);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PosixFilesystem::RemoveAll(const std::string& path) { return RemoveAllImpl(path); }
+
+absl::StatusOr<std::vector<std::string>> PosixFilesystem::ListDir(const std::string& path) {
+  DIR* dir = ::opendir(path.c_str());  // glibc opens with O_CLOEXEC
+  if (dir == nullptr) return ErrnoToStatus(errno, "opendir", path);
+  std::vector<std::string> names;
+  errno = 0;
+  while (struct dirent* entry = ::readdir(dir)) {
+    absl::string_view name = entry->d_name;
+    if (name != "." && name != "..") names.emplace_back(name);
+  }
+  int err = errno;
+  ::closedir(dir);
+  if (err != 0) return ErrnoToStatus(err, "readdir", path);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+absl::Status PosixFilesystem::Symlink(const std::string& target, const std::string& path) {
+  if (::symlink(target.c_str(), path.c_str()) != 0) return ErrnoToStatus(errno, "symlink", path);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> PosixFilesystem::ReadLink(const std::string& path) {
+  std::string buf(256, '\0');
+  while (true) {
+    ssize_t n = ::readlink(path.c_str(), buf.data(), buf.size());
+    if (n < 0) {
+      if (errno == EINVAL) {
+        return absl::InvalidArgumentError(absl::StrCat("readlink ", path, ": not a symlink"));
+      }
+      return ErrnoToStatus(errno, "readlink", path);
+    }
+    // A full buffer may mean truncation: grow and retry.
+    if (static_cast<size_t>(n) < buf.size()) {
+      buf.resize(static_cast<size_t>(n));
+      return buf;
+    }
+    buf.resize(buf.size() * 2);
+  }
+}
+
+bool PosixFilesystem::Exists(const std::string& path) {
+  struct stat st;
+  return ::lstat(path.c_str(), &st) == 0;
+}
+
+absl::Status WriteFileAtomically(Filesystem& fs, const std::string& path, absl::string_view data,
+                                 mode_t mode) {
+  const std::string dir = Dirname(path);
+  ASSIGN_OR_RETURN(std::string suffix, RandomHex(8));
+  const std::string tmp = JoinPath(dir, absl::StrCat(".", Basename(path), ".tmp-", suffix));
+  absl::Status status = fs.WriteFile(tmp, data, mode);
+  if (status.ok()) status = fs.Rename(tmp, path);
+  if (!status.ok()) {
+    // Best effort: the temp file may not exist (open failed) or the crash may be ongoing.
+    fs.Remove(tmp).IgnoreError();
+    return status;
+  }
+  // The rename happened; the new bytes are visible but not yet durable.
+  return fs.SyncDir(dir);
+}
+
+}  // namespace certcast

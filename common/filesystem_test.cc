@@ -1,0 +1,437 @@
+#include "common/filesystem.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/fixtures/fake_filesystem.h"
+
+namespace certcast {
+namespace {
+
+using ::certcast::fixtures::FakeFilesystem;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+using ::testing::StartsWith;
+
+mode_t ModeOnDisk(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) return 0;
+  return st.st_mode & 07777;
+}
+
+// Sets the process umask for the lifetime of the object.
+class ScopedUmask {
+ public:
+  explicit ScopedUmask(mode_t mask) : old_(::umask(mask)) {}
+  ~ScopedUmask() { ::umask(old_); }
+
+ private:
+  mode_t old_;
+};
+
+// Delegates to another Filesystem, failing selected calls: lets the real WriteFileAtomically
+// meet a failure on a real disk.
+class FailingFilesystem : public Filesystem {
+ public:
+  explicit FailingFilesystem(Filesystem* base) : base_(base) {}
+  bool fail_rename = false;
+  int fail_write_after_bytes = -1;  // >= 0: write that many bytes, then fail with ENOSPC
+
+  absl::StatusOr<std::string> ReadFile(const std::string& p) override { return base_->ReadFile(p); }
+  absl::Status WriteFile(const std::string& p, absl::string_view d, mode_t m) override {
+    if (fail_write_after_bytes >= 0) {
+      base_->WriteFile(p, d.substr(0, fail_write_after_bytes), m).IgnoreError();
+      return ErrnoToStatus(ENOSPC, "write", p);
+    }
+    return base_->WriteFile(p, d, m);
+  }
+  absl::Status Rename(const std::string& f, const std::string& t) override {
+    if (fail_rename) return ErrnoToStatus(EIO, "rename", f);
+    return base_->Rename(f, t);
+  }
+  absl::Status SyncDir(const std::string& p) override { return base_->SyncDir(p); }
+  absl::Status CreateDir(const std::string& p, mode_t m) override { return base_->CreateDir(p, m); }
+  absl::Status Remove(const std::string& p) override { return base_->Remove(p); }
+  absl::Status RemoveAll(const std::string& p) override { return base_->RemoveAll(p); }
+  absl::StatusOr<std::vector<std::string>> ListDir(const std::string& p) override {
+    return base_->ListDir(p);
+  }
+  absl::Status Symlink(const std::string& t, const std::string& p) override {
+    return base_->Symlink(t, p);
+  }
+  absl::StatusOr<std::string> ReadLink(const std::string& p) override { return base_->ReadLink(p); }
+  bool Exists(const std::string& p) override { return base_->Exists(p); }
+
+ private:
+  Filesystem* base_;
+};
+
+class PosixFilesystemTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const char* tmp = std::getenv("TEST_TMPDIR");
+    std::string templ = JoinPath(tmp != nullptr ? tmp : "/tmp", "certcast-fs-test-XXXXXX");
+    ASSERT_NE(::mkdtemp(templ.data()), nullptr) << "mkdtemp: " << errno;
+    dir_ = templ;
+  }
+  void TearDown() override {
+    if (!dir_.empty()) {
+      EXPECT_TRUE(fs_.RemoveAll(dir_).ok());
+    }
+  }
+  std::string Path(absl::string_view name) const { return JoinPath(dir_, name); }
+
+  PosixFilesystem fs_;
+  std::string dir_;
+};
+
+// WriteFile then ReadFile returns the same bytes, including NULs.
+TEST_F(PosixFilesystemTest, WriteThenReadRoundTrips) {
+  const std::string data("a\0b\nc", 5);
+  ASSERT_TRUE(fs_.WriteFile(Path("f"), data, 0600).ok());
+  auto read = fs_.ReadFile(Path("f"));
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(*read, data);
+}
+
+// A missing file is NotFound, and the message names the operation and the path.
+TEST_F(PosixFilesystemTest, ReadFileMissingIsNotFoundNamingThePath) {
+  auto read = fs_.ReadFile(Path("missing"));
+  EXPECT_TRUE(absl::IsNotFound(read.status())) << read.status();
+  EXPECT_EQ(read.status().message(),
+            absl::StrCat("open ", Path("missing"), ": No such file or directory"));
+}
+
+// The requested mode is applied exactly, whatever the umask, also when overwriting a file.
+TEST_F(PosixFilesystemTest, WriteFileAppliesModeRegardlessOfUmask) {
+  {
+    ScopedUmask mask(0077);
+    ASSERT_TRUE(fs_.WriteFile(Path("public"), "x", 0644).ok());
+  }
+  EXPECT_EQ(ModeOnDisk(Path("public")), 0644u);
+  {
+    ScopedUmask mask(0);
+    ASSERT_TRUE(fs_.WriteFile(Path("secret"), "x", 0600).ok());
+  }
+  EXPECT_EQ(ModeOnDisk(Path("secret")), 0600u);
+  ASSERT_TRUE(fs_.WriteFile(Path("public"), "y", 0600).ok());
+  EXPECT_EQ(ModeOnDisk(Path("public")), 0600u);
+}
+
+// A symlink at the destination is not written through.
+TEST_F(PosixFilesystemTest, WriteFileDoesNotFollowSymlinks) {
+  ASSERT_TRUE(fs_.WriteFile(Path("target"), "keep", 0600).ok());
+  ASSERT_TRUE(fs_.Symlink("target", Path("link")).ok());
+  EXPECT_FALSE(fs_.WriteFile(Path("link"), "overwritten", 0600).ok());
+  EXPECT_EQ(*fs_.ReadFile(Path("target")), "keep");
+}
+
+// CreateDir applies the mode exactly, is OK when the directory exists, and refuses a file.
+TEST_F(PosixFilesystemTest, CreateDirAppliesModeAndToleratesExistingDirectory) {
+  {
+    ScopedUmask mask(0077);
+    ASSERT_TRUE(fs_.CreateDir(Path("d"), 0750).ok());
+  }
+  EXPECT_EQ(ModeOnDisk(Path("d")), 0750u);
+  EXPECT_TRUE(fs_.CreateDir(Path("d"), 0700).ok());
+  EXPECT_EQ(ModeOnDisk(Path("d")), 0750u);  // left alone
+  ASSERT_TRUE(fs_.WriteFile(Path("file"), "x", 0600).ok());
+  EXPECT_TRUE(absl::IsAlreadyExists(fs_.CreateDir(Path("file"), 0700)));
+}
+
+// Atomic replace: new bytes, the given mode, and no temporary file left behind.
+TEST_F(PosixFilesystemTest, WriteFileAtomicallyReplacesAndLeavesNoTempFile) {
+  ASSERT_TRUE(fs_.WriteFile(Path("state"), "old", 0644).ok());
+  ASSERT_TRUE(WriteFileAtomically(fs_, Path("state"), "new", 0600).ok());
+  EXPECT_EQ(*fs_.ReadFile(Path("state")), "new");
+  EXPECT_EQ(ModeOnDisk(Path("state")), 0600u);
+  EXPECT_THAT(*fs_.ListDir(dir_), ElementsAre("state"));
+}
+
+// When the rename fails, the old bytes stay and the temporary file is removed.
+TEST_F(PosixFilesystemTest, WriteFileAtomicallyKeepsOldBytesWhenRenameFails) {
+  ASSERT_TRUE(fs_.WriteFile(Path("state"), "old", 0600).ok());
+  FailingFilesystem failing(&fs_);
+  failing.fail_rename = true;
+  EXPECT_FALSE(WriteFileAtomically(failing, Path("state"), "new", 0600).ok());
+  EXPECT_EQ(*fs_.ReadFile(Path("state")), "old");
+  EXPECT_THAT(*fs_.ListDir(dir_), ElementsAre("state"));
+}
+
+// When the write fails midway (disk full), the old bytes stay and the partial temp file is gone.
+TEST_F(PosixFilesystemTest, WriteFileAtomicallyKeepsOldBytesWhenWriteFails) {
+  ASSERT_TRUE(fs_.WriteFile(Path("state"), "old contents", 0600).ok());
+  FailingFilesystem failing(&fs_);
+  failing.fail_write_after_bytes = 3;
+  absl::Status status = WriteFileAtomically(failing, Path("state"), "new contents", 0600);
+  EXPECT_TRUE(absl::IsResourceExhausted(status)) << status;
+  EXPECT_EQ(*fs_.ReadFile(Path("state")), "old contents");
+  EXPECT_THAT(*fs_.ListDir(dir_), ElementsAre("state"));
+}
+
+// ListDir returns names only, sorted, without "." and "..".
+TEST_F(PosixFilesystemTest, ListDirIsSorted) {
+  for (const char* name : {"b", "a", "c.d", "c"}) {
+    ASSERT_TRUE(fs_.WriteFile(Path(name), "", 0600).ok());
+  }
+  ASSERT_TRUE(fs_.CreateDir(Path("sub"), 0700).ok());
+  EXPECT_THAT(*fs_.ListDir(dir_), ElementsAre("a", "b", "c", "c.d", "sub"));
+  EXPECT_THAT(*fs_.ListDir(Path("sub")), IsEmpty());
+  EXPECT_TRUE(absl::IsNotFound(fs_.ListDir(Path("missing")).status()));
+}
+
+// RemoveAll deletes a tree without following symlinks out of it, and is OK when absent.
+TEST_F(PosixFilesystemTest, RemoveAllRemovesTreeButNotSymlinkTargets) {
+  ASSERT_TRUE(fs_.CreateDir(Path("outside"), 0700).ok());
+  ASSERT_TRUE(fs_.WriteFile(Path("outside/keep"), "k", 0600).ok());
+  ASSERT_TRUE(fs_.CreateDir(Path("tree"), 0700).ok());
+  ASSERT_TRUE(fs_.CreateDir(Path("tree/sub"), 0700).ok());
+  ASSERT_TRUE(fs_.WriteFile(Path("tree/sub/f"), "x", 0600).ok());
+  ASSERT_TRUE(fs_.Symlink(Path("outside"), Path("tree/link")).ok());
+  ASSERT_TRUE(fs_.RemoveAll(Path("tree")).ok());
+  EXPECT_FALSE(fs_.Exists(Path("tree")));
+  EXPECT_EQ(*fs_.ReadFile(Path("outside/keep")), "k");
+  EXPECT_TRUE(fs_.RemoveAll(Path("tree")).ok());
+}
+
+// Remove deletes files and empty directories, and reports NotFound.
+TEST_F(PosixFilesystemTest, RemoveDeletesFilesAndEmptyDirectories) {
+  ASSERT_TRUE(fs_.WriteFile(Path("f"), "x", 0600).ok());
+  ASSERT_TRUE(fs_.CreateDir(Path("d"), 0700).ok());
+  EXPECT_TRUE(fs_.Remove(Path("f")).ok());
+  EXPECT_TRUE(fs_.Remove(Path("d")).ok());
+  EXPECT_TRUE(absl::IsNotFound(fs_.Remove(Path("f"))));
+}
+
+// Symlink/ReadLink round trip; ReadFile follows; Exists does not follow a dangling link.
+TEST_F(PosixFilesystemTest, SymlinkAndReadLink) {
+  ASSERT_TRUE(fs_.CreateDir(Path("..2024"), 0755).ok());
+  ASSERT_TRUE(fs_.WriteFile(Path("..2024/tls.crt"), "cert", 0644).ok());
+  ASSERT_TRUE(fs_.Symlink("..2024", Path("..data")).ok());
+  EXPECT_EQ(*fs_.ReadLink(Path("..data")), "..2024");
+  EXPECT_EQ(*fs_.ReadFile(Path("..data/tls.crt")), "cert");
+  EXPECT_TRUE(absl::IsInvalidArgument(fs_.ReadLink(Path("..2024")).status()));
+  EXPECT_TRUE(absl::IsNotFound(fs_.ReadLink(Path("missing")).status()));
+  EXPECT_TRUE(absl::IsAlreadyExists(fs_.Symlink("x", Path("..data"))));
+  ASSERT_TRUE(fs_.Symlink("nowhere", Path("dangling")).ok());
+  EXPECT_TRUE(fs_.Exists(Path("dangling")));
+  EXPECT_TRUE(absl::IsNotFound(fs_.ReadFile(Path("dangling")).status()));
+}
+
+// Rename replaces the destination atomically and a failure names both paths.
+TEST_F(PosixFilesystemTest, RenameReplacesAndNamesPathsOnFailure) {
+  ASSERT_TRUE(fs_.WriteFile(Path("a"), "A", 0600).ok());
+  ASSERT_TRUE(fs_.WriteFile(Path("b"), "B", 0600).ok());
+  ASSERT_TRUE(fs_.Rename(Path("a"), Path("b")).ok());
+  EXPECT_EQ(*fs_.ReadFile(Path("b")), "A");
+  EXPECT_FALSE(fs_.Exists(Path("a")));
+  absl::Status status = fs_.Rename(Path("a"), Path("c"));
+  EXPECT_TRUE(absl::IsNotFound(status));
+  EXPECT_THAT(status.message(), HasSubstr(Path("a")));
+  EXPECT_THAT(status.message(), HasSubstr(Path("c")));
+  EXPECT_TRUE(fs_.SyncDir(dir_).ok());
+  EXPECT_TRUE(absl::IsNotFound(fs_.SyncDir(Path("missing"))));
+}
+
+// errno values map to the most specific code; the message names operation and path.
+TEST(ErrnoToStatusTest, MapsCodesAndNamesOperationAndPath) {
+  EXPECT_TRUE(absl::IsNotFound(ErrnoToStatus(ENOENT, "open", "/x")));
+  EXPECT_TRUE(absl::IsPermissionDenied(ErrnoToStatus(EACCES, "open", "/x")));
+  EXPECT_TRUE(absl::IsPermissionDenied(ErrnoToStatus(EPERM, "open", "/x")));
+  EXPECT_TRUE(absl::IsAlreadyExists(ErrnoToStatus(EEXIST, "open", "/x")));
+  EXPECT_TRUE(absl::IsResourceExhausted(ErrnoToStatus(ENOSPC, "write", "/x")));
+  EXPECT_TRUE(absl::IsResourceExhausted(ErrnoToStatus(EDQUOT, "write", "/x")));
+  EXPECT_TRUE(absl::IsFailedPrecondition(ErrnoToStatus(EROFS, "open", "/x")));
+  EXPECT_TRUE(absl::IsInternal(ErrnoToStatus(EIO, "fsync", "/x")));
+  EXPECT_EQ(ErrnoToStatus(ENOENT, "open", "/x/y").message(),
+            "open /x/y: No such file or directory");
+}
+
+// Dirname and JoinPath handle roots, bare names and slashes.
+TEST(PathTest, DirnameAndJoinPath) {
+  EXPECT_EQ(Dirname("/a/b"), "/a");
+  EXPECT_EQ(Dirname("/a"), "/");
+  EXPECT_EQ(Dirname("a"), ".");
+  EXPECT_EQ(Dirname("a/b"), "a");
+  EXPECT_EQ(Dirname("/a//b"), "/a");
+  EXPECT_EQ(JoinPath("/a", "b"), "/a/b");
+  EXPECT_EQ(JoinPath("/a/", "b"), "/a/b");
+  EXPECT_EQ(JoinPath("/a", "/b"), "/a/b");
+  EXPECT_EQ(JoinPath("", "b"), "b");
+}
+
+// ---- FakeFilesystem: its crash model is what the crash-safety tests rely on. ----
+
+class FakeFilesystemTest : public ::testing::Test {
+ protected:
+  void SetUp() override { fs_.AddFile("/d/f", "old", 0600); }
+  FakeFilesystem fs_;
+};
+
+// A rename that was never made durable with SyncDir is undone by a crash.
+TEST_F(FakeFilesystemTest, RenameWithoutSyncDirIsLostOnCrash) {
+  ASSERT_TRUE(fs_.WriteFile("/d/tmp", "new", 0600).ok());
+  ASSERT_TRUE(fs_.Rename("/d/tmp", "/d/f").ok());
+  EXPECT_EQ(*fs_.ReadFile("/d/f"), "new");
+  fs_.Crash();
+  EXPECT_EQ(*fs_.ReadFile("/d/f"), "old");
+  EXPECT_FALSE(fs_.Exists("/d/tmp"));  // its creation was not durable either
+}
+
+// After SyncDir of the parent, the rename survives a crash.
+TEST_F(FakeFilesystemTest, RenameWithSyncDirSurvivesCrash) {
+  ASSERT_TRUE(fs_.WriteFile("/d/tmp", "new", 0600).ok());
+  ASSERT_TRUE(fs_.Rename("/d/tmp", "/d/f").ok());
+  ASSERT_TRUE(fs_.SyncDir("/d").ok());
+  fs_.Crash();
+  EXPECT_EQ(*fs_.ReadFile("/d/f"), "new");
+  EXPECT_EQ(fs_.Mode("/d/f"), 0600u);
+  EXPECT_FALSE(fs_.Exists("/d/tmp"));
+}
+
+// Syncing another directory does not make this one's entries durable.
+TEST_F(FakeFilesystemTest, SyncOfOtherDirectoryDoesNotHelp) {
+  fs_.AddDir("/e");
+  ASSERT_TRUE(fs_.WriteFile("/d/g", "g", 0600).ok());
+  ASSERT_TRUE(fs_.SyncDir("/e").ok());
+  fs_.Crash();
+  EXPECT_FALSE(fs_.Exists("/d/g"));
+}
+
+// Contents written in place are durable once WriteFile returns (it fsyncs).
+TEST_F(FakeFilesystemTest, InPlaceWriteIsDurableWithoutSyncDir) {
+  ASSERT_TRUE(fs_.WriteFile("/d/f", "rewritten", 0600).ok());
+  fs_.Crash();
+  EXPECT_EQ(*fs_.ReadFile("/d/f"), "rewritten");
+}
+
+// A removal is undone by a crash unless the directory was synced.
+TEST_F(FakeFilesystemTest, RemovalNeedsSyncDir) {
+  ASSERT_TRUE(fs_.Remove("/d/f").ok());
+  fs_.Crash();
+  EXPECT_TRUE(fs_.Exists("/d/f"));
+  ASSERT_TRUE(fs_.Remove("/d/f").ok());
+  ASSERT_TRUE(fs_.SyncDir("/d").ok());
+  fs_.Crash();
+  EXPECT_FALSE(fs_.Exists("/d/f"));
+}
+
+// A new directory's files survive only when the directory's own entry was synced too.
+TEST_F(FakeFilesystemTest, NewDirectoryNeedsItsParentSynced) {
+  ASSERT_TRUE(fs_.CreateDir("/d/sub", 0700).ok());
+  ASSERT_TRUE(fs_.WriteFile("/d/sub/f", "x", 0600).ok());
+  ASSERT_TRUE(fs_.SyncDir("/d/sub").ok());
+  fs_.Crash();
+  EXPECT_FALSE(fs_.Exists("/d/sub"));
+
+  ASSERT_TRUE(fs_.CreateDir("/d/sub", 0700).ok());
+  ASSERT_TRUE(fs_.WriteFile("/d/sub/f", "x", 0600).ok());
+  ASSERT_TRUE(fs_.SyncDir("/d/sub").ok());
+  ASSERT_TRUE(fs_.SyncDir("/d").ok());
+  fs_.Crash();
+  EXPECT_EQ(*fs_.ReadFile("/d/sub/f"), "x");
+  EXPECT_EQ(fs_.ModeOf("/d/sub"), "0700");
+}
+
+// CrashAfterOps(n) lets n mutating calls through, then every call fails and changes nothing.
+TEST_F(FakeFilesystemTest, CrashAfterOpsStopsLaterMutations) {
+  const int before = fs_.mutating_ops();
+  fs_.CrashAfterOps(1);
+  EXPECT_TRUE(fs_.WriteFile("/d/a", "a", 0600).ok());
+  absl::Status status = fs_.WriteFile("/d/b", "b", 0600);
+  EXPECT_TRUE(absl::IsUnavailable(status)) << status;
+  EXPECT_THAT(std::string(status.message()), StartsWith("simulated crash"));
+  EXPECT_TRUE(absl::IsUnavailable(fs_.SyncDir("/d")));
+  EXPECT_TRUE(absl::IsUnavailable(fs_.Rename("/d/a", "/d/c")));
+  EXPECT_FALSE(fs_.Exists("/d/b"));
+  EXPECT_TRUE(fs_.Exists("/d/a"));
+  EXPECT_EQ(fs_.mutating_ops() - before, 4);
+  fs_.Crash();
+  EXPECT_FALSE(fs_.Exists("/d/a"));                    // never synced
+  EXPECT_TRUE(fs_.WriteFile("/d/b", "b", 0600).ok());  // crash injection was reset
+}
+
+// FailNextWrite fails once; with partial_bytes it leaves a truncated file behind.
+TEST_F(FakeFilesystemTest, FailNextWriteIsOneShotAndCanLeavePartialFile) {
+  fs_.FailNextWrite(absl::ResourceExhaustedError("disk full"));
+  EXPECT_TRUE(absl::IsResourceExhausted(fs_.WriteFile("/d/a", "abcdef", 0600)));
+  EXPECT_FALSE(fs_.Exists("/d/a"));
+  EXPECT_TRUE(fs_.WriteFile("/d/a", "abcdef", 0600).ok());
+
+  fs_.FailNextWrite(absl::ResourceExhaustedError("disk full"), /*partial_bytes=*/2);
+  EXPECT_FALSE(fs_.WriteFile("/d/f", "abcdef", 0600).ok());
+  EXPECT_EQ(*fs_.ReadFile("/d/f"), "ab");
+}
+
+// FailNextRename and FailNextSyncDir fail once and change nothing.
+TEST_F(FakeFilesystemTest, FailNextRenameAndSyncDirAreOneShot) {
+  ASSERT_TRUE(fs_.WriteFile("/d/tmp", "new", 0600).ok());
+  fs_.FailNextRename(absl::InternalError("EIO"));
+  EXPECT_TRUE(absl::IsInternal(fs_.Rename("/d/tmp", "/d/f")));
+  EXPECT_EQ(*fs_.ReadFile("/d/f"), "old");
+  ASSERT_TRUE(fs_.Rename("/d/tmp", "/d/f").ok());
+  fs_.FailNextSyncDir(absl::InternalError("EIO"));
+  EXPECT_TRUE(absl::IsInternal(fs_.SyncDir("/d")));
+  fs_.Crash();
+  EXPECT_EQ(*fs_.ReadFile("/d/f"), "old");
+}
+
+// Errors carry the same codes and messages as PosixFilesystem's.
+TEST_F(FakeFilesystemTest, ErrorsMatchPosix) {
+  auto read = fs_.ReadFile("/d/missing");
+  EXPECT_TRUE(absl::IsNotFound(read.status()));
+  EXPECT_EQ(read.status().message(), "open /d/missing: No such file or directory");
+  EXPECT_TRUE(absl::IsNotFound(fs_.WriteFile("/nodir/f", "x", 0600)));
+  EXPECT_TRUE(absl::IsNotFound(fs_.Remove("/d/missing")));
+  EXPECT_TRUE(absl::IsNotFound(fs_.ListDir("/missing").status()));
+  EXPECT_TRUE(fs_.RemoveAll("/missing/deeper").ok());
+  EXPECT_TRUE(absl::IsAlreadyExists(fs_.CreateDir("/d/f", 0700)));
+  EXPECT_TRUE(fs_.CreateDir("/d", 0700).ok());
+  EXPECT_EQ(fs_.ModeOf("/d"), "0755");  // left alone
+  EXPECT_FALSE(fs_.Remove("/d").ok());  // not empty
+}
+
+// Symlinks: ReadLink returns the target; ReadFile follows relative links and directory links.
+TEST_F(FakeFilesystemTest, SymlinksAreFollowedByReadFile) {
+  fs_.AddFile("/vol/..2024/tls.crt", "cert");
+  ASSERT_TRUE(fs_.Symlink("..2024", "/vol/..data").ok());
+  ASSERT_TRUE(fs_.Symlink("..data/tls.crt", "/vol/tls.crt").ok());
+  EXPECT_EQ(*fs_.ReadLink("/vol/..data"), "..2024");
+  EXPECT_EQ(*fs_.ReadFile("/vol/tls.crt"), "cert");
+  EXPECT_EQ(*fs_.ReadFile("/vol/..data/tls.crt"), "cert");
+  EXPECT_THAT(*fs_.ListDir("/vol/..data"), ElementsAre("tls.crt"));
+  EXPECT_TRUE(absl::IsInvalidArgument(fs_.ReadLink("/vol/..2024").status()));
+  EXPECT_FALSE(fs_.WriteFile("/vol/tls.crt", "x", 0600).ok());  // O_NOFOLLOW
+  ASSERT_TRUE(fs_.Symlink("/vol/nowhere", "/vol/dangling").ok());
+  EXPECT_TRUE(fs_.Exists("/vol/dangling"));
+  EXPECT_TRUE(absl::IsNotFound(fs_.ReadFile("/vol/dangling").status()));
+  // An atomic symlink swap, made durable.
+  fs_.AddFile("/vol/..2025/tls.crt", "cert2");
+  ASSERT_TRUE(fs_.Symlink("..2025", "/vol/..data_tmp").ok());
+  ASSERT_TRUE(fs_.Rename("/vol/..data_tmp", "/vol/..data").ok());
+  ASSERT_TRUE(fs_.SyncDir("/vol").ok());
+  fs_.Crash();
+  EXPECT_EQ(*fs_.ReadFile("/vol/tls.crt"), "cert2");
+}
+
+// WriteFileAtomically on the fake: a crash right after it returns keeps the new bytes, and
+// nothing but the file is left.
+TEST_F(FakeFilesystemTest, WriteFileAtomicallyIsDurableOnReturn) {
+  ASSERT_TRUE(WriteFileAtomically(fs_, "/d/f", "new", 0600).ok());
+  fs_.Crash();
+  EXPECT_EQ(*fs_.ReadFile("/d/f"), "new");
+  EXPECT_THAT(fs_.AllPaths(), ElementsAre("/d", "/d/f"));
+}
+
+}  // namespace
+}  // namespace certcast

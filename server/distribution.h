@@ -1,0 +1,125 @@
+// certcast.v1.Distribution: one callback reactor per Subscribe stream (no thread per stream),
+// fed by the DistributionHub with publications serialized once and shared by every stream.
+//
+// Per stream: one read and one write in flight; a newer version of a certificate replaces the
+// one still waiting to be written (latest wins), so a client that stops reading costs bounded
+// memory. Malformed input ends only that stream.
+//
+// Lock order: Publisher::mu_ → DistributionHub::mu_; SubscribeStream::mu_ → DistributionHub::mu_
+// → (nothing); SubscribeStream::mu_ → Fleet. The hub never holds its lock while calling into a
+// stream: it takes references, unlocks, then calls.
+#ifndef CERTCAST_SERVER_DISTRIBUTION_H_
+#define CERTCAST_SERVER_DISTRIBUTION_H_
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "certcast/v1/certcast.grpc.pb.h"
+#include "common/clock.h"
+#include "grpcpp/support/byte_buffer.h"
+#include "server/authorizer.h"
+#include "server/fleet.h"
+#include "server/publisher.h"
+
+namespace certcast {
+
+class SubscribeStream;
+
+struct HubCounters {
+  uint64_t streams_opened = 0;
+  uint64_t streams_rejected = 0;  // ended for malformed input, unknown names, denial, deadline
+  uint64_t updates_written = 0;   // full-material messages
+  uint64_t in_sync_written = 0;
+  uint64_t heartbeats_written = 0;
+  uint64_t updates_replaced = 0;  // superseded while waiting behind a slow reader
+  uint64_t acks = 0;
+  uint64_t nacks = 0;
+  uint64_t stale_acks = 0;
+};
+
+// Thread-safe. Does not own `fleet`, `authorizer` or `clock`.
+class DistributionHub final : public PublicationListener {
+ public:
+  struct Options {
+    absl::Duration heartbeat_interval = absl::Seconds(30);
+    absl::Duration hello_timeout = absl::Seconds(10);
+    size_t max_message_bytes = 64 * 1024;
+    size_t max_certificates_per_hello = 64;
+  };
+
+  DistributionHub(std::vector<std::string> names, Options options, Fleet* fleet,
+                  Authorizer* authorizer);
+  ~DistributionHub() override;
+
+  // Makes `publication` the current version of its certificate and offers it to every stream
+  // subscribed to it.
+  void OnPublish(std::shared_ptr<const Publication> publication) override;
+
+  // Starts and stops the housekeeping thread (heartbeats, hello deadlines).
+  void Start();
+  void Stop();
+
+  // Creates the reactor of a new Subscribe call.
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* NewStream(
+      grpc::CallbackServerContext* context);
+
+  size_t live_streams();
+  HubCounters counters();
+
+ private:
+  friend class SubscribeStream;
+  struct Topic {
+    std::shared_ptr<const Publication> current;
+    std::set<SubscribeStream*> subscribers;
+  };
+
+  // Subscribes `stream` to `names` (all known) and returns their current publications (null when
+  // a certificate has no version yet), plus the latest heartbeat.
+  std::vector<std::shared_ptr<const Publication>> Register(SubscribeStream* stream,
+                                                           const std::vector<std::string>& names,
+                                                           grpc::ByteBuffer* heartbeat);
+  void Unregister(SubscribeStream* stream);
+  bool Known(const std::string& name);
+  void Count(uint64_t HubCounters::*field, uint64_t n = 1);
+  void RebuildHeartbeatLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Housekeep();
+
+  const Options options_;
+  Fleet* const fleet_;
+  Authorizer* const authorizer_;
+
+  absl::Mutex mu_;
+  std::map<std::string, Topic> topics_ ABSL_GUARDED_BY(mu_);
+  std::set<SubscribeStream*> streams_ ABSL_GUARDED_BY(mu_);       // every live stream
+  std::map<SubscribeStream*, absl::Time> awaiting_hello_ ABSL_GUARDED_BY(mu_);
+  grpc::ByteBuffer heartbeat_ ABSL_GUARDED_BY(mu_);
+  HubCounters counters_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread housekeeper_;
+};
+
+// Registers Subscribe as a raw (ByteBuffer) method so publications are written as shared bytes.
+class DistributionService final
+    : public v1::Distribution::WithRawCallbackMethod_Subscribe<v1::Distribution::Service> {
+ public:
+  explicit DistributionService(DistributionHub* hub) : hub_(hub) {}
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Subscribe(
+      grpc::CallbackServerContext* context) override {
+    return hub_->NewStream(context);
+  }
+
+ private:
+  DistributionHub* const hub_;
+};
+
+}  // namespace certcast
+
+#endif  // CERTCAST_SERVER_DISTRIBUTION_H_

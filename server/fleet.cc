@@ -1,0 +1,144 @@
+#include "server/fleet.h"
+
+namespace certcast {
+
+uint64_t Fleet::Connect(ClientRecord record) {
+  absl::MutexLock lock(&mu_);
+  Prune();
+  const auto key = std::make_pair(record.namespace_, record.client_id);
+  if (auto it = by_key_.find(key); it != by_key_.end()) {
+    auto old = records_.find(it->second);
+    if (old != records_.end() && !old->second.connected) records_.erase(old);
+  }
+  record.id = next_id_++;
+  record.connected = true;
+  record.connected_since = record.last_seen = clock_->Now();
+  by_key_[key] = record.id;
+  const uint64_t id = record.id;
+  records_.emplace(id, std::move(record));
+  return id;
+}
+
+void Fleet::Disconnect(uint64_t id) {
+  absl::MutexLock lock(&mu_);
+  auto it = records_.find(id);
+  if (it == records_.end()) return;
+  it->second.connected = false;
+  it->second.last_seen = clock_->Now();
+  Prune();
+}
+
+void Fleet::Prune() {
+  const absl::Time cutoff = clock_->Now() - retention_;
+  for (auto it = records_.begin(); it != records_.end();) {
+    if (!it->second.connected && it->second.last_seen < cutoff) {
+      auto key = by_key_.find(std::make_pair(it->second.namespace_, it->second.client_id));
+      if (key != by_key_.end() && key->second == it->first) by_key_.erase(key);
+      it = records_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+ClientCertificateState* Fleet::Find(uint64_t id, const std::string& name) {
+  auto it = records_.find(id);
+  if (it == records_.end()) return nullptr;
+  for (ClientCertificateState& state : it->second.certificates) {
+    if (state.name == name) return &state;
+  }
+  return nullptr;
+}
+
+void Fleet::RecordSent(uint64_t id, const std::string& name, uint64_t version,
+                       const std::string& nonce, bool in_sync) {
+  absl::MutexLock lock(&mu_);
+  ClientCertificateState* state = Find(id, name);
+  if (state == nullptr) return;
+  const absl::Time now = clock_->Now();
+  state->sent_version = version;
+  state->sent_nonce = nonce;
+  state->sent_at = now;
+  if (in_sync) {
+    state->acknowledged_version = version;
+    state->acknowledged_at = now;
+  }
+}
+
+AckOutcome Fleet::RecordAck(uint64_t id, const std::string& name, uint64_t version,
+                            const std::string& nonce, const std::string& warnings) {
+  absl::MutexLock lock(&mu_);
+  ClientCertificateState* state = Find(id, name);
+  if (state == nullptr) return AckOutcome::kUnknownCertificate;
+  records_[id].last_seen = clock_->Now();
+  if (nonce != state->sent_nonce || version != state->sent_version) {
+    ++counters_.stale;
+    return AckOutcome::kStale;
+  }
+  ++counters_.acks;
+  state->acknowledged_version = version;
+  state->acknowledged_at = clock_->Now();
+  state->hook_warning = warnings;
+  state->last_error.clear();
+  state->last_error_version = 0;
+  return AckOutcome::kRecorded;
+}
+
+AckOutcome Fleet::RecordNack(uint64_t id, const std::string& name, uint64_t version,
+                             const std::string& nonce, const std::string& errors) {
+  absl::MutexLock lock(&mu_);
+  ClientCertificateState* state = Find(id, name);
+  if (state == nullptr) return AckOutcome::kUnknownCertificate;
+  records_[id].last_seen = clock_->Now();
+  if (nonce != state->sent_nonce || version != state->sent_version) {
+    ++counters_.stale;
+    return AckOutcome::kStale;
+  }
+  ++counters_.nacks;
+  state->last_error = errors;
+  state->last_error_version = version;
+  return AckOutcome::kRecorded;
+}
+
+Fleet::Page Fleet::List(const std::string& namespace_filter, const std::string& name_filter,
+                        size_t page_size, uint64_t after_id) {
+  absl::MutexLock lock(&mu_);
+  Prune();
+  Page page;
+  for (auto it = records_.upper_bound(after_id); it != records_.end(); ++it) {
+    const ClientRecord& record = it->second;
+    if (!namespace_filter.empty() && record.namespace_ != namespace_filter) continue;
+    if (!name_filter.empty()) {
+      bool subscribed = false;
+      for (const auto& state : record.certificates) subscribed |= state.name == name_filter;
+      if (!subscribed) continue;
+    }
+    if (page.clients.size() == page_size) {
+      page.next_page_token = std::to_string(page.clients.back().id);
+      break;
+    }
+    page.clients.push_back(record);
+  }
+  return page;
+}
+
+Fleet::Counts Fleet::CountFor(const std::string& name, uint64_t version) {
+  absl::MutexLock lock(&mu_);
+  Counts counts;
+  for (const auto& [id, record] : records_) {
+    if (!record.connected) continue;
+    for (const auto& state : record.certificates) {
+      if (state.name != name) continue;
+      ++counts.clients;
+      if (version != 0 && state.acknowledged_version == version) ++counts.acknowledged;
+    }
+  }
+  return counts;
+}
+
+FleetCounters Fleet::counters() {
+  absl::MutexLock lock(&mu_);
+  return counters_;
+}
+
+}  // namespace certcast

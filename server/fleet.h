@@ -1,0 +1,102 @@
+// Fleet keeps what the server knows about every client: who it is, what was sent to it, what it
+// acknowledged or refused, and when. Records of disconnected clients are kept for `retention` so
+// operators still see what a briefly disconnected tenant runs.
+// Thread-safe; one mutex, never held while calling out. Does not own `clock`.
+#ifndef CERTCAST_SERVER_FLEET_H_
+#define CERTCAST_SERVER_FLEET_H_
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/clock.h"
+
+namespace certcast {
+
+struct ClientCertificateState {
+  std::string name;
+  uint64_t sent_version = 0;
+  std::string sent_nonce;  // latest nonce sent on the stream; older ACKs/NACKs are stale
+  absl::Time sent_at = absl::InfinitePast();
+  uint64_t acknowledged_version = 0;
+  absl::Time acknowledged_at = absl::InfinitePast();
+  std::string last_error;
+  uint64_t last_error_version = 0;
+  std::string hook_warning;
+};
+
+struct ClientRecord {
+  uint64_t id = 0;  // assigned by Connect; increases with every connection
+  std::string client_id;
+  std::string namespace_;
+  std::string peer;
+  std::string identity;
+  absl::Time connected_since;
+  absl::Time last_seen;
+  bool connected = true;
+  std::vector<ClientCertificateState> certificates;
+};
+
+enum class AckOutcome { kRecorded, kStale, kUnknownCertificate };
+
+struct FleetCounters {
+  uint64_t acks = 0;
+  uint64_t nacks = 0;
+  uint64_t stale = 0;  // ACKs/NACKs with an outdated nonce, ignored
+};
+
+class Fleet {
+ public:
+  Fleet(const Clock* clock, absl::Duration retention) : clock_(clock), retention_(retention) {}
+
+  // Records a new stream; returns its id. A disconnected record of the same namespace and
+  // client id is replaced.
+  uint64_t Connect(ClientRecord record);
+  void Disconnect(uint64_t id);
+
+  // `version` of `name` was written to the stream with `nonce`. When `in_sync`, the client
+  // already holds it, which counts as acknowledged.
+  void RecordSent(uint64_t id, const std::string& name, uint64_t version, const std::string& nonce,
+                  bool in_sync);
+  AckOutcome RecordAck(uint64_t id, const std::string& name, uint64_t version,
+                       const std::string& nonce, const std::string& warnings);
+  AckOutcome RecordNack(uint64_t id, const std::string& name, uint64_t version,
+                        const std::string& nonce, const std::string& errors);
+
+  struct Page {
+    std::vector<ClientRecord> clients;
+    std::string next_page_token;
+  };
+  // Clients ordered by connection, optionally filtered by namespace and certificate name.
+  // InvalidArgument-worthy tokens are treated as the start; callers validate them.
+  Page List(const std::string& namespace_filter, const std::string& name_filter,
+            size_t page_size, uint64_t after_id);
+
+  struct Counts {
+    uint32_t clients = 0;       // connected clients subscribed to the certificate
+    uint32_t acknowledged = 0;  // of those, holding `version`
+  };
+  Counts CountFor(const std::string& name, uint64_t version);
+  FleetCounters counters();
+
+ private:
+  ClientCertificateState* Find(uint64_t id, const std::string& name)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Prune() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const Clock* const clock_;
+  const absl::Duration retention_;
+  absl::Mutex mu_;
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  std::map<uint64_t, ClientRecord> records_ ABSL_GUARDED_BY(mu_);
+  std::map<std::pair<std::string, std::string>, uint64_t> by_key_ ABSL_GUARDED_BY(mu_);
+  FleetCounters counters_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace certcast
+
+#endif  // CERTCAST_SERVER_FLEET_H_

@@ -1,0 +1,166 @@
+#include "server/inspection.h"
+
+#include <string>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "server/publication.h"
+#include "spdlog/spdlog.h"
+
+namespace certcast {
+namespace {
+
+grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* context, const grpc::Status& status) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(status);
+  return reactor;
+}
+
+grpc::Status ToGrpc(const absl::Status& status) {
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+}  // namespace
+
+void FillVersionInfo(const VersionSummary& summary, v1::CertificateVersionInfo* info) {
+  info->set_version(summary.version);
+  info->set_fingerprint(summary.info.fingerprint);
+  info->set_subject(summary.info.subject);
+  info->set_issuer(summary.info.issuer);
+  info->set_serial(summary.info.serial);
+  for (const std::string& dns : summary.info.dns_names) info->add_dns_names(dns);
+  *info->mutable_not_before() = ToProtoTime(summary.info.not_before);
+  *info->mutable_not_after() = ToProtoTime(summary.info.not_after);
+  *info->mutable_published_at() = ToProtoTime(summary.published_at);
+  info->set_origin(summary.origin);
+  info->set_rolled_back_from(summary.rolled_back_from);
+  info->set_chain_length(static_cast<uint32_t>(summary.info.chain_length));
+  info->set_has_ca(summary.info.has_ca);
+  info->set_key_type(summary.info.key_type);
+}
+
+grpc::ServerUnaryReactor* InspectionService::ListCertificates(
+    grpc::CallbackServerContext* context, const v1::ListCertificatesRequest* /*request*/,
+    v1::ListCertificatesResponse* response) {
+  for (const std::string& name : publisher_->Names()) {
+    std::optional<CertificateSnapshot> snapshot = publisher_->Snapshot(name);
+    if (!snapshot.has_value()) continue;
+    v1::CertificateSummary* summary = response->add_certificates();
+    summary->set_name(name);
+    summary->set_source(snapshot->source);
+    uint64_t version = 0;
+    if (snapshot->current.has_value()) {
+      version = snapshot->current->version;
+      summary->set_version(version);
+      summary->set_fingerprint(snapshot->current->info.fingerprint);
+      *summary->mutable_not_after() = ToProtoTime(snapshot->current->info.not_after);
+      summary->set_pinned(snapshot->pin.version == version);
+    }
+    const Fleet::Counts counts = fleet_->CountFor(name, version);
+    summary->set_clients(counts.clients);
+    summary->set_clients_acknowledged(counts.acknowledged);
+  }
+  return Done(context, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor* InspectionService::GetCertificate(grpc::CallbackServerContext* context,
+                                                            const v1::GetCertificateRequest* request,
+                                                            v1::Certificate* response) {
+  if (request->name().empty()) {
+    return Done(context, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "name is required"));
+  }
+  std::optional<CertificateSnapshot> snapshot = publisher_->Snapshot(request->name());
+  if (!snapshot.has_value()) {
+    return Done(context, grpc::Status(grpc::StatusCode::NOT_FOUND,
+                                      absl::StrCat("certificate \"", request->name(),
+                                                   "\" is not distributed by this server")));
+  }
+  response->set_name(snapshot->name);
+  response->set_source(snapshot->source);
+  for (const std::string& dns : snapshot->required_dns_names) response->add_required_dns_names(dns);
+  if (snapshot->current.has_value()) FillVersionInfo(*snapshot->current, response->mutable_current());
+  for (const VersionSummary& summary : snapshot->history) {
+    FillVersionInfo(summary, response->add_history());
+  }
+  if (snapshot->pin.version != 0) {
+    v1::Pin* pin = response->mutable_pin();
+    pin->set_pinned(true);
+    pin->set_version(snapshot->pin.version);
+    pin->set_rolled_back_from(snapshot->pin.rolled_back_from);
+    *pin->mutable_since() = ToProtoTime(snapshot->pin.since);
+  }
+  if (snapshot->last_rejection.has_value()) {
+    v1::Rejection* rejection = response->mutable_last_rejection();
+    rejection->set_reason(snapshot->last_rejection->reason);
+    rejection->set_message(snapshot->last_rejection->message);
+    *rejection->mutable_time() = ToProtoTime(snapshot->last_rejection->time);
+    rejection->set_fingerprint(snapshot->last_rejection->fingerprint);
+  }
+  response->set_rejections(snapshot->rejections);
+  return Done(context, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor* InspectionService::ListClients(grpc::CallbackServerContext* context,
+                                                         const v1::ListClientsRequest* request,
+                                                         v1::ListClientsResponse* response) {
+  uint64_t after = 0;
+  if (!request->page_token().empty() && !absl::SimpleAtoi(request->page_token(), &after)) {
+    return Done(context, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                      "page_token is not a token returned by ListClients"));
+  }
+  uint32_t page_size = request->page_size() == 0 ? kDefaultPageSize : request->page_size();
+  page_size = std::min(page_size, kMaxPageSize);
+  Fleet::Page page = fleet_->List(request->namespace_(), request->name(), page_size, after);
+  for (const ClientRecord& record : page.clients) {
+    v1::ClientInfo* info = response->add_clients();
+    info->set_client_id(record.client_id);
+    info->set_namespace_(record.namespace_);
+    info->set_peer(record.peer);
+    info->set_identity(record.identity);
+    info->set_connected(record.connected);
+    *info->mutable_connected_since() = ToProtoTime(record.connected_since);
+    *info->mutable_last_seen() = ToProtoTime(record.last_seen);
+    for (const ClientCertificateState& state : record.certificates) {
+      v1::ClientCertificate* certificate = info->add_certificates();
+      certificate->set_name(state.name);
+      certificate->set_sent_version(state.sent_version);
+      certificate->set_acknowledged_version(state.acknowledged_version);
+      certificate->set_last_error(state.last_error);
+      certificate->set_last_error_version(state.last_error_version);
+      certificate->set_hook_warning(state.hook_warning);
+      if (state.sent_at != absl::InfinitePast()) {
+        *certificate->mutable_sent_at() = ToProtoTime(state.sent_at);
+      }
+      if (state.acknowledged_at != absl::InfinitePast()) {
+        *certificate->mutable_acknowledged_at() = ToProtoTime(state.acknowledged_at);
+      }
+    }
+  }
+  response->set_next_page_token(page.next_page_token);
+  return Done(context, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor* AdminService::Rollback(grpc::CallbackServerContext* context,
+                                                 const v1::RollbackRequest* request,
+                                                 v1::RollbackResponse* response) {
+  const PeerIdentity peer = IdentityOf(*context);
+  absl::Status allowed = authorizer_->AuthorizeAdmin(peer);
+  if (!allowed.ok()) return Done(context, ToGrpc(allowed));
+  if (request->name().empty() || request->version() == 0) {
+    return Done(context, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                      "name and version are required"));
+  }
+  absl::StatusOr<RollbackResult> result = publisher_->Rollback(request->name(), request->version());
+  spdlog::info("audit: Admin/Rollback by {} ({}) of {} to version {}: {}", peer.identity,
+               peer.peer, request->name(), request->version(),
+               result.ok() ? absl::StrCat("ok, new version ", result->version)
+                           : std::string(result.status().message()));
+  if (!result.ok()) return Done(context, ToGrpc(result.status()));
+  response->set_name(request->name());
+  response->set_version(result->version);
+  response->set_rolled_back_from(result->rolled_back_from);
+  response->set_fingerprint(result->fingerprint);
+  return Done(context, grpc::Status::OK);
+}
+
+}  // namespace certcast

@@ -1,0 +1,54 @@
+// certcast.v1.Inspection (read-only; never returns key material) and certcast.v1.Admin.
+// Thread-safe; does not own what it is given.
+#ifndef CERTCAST_SERVER_INSPECTION_H_
+#define CERTCAST_SERVER_INSPECTION_H_
+
+#include "certcast/v1/certcast.grpc.pb.h"
+#include "server/authorizer.h"
+#include "server/fleet.h"
+#include "server/publisher.h"
+
+namespace certcast {
+
+class InspectionService final : public v1::Inspection::CallbackService {
+ public:
+  InspectionService(Publisher* publisher, Fleet* fleet) : publisher_(publisher), fleet_(fleet) {}
+
+  grpc::ServerUnaryReactor* ListCertificates(grpc::CallbackServerContext* context,
+                                             const v1::ListCertificatesRequest* request,
+                                             v1::ListCertificatesResponse* response) override;
+  grpc::ServerUnaryReactor* GetCertificate(grpc::CallbackServerContext* context,
+                                           const v1::GetCertificateRequest* request,
+                                           v1::Certificate* response) override;
+  grpc::ServerUnaryReactor* ListClients(grpc::CallbackServerContext* context,
+                                        const v1::ListClientsRequest* request,
+                                        v1::ListClientsResponse* response) override;
+
+  static constexpr uint32_t kDefaultPageSize = 100;
+  static constexpr uint32_t kMaxPageSize = 1000;
+
+ private:
+  Publisher* const publisher_;
+  Fleet* const fleet_;
+};
+
+class AdminService final : public v1::Admin::CallbackService {
+ public:
+  AdminService(Publisher* publisher, Authorizer* authorizer)
+      : publisher_(publisher), authorizer_(authorizer) {}
+
+  grpc::ServerUnaryReactor* Rollback(grpc::CallbackServerContext* context,
+                                     const v1::RollbackRequest* request,
+                                     v1::RollbackResponse* response) override;
+
+ private:
+  Publisher* const publisher_;
+  Authorizer* const authorizer_;
+};
+
+// Fills `info` from a version summary (no key material exists in a summary).
+void FillVersionInfo(const VersionSummary& summary, v1::CertificateVersionInfo* info);
+
+}  // namespace certcast
+
+#endif  // CERTCAST_SERVER_INSPECTION_H_

@@ -1,0 +1,144 @@
+// certcast-server: the composition root. Parses flags, configures logging, starts a
+// CertcastServer and waits for SIGTERM/SIGINT.
+#include <signal.h>
+#include <sys/prctl.h>
+
+#include <cstdio>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "common/clock.h"
+#include "common/filesystem.h"
+#include "common/flags_util.h"
+#include "common/logging.h"
+#include "server/server.h"
+#include "spdlog/spdlog.h"
+
+ABSL_FLAG(std::string, listen, "0.0.0.0:8443", "HOST:PORT for the gRPC API (TLS unless --insecure).");
+ABSL_FLAG(std::vector<std::string>, certificate, {},
+          "NAME=DIR, repeatable: distribute the certificate in DIR (a mounted kubernetes.io/tls "
+          "Secret: tls.crt, tls.key, optional ca.crt) under NAME.");
+ABSL_FLAG(std::vector<std::string>, require_san, {},
+          "NAME=DNSNAME, repeatable (also --require-san): refuse material for NAME whose leaf "
+          "does not cover DNSNAME.");
+ABSL_FLAG(std::string, state_dir, "./certcast-state",
+          "Directory for persisted versions (created 0700; files 0600).");
+ABSL_FLAG(std::string, tls_cert, "", "Serving certificate chain (PEM); re-read when it changes.");
+ABSL_FLAG(std::string, tls_key, "", "Serving private key (PEM); re-read when it changes.");
+ABSL_FLAG(std::string, client_ca, "",
+          "CA bundle (PEM): when set, clients must present a certificate it verifies; the "
+          "client's SPIFFE ID is recorded.");
+ABSL_FLAG(bool, insecure, false,
+          "Serve without TLS. Private keys then cross the network in plaintext: local "
+          "development only.");
+ABSL_FLAG(std::string, health_listen, "",
+          "HOST:PORT for plain-HTTP /healthz and /readyz (Kubernetes probes cannot speak TLS). "
+          "Empty: disabled.");
+ABSL_FLAG(absl::Duration, heartbeat_interval, absl::Seconds(30),
+          "Interval of heartbeats on every stream; clients treat two missed intervals as a dead "
+          "stream.");
+ABSL_FLAG(absl::Duration, hello_timeout, absl::Seconds(10),
+          "A stream that sends no hello within this time is ended with DEADLINE_EXCEEDED.");
+ABSL_FLAG(absl::Duration, quiet_period, absl::Milliseconds(200),
+          "After a change in a source directory, wait until it has been quiet this long.");
+ABSL_FLAG(absl::Duration, confirm_delay, absl::Seconds(2),
+          "Invalid source content counts as a rejection only if it persists this long.");
+ABSL_FLAG(absl::Duration, client_retention, absl::Hours(1),
+          "How long ListClients keeps showing clients after they disconnect.");
+ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
+          "On SIGTERM, how long open streams may take to finish before they are cancelled.");
+ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn or error.");
+ABSL_FLAG(std::string, log_format, "text", "text or json (one object per line).");
+
+namespace {
+
+int Fail(const std::string& message) {
+  std::fprintf(stderr, "certcast-server: %s\n", message.c_str());
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // The process holds private keys: no core dumps, no ptrace by unprivileged peers.
+  prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+  absl::SetProgramUsageMessage(
+      "Distributes TLS certificates to certcast clients over gRPC.\n"
+      "  certcast-server --certificate=wildcard=/etc/certcast/wildcard "
+      "--tls-cert=tls.crt --tls-key=tls.key");
+  const std::vector<std::string> certificates =
+      certcast::TakeRepeatedFlag(&argc, argv, "certificate");
+  std::vector<std::string> sans = certcast::TakeRepeatedFlag(&argc, argv, "require-san");
+  for (std::string& san : certcast::TakeRepeatedFlag(&argc, argv, "require_san")) {
+    sans.push_back(std::move(san));
+  }
+  absl::ParseCommandLine(argc, argv);
+
+  if (absl::Status logging = certcast::ConfigureLogging(absl::GetFlag(FLAGS_log_level),
+                                                        absl::GetFlag(FLAGS_log_format));
+      !logging.ok()) {
+    return Fail(std::string(logging.message()));
+  }
+
+  certcast::ServerOptions options;
+  options.listen = absl::GetFlag(FLAGS_listen);
+  std::map<std::string, std::vector<std::string>> required;
+  for (const std::string& san : sans) {
+    std::string name, dns;
+    if (!certcast::SplitKeyValue(san, &name, &dns)) {
+      return Fail(absl::StrCat("--require-san=", san, ": expected NAME=DNSNAME"));
+    }
+    required[name].push_back(dns);
+  }
+  for (const std::string& flag : certificates) {
+    certcast::ServerOptions::Certificate certificate;
+    if (!certcast::SplitKeyValue(flag, &certificate.name, &certificate.dir)) {
+      return Fail(absl::StrCat("--certificate=", flag, ": expected NAME=DIR"));
+    }
+    certificate.required_dns_names = required[certificate.name];
+    required.erase(certificate.name);
+    options.certificates.push_back(std::move(certificate));
+  }
+  if (!required.empty()) {
+    return Fail(absl::StrCat("--require-san names certificate \"", required.begin()->first,
+                             "\", which no --certificate configures"));
+  }
+  options.state_dir = absl::GetFlag(FLAGS_state_dir);
+  options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  options.tls_key = absl::GetFlag(FLAGS_tls_key);
+  options.client_ca = absl::GetFlag(FLAGS_client_ca);
+  options.insecure = absl::GetFlag(FLAGS_insecure);
+  options.health_listen = absl::GetFlag(FLAGS_health_listen);
+  options.distribution.heartbeat_interval = absl::GetFlag(FLAGS_heartbeat_interval);
+  options.distribution.hello_timeout = absl::GetFlag(FLAGS_hello_timeout);
+  options.watcher.quiet_period = absl::GetFlag(FLAGS_quiet_period);
+  options.watcher.confirm_delay = absl::GetFlag(FLAGS_confirm_delay);
+  options.client_retention = absl::GetFlag(FLAGS_client_retention);
+
+  // Signals are taken synchronously by this thread; every thread started later inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  certcast::PosixFilesystem fs;
+  certcast::RealClock clock;
+  absl::StatusOr<std::unique_ptr<certcast::CertcastServer>> server =
+      certcast::CertcastServer::Start(options, &fs, &clock);
+  if (!server.ok()) return Fail(std::string(server.status().message()));
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  spdlog::info("received signal {}; draining streams for up to {}", signal_number,
+               absl::FormatDuration(absl::GetFlag(FLAGS_shutdown_grace)));
+  (*server)->Shutdown(absl::GetFlag(FLAGS_shutdown_grace));
+  spdlog::info("certcast-server stopped");
+  return 0;
+}

@@ -1,0 +1,279 @@
+#include "server/publisher.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status_macros.h"
+#include "spdlog/spdlog.h"
+
+namespace certcast {
+
+Publisher::Publisher(VersionStore* store, const Clock* clock, PublicationListener* listener)
+    : store_(store), clock_(clock), listener_(listener) {}
+
+Publisher::Entry* Publisher::Find(const std::string& name) const {
+  auto it = entries_.find(name);
+  return it == entries_.end() ? nullptr : it->second.get();
+}
+
+absl::Status Publisher::AddCertificate(CertificateSpec spec) {
+  const std::string name = spec.name;
+  ASSIGN_OR_RETURN(std::optional<CertificateState> loaded, store_->Load(name));
+  auto entry = std::make_unique<Entry>();
+  entry->spec = std::move(spec);
+  if (loaded.has_value()) {
+    entry->state = *std::move(loaded);
+    for (const StoredVersion& stored : entry->state.versions) {
+      // Stored material was valid when published; check it against that instant.
+      ValidationOptions options;
+      options.now = stored.published_at;
+      absl::StatusOr<CertificateInfo> info = ValidateMaterial(name, stored.material, options);
+      if (!info.ok()) {
+        return absl::DataLossError(absl::StrCat("stored version ", stored.version, " of \"", name,
+                                                "\" is not valid material: ",
+                                                info.status().message()));
+      }
+      entry->infos.push_back(*std::move(info));
+    }
+  }
+  absl::MutexLock lock(&mu_);
+  if (entries_.count(name) > 0) {
+    return absl::InvalidArgumentError(absl::StrCat("certificate \"", name, "\" is configured twice"));
+  }
+  if (!entry->state.versions.empty()) {
+    const StoredVersion& last = entry->state.versions.back();
+    entry->current = MakePublication(name, last.version, entry->state.pin.version == last.version,
+                                     entry->infos.back(), last.material);
+    spdlog::info("certificate {}: restored version {} (fingerprint {}) from the version store", name,
+                 last.version, entry->infos.back().fingerprint);
+    listener_->OnPublish(entry->current);
+  }
+  entries_.emplace(name, std::move(entry));
+  return absl::OkStatus();
+}
+
+void Publisher::Reject(Entry& entry, const absl::Status& status, const std::string& settled_key,
+                       const std::string& fingerprint) {
+  const bool repeated = entry.settled_digest == settled_key;
+  entry.settled_digest = settled_key;
+  if (repeated) return;
+  ++entry.rejections;
+  entry.last_rejection = Rejection{RejectionReason(status), std::string(status.message()),
+                                   fingerprint, clock_->Now()};
+  const std::string serving =
+      entry.current ? absl::StrCat("keeps serving version ", entry.current->version)
+                    : std::string("has no version to serve");
+  spdlog::warn("certificate {}: source {} rejected ({}): {}; {}", entry.spec.name,
+               entry.spec.source->Describe(), entry.last_rejection->reason, std::string(status.message()),
+               serving);
+}
+
+Verdict Publisher::Evaluate(const std::string& name, bool confirmed) {
+  CertificateSource* source = SourceOf(name);
+  if (source == nullptr) return Verdict::kSettled;
+  // Read outside the lock: only this certificate's watcher evaluates it.
+  absl::StatusOr<CertificateMaterial> material = source->Read();
+
+  absl::MutexLock lock(&mu_);
+  Entry& entry = *Find(name);
+  if (!material.ok()) {
+    const std::string key = absl::StrCat("error:", material.status().message());
+    if (entry.settled_digest == key) return Verdict::kSettled;
+    if (!confirmed) return Verdict::kUnsettled;
+    entry.source_digest.clear();
+    Reject(entry, Annotate(material.status(), absl::StrCat("certificate \"", name, "\"")), key, "");
+    return Verdict::kSettled;
+  }
+
+  const std::string digest = ContentDigest(*material);
+  if (entry.settled_digest == digest) return Verdict::kSettled;
+
+  ValidationOptions options;
+  options.now = clock_->Now();
+  options.required_dns_names = entry.spec.required_dns_names;
+  absl::StatusOr<CertificateInfo> info = ValidateMaterial(name, *material, options);
+  if (!info.ok()) {
+    if (!confirmed) return Verdict::kUnsettled;
+    entry.source_digest = digest;
+    Reject(entry, info.status(), digest, "");
+    return Verdict::kSettled;
+  }
+
+  PinState pin = entry.state.pin;
+  if (pin.version != 0) {
+    if (digest == pin.source_digest) {
+      entry.settled_digest = digest;
+      entry.source_digest = digest;
+      return Verdict::kSettled;
+    }
+    spdlog::info("certificate {}: source content changed; ending the pin on version {}", name,
+                 pin.version);
+    pin = PinState{};
+  }
+  const bool unchanged =
+      entry.current != nullptr && ContentDigest(entry.state.versions.back().material) == digest;
+  if (unchanged && pin.version == entry.state.pin.version) {
+    entry.settled_digest = digest;
+    entry.source_digest = digest;
+    return Verdict::kSettled;
+  }
+
+  StoredVersion stored;
+  stored.material = *std::move(material);
+  stored.published_at = clock_->Now();
+  stored.origin = "source";
+  absl::Status committed = unchanged ? absl::OkStatus() : Commit(entry, std::move(stored), *info, pin);
+  if (unchanged) {
+    // Only the pin ended: persist that without a new version.
+    CertificateState next = entry.state;
+    next.pin = pin;
+    committed = store_->Save(name, next);
+    if (committed.ok()) entry.state = std::move(next);
+  }
+  if (!committed.ok()) {
+    spdlog::error("certificate {}: cannot persist the new state, will retry: {}", name,
+                  std::string(committed.message()));
+    return Verdict::kUnsettled;
+  }
+  entry.settled_digest = digest;
+  entry.source_digest = digest;
+  return Verdict::kSettled;
+}
+
+absl::Status Publisher::Commit(Entry& entry, StoredVersion version, CertificateInfo info,
+                               PinState pin) {
+  const std::string& name = entry.spec.name;
+  CertificateState next = entry.state;
+  std::vector<CertificateInfo> infos = entry.infos;
+  version.version = next.last_version + 1;
+  next.last_version = version.version;
+  next.versions.push_back(std::move(version));
+  infos.push_back(std::move(info));
+  if (pin.version == kPinNewVersion) pin.version = next.last_version;
+  next.pin = std::move(pin);
+  const size_t limit = static_cast<size_t>(store_->history_limit());
+  while (next.versions.size() > limit) {
+    next.versions.erase(next.versions.begin());
+    infos.erase(infos.begin());
+  }
+  RETURN_IF_ERROR(store_->Save(name, next));
+
+  entry.state = std::move(next);
+  entry.infos = std::move(infos);
+  const StoredVersion& stored = entry.state.versions.back();
+  const CertificateInfo& current_info = entry.infos.back();
+  entry.current = MakePublication(name, stored.version, entry.state.pin.version == stored.version,
+                                  current_info, stored.material);
+  ++entry.publications;
+  spdlog::info("certificate {}: published version {} (fingerprint {}, {}, not after {})", name,
+               stored.version, current_info.fingerprint,
+               stored.origin == "rollback"
+                   ? absl::StrCat("rollback of version ", stored.rolled_back_from, ", pinned")
+                   : std::string("from ") + entry.spec.source->Describe(),
+               absl::FormatTime(absl::RFC3339_sec, current_info.not_after, absl::UTCTimeZone()));
+  listener_->OnPublish(entry.current);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<RollbackResult> Publisher::Rollback(const std::string& name, uint64_t version) {
+  absl::MutexLock lock(&mu_);
+  Entry* entry = Find(name);
+  if (entry == nullptr) {
+    return absl::NotFoundError(absl::StrCat("certificate \"", name, "\" is not configured"));
+  }
+  const std::vector<StoredVersion>& versions = entry->state.versions;
+  if (versions.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("certificate \"", name, "\" has no versions yet"));
+  }
+  if (version == versions.back().version) {
+    return absl::InvalidArgumentError(absl::StrCat("version ", version, " of \"", name,
+                                                   "\" is already the current version"));
+  }
+  const StoredVersion* target = nullptr;
+  for (const StoredVersion& stored : versions) {
+    if (stored.version == version) target = &stored;
+  }
+  if (target == nullptr) {
+    return absl::NotFoundError(absl::StrCat("version ", version, " of \"", name,
+                                            "\" is not stored; stored versions are ",
+                                            versions.front().version, " to ",
+                                            versions.back().version));
+  }
+  ValidationOptions options;
+  options.now = clock_->Now();
+  options.required_dns_names = entry->spec.required_dns_names;
+  absl::StatusOr<CertificateInfo> info = ValidateMaterial(name, target->material, options);
+  if (!info.ok()) {
+    return Annotate(info.status(), absl::StrCat("refusing to roll back \"", name,
+                                                "\" to version ", version));
+  }
+  StoredVersion stored;
+  stored.material = target->material;
+  stored.published_at = clock_->Now();
+  stored.origin = "rollback";
+  stored.rolled_back_from = version;
+  PinState pin;
+  pin.version = kPinNewVersion;
+  pin.rolled_back_from = version;
+  pin.source_digest = entry->source_digest;
+  pin.since = clock_->Now();
+  RETURN_IF_ERROR(Commit(*entry, std::move(stored), *info, std::move(pin)));
+  return RollbackResult{entry->state.last_version, version, entry->infos.back().fingerprint};
+}
+
+std::vector<std::string> Publisher::Names() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::string> names;
+  for (const auto& [name, entry] : entries_) names.push_back(name);
+  return names;
+}
+
+CertificateSource* Publisher::SourceOf(const std::string& name) const {
+  absl::MutexLock lock(&mu_);
+  Entry* entry = Find(name);
+  return entry == nullptr ? nullptr : entry->spec.source.get();
+}
+
+std::shared_ptr<const Publication> Publisher::Current(const std::string& name) const {
+  absl::MutexLock lock(&mu_);
+  Entry* entry = Find(name);
+  return entry == nullptr ? nullptr : entry->current;
+}
+
+std::optional<CertificateSnapshot> Publisher::Snapshot(const std::string& name) const {
+  absl::MutexLock lock(&mu_);
+  Entry* entry = Find(name);
+  if (entry == nullptr) return std::nullopt;
+  CertificateSnapshot snapshot;
+  snapshot.name = name;
+  snapshot.source = entry->spec.source->Describe();
+  snapshot.required_dns_names = entry->spec.required_dns_names;
+  for (size_t i = entry->state.versions.size(); i-- > 0;) {
+    const StoredVersion& stored = entry->state.versions[i];
+    snapshot.history.push_back(VersionSummary{stored.version, entry->infos[i], stored.published_at,
+                                              stored.origin, stored.rolled_back_from});
+  }
+  if (!snapshot.history.empty()) snapshot.current = snapshot.history.front();
+  snapshot.pin = entry->state.pin;
+  snapshot.pin.source_digest.clear();
+  snapshot.last_rejection = entry->last_rejection;
+  snapshot.rejections = entry->rejections;
+  snapshot.publications = entry->publications;
+  return snapshot;
+}
+
+bool Publisher::Ready(std::string* why) const {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::string> missing;
+  for (const auto& [name, entry] : entries_) {
+    if (entry->current == nullptr) missing.push_back(name);
+  }
+  if (why != nullptr && !missing.empty()) {
+    *why = absl::StrCat("no valid version yet for: ", absl::StrJoin(missing, ", "));
+  }
+  return missing.empty();
+}
+
+}  // namespace certcast

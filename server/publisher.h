@@ -1,0 +1,135 @@
+// The Publisher decides what is distributed: it validates what sources hold, assigns versions,
+// persists them in the VersionStore, handles rollback pins, and hands each new Publication to
+// its listener (the distribution hub). It also answers inspection queries about certificates.
+//
+// Thread-safe. Lock order: Publisher::mu_ before anything the listener locks (OnPublish is called
+// with mu_ held so publications reach the listener in version order). Does not own `store`,
+// `clock` or `listener`; they must outlive it.
+#ifndef CERTCAST_SERVER_PUBLISHER_H_
+#define CERTCAST_SERVER_PUBLISHER_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/certificate.h"
+#include "common/clock.h"
+#include "server/publication.h"
+#include "server/source.h"
+#include "server/version_store.h"
+
+namespace certcast {
+
+class PublicationListener {
+ public:
+  virtual ~PublicationListener() = default;
+  virtual void OnPublish(std::shared_ptr<const Publication> publication) = 0;
+};
+
+struct CertificateSpec {
+  std::string name;
+  std::unique_ptr<CertificateSource> source;
+  std::vector<std::string> required_dns_names;
+};
+
+struct Rejection {
+  std::string reason;   // RejectionReason() of the error
+  std::string message;  // names certificate and file; no key bytes
+  std::string fingerprint;  // leaf fingerprint when it parsed, else empty
+  absl::Time time;
+};
+
+struct VersionSummary {
+  uint64_t version = 0;
+  CertificateInfo info;
+  absl::Time published_at;
+  std::string origin;
+  uint64_t rolled_back_from = 0;
+};
+
+// Everything inspection may show about one certificate. Holds no key material.
+struct CertificateSnapshot {
+  std::string name;
+  std::string source;
+  std::vector<std::string> required_dns_names;
+  std::optional<VersionSummary> current;
+  std::vector<VersionSummary> history;  // newest first
+  PinState pin;
+  std::optional<Rejection> last_rejection;
+  uint64_t rejections = 0;
+  uint64_t publications = 0;  // since start
+};
+
+struct RollbackResult {
+  uint64_t version = 0;
+  uint64_t rolled_back_from = 0;
+  std::string fingerprint;
+};
+
+class Publisher {
+ public:
+  Publisher(VersionStore* store, const Clock* clock, PublicationListener* listener);
+
+  // Registers a certificate and loads its persisted state, which becomes the current version
+  // until the source says otherwise. InvalidArgument for a duplicate or malformed name; the
+  // store's DataLoss for corrupt state. Call before any Evaluate.
+  absl::Status AddCertificate(CertificateSpec spec);
+
+  // Reads the source of `name` and publishes its content as a new version when it is valid and
+  // differs from the current one (or ends a rollback pin). Invalid or unreadable content is a
+  // rejection only when `confirmed`; otherwise returns kUnsettled so the caller looks again.
+  Verdict Evaluate(const std::string& name, bool confirmed);
+
+  // Republishes the persisted material of `version` as a new version and pins it.
+  // NotFound (unknown name, version no longer stored), InvalidArgument (current version),
+  // FailedPrecondition (material expired), or the store's error.
+  absl::StatusOr<RollbackResult> Rollback(const std::string& name, uint64_t version);
+
+  std::vector<std::string> Names() const;
+  CertificateSource* SourceOf(const std::string& name) const;
+  std::optional<CertificateSnapshot> Snapshot(const std::string& name) const;
+  std::shared_ptr<const Publication> Current(const std::string& name) const;
+
+  // True when every certificate has a version. Otherwise `why` lists those without one.
+  bool Ready(std::string* why = nullptr) const;
+
+ private:
+  struct Entry {
+    CertificateSpec spec;
+    CertificateState state;
+    std::vector<CertificateInfo> infos;  // parallel to state.versions
+    std::shared_ptr<const Publication> current;
+    std::string settled_digest;  // content (or error) the last settled evaluation saw
+    std::string source_digest;   // last settled valid-or-invalid source content, for pins
+    std::optional<Rejection> last_rejection;
+    uint64_t rejections = 0;
+    uint64_t publications = 0;
+  };
+
+  // PinState::version placeholder meaning "the version Commit is about to assign".
+  static constexpr uint64_t kPinNewVersion = ~uint64_t{0};
+
+  Entry* Find(const std::string& name) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Reject(Entry& entry, const absl::Status& status, const std::string& settled_key,
+              const std::string& fingerprint) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Appends `version` to the entry's state, persists it and publishes it.
+  absl::Status Commit(Entry& entry, StoredVersion version, CertificateInfo info, PinState pin)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  VersionStore* const store_;
+  const Clock* const clock_;
+  PublicationListener* const listener_;
+
+  mutable absl::Mutex mu_;
+  std::map<std::string, std::unique_ptr<Entry>> entries_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace certcast
+
+#endif  // CERTCAST_SERVER_PUBLISHER_H_

@@ -1,0 +1,240 @@
+#include "server/server.h"
+
+#include <set>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "common/status_macros.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/security/tls_certificate_provider.h"
+#include "grpcpp/security/tls_credentials_options.h"
+#include "grpcpp/server_builder.h"
+#include "spdlog/spdlog.h"
+
+namespace certcast {
+
+bool ValidCertificateName(const std::string& name) {
+  if (name.empty() || name.size() > 253) return false;
+  for (char c : name) {
+    if (!(absl::ascii_islower(c) || absl::ascii_isdigit(c) || c == '-' || c == '.')) return false;
+  }
+  return absl::ascii_isalnum(name.front()) && absl::ascii_isalnum(name.back());
+}
+
+// Forwards publications to the hub and tracks readiness (every certificate has a version)
+// without calling back into the Publisher, whose lock is held during OnPublish.
+class CertcastServer::Readiness final : public PublicationListener {
+ public:
+  Readiness(DistributionHub* hub, size_t certificates) : hub_(hub), certificates_(certificates) {}
+
+  void OnPublish(std::shared_ptr<const Publication> publication) override {
+    const std::string name = publication->name;
+    hub_->OnPublish(std::move(publication));
+    absl::MutexLock lock(&mu_);
+    published_.insert(name);
+    if (health_ != nullptr) health_->SetServingStatus(published_.size() == certificates_);
+  }
+
+  void SetHealthService(grpc::HealthCheckServiceInterface* health) {
+    absl::MutexLock lock(&mu_);
+    health_ = health;
+    health_->SetServingStatus(published_.size() == certificates_);
+  }
+
+ private:
+  DistributionHub* const hub_;
+  const size_t certificates_;
+  absl::Mutex mu_;
+  std::set<std::string> published_ ABSL_GUARDED_BY(mu_);
+  grpc::HealthCheckServiceInterface* health_ ABSL_GUARDED_BY(mu_) = nullptr;
+};
+
+namespace {
+
+absl::Status CheckOptions(const ServerOptions& options) {
+  if (options.certificates.empty()) {
+    return absl::InvalidArgumentError("no certificate configured: pass --certificate=NAME=DIR");
+  }
+  std::set<std::string> names;
+  for (const auto& certificate : options.certificates) {
+    if (!ValidCertificateName(certificate.name)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "certificate name \"", certificate.name,
+          "\" is invalid: use lowercase letters, digits, '-' and '.', starting and ending with "
+          "a letter or digit"));
+    }
+    if (!names.insert(certificate.name).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("certificate \"", certificate.name, "\" is configured twice"));
+    }
+    if (certificate.dir.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("certificate \"", certificate.name, "\" has no source directory"));
+    }
+  }
+  const bool tls = !options.tls_cert.empty() || !options.tls_key.empty();
+  if (tls && (options.tls_cert.empty() || options.tls_key.empty())) {
+    return absl::InvalidArgumentError("--tls-cert and --tls-key must be given together");
+  }
+  if (!tls && !options.insecure) {
+    return absl::InvalidArgumentError(
+        "no TLS configured: pass --tls-cert and --tls-key, or --insecure for local development "
+        "(private keys would cross the network in plaintext)");
+  }
+  if (tls && options.insecure) {
+    return absl::InvalidArgumentError("--insecure cannot be combined with --tls-cert/--tls-key");
+  }
+  if (!options.client_ca.empty() && !tls) {
+    return absl::InvalidArgumentError("--client-ca needs --tls-cert and --tls-key");
+  }
+  return absl::OkStatus();
+}
+
+// Fails fast on unreadable or invalid serving files instead of failing every handshake later.
+absl::Status CheckTlsFiles(Filesystem& fs, const ServerOptions& options) {
+  CertificateMaterial material;
+  ASSIGN_OR_RETURN(material.chain_pem, fs.ReadFile(options.tls_cert));
+  ASSIGN_OR_RETURN(std::string key, fs.ReadFile(options.tls_key));
+  material.key_pem = SecretBytes(key);
+  CleanseString(&key);
+  ValidationOptions validation;
+  validation.now = absl::Now();
+  absl::Status valid = ValidateMaterial("serving", material, validation).status();
+  if (!valid.ok()) return Annotate(valid, "--tls-cert/--tls-key");
+  if (!options.client_ca.empty()) RETURN_IF_ERROR(fs.ReadFile(options.client_ca).status());
+  return absl::OkStatus();
+}
+
+std::shared_ptr<grpc::ServerCredentials> MakeCredentials(const ServerOptions& options) {
+  if (options.insecure) return grpc::InsecureServerCredentials();
+  const int refresh = static_cast<int>(
+      std::max<int64_t>(1, absl::ToInt64Seconds(options.tls_refresh_interval)));
+  std::shared_ptr<grpc::experimental::CertificateProviderInterface> provider;
+  if (options.client_ca.empty()) {
+    provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+        options.tls_key, options.tls_cert, refresh);
+  } else {
+    provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+        options.tls_key, options.tls_cert, options.client_ca, refresh);
+  }
+  grpc::experimental::TlsServerCredentialsOptions tls(provider);
+  tls.watch_identity_key_cert_pairs();
+  if (options.client_ca.empty()) {
+    tls.set_cert_request_type(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  } else {
+    tls.watch_root_certs();
+    tls.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  }
+  return grpc::experimental::TlsServerCredentials(tls);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOptions options,
+                                                                       Filesystem* fs,
+                                                                       const Clock* clock) {
+  RETURN_IF_ERROR(CheckOptions(options));
+  if (!options.insecure) RETURN_IF_ERROR(CheckTlsFiles(*fs, options));
+  std::unique_ptr<CertcastServer> server(new CertcastServer());
+  server->options_ = options;
+  ASSIGN_OR_RETURN(server->store_, FileVersionStore::Open(fs, options.state_dir));
+  server->fleet_ = std::make_unique<Fleet>(clock, options.client_retention);
+  server->authorizer_ = std::make_unique<AllowAllAuthorizer>();
+  std::vector<std::string> names;
+  for (const auto& certificate : options.certificates) names.push_back(certificate.name);
+  server->hub_ = std::make_unique<DistributionHub>(names, options.distribution,
+                                                   server->fleet_.get(), server->authorizer_.get());
+  server->readiness_ = std::make_unique<Readiness>(server->hub_.get(), names.size());
+  server->publisher_ =
+      std::make_unique<Publisher>(server->store_.get(), clock, server->readiness_.get());
+  for (const auto& certificate : options.certificates) {
+    CertificateSpec spec;
+    spec.name = certificate.name;
+    spec.source = std::make_unique<DirectorySource>(fs, certificate.dir, options.directory);
+    spec.required_dns_names = certificate.required_dns_names;
+    RETURN_IF_ERROR(server->publisher_->AddCertificate(std::move(spec)));
+  }
+  Publisher* publisher = server->publisher_.get();
+  for (const std::string& name : names) {
+    publisher->Evaluate(name, /*confirmed=*/true);
+    auto watcher = std::make_unique<SourceWatcher>(
+        publisher->SourceOf(name),
+        [publisher, name](bool confirmed) { return publisher->Evaluate(name, confirmed); },
+        options.watcher);
+    watcher->Start();
+    server->watchers_.emplace_back(name, std::move(watcher));
+  }
+
+  server->distribution_service_ = std::make_unique<DistributionService>(server->hub_.get());
+  server->inspection_service_ =
+      std::make_unique<InspectionService>(publisher, server->fleet_.get());
+  server->admin_service_ = std::make_unique<AdminService>(publisher, server->authorizer_.get());
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen, MakeCredentials(options), &server->port_);
+  builder.RegisterService(server->distribution_service_.get());
+  builder.RegisterService(server->inspection_service_.get());
+  builder.RegisterService(server->admin_service_.get());
+  // Idle streams live for days; a dead peer is noticed within about a minute.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30'000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20'000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10'000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  // gRPC refuses anything larger outright; the hub gives a clearer error above its own limit.
+  builder.SetMaxReceiveMessageSize(
+      static_cast<int>(std::max<size_t>(options.distribution.max_message_bytes * 4, 256 * 1024)));
+  server->grpc_server_ = builder.BuildAndStart();
+  if (server->grpc_server_ == nullptr || server->port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen));
+  }
+  server->readiness_->SetHealthService(server->grpc_server_->GetHealthCheckService());
+  server->hub_->Start();
+
+  if (!options.health_listen.empty()) {
+    server->probes_.Handle("/healthz", [] { return absl::OkStatus(); });
+    server->probes_.Handle("/readyz", [publisher]() -> absl::Status {
+      std::string why;
+      if (publisher->Ready(&why)) return absl::OkStatus();
+      return absl::UnavailableError(why);
+    });
+    ASSIGN_OR_RETURN(server->health_port_, server->probes_.Start(options.health_listen));
+  }
+  if (options.insecure) {
+    spdlog::warn("*** --insecure: serving WITHOUT TLS on {}. Private keys cross the network in "
+                 "plaintext. Use only for local development. ***",
+                 options.listen);
+  }
+  spdlog::info("certcast-server listening on port {} ({}), {} certificate(s), state in {}",
+               server->port_, options.insecure ? "plaintext" : (options.client_ca.empty() ? "TLS" : "mTLS"),
+               names.size(), options.state_dir);
+  return server;
+}
+
+SourceWatcher& CertcastServer::watcher(const std::string& name) {
+  for (auto& [watched, watcher] : watchers_) {
+    if (watched == name) return *watcher;
+  }
+  std::abort();
+}
+
+void CertcastServer::Shutdown(absl::Duration grace) {
+  if (shut_down_) return;
+  shut_down_ = true;
+  for (auto& [name, watcher] : watchers_) watcher->Stop();
+  probes_.Stop();
+  if (grpc_server_ != nullptr) {
+    grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+    grpc_server_->Wait();
+  }
+  if (hub_ != nullptr) hub_->Stop();
+}
+
+CertcastServer::~CertcastServer() { Shutdown(absl::Seconds(1)); }
+
+}  // namespace certcast

@@ -1,0 +1,95 @@
+// CertcastServer wires the server's parts together (the composition root used by main and by
+// in-process tests): version store, publisher, source watchers, distribution hub, gRPC services
+// with health and reflection, and the plain-HTTP probe endpoint.
+// Thread-safe accessors; Shutdown once. Does not own `fs` or `clock`.
+#ifndef CERTCAST_SERVER_SERVER_H_
+#define CERTCAST_SERVER_SERVER_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/clock.h"
+#include "common/filesystem.h"
+#include "common/http_probe_server.h"
+#include "grpcpp/server.h"
+#include "server/authorizer.h"
+#include "server/distribution.h"
+#include "server/fleet.h"
+#include "server/inspection.h"
+#include "server/publisher.h"
+#include "server/source.h"
+#include "server/version_store.h"
+
+namespace certcast {
+
+struct ServerOptions {
+  struct Certificate {
+    std::string name;
+    std::string dir;
+    std::vector<std::string> required_dns_names;
+  };
+  std::string listen = "0.0.0.0:8443";
+  std::vector<Certificate> certificates;
+  std::string state_dir = "./certcast-state";
+  std::string tls_cert;
+  std::string tls_key;
+  std::string client_ca;  // when set, client certificates are required and verified
+  bool insecure = false;
+  std::string health_listen;  // empty: no plain-HTTP probe endpoint
+  absl::Duration tls_refresh_interval = absl::Seconds(10);
+  absl::Duration client_retention = absl::Hours(1);
+  DistributionHub::Options distribution;
+  SourceWatcher::Options watcher;
+  DirectorySource::Options directory;
+};
+
+class CertcastServer {
+ public:
+  // Validates `options`, restores persisted versions, evaluates every source once, and starts
+  // serving. InvalidArgument for bad options, DataLoss for corrupt state, Unavailable when the
+  // port cannot be bound.
+  static absl::StatusOr<std::unique_ptr<CertcastServer>> Start(ServerOptions options,
+                                                               Filesystem* fs, const Clock* clock);
+  ~CertcastServer();
+
+  // Stops watching sources, lets streams finish for up to `grace`, then cancels the rest.
+  void Shutdown(absl::Duration grace);
+
+  int port() const { return port_; }
+  int health_port() const { return health_port_; }
+  Publisher& publisher() { return *publisher_; }
+  DistributionHub& hub() { return *hub_; }
+  Fleet& fleet() { return *fleet_; }
+  SourceWatcher& watcher(const std::string& name);
+
+ private:
+  class Readiness;
+  CertcastServer() = default;
+
+  ServerOptions options_;
+  std::unique_ptr<VersionStore> store_;
+  std::unique_ptr<Fleet> fleet_;
+  std::unique_ptr<Authorizer> authorizer_;
+  std::unique_ptr<DistributionHub> hub_;
+  std::unique_ptr<Readiness> readiness_;
+  std::unique_ptr<Publisher> publisher_;
+  std::vector<std::pair<std::string, std::unique_ptr<SourceWatcher>>> watchers_;
+  std::unique_ptr<DistributionService> distribution_service_;
+  std::unique_ptr<InspectionService> inspection_service_;
+  std::unique_ptr<AdminService> admin_service_;
+  std::unique_ptr<grpc::Server> grpc_server_;
+  HttpProbeServer probes_;
+  int port_ = 0;
+  int health_port_ = 0;
+  bool shut_down_ = false;
+};
+
+// Certificate names become file names and label values: [a-z0-9]([a-z0-9.-]*[a-z0-9])?, ≤253.
+bool ValidCertificateName(const std::string& name);
+
+}  // namespace certcast
+
+#endif  // CERTCAST_SERVER_SERVER_H_
