@@ -26,6 +26,17 @@ std::vector<std::string> TakeRepeatedFlag(int* argc, char** argv, const std::str
   return values;
 }
 
+void NormalizeFlagNames(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    char* arg = argv[i];
+    if (arg[0] != '-' || arg[1] != '-') continue;
+    if (arg[2] == '\0') return;  // "--": the rest is positional
+    for (char* c = arg + 2; *c != '\0' && *c != '='; ++c) {
+      if (*c == '-') *c = '_';
+    }
+  }
+}
+
 bool SplitKeyValue(const std::string& text, std::string* key, std::string* value) {
   const size_t eq = text.find('=');
   if (eq == std::string::npos || eq == 0 || eq + 1 == text.size()) return false;

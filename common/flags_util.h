@@ -12,6 +12,11 @@ namespace certcast {
 // `--NAME V` from argv (compacting it and updating argc) and returns the values in order.
 std::vector<std::string> TakeRepeatedFlag(int* argc, char** argv, const std::string& name);
 
+// certcast documents its flags with dashes (--state-dir); absl flags spell them with
+// underscores. Rewrites the name part of every `--flag-name[=value]` argument in place, so both
+// spellings work. Stops at a bare "--".
+void NormalizeFlagNames(int argc, char** argv);
+
 // Splits "KEY=VALUE" at the first '='. False when there is no '=' or either side is empty.
 bool SplitKeyValue(const std::string& text, std::string* key, std::string* value);
 

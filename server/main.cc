@@ -25,7 +25,7 @@ ABSL_FLAG(std::vector<std::string>, certificate, {},
           "NAME=DIR, repeatable: distribute the certificate in DIR (a mounted kubernetes.io/tls "
           "Secret: tls.crt, tls.key, optional ca.crt) under NAME.");
 ABSL_FLAG(std::vector<std::string>, require_san, {},
-          "NAME=DNSNAME, repeatable (also --require-san): refuse material for NAME whose leaf "
+          "NAME=DNSNAME, repeatable: refuse material for NAME whose leaf "
           "does not cover DNSNAME.");
 ABSL_FLAG(std::string, state_dir, "./certcast-state",
           "Directory for persisted versions (created 0700; files 0600).");
@@ -70,14 +70,13 @@ int main(int argc, char** argv) {
   prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
   absl::SetProgramUsageMessage(
       "Distributes TLS certificates to certcast clients over gRPC.\n"
+      "Flags may be spelled with dashes or underscores (--state-dir, --state_dir).\n"
       "  certcast-server --certificate=wildcard=/etc/certcast/wildcard "
       "--tls-cert=tls.crt --tls-key=tls.key");
+  certcast::NormalizeFlagNames(argc, argv);
   const std::vector<std::string> certificates =
       certcast::TakeRepeatedFlag(&argc, argv, "certificate");
-  std::vector<std::string> sans = certcast::TakeRepeatedFlag(&argc, argv, "require-san");
-  for (std::string& san : certcast::TakeRepeatedFlag(&argc, argv, "require_san")) {
-    sans.push_back(std::move(san));
-  }
+  const std::vector<std::string> sans = certcast::TakeRepeatedFlag(&argc, argv, "require_san");
   absl::ParseCommandLine(argc, argv);
 
   if (absl::Status logging = certcast::ConfigureLogging(absl::GetFlag(FLAGS_log_level),

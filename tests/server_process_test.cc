@@ -1,0 +1,201 @@
+// The real certcast-server binary as a child process: versions survive kill -9, SIGTERM drains
+// and exits cleanly, bad flags fail with a clear message.
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <memory>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/fixtures/cert_factory.h"
+#include "tests/test_subscriber.h"
+
+extern char** environ;
+
+namespace certcast {
+namespace {
+
+using ::certcast::fixtures::TempDir;
+using ::certcast::scenario::TestSubscriber;
+using ::certcast::scenario::WaitFor;
+using ::testing::HasSubstr;
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+class ServerProcess {
+ public:
+  ServerProcess(const std::vector<std::string>& args, const std::string& log_path)
+      : log_path_(log_path) {
+    std::vector<std::string> all = {CERTCAST_SERVER_BINARY};
+    all.insert(all.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    for (std::string& arg : all) argv.push_back(arg.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 2, log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                     0600);
+    EXPECT_EQ(posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), environ), 0);
+    posix_spawn_file_actions_destroy(&actions);
+  }
+  ~ServerProcess() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      Wait(absl::Seconds(10));
+    }
+  }
+
+  // The port from the "listening on port N" log line, or 0.
+  int WaitForPort() {
+    int port = 0;
+    WaitFor([&] {
+      std::smatch match;
+      const std::string log = ReadAll(log_path_);
+      static const std::regex kListening("listening on port ([0-9]+)");
+      if (std::regex_search(log, match, kListening)) port = std::stoi(match[1]);
+      return port != 0 || Exited();
+    });
+    return port;
+  }
+
+  bool Exited() {
+    if (pid_ <= 0) return true;
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      exit_status_ = status;
+      pid_ = -1;
+      return true;
+    }
+    return false;
+  }
+
+  // Exit status as from waitpid, or -1 when still running after `timeout`.
+  int Wait(absl::Duration timeout) {
+    WaitFor([&] { return Exited(); }, timeout);
+    return pid_ > 0 ? -1 : exit_status_;
+  }
+
+  void Signal(int signal) { kill(pid_, signal); }
+  std::string log() const { return ReadAll(log_path_); }
+
+ private:
+  std::string log_path_;
+  pid_t pid_ = -1;
+  int exit_status_ = 0;
+};
+
+class ServerProcessTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    chain_ = fixtures::MakeChain();
+    fixtures::WriteKubeletDir(tmp_.Join("source"), chain_.material);
+  }
+  std::vector<std::string> Args() {
+    return {"--listen=127.0.0.1:0", "--insecure", "--quiet-period=20ms",
+            "--certificate=wildcard=" + tmp_.Join("source"),
+            "--state-dir=" + tmp_.Join("state")};
+  }
+  uint64_t CurrentVersion(int port, std::string* fingerprint = nullptr) {
+    auto stub = v1::Inspection::NewStub(scenario::InsecureChannel(port));
+    grpc::ClientContext context;
+    v1::GetCertificateRequest request;
+    request.set_name("wildcard");
+    v1::Certificate certificate;
+    if (!stub->GetCertificate(&context, request, &certificate).ok()) return 0;
+    if (fingerprint != nullptr) *fingerprint = certificate.current().fingerprint();
+    return certificate.current().version();
+  }
+
+  TempDir tmp_;
+  fixtures::Chain chain_;
+};
+
+// kill -9 right after rotations loses no version: the restarted server serves the same numbers.
+TEST_F(ServerProcessTest, KillNineKeepsVersions) {
+  std::string fingerprint;
+  {
+    ServerProcess server(Args(), tmp_.Join("server1.log"));
+    const int port = server.WaitForPort();
+    ASSERT_NE(port, 0) << server.log();
+    for (uint64_t version = 2; version <= 3; ++version) {
+      fixtures::Chain next = fixtures::MakeChain();
+      fixtures::WriteKubeletDir(tmp_.Join("source"), next.material);
+      ASSERT_TRUE(WaitFor([&] { return CurrentVersion(port) == version; })) << server.log();
+    }
+    CurrentVersion(port, &fingerprint);
+    server.Signal(SIGKILL);
+    ASSERT_NE(server.Wait(absl::Seconds(10)), -1);
+  }
+  ServerProcess restarted(Args(), tmp_.Join("server2.log"));
+  const int port = restarted.WaitForPort();
+  ASSERT_NE(port, 0) << restarted.log();
+  std::string restored;
+  EXPECT_EQ(CurrentVersion(port, &restored), 3u);
+  EXPECT_EQ(restored, fingerprint);
+}
+
+// SIGTERM ends open streams within the grace period and exits 0.
+TEST_F(ServerProcessTest, SigtermDrainsAndExitsCleanly) {
+  std::vector<std::string> args = Args();
+  args.push_back("--shutdown-grace=1s");
+  ServerProcess server(args, tmp_.Join("server.log"));
+  const int port = server.WaitForPort();
+  ASSERT_NE(port, 0) << server.log();
+  TestSubscriber subscriber(scenario::InsecureChannel(port));
+  v1::HeldCertificate held;
+  held.set_name("wildcard");
+  ASSERT_TRUE(subscriber.SendHello("tenant-a", "pod-1", {held}));
+  ASSERT_TRUE(subscriber.NextNonHeartbeat().has_value());
+  server.Signal(SIGTERM);
+  const int status = server.Wait(absl::Seconds(20));
+  ASSERT_NE(status, -1) << "did not exit after SIGTERM";
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << server.log();
+  EXPECT_FALSE(subscriber.Finish().ok());
+  EXPECT_THAT(server.log(), HasSubstr("certcast-server stopped"));
+}
+
+// A corrupt state file is a clear start-up error naming the file, never a silent reset.
+TEST_F(ServerProcessTest, CorruptStateFileIsAStartupError) {
+  {
+    ServerProcess server(Args(), tmp_.Join("server1.log"));
+    ASSERT_NE(server.WaitForPort(), 0);
+  }
+  const std::string state_file = tmp_.Join("state/wildcard.state");
+  std::string bytes = ReadAll(state_file);
+  ASSERT_FALSE(bytes.empty());
+  bytes[bytes.size() / 2] ^= 0x5a;
+  std::ofstream(state_file, std::ios::binary | std::ios::trunc) << bytes;
+  ServerProcess server(Args(), tmp_.Join("server2.log"));
+  const int status = server.Wait(absl::Seconds(20));
+  ASSERT_NE(status, -1);
+  EXPECT_NE(WEXITSTATUS(status), 0);
+  EXPECT_THAT(server.log(), HasSubstr(state_file));
+}
+
+// Bad flags fail fast with a message that names the flag.
+TEST_F(ServerProcessTest, BadFlagsFailWithClearMessage) {
+  ServerProcess no_tls({"--listen=127.0.0.1:0", "--certificate=wildcard=" + tmp_.Join("source")},
+                       tmp_.Join("a.log"));
+  EXPECT_EQ(WEXITSTATUS(no_tls.Wait(absl::Seconds(20))), 2);
+  EXPECT_THAT(no_tls.log(), HasSubstr("--insecure"));
+  ServerProcess bad_cert({"--insecure", "--certificate=wildcard"}, tmp_.Join("b.log"));
+  EXPECT_EQ(WEXITSTATUS(bad_cert.Wait(absl::Seconds(20))), 2);
+  EXPECT_THAT(bad_cert.log(), HasSubstr("expected NAME=DIR"));
+}
+
+}  // namespace
+}  // namespace certcast

@@ -1,0 +1,80 @@
+// The distribution hub against a client that stops reading: newer versions replace the one
+// waiting to be written (latest wins), so memory stays bounded and the client ends up with the
+// newest version.
+#include <memory>
+#include <string>
+
+#include "common/clock.h"
+#include "gtest/gtest.h"
+#include "grpcpp/grpcpp.h"
+#include "server/distribution.h"
+#include "server/publication.h"
+#include "tests/test_subscriber.h"
+
+namespace certcast {
+namespace {
+
+using ::certcast::scenario::InsecureChannel;
+using ::certcast::scenario::TestSubscriber;
+using ::certcast::scenario::WaitFor;
+
+std::shared_ptr<const Publication> BigPublication(uint64_t version) {
+  CertificateInfo info;
+  info.fingerprint = std::string(63, 'f') + std::to_string(version % 10);
+  CertificateMaterial material;
+  material.chain_pem = std::string(512 * 1024, 'c');  // the hub never looks inside
+  material.key_pem = SecretBytes("key");
+  return MakePublication("wildcard", version, false, info, material);
+}
+
+// A reader that is not reading gets only a bounded number of the 60 versions, ending with 60.
+TEST(SlowReaderTest, LatestVersionWinsForAClientThatStopsReading) {
+  RealClock clock;
+  Fleet fleet(&clock, absl::Hours(1));
+  AllowAllAuthorizer authorizer;
+  DistributionHub hub({"wildcard"}, DistributionHub::Options(), &fleet, &authorizer);
+  DistributionService service(&hub);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  hub.Start();
+  hub.OnPublish(BigPublication(1));
+
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(8 * 1024 * 1024);
+  TestSubscriber subscriber(
+      grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port),
+                                grpc::InsecureChannelCredentials(), args));
+  v1::HeldCertificate held;
+  held.set_name("wildcard");
+  ASSERT_TRUE(subscriber.SendHello("tenant-a", "slow", {held}));
+  ASSERT_TRUE(WaitFor([&] { return hub.counters().updates_written == 1; }));
+
+  // The test subscriber's reader thread keeps reading, but 60 x 512 KiB published back to back
+  // outruns one stream's flow-control window; superseded versions must be dropped, not queued.
+  constexpr uint64_t kVersions = 60;
+  for (uint64_t version = 2; version <= kVersions; ++version) hub.OnPublish(BigPublication(version));
+
+  uint64_t last = 0;
+  int updates = 0;
+  while (last < kVersions) {
+    std::optional<v1::SubscribeResponse> response = subscriber.NextNonHeartbeat();
+    ASSERT_TRUE(response.has_value()) << "stream ended before version " << kVersions;
+    ASSERT_TRUE(response->has_update());
+    EXPECT_GT(response->update().version(), last) << "versions must only move forward";
+    last = response->update().version();
+    ++updates;
+  }
+  EXPECT_EQ(last, kVersions);
+  EXPECT_LT(updates, static_cast<int>(kVersions));
+  EXPECT_GT(hub.counters().updates_replaced, 0u);
+
+  subscriber.CloseSend();
+  server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+  hub.Stop();
+}
+
+}  // namespace
+}  // namespace certcast
