@@ -75,7 +75,13 @@ std::string DirectorySource::Signature() {
 
 bool DirectorySource::WaitForChange(absl::Time deadline) {
   while (!interrupted_.load()) {
+    const bool had_watch = watch_ >= 0;
     const bool watching = EnsureWatch();
+    if (watching && !had_watch) {
+      // A new watch (the directory appeared or was re-created) misses what happened before it.
+      last_signature_ = Signature();
+      return true;
+    }
     absl::Time wake_at = deadline;
     if (!watching) wake_at = std::min(deadline, absl::Now() + options_.poll_interval);
     struct pollfd fds[2] = {{wake_fd_, POLLIN, 0}, {watching ? inotify_fd_ : -1, POLLIN, 0}};
@@ -109,8 +115,6 @@ bool DirectorySource::WaitForChange(absl::Time deadline) {
         last_signature_ = std::move(signature);
         return true;
       }
-      // The directory may have appeared: a new watch means anything may have changed.
-      if (EnsureWatch()) return true;
     }
     if (absl::Now() >= deadline) return false;
   }

@@ -522,8 +522,15 @@ TEST_F(ServerScenarioTest, HealthFollowsReadiness) {
     return bytes == std::string("\x08\x01", 2) ? std::string("SERVING") : std::string("NOT_SERVING");
   };
   EXPECT_EQ(health(), "NOT_SERVING");
+  const int http = server_->health_port();
+  std::string body;
+  EXPECT_EQ(scenario::HttpGet(http, "/healthz"), 200);
+  EXPECT_EQ(scenario::HttpGet(http, "/readyz", &body), 503);
+  EXPECT_THAT(body, HasSubstr("no valid version yet for: wildcard"));
+  EXPECT_EQ(scenario::HttpGet(http, "/other"), 404);
   fixtures::WriteKubeletDir(source_dir_, chain_.material);
   ASSERT_TRUE(WaitFor([&] { return health() == "SERVING"; }));
+  EXPECT_EQ(scenario::HttpGet(http, "/readyz"), 200);
 }
 
 }  // namespace

@@ -1,5 +1,10 @@
 #include "tests/test_subscriber.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include "absl/strings/str_cat.h"
 
 namespace certcast::scenario {
@@ -17,6 +22,34 @@ bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout) {
 
 std::shared_ptr<grpc::Channel> InsecureChannel(int port) {
   return grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials());
+}
+
+int HttpGet(int port, const std::string& path, std::string* body) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in address = {};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<struct sockaddr*>(&address), sizeof(address)) != 0) {
+    close(fd);
+    return 0;
+  }
+  const std::string request = absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: test\r\n\r\n");
+  if (write(fd, request.data(), request.size()) != static_cast<ssize_t>(request.size())) {
+    close(fd);
+    return 0;
+  }
+  std::string response;
+  char buffer[4096];
+  ssize_t n;
+  while ((n = read(fd, buffer, sizeof(buffer))) > 0) response.append(buffer, static_cast<size_t>(n));
+  close(fd);
+  if (response.rfind("HTTP/1.1 ", 0) != 0 || response.size() < 12) return 0;
+  if (body != nullptr) {
+    const size_t start = response.find("\r\n\r\n");
+    *body = start == std::string::npos ? "" : response.substr(start + 4);
+  }
+  return std::stoi(response.substr(9, 3));
 }
 
 TestSubscriber::TestSubscriber(std::shared_ptr<grpc::Channel> channel)

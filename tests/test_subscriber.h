@@ -23,6 +23,10 @@ bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout = ab
 
 std::shared_ptr<grpc::Channel> InsecureChannel(int port);
 
+// Plain HTTP GET to 127.0.0.1:port; returns the status code (0 on connection failure) and the
+// body in `body` when given.
+int HttpGet(int port, const std::string& path, std::string* body = nullptr);
+
 class TestSubscriber {
  public:
   explicit TestSubscriber(std::shared_ptr<grpc::Channel> channel);

@@ -1,0 +1,75 @@
+#include "server/fleet.h"
+
+#include "gtest/gtest.h"
+
+namespace certcast {
+namespace {
+
+ClientRecord Client(const std::string& ns, const std::string& id) {
+  ClientRecord record;
+  record.namespace_ = ns;
+  record.client_id = id;
+  record.certificates.emplace_back();
+  record.certificates.back().name = "wildcard";
+  return record;
+}
+
+// Only the nonce last sent on the stream is accepted; older ones are counted as stale.
+TEST(FleetTest, AcksWithOutdatedNonceAreStale) {
+  FakeClock clock;
+  Fleet fleet(&clock, absl::Hours(1));
+  const uint64_t id = fleet.Connect(Client("tenant-a", "pod"));
+  fleet.RecordSent(id, "wildcard", 1, "n1", false);
+  fleet.RecordSent(id, "wildcard", 2, "n2", false);
+  EXPECT_EQ(fleet.RecordAck(id, "wildcard", 1, "n1", ""), AckOutcome::kStale);
+  EXPECT_EQ(fleet.RecordNack(id, "wildcard", 1, "n1", "x"), AckOutcome::kStale);
+  EXPECT_EQ(fleet.RecordAck(id, "wildcard", 2, "n2", ""), AckOutcome::kRecorded);
+  EXPECT_EQ(fleet.RecordAck(id, "other", 2, "n2", ""), AckOutcome::kUnknownCertificate);
+  EXPECT_EQ(fleet.counters().stale, 2u);
+  EXPECT_EQ(fleet.counters().acks, 1u);
+  EXPECT_EQ(fleet.CountFor("wildcard", 2).acknowledged, 1u);
+}
+
+// A NACK followed by an ACK of the same nonce (a transient failure retried by the client)
+// clears the error.
+TEST(FleetTest, AckAfterNackClearsTheError) {
+  FakeClock clock;
+  Fleet fleet(&clock, absl::Hours(1));
+  const uint64_t id = fleet.Connect(Client("tenant-a", "pod"));
+  fleet.RecordSent(id, "wildcard", 3, "n3", false);
+  fleet.RecordNack(id, "wildcard", 3, "n3", "secret: 503");
+  Fleet::Page page = fleet.List("", "", 10, 0);
+  EXPECT_EQ(page.clients[0].certificates[0].last_error, "secret: 503");
+  fleet.RecordAck(id, "wildcard", 3, "n3", "");
+  page = fleet.List("", "", 10, 0);
+  EXPECT_EQ(page.clients[0].certificates[0].last_error, "");
+  EXPECT_EQ(page.clients[0].certificates[0].acknowledged_version, 3u);
+}
+
+// Disconnected clients stay visible for the retention period, then disappear; a reconnect of the
+// same namespace and client id replaces the old record.
+TEST(FleetTest, DisconnectedClientsAreKeptForRetention) {
+  FakeClock clock;
+  Fleet fleet(&clock, absl::Minutes(10));
+  const uint64_t id = fleet.Connect(Client("tenant-a", "pod"));
+  fleet.Disconnect(id);
+  Fleet::Page page = fleet.List("", "", 10, 0);
+  ASSERT_EQ(page.clients.size(), 1u);
+  EXPECT_FALSE(page.clients[0].connected);
+  EXPECT_EQ(fleet.CountFor("wildcard", 0).clients, 0u);
+
+  fleet.Connect(Client("tenant-a", "pod"));
+  page = fleet.List("", "", 10, 0);
+  ASSERT_EQ(page.clients.size(), 1u);
+  EXPECT_TRUE(page.clients[0].connected);
+
+  const uint64_t other = fleet.Connect(Client("tenant-b", "pod"));
+  fleet.Disconnect(other);
+  clock.Advance(absl::Minutes(11));
+  page = fleet.List("", "", 10, 0);
+  ASSERT_EQ(page.clients.size(), 1u);
+  EXPECT_EQ(page.clients[0].namespace_, "tenant-a");
+}
+
+}  // namespace
+}  // namespace certcast

@@ -1,0 +1,180 @@
+#include "server/source.h"
+
+#include <unistd.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/fixtures/cert_factory.h"
+
+namespace certcast {
+namespace {
+
+using ::certcast::fixtures::Chain;
+using ::certcast::fixtures::MakeChain;
+using ::certcast::fixtures::TempDir;
+using ::testing::HasSubstr;
+
+bool Eventually(const std::function<bool()>& condition) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (absl::Now() < deadline) {
+    if (condition()) return true;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return condition();
+}
+
+class DirectorySourceTest : public ::testing::TestWithParam<bool /*use_inotify*/> {
+ protected:
+  std::unique_ptr<DirectorySource> Make(const std::string& dir) {
+    DirectorySource::Options options;
+    options.use_inotify = GetParam();
+    options.poll_interval = absl::Milliseconds(20);
+    return std::make_unique<DirectorySource>(&fs_, dir, options);
+  }
+
+  TempDir tmp_;
+  PosixFilesystem fs_;
+};
+
+// The kubelet layout is read through ..data, giving the files of one version directory.
+TEST_P(DirectorySourceTest, ReadsKubeletLayout) {
+  Chain chain = MakeChain();
+  fixtures::WriteKubeletDir(tmp_.Join("s"), chain.material);
+  auto source = Make(tmp_.Join("s"));
+  absl::StatusOr<CertificateMaterial> material = source->Read();
+  ASSERT_TRUE(material.ok()) << material.status();
+  EXPECT_EQ(*material, chain.material);
+  EXPECT_EQ(source->Describe(), "dir:" + tmp_.Join("s"));
+}
+
+// A plain directory works too, and ca.crt is optional.
+TEST_P(DirectorySourceTest, ReadsPlainDirectoryWithoutCa) {
+  CertificateMaterial material = MakeChain().material;
+  material.ca_pem.clear();
+  fixtures::WritePlainDir(tmp_.Join("s"), material);
+  absl::StatusOr<CertificateMaterial> read = Make(tmp_.Join("s"))->Read();
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(*read, material);
+}
+
+// A missing directory or file is NotFound with reason "missing", naming the path.
+TEST_P(DirectorySourceTest, MissingIsNotFound) {
+  absl::StatusOr<CertificateMaterial> read = Make(tmp_.Join("absent"))->Read();
+  EXPECT_EQ(read.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(RejectionReason(read.status()), "missing");
+  EXPECT_THAT(std::string(read.status().message()), HasSubstr(tmp_.Join("absent")));
+
+  fixtures::WritePlainDir(tmp_.Join("s"), MakeChain().material);
+  ASSERT_EQ(unlink(tmp_.Join("s/tls.key").c_str()), 0);
+  read = Make(tmp_.Join("s"))->Read();
+  EXPECT_EQ(RejectionReason(read.status()), "missing");
+  EXPECT_THAT(std::string(read.status().message()), HasSubstr("tls.key"));
+}
+
+// A kubelet swap is noticed (inotify or polling).
+TEST_P(DirectorySourceTest, NoticesKubeletSwap) {
+  fixtures::WriteKubeletDir(tmp_.Join("s"), MakeChain().material);
+  auto source = Make(tmp_.Join("s"));
+  Chain next = MakeChain();
+  fixtures::WriteKubeletDir(tmp_.Join("s"), next.material);
+  EXPECT_TRUE(source->WaitForChange(absl::Now() + absl::Seconds(20)));
+  EXPECT_EQ(source->Read()->chain_pem, next.material.chain_pem);
+}
+
+// A directory that appears after start is picked up.
+TEST_P(DirectorySourceTest, NoticesDirectoryAppearing) {
+  auto source = Make(tmp_.Join("late"));
+  fixtures::WriteKubeletDir(tmp_.Join("late"), MakeChain().material);
+  EXPECT_TRUE(Eventually([&] {
+    return source->WaitForChange(absl::Now() + absl::Milliseconds(100)) && source->Read().ok();
+  }));
+}
+
+// Without changes WaitForChange returns false at the deadline; Interrupt wakes it at once.
+TEST_P(DirectorySourceTest, WaitTimesOutAndInterrupts) {
+  fixtures::WriteKubeletDir(tmp_.Join("s"), MakeChain().material);
+  auto source = Make(tmp_.Join("s"));
+  EXPECT_FALSE(source->WaitForChange(absl::Now() + absl::Milliseconds(50)));
+  source->Interrupt();
+  EXPECT_FALSE(source->WaitForChange(absl::InfiniteFuture()));
+}
+
+INSTANTIATE_TEST_SUITE_P(InotifyAndPolling, DirectorySourceTest, ::testing::Bool(),
+                         [](const auto& param_info) { return param_info.param ? "Inotify" : "Polling"; });
+
+// A source whose changes the test triggers.
+class TriggeredSource final : public CertificateSource {
+ public:
+  void Trigger() {
+    absl::MutexLock lock(&mu_);
+    ++pending_;
+  }
+  absl::StatusOr<CertificateMaterial> Read() override { return CertificateMaterial(); }
+  bool WaitForChange(absl::Time deadline) override {
+    absl::MutexLock lock(&mu_);
+    auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return pending_ > 0 || stop_; };
+    mu_.AwaitWithDeadline(absl::Condition(&ready), deadline);
+    if (stop_ || pending_ == 0) return false;
+    --pending_;
+    return true;
+  }
+  void Interrupt() override {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+  }
+  std::string Describe() const override { return "triggered:"; }
+
+ private:
+  absl::Mutex mu_;
+  int pending_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+struct Evaluations {
+  absl::Mutex mu;
+  std::vector<bool> confirmed ABSL_GUARDED_BY(mu);
+  Verdict next ABSL_GUARDED_BY(mu) = Verdict::kSettled;
+  size_t size() {
+    absl::MutexLock lock(&mu);
+    return confirmed.size();
+  }
+};
+
+// A burst of changes is evaluated once, after the quiet period, unconfirmed; an unsettled
+// verdict is re-evaluated, confirmed, after the confirmation delay.
+TEST(SourceWatcherTest, DebouncesAndConfirms) {
+  TriggeredSource source;
+  Evaluations evaluations;
+  SourceWatcher::Options options;
+  options.quiet_period = absl::Milliseconds(30);
+  options.confirm_delay = absl::Milliseconds(30);
+  SourceWatcher watcher(
+      &source,
+      [&](bool confirmed) {
+        absl::MutexLock lock(&evaluations.mu);
+        evaluations.confirmed.push_back(confirmed);
+        Verdict verdict = evaluations.next;
+        evaluations.next = Verdict::kSettled;
+        return verdict;
+      },
+      options);
+  watcher.Start();
+  {
+    absl::MutexLock lock(&evaluations.mu);
+    evaluations.next = Verdict::kUnsettled;
+  }
+  for (int i = 0; i < 5; ++i) source.Trigger();
+  ASSERT_TRUE(Eventually([&] { return evaluations.size() >= 2; }));
+  watcher.Stop();
+  EXPECT_EQ(watcher.changes_seen(), 5);
+  absl::MutexLock lock(&evaluations.mu);
+  EXPECT_THAT(evaluations.confirmed, ::testing::ElementsAre(false, true));
+}
+
+}  // namespace
+}  // namespace certcast
