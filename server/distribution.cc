@@ -76,7 +76,7 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
       finish_now = !write_in_flight_;
     }
     if (!status.ok()) {
-      hub_->Count(&HubCounters::streams_rejected);
+      hub_->Count(&DistributionHub::AtomicCounters::streams_rejected);
       spdlog::info("stream from {} ({}) ended with code {}: {}", identity_.peer, who,
                    static_cast<int>(status.error_code()), status.error_message());
     }
@@ -263,7 +263,7 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
   grpc::Status HandleAck(const v1::Ack& ack) {
     const AckOutcome outcome = hub_->fleet_->RecordAck(fleet_id_, ack.name(), ack.version(),
                                                        ack.nonce(), absl::StrJoin(ack.warnings(), "; "));
-    return CountOutcome(outcome, ack.name(), &HubCounters::acks);
+    return CountOutcome(outcome, ack.name(), &DistributionHub::AtomicCounters::acks);
   }
 
   grpc::Status HandleNack(const v1::Nack& nack) {
@@ -278,17 +278,17 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
       spdlog::warn("client {}/{} refused version {} of {}: {}", namespace_, client_id_,
                    nack.version(), nack.name(), joined);
     }
-    return CountOutcome(outcome, nack.name(), &HubCounters::nacks);
+    return CountOutcome(outcome, nack.name(), &DistributionHub::AtomicCounters::nacks);
   }
 
   grpc::Status CountOutcome(AckOutcome outcome, const std::string& name,
-                            uint64_t HubCounters::*field) {
+                            std::atomic<uint64_t> DistributionHub::AtomicCounters::*field) {
     switch (outcome) {
       case AckOutcome::kRecorded:
         hub_->Count(field);
         return grpc::Status::OK;
       case AckOutcome::kStale:
-        hub_->Count(&HubCounters::stale_acks);
+        hub_->Count(&DistributionHub::AtomicCounters::stale_acks);
         return grpc::Status::OK;
       case AckOutcome::kUnknownCertificate:
         break;
@@ -306,7 +306,7 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
     for (Outgoing& pending : pending_) {
       if (pending.kind != Outgoing::kHeartbeat && pending.subscription == index) {
         pending = Outgoing{Outgoing::kUpdate, index, publication, {}};  // latest wins
-        hub_->Count(&HubCounters::updates_replaced);
+        hub_->Count(&DistributionHub::AtomicCounters::updates_replaced);
         return;
       }
     }
@@ -324,15 +324,15 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
     switch (outgoing.kind) {
       case Outgoing::kHeartbeat:
         in_flight_ = std::move(outgoing.bytes);
-        hub_->Count(&HubCounters::heartbeats_written);
+        hub_->Count(&DistributionHub::AtomicCounters::heartbeats_written);
         break;
       case Outgoing::kUpdate:
         in_flight_ = outgoing.publication->update_bytes;
-        hub_->Count(&HubCounters::updates_written);
+        hub_->Count(&DistributionHub::AtomicCounters::updates_written);
         break;
       case Outgoing::kInSync:
         in_flight_ = std::move(outgoing.bytes);
-        hub_->Count(&HubCounters::in_sync_written);
+        hub_->Count(&DistributionHub::AtomicCounters::in_sync_written);
         break;
     }
     if (outgoing.publication != nullptr) {
@@ -429,14 +429,18 @@ bool DistributionHub::Known(const std::string& name) {
   return topics_.count(name) > 0;
 }
 
-void DistributionHub::Count(uint64_t HubCounters::*field, uint64_t n) {
-  absl::MutexLock lock(&mu_);
-  counters_.*field += n;
-}
-
 HubCounters DistributionHub::counters() {
-  absl::MutexLock lock(&mu_);
-  return counters_;
+  HubCounters snapshot;
+  snapshot.streams_opened = counters_.streams_opened.load();
+  snapshot.streams_rejected = counters_.streams_rejected.load();
+  snapshot.updates_written = counters_.updates_written.load();
+  snapshot.in_sync_written = counters_.in_sync_written.load();
+  snapshot.heartbeats_written = counters_.heartbeats_written.load();
+  snapshot.updates_replaced = counters_.updates_replaced.load();
+  snapshot.acks = counters_.acks.load();
+  snapshot.nacks = counters_.nacks.load();
+  snapshot.stale_acks = counters_.stale_acks.load();
+  return snapshot;
 }
 
 size_t DistributionHub::live_streams() {
@@ -447,8 +451,8 @@ size_t DistributionHub::live_streams() {
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* DistributionHub::NewStream(
     grpc::CallbackServerContext* context) {
   auto* stream = new SubscribeStream(this, context);
+  Count(&AtomicCounters::streams_opened);
   absl::MutexLock lock(&mu_);
-  ++counters_.streams_opened;
   streams_.insert(stream);
   awaiting_hello_[stream] = absl::Now() + options_.hello_timeout;
   return stream;

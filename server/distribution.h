@@ -88,7 +88,21 @@ class DistributionHub final : public PublicationListener {
                                                            grpc::ByteBuffer* heartbeat);
   void Unregister(SubscribeStream* stream);
   bool Known(const std::string& name);
-  void Count(uint64_t HubCounters::*field, uint64_t n = 1);
+  // Lock-free counters: streams bump them on the write path.
+  struct AtomicCounters {
+    std::atomic<uint64_t> streams_opened{0};
+    std::atomic<uint64_t> streams_rejected{0};
+    std::atomic<uint64_t> updates_written{0};
+    std::atomic<uint64_t> in_sync_written{0};
+    std::atomic<uint64_t> heartbeats_written{0};
+    std::atomic<uint64_t> updates_replaced{0};
+    std::atomic<uint64_t> acks{0};
+    std::atomic<uint64_t> nacks{0};
+    std::atomic<uint64_t> stale_acks{0};
+  };
+  void Count(std::atomic<uint64_t> AtomicCounters::*field) {
+    (counters_.*field).fetch_add(1, std::memory_order_relaxed);
+  }
   void RebuildHeartbeatLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Housekeep();
 
@@ -101,7 +115,7 @@ class DistributionHub final : public PublicationListener {
   std::set<SubscribeStream*> streams_ ABSL_GUARDED_BY(mu_);       // every live stream
   std::map<SubscribeStream*, absl::Time> awaiting_hello_ ABSL_GUARDED_BY(mu_);
   grpc::ByteBuffer heartbeat_ ABSL_GUARDED_BY(mu_);
-  HubCounters counters_ ABSL_GUARDED_BY(mu_);
+  AtomicCounters counters_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread housekeeper_;
 };
