@@ -29,20 +29,20 @@ struct CertificateMaterial {
 
 // What validation learned about valid material. Contains no key bytes.
 struct CertificateInfo {
-  std::string fingerprint;  // SHA-256 of the leaf DER, lowercase hex, no colons
-  std::string subject;      // RFC 2253 style one-line subject of the leaf
-  std::string issuer;       // same, of the leaf's issuer
-  std::string serial;       // leaf serial number, uppercase hex
+  std::string fingerprint;             // SHA-256 of the leaf DER, lowercase hex, no colons
+  std::string subject;                 // RFC 2253 style one-line subject of the leaf
+  std::string issuer;                  // same, of the leaf's issuer
+  std::string serial;                  // leaf serial number, uppercase hex
   std::vector<std::string> dns_names;  // DNS SANs of the leaf, in certificate order
   absl::Time not_before;
   absl::Time not_after;
-  int chain_length = 0;     // certificates in tls.crt
-  bool has_ca = false;      // ca.crt present
-  std::string key_type;     // "RSA-2048", "EC-P256", "EC-P384", "Ed25519", ...
+  int chain_length = 0;  // certificates in tls.crt
+  bool has_ca = false;   // ca.crt present
+  std::string key_type;  // "RSA-2048", "EC-P256", "EC-P384", "Ed25519", ...
 };
 
 struct ValidationOptions {
-  absl::Time now = absl::InfinitePast();       // validity is checked against this instant
+  absl::Time now = absl::InfinitePast();        // validity is checked against this instant
   std::vector<std::string> required_dns_names;  // each must be covered by the leaf (wildcards ok)
 };
 
@@ -68,10 +68,13 @@ absl::StatusOr<CertificateInfo> ValidateMaterial(absl::string_view name,
                                                  const ValidationOptions& options);
 
 // Reason codes attached by ValidateMaterial, for counting and metrics labels.
-inline constexpr absl::string_view kReasonEmpty = "empty";                // a required file is empty
-inline constexpr absl::string_view kReasonMalformedPem = "malformed_pem";  // not PEM, truncated, bad base64
-inline constexpr absl::string_view kReasonTrailingData = "trailing_data";  // garbage after/between PEM blocks
-inline constexpr absl::string_view kReasonWrongBlockType = "wrong_block_type";  // e.g. key in tls.crt
+inline constexpr absl::string_view kReasonEmpty = "empty";  // a required file is empty
+inline constexpr absl::string_view kReasonMalformedPem =
+    "malformed_pem";  // not PEM, truncated, bad base64
+inline constexpr absl::string_view kReasonTrailingData =
+    "trailing_data";  // garbage after/between PEM blocks
+inline constexpr absl::string_view kReasonWrongBlockType =
+    "wrong_block_type";  // e.g. key in tls.crt
 inline constexpr absl::string_view kReasonChainOrder = "chain_order";
 inline constexpr absl::string_view kReasonBadSignature = "bad_signature";
 inline constexpr absl::string_view kReasonCaMismatch = "ca_mismatch";

@@ -65,7 +65,8 @@ absl::StatusOr<int> HttpProbeServer::Start(const std::string& host_port) {
   }
   freeaddrinfo(addresses);
   if (fd < 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", host_port, ": ", strerror(err)));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", host_port, ": ", strerror(err)));
   }
   struct sockaddr_storage bound = {};
   socklen_t length = sizeof(bound);
@@ -133,11 +134,14 @@ void HttpProbeServer::Respond(int fd) {
       body = status.ok() ? "ok\n" : absl::StrCat(status.message(), "\n");
     }
   }
-  const char* reason = code == 200 ? "OK" : code == 503 ? "Service Unavailable"
-                                          : code == 405 ? "Method Not Allowed" : "Not Found";
+  const char* reason = code == 200   ? "OK"
+                       : code == 503 ? "Service Unavailable"
+                       : code == 405 ? "Method Not Allowed"
+                                     : "Not Found";
   std::string response =
-      absl::StrCat("HTTP/1.1 ", code, " ", reason, "\r\nContent-Type: text/plain\r\nContent-Length: ",
-                   body.size(), "\r\nConnection: close\r\n\r\n");
+      absl::StrCat("HTTP/1.1 ", code, " ", reason,
+                   "\r\nContent-Type: text/plain\r\nContent-Length: ", body.size(),
+                   "\r\nConnection: close\r\n\r\n");
   if (parts.empty() || parts[0] != "HEAD") response += body;
   size_t written = 0;
   while (written < response.size()) {

@@ -9,9 +9,9 @@
 #define CERTCAST_CONCAT_(a, b) CERTCAST_CONCAT_INNER_(a, b)
 
 // Returns the status from the enclosing function when `expr` is not OK.
-#define RETURN_IF_ERROR(expr)                      \
-  do {                                             \
-    ::absl::Status certcast_status_ = (expr);      \
+#define RETURN_IF_ERROR(expr)                            \
+  do {                                                   \
+    ::absl::Status certcast_status_ = (expr);            \
     if (!certcast_status_.ok()) return certcast_status_; \
   } while (0)
 

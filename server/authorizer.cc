@@ -9,7 +9,8 @@ PeerIdentity IdentityOf(const grpc::ServerContextBase& context) {
   identity.peer = context.peer();
   std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
   if (auth != nullptr && auth->IsPeerAuthenticated()) {
-    for (const grpc::string_ref& value : auth->FindPropertyValues(GRPC_PEER_SPIFFE_ID_PROPERTY_NAME)) {
+    for (const grpc::string_ref& value :
+         auth->FindPropertyValues(GRPC_PEER_SPIFFE_ID_PROPERTY_NAME)) {
       identity.identity.assign(value.data(), value.size());
     }
   }

@@ -166,9 +166,9 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
       case v1::SubscribeRequest::KIND_NOT_SET:
         break;
     }
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                        greeted ? "empty message: expected an ack or a nack"
-                                : "the first message must be a hello");
+    return grpc::Status(
+        grpc::StatusCode::INVALID_ARGUMENT,
+        greeted ? "empty message: expected an ack or a nack" : "the first message must be a hello");
   }
 
   grpc::Status HandleHello(const v1::Hello& hello) {
@@ -187,10 +187,10 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
     }
     if (static_cast<size_t>(hello.certificates_size()) >
         hub_->options_.max_certificates_per_hello) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          absl::StrCat("hello names ", hello.certificates_size(),
-                                       " certificates; the limit is ",
-                                       hub_->options_.max_certificates_per_hello));
+      return grpc::Status(
+          grpc::StatusCode::INVALID_ARGUMENT,
+          absl::StrCat("hello names ", hello.certificates_size(), " certificates; the limit is ",
+                       hub_->options_.max_certificates_per_hello));
     }
     std::vector<std::string> names;
     for (const v1::HeldCertificate& held : hello.certificates()) {
@@ -199,9 +199,9 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
                             absl::StrCat("hello names certificate \"", held.name(), "\" twice"));
       }
       if (!hub_->Known(held.name())) {
-        return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                            absl::StrCat("certificate \"", held.name(),
-                                         "\" is not distributed by this server"));
+        return grpc::Status(
+            grpc::StatusCode::NOT_FOUND,
+            absl::StrCat("certificate \"", held.name(), "\" is not distributed by this server"));
       }
       absl::Status allowed =
           hub_->authorizer_->AuthorizeSubscribe(identity_, hello.namespace_(), held.name());
@@ -247,10 +247,10 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
         pending_.push_back(Outgoing{Outgoing::kInSync, i, publication, Serialize(response)});
       } else {
         if (held.version() > publication->version && !held.fingerprint().empty()) {
-          spdlog::warn("client {}/{} holds version {} of {} but the server is at version {}; "
-                       "the server's version wins",
-                       namespace_, client_id_, held.version(), publication->name,
-                       publication->version);
+          spdlog::warn(
+              "client {}/{} holds version {} of {} but the server is at version {}; "
+              "the server's version wins",
+              namespace_, client_id_, held.version(), publication->name, publication->version);
         }
         EnqueueUpdateLocked(i, publication);
       }
@@ -261,8 +261,8 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
   }
 
   grpc::Status HandleAck(const v1::Ack& ack) {
-    const AckOutcome outcome = hub_->fleet_->RecordAck(fleet_id_, ack.name(), ack.version(),
-                                                       ack.nonce(), absl::StrJoin(ack.warnings(), "; "));
+    const AckOutcome outcome = hub_->fleet_->RecordAck(
+        fleet_id_, ack.name(), ack.version(), ack.nonce(), absl::StrJoin(ack.warnings(), "; "));
     return CountOutcome(outcome, ack.name(), &DistributionHub::AtomicCounters::acks);
   }
 
@@ -336,16 +336,15 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
         break;
     }
     if (outgoing.publication != nullptr) {
-      hub_->fleet_->RecordSent(fleet_id_, outgoing.publication->name,
-                               outgoing.publication->version, outgoing.publication->nonce,
-                               outgoing.kind == Outgoing::kInSync);
+      hub_->fleet_->RecordSent(fleet_id_, outgoing.publication->name, outgoing.publication->version,
+                               outgoing.publication->nonce, outgoing.kind == Outgoing::kInSync);
     }
     StartWrite(&in_flight_);
   }
 
   DistributionHub* const hub_;
   const PeerIdentity identity_;
-  std::atomic<int> refs_{1};  // gRPC's reference, dropped in OnDone
+  std::atomic<int> refs_{1};      // gRPC's reference, dropped in OnDone
   grpc::ByteBuffer read_buffer_;  // touched only by the single outstanding read
   // Written once under mu_ by the hello; the read path reads them without the lock afterwards.
   std::string namespace_;
@@ -374,8 +373,8 @@ DistributionHub::~DistributionHub() { Stop(); }
 void DistributionHub::RebuildHeartbeatLocked() {
   v1::SubscribeResponse response;
   v1::Heartbeat* heartbeat = response.mutable_heartbeat();
-  heartbeat->set_interval_seconds(
-      static_cast<uint32_t>(std::max<int64_t>(1, absl::ToInt64Seconds(options_.heartbeat_interval))));
+  heartbeat->set_interval_seconds(static_cast<uint32_t>(
+      std::max<int64_t>(1, absl::ToInt64Seconds(options_.heartbeat_interval))));
   for (const auto& [name, topic] : topics_) {
     v1::CertificateVersion* version = heartbeat->add_versions();
     version->set_name(name);

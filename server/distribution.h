@@ -112,7 +112,7 @@ class DistributionHub final : public PublicationListener {
 
   absl::Mutex mu_;
   std::map<std::string, Topic> topics_ ABSL_GUARDED_BY(mu_);
-  std::set<SubscribeStream*> streams_ ABSL_GUARDED_BY(mu_);       // every live stream
+  std::set<SubscribeStream*> streams_ ABSL_GUARDED_BY(mu_);  // every live stream
   std::map<SubscribeStream*, absl::Time> awaiting_hello_ ABSL_GUARDED_BY(mu_);
   grpc::ByteBuffer heartbeat_ ABSL_GUARDED_BY(mu_);
   AtomicCounters counters_;

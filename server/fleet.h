@@ -73,8 +73,8 @@ class Fleet {
   };
   // Clients ordered by connection, optionally filtered by namespace and certificate name.
   // InvalidArgument-worthy tokens are treated as the start; callers validate them.
-  Page List(const std::string& namespace_filter, const std::string& name_filter,
-            size_t page_size, uint64_t after_id);
+  Page List(const std::string& namespace_filter, const std::string& name_filter, size_t page_size,
+            uint64_t after_id);
 
   struct Counts {
     uint32_t clients = 0;       // connected clients subscribed to the certificate

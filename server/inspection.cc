@@ -63,9 +63,9 @@ grpc::ServerUnaryReactor* InspectionService::ListCertificates(
   return Done(context, grpc::Status::OK);
 }
 
-grpc::ServerUnaryReactor* InspectionService::GetCertificate(grpc::CallbackServerContext* context,
-                                                            const v1::GetCertificateRequest* request,
-                                                            v1::Certificate* response) {
+grpc::ServerUnaryReactor* InspectionService::GetCertificate(
+    grpc::CallbackServerContext* context, const v1::GetCertificateRequest* request,
+    v1::Certificate* response) {
   if (request->name().empty()) {
     return Done(context, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "name is required"));
   }
@@ -78,7 +78,8 @@ grpc::ServerUnaryReactor* InspectionService::GetCertificate(grpc::CallbackServer
   response->set_name(snapshot->name);
   response->set_source(snapshot->source);
   for (const std::string& dns : snapshot->required_dns_names) response->add_required_dns_names(dns);
-  if (snapshot->current.has_value()) FillVersionInfo(*snapshot->current, response->mutable_current());
+  if (snapshot->current.has_value())
+    FillVersionInfo(*snapshot->current, response->mutable_current());
   for (const VersionSummary& summary : snapshot->history) {
     FillVersionInfo(summary, response->add_history());
   }
@@ -147,12 +148,12 @@ grpc::ServerUnaryReactor* AdminService::Rollback(grpc::CallbackServerContext* co
   absl::Status allowed = authorizer_->AuthorizeAdmin(peer);
   if (!allowed.ok()) return Done(context, ToGrpc(allowed));
   if (request->name().empty() || request->version() == 0) {
-    return Done(context, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                      "name and version are required"));
+    return Done(context,
+                grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "name and version are required"));
   }
   absl::StatusOr<RollbackResult> result = publisher_->Rollback(request->name(), request->version());
-  spdlog::info("audit: Admin/Rollback by {} ({}) of {} to version {}: {}", peer.identity,
-               peer.peer, request->name(), request->version(),
+  spdlog::info("audit: Admin/Rollback by {} ({}) of {} to version {}: {}", peer.identity, peer.peer,
+               request->name(), request->version(),
                result.ok() ? absl::StrCat("ok, new version ", result->version)
                            : std::string(result.status().message()));
   if (!result.ok()) return Done(context, ToGrpc(result.status()));

@@ -20,7 +20,8 @@
 #include "server/server.h"
 #include "spdlog/spdlog.h"
 
-ABSL_FLAG(std::string, listen, "0.0.0.0:8443", "HOST:PORT for the gRPC API (TLS unless --insecure).");
+ABSL_FLAG(std::string, listen, "0.0.0.0:8443",
+          "HOST:PORT for the gRPC API (TLS unless --insecure).");
 ABSL_FLAG(std::vector<std::string>, certificate, {},
           "NAME=DIR, repeatable: distribute the certificate in DIR (a mounted kubernetes.io/tls "
           "Secret: tls.crt, tls.key, optional ca.crt) under NAME.");

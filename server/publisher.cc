@@ -30,23 +30,24 @@ absl::Status Publisher::AddCertificate(CertificateSpec spec) {
       options.now = stored.published_at;
       absl::StatusOr<CertificateInfo> info = ValidateMaterial(name, stored.material, options);
       if (!info.ok()) {
-        return absl::DataLossError(absl::StrCat("stored version ", stored.version, " of \"", name,
-                                                "\" is not valid material: ",
-                                                info.status().message()));
+        return absl::DataLossError(
+            absl::StrCat("stored version ", stored.version, " of \"", name,
+                         "\" is not valid material: ", info.status().message()));
       }
       entry->infos.push_back(*std::move(info));
     }
   }
   absl::MutexLock lock(&mu_);
   if (entries_.count(name) > 0) {
-    return absl::InvalidArgumentError(absl::StrCat("certificate \"", name, "\" is configured twice"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("certificate \"", name, "\" is configured twice"));
   }
   if (!entry->state.versions.empty()) {
     const StoredVersion& last = entry->state.versions.back();
     entry->current = MakePublication(name, last.version, entry->state.pin.version == last.version,
                                      entry->infos.back(), last.material);
-    spdlog::info("certificate {}: restored version {} (fingerprint {}) from the version store", name,
-                 last.version, entry->infos.back().fingerprint);
+    spdlog::info("certificate {}: restored version {} (fingerprint {}) from the version store",
+                 name, last.version, entry->infos.back().fingerprint);
     listener_->OnPublish(entry->current);
   }
   entries_.emplace(name, std::move(entry));
@@ -59,14 +60,14 @@ void Publisher::Reject(Entry& entry, const absl::Status& status, const std::stri
   entry.settled_digest = settled_key;
   if (repeated) return;
   ++entry.rejections;
-  entry.last_rejection = Rejection{RejectionReason(status), std::string(status.message()),
-                                   fingerprint, clock_->Now()};
-  const std::string serving =
-      entry.current ? absl::StrCat("keeps serving version ", entry.current->version)
-                    : std::string("has no version to serve");
+  entry.last_rejection =
+      Rejection{RejectionReason(status), std::string(status.message()), fingerprint, clock_->Now()};
+  const std::string serving = entry.current
+                                  ? absl::StrCat("keeps serving version ", entry.current->version)
+                                  : std::string("has no version to serve");
   spdlog::warn("certificate {}: source {} rejected ({}): {}; {}", entry.spec.name,
-               entry.spec.source->Describe(), entry.last_rejection->reason, std::string(status.message()),
-               serving);
+               entry.spec.source->Describe(), entry.last_rejection->reason,
+               std::string(status.message()), serving);
 }
 
 Verdict Publisher::Evaluate(const std::string& name, bool confirmed) {
@@ -123,7 +124,8 @@ Verdict Publisher::Evaluate(const std::string& name, bool confirmed) {
   stored.material = *std::move(material);
   stored.published_at = clock_->Now();
   stored.origin = "source";
-  absl::Status committed = unchanged ? absl::OkStatus() : Commit(entry, std::move(stored), *info, pin);
+  absl::Status committed =
+      unchanged ? absl::OkStatus() : Commit(entry, std::move(stored), *info, pin);
   if (unchanged) {
     // Only the pin ended: persist that without a new version.
     CertificateState next = entry.state;
@@ -188,26 +190,25 @@ absl::StatusOr<RollbackResult> Publisher::Rollback(const std::string& name, uint
         absl::StrCat("certificate \"", name, "\" has no versions yet"));
   }
   if (version == versions.back().version) {
-    return absl::InvalidArgumentError(absl::StrCat("version ", version, " of \"", name,
-                                                   "\" is already the current version"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("version ", version, " of \"", name, "\" is already the current version"));
   }
   const StoredVersion* target = nullptr;
   for (const StoredVersion& stored : versions) {
     if (stored.version == version) target = &stored;
   }
   if (target == nullptr) {
-    return absl::NotFoundError(absl::StrCat("version ", version, " of \"", name,
-                                            "\" is not stored; stored versions are ",
-                                            versions.front().version, " to ",
-                                            versions.back().version));
+    return absl::NotFoundError(
+        absl::StrCat("version ", version, " of \"", name, "\" is not stored; stored versions are ",
+                     versions.front().version, " to ", versions.back().version));
   }
   ValidationOptions options;
   options.now = clock_->Now();
   options.required_dns_names = entry->spec.required_dns_names;
   absl::StatusOr<CertificateInfo> info = ValidateMaterial(name, target->material, options);
   if (!info.ok()) {
-    return Annotate(info.status(), absl::StrCat("refusing to roll back \"", name,
-                                                "\" to version ", version));
+    return Annotate(info.status(),
+                    absl::StrCat("refusing to roll back \"", name, "\" to version ", version));
   }
   StoredVersion stored;
   stored.material = target->material;

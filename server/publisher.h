@@ -39,8 +39,8 @@ struct CertificateSpec {
 };
 
 struct Rejection {
-  std::string reason;   // RejectionReason() of the error
-  std::string message;  // names certificate and file; no key bytes
+  std::string reason;       // RejectionReason() of the error
+  std::string message;      // names certificate and file; no key bytes
   std::string fingerprint;  // leaf fingerprint when it parsed, else empty
   absl::Time time;
 };

@@ -111,8 +111,8 @@ absl::Status CheckTlsFiles(Filesystem& fs, const ServerOptions& options) {
 
 std::shared_ptr<grpc::ServerCredentials> MakeCredentials(const ServerOptions& options) {
   if (options.insecure) return grpc::InsecureServerCredentials();
-  const int refresh = static_cast<int>(
-      std::max<int64_t>(1, absl::ToInt64Seconds(options.tls_refresh_interval)));
+  const int refresh =
+      static_cast<int>(std::max<int64_t>(1, absl::ToInt64Seconds(options.tls_refresh_interval)));
   std::shared_ptr<grpc::experimental::CertificateProviderInterface> provider;
   if (options.client_ca.empty()) {
     provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
@@ -135,8 +135,8 @@ std::shared_ptr<grpc::ServerCredentials> MakeCredentials(const ServerOptions& op
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOptions options,
-                                                                       Filesystem* fs,
-                                                                       const Clock* clock) {
+                                                                      Filesystem* fs,
+                                                                      const Clock* clock) {
   RETURN_IF_ERROR(CheckOptions(options));
   if (!options.insecure) RETURN_IF_ERROR(CheckTlsFiles(*fs, options));
   std::unique_ptr<CertcastServer> server(new CertcastServer());
@@ -206,12 +206,14 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
     ASSIGN_OR_RETURN(server->health_port_, server->probes_.Start(options.health_listen));
   }
   if (options.insecure) {
-    spdlog::warn("*** --insecure: serving WITHOUT TLS on {}. Private keys cross the network in "
-                 "plaintext. Use only for local development. ***",
-                 options.listen);
+    spdlog::warn(
+        "*** --insecure: serving WITHOUT TLS on {}. Private keys cross the network in "
+        "plaintext. Use only for local development. ***",
+        options.listen);
   }
   spdlog::info("certcast-server listening on port {} ({}), {} certificate(s), state in {}",
-               server->port_, options.insecure ? "plaintext" : (options.client_ca.empty() ? "TLS" : "mTLS"),
+               server->port_,
+               options.insecure ? "plaintext" : (options.client_ca.empty() ? "TLS" : "mTLS"),
                names.size(), options.state_dir);
   return server;
 }

@@ -65,8 +65,8 @@ std::string DirectorySource::Signature() {
       absl::StrAppend(&signature, name, ":-;");
       continue;
     }
-    absl::StrAppend(&signature, name, ":", st.st_ino, ",", st.st_size, ",", st.st_mtim.tv_sec,
-                    ".", st.st_mtim.tv_nsec, ";");
+    absl::StrAppend(&signature, name, ":", st.st_ino, ",", st.st_size, ",", st.st_mtim.tv_sec, ".",
+                    st.st_mtim.tv_nsec, ";");
   }
   std::string target;
   if (auto link = fs_->ReadLink(JoinPath(dir_, kDataLink)); link.ok()) target = *link;
@@ -146,17 +146,16 @@ absl::StatusOr<CertificateMaterial> DirectorySource::ReadFrom(const std::string&
 
 absl::StatusOr<CertificateMaterial> DirectorySource::Read() {
   if (!fs_->Exists(dir_)) {
-    return WithReason(absl::NotFoundError(absl::StrCat("source directory ", dir_, " does not exist")),
-                      "missing");
+    return WithReason(
+        absl::NotFoundError(absl::StrCat("source directory ", dir_, " does not exist")), "missing");
   }
   absl::Status last_error;
   for (int attempt = 0; attempt < kReadAttempts; ++attempt) {
     // Resolve ..data once per read so tls.crt and tls.key come from the same version directory.
     absl::StatusOr<std::string> target = fs_->ReadLink(JoinPath(dir_, kDataLink));
     const bool kubelet_layout = target.ok();
-    const std::string base = kubelet_layout ? (target->front() == '/' ? *target
-                                                                       : JoinPath(dir_, *target))
-                                            : dir_;
+    const std::string base =
+        kubelet_layout ? (target->front() == '/' ? *target : JoinPath(dir_, *target)) : dir_;
     absl::StatusOr<CertificateMaterial> material = ReadFrom(base);
     if (material.ok()) return material;
     last_error = material.status();
@@ -173,7 +172,9 @@ SourceWatcher::SourceWatcher(CertificateSource* source, Evaluate evaluate, Optio
 
 SourceWatcher::~SourceWatcher() { Stop(); }
 
-void SourceWatcher::Start() { thread_ = std::thread([this] { Run(); }); }
+void SourceWatcher::Start() {
+  thread_ = std::thread([this] { Run(); });
+}
 
 void SourceWatcher::Stop() {
   stopping_.store(true);

@@ -60,8 +60,8 @@ class DirectorySource final : public CertificateSource {
   std::string Describe() const override { return "dir:" + dir_; }
 
  private:
-  bool EnsureWatch();        // (re)adds the inotify watch; false when it cannot
-  std::string Signature();   // identity of the current files, for polling
+  bool EnsureWatch();       // (re)adds the inotify watch; false when it cannot
+  std::string Signature();  // identity of the current files, for polling
   absl::StatusOr<CertificateMaterial> ReadFrom(const std::string& base);
 
   Filesystem* const fs_;

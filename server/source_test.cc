@@ -105,7 +105,9 @@ TEST_P(DirectorySourceTest, WaitTimesOutAndInterrupts) {
 }
 
 INSTANTIATE_TEST_SUITE_P(InotifyAndPolling, DirectorySourceTest, ::testing::Bool(),
-                         [](const auto& param_info) { return param_info.param ? "Inotify" : "Polling"; });
+                         [](const auto& param_info) {
+                           return param_info.param ? "Inotify" : "Polling";
+                         });
 
 // A source whose changes the test triggers.
 class TriggeredSource final : public CertificateSource {

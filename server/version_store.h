@@ -36,8 +36,8 @@ struct PinState {
 };
 
 struct CertificateState {
-  uint64_t last_version = 0;             // highest version ever assigned
-  std::vector<StoredVersion> versions;   // oldest first; the last one is current
+  uint64_t last_version = 0;            // highest version ever assigned
+  std::vector<StoredVersion> versions;  // oldest first; the last one is current
   PinState pin;
 };
 

@@ -106,8 +106,7 @@ class ServerProcessTest : public ::testing::Test {
   }
   std::vector<std::string> Args() {
     return {"--listen=127.0.0.1:0", "--insecure", "--quiet-period=20ms",
-            "--certificate=wildcard=" + tmp_.Join("source"),
-            "--state-dir=" + tmp_.Join("state")};
+            "--certificate=wildcard=" + tmp_.Join("source"), "--state-dir=" + tmp_.Join("state")};
   }
   uint64_t CurrentVersion(int port, std::string* fingerprint = nullptr) {
     auto stub = v1::Inspection::NewStub(scenario::InsecureChannel(port));

@@ -185,9 +185,8 @@ TEST_F(ServerScenarioTest, NackRecordedAndVisibleInListClients) {
   EXPECT_EQ(ListClients().clients(0).certificates(0).acknowledged_version(), 0u);
 
   ASSERT_TRUE(subscriber.SendAck(update, "reload hook exited 1"));
-  ASSERT_TRUE(WaitFor([&] {
-    return ListClients().clients(0).certificates(0).acknowledged_version() == 1;
-  }));
+  ASSERT_TRUE(WaitFor(
+      [&] { return ListClients().clients(0).certificates(0).acknowledged_version() == 1; }));
   client = ListClients().clients(0);
   EXPECT_EQ(client.certificates(0).last_error(), "");
   EXPECT_EQ(client.certificates(0).hook_warning(), "reload hook exited 1");
@@ -507,8 +506,8 @@ TEST_F(ServerScenarioTest, HealthFollowsReadiness) {
     grpc::CompletionQueue cq;
     grpc::ByteBuffer response;
     grpc::Status status;
-    std::unique_ptr<grpc::GenericClientAsyncResponseReader> call = generic.PrepareUnaryCall(
-        &context, "/grpc.health.v1.Health/Check", request, &cq);
+    std::unique_ptr<grpc::GenericClientAsyncResponseReader> call =
+        generic.PrepareUnaryCall(&context, "/grpc.health.v1.Health/Check", request, &cq);
     call->StartCall();
     call->Finish(&response, &status, reinterpret_cast<void*>(1));
     void* tag;
@@ -519,7 +518,8 @@ TEST_F(ServerScenarioTest, HealthFollowsReadiness) {
     std::string bytes;
     for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
     // HealthCheckResponse{status=1 SERVING} is 08 01; NOT_SERVING is 08 02.
-    return bytes == std::string("\x08\x01", 2) ? std::string("SERVING") : std::string("NOT_SERVING");
+    return bytes == std::string("\x08\x01", 2) ? std::string("SERVING")
+                                               : std::string("NOT_SERVING");
   };
   EXPECT_EQ(health(), "NOT_SERVING");
   const int http = server_->health_port();

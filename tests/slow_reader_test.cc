@@ -5,8 +5,8 @@
 #include <string>
 
 #include "common/clock.h"
-#include "gtest/gtest.h"
 #include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
 #include "server/distribution.h"
 #include "server/publication.h"
 #include "tests/test_subscriber.h"
@@ -44,9 +44,8 @@ TEST(SlowReaderTest, LatestVersionWinsForAClientThatStopsReading) {
 
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(8 * 1024 * 1024);
-  TestSubscriber subscriber(
-      grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port),
-                                grpc::InsecureChannelCredentials(), args));
+  TestSubscriber subscriber(grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port),
+                                                      grpc::InsecureChannelCredentials(), args));
   v1::HeldCertificate held;
   held.set_name("wildcard");
   ASSERT_TRUE(subscriber.SendHello("tenant-a", "slow", {held}));
@@ -55,7 +54,8 @@ TEST(SlowReaderTest, LatestVersionWinsForAClientThatStopsReading) {
   // The test subscriber's reader thread keeps reading, but 60 x 512 KiB published back to back
   // outruns one stream's flow-control window; superseded versions must be dropped, not queued.
   constexpr uint64_t kVersions = 60;
-  for (uint64_t version = 2; version <= kVersions; ++version) hub.OnPublish(BigPublication(version));
+  for (uint64_t version = 2; version <= kVersions; ++version)
+    hub.OnPublish(BigPublication(version));
 
   uint64_t last = 0;
   int updates = 0;

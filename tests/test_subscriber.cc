@@ -42,7 +42,8 @@ int HttpGet(int port, const std::string& path, std::string* body) {
   std::string response;
   char buffer[4096];
   ssize_t n;
-  while ((n = read(fd, buffer, sizeof(buffer))) > 0) response.append(buffer, static_cast<size_t>(n));
+  while ((n = read(fd, buffer, sizeof(buffer))) > 0)
+    response.append(buffer, static_cast<size_t>(n));
   close(fd);
   if (response.rfind("HTTP/1.1 ", 0) != 0 || response.size() < 12) return 0;
   if (body != nullptr) {

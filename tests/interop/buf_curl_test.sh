@@ -123,7 +123,7 @@ publish leaf1
 start_server() {
   local log=$1
   shift
-  "$SERVER" --listen=127.0.0.1:0 --certificate=wildcard="$SOURCE" --health_listen=127.0.0.1:0 \
+  "$SERVER" --listen=127.0.0.1:0 --certificate=wildcard="$SOURCE" --health-listen=127.0.0.1:0 \
     "$@" >"$log" 2>&1 &
   local pid=$!
   SERVER_PIDS+=("$pid")
@@ -155,7 +155,7 @@ stop_server() {
 # ---------------------------------------------------------------------------------------------
 # TLS server.
 LOG=$W/server.log
-start_server "$LOG" --tls_cert="$W/serving.pem" --tls_key="$W/serving.key" --state_dir="$W/state"
+start_server "$LOG" --tls-cert="$W/serving.pem" --tls-key="$W/serving.key" --state-dir="$W/state"
 TLS_PID=$LAST_PID
 URL=https://127.0.0.1:$PORT
 echo "certcast-server (TLS) listening on port $PORT"
@@ -317,7 +317,7 @@ stop_server "$TLS_PID" "TLS server"
 # ---------------------------------------------------------------------------------------------
 # Plaintext server (--insecure): h2c with prior knowledge.
 PLAIN_LOG=$W/plain.log
-start_server "$PLAIN_LOG" --insecure --state_dir="$W/state-plain"
+start_server "$PLAIN_LOG" --insecure --state-dir="$W/state-plain"
 PLAIN_PID=$LAST_PID
 echo "certcast-server (plaintext) listening on port $PORT"
 if "$BUF" curl --timeout 20s --protocol grpc --http2-prior-knowledge --list-methods \
