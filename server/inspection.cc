@@ -152,7 +152,8 @@ grpc::ServerUnaryReactor* AdminService::Rollback(grpc::CallbackServerContext* co
                 grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "name and version are required"));
   }
   absl::StatusOr<RollbackResult> result = publisher_->Rollback(request->name(), request->version());
-  spdlog::info("audit: Admin/Rollback by {} ({}) of {} to version {}: {}", peer.identity, peer.peer,
+  spdlog::info("audit: Admin/Rollback by {} ({}) of {} to version {}: {}",
+               peer.identity.empty() ? "an unauthenticated peer" : peer.identity, peer.peer,
                request->name(), request->version(),
                result.ok() ? absl::StrCat("ok, new version ", result->version)
                            : std::string(result.status().message()));
