@@ -642,3 +642,24 @@ bool DnsNameMatches(absl::string_view pattern, absl::string_view host) {
 }
 
 }  // namespace certcast
+
+namespace certcast {
+
+absl::StatusOr<std::string> LeafFingerprint(absl::string_view chain_pem) {
+  std::unique_ptr<BIO, decltype(&BIO_free)> bio(
+      BIO_new_mem_buf(chain_pem.data(), static_cast<int>(chain_pem.size())), &BIO_free);
+  std::unique_ptr<X509, decltype(&X509_free)> leaf(
+      bio == nullptr ? nullptr : PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr),
+      &X509_free);
+  ERR_clear_error();
+  if (leaf == nullptr) return absl::InvalidArgumentError("no PEM certificate found");
+  unsigned char* der = nullptr;
+  const int length = i2d_X509(leaf.get(), &der);
+  if (length <= 0) return absl::InvalidArgumentError("certificate cannot be encoded");
+  std::string fingerprint =
+      Sha256Hex(absl::string_view(reinterpret_cast<const char*>(der), static_cast<size_t>(length)));
+  OPENSSL_free(der);
+  return fingerprint;
+}
+
+}  // namespace certcast

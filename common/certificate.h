@@ -92,6 +92,10 @@ std::string RejectionReason(const absl::Status& status);
 // Returns `status` with `reason` attached (used by sources for "missing", "unreadable", ...).
 absl::Status WithReason(absl::Status status, absl::string_view reason);
 
+// Fingerprint (SHA-256 of the DER, lowercase hex) of the first certificate in `chain_pem`.
+// InvalidArgument when it holds no parseable certificate.
+absl::StatusOr<std::string> LeafFingerprint(absl::string_view chain_pem);
+
 // SHA-256 of `der`, lowercase hex.
 std::string Sha256Hex(absl::string_view data);
 

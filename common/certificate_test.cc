@@ -796,5 +796,15 @@ TEST(ReasonTest, WithReasonRoundTripsAndDefaultsToOther) {
   EXPECT_EQ(RejectionReason(absl::OkStatus()), "other");
 }
 
+
+// LeafFingerprint agrees with validation's fingerprint and refuses non-certificates.
+TEST(LeafFingerprintTest, MatchesValidationFingerprint) {
+  fixtures::Chain chain = fixtures::MakeChain();
+  absl::StatusOr<std::string> fingerprint = LeafFingerprint(chain.material.chain_pem);
+  ASSERT_TRUE(fingerprint.ok()) << fingerprint.status();
+  EXPECT_EQ(*fingerprint, chain.leaf.fingerprint);
+  EXPECT_EQ(LeafFingerprint("garbage").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace certcast

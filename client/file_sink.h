@@ -1,0 +1,47 @@
+// FileSink writes each certificate under OUTPUT_DIR/NAME/ in the layout kubelet uses for secret
+// volumes, so a reader that resolves `..data` once always sees a complete, matching pair:
+//
+//   NAME/..2026_11_28_10_00_00.123456789/{tls.crt 0644, tls.key 0600, ca.crt 0644, tls.pem 0600}
+//   NAME/..data -> ..2026_11_28_10_00_00.123456789     (swapped with rename(2))
+//   NAME/tls.crt -> ..data/tls.crt, NAME/tls.key -> ..data/tls.key, NAME/ca.crt -> ..data/ca.crt
+//
+// Every file is fsynced before the swap and the directory after it; the previous version
+// directory is removed afterwards. Identical content is not rewritten. A crash at any point
+// leaves the old or the new version in place, never a mix.
+// Not thread-safe. Does not own `fs` or `clock`.
+#ifndef CERTCAST_CLIENT_FILE_SINK_H_
+#define CERTCAST_CLIENT_FILE_SINK_H_
+
+#include <string>
+
+#include "client/sink.h"
+#include "common/clock.h"
+#include "common/filesystem.h"
+
+namespace certcast {
+
+class FileSink final : public Sink {
+ public:
+  struct Options {
+    std::string output_dir;     // certificates go to output_dir/NAME/
+    bool combined_pem = false;  // also write tls.pem: key, then chain (HAProxy style)
+  };
+  FileSink(Filesystem* fs, const Clock* clock, Options options);
+
+  std::string name() const override { return "files"; }
+  absl::StatusOr<ApplyResult> Apply(const VersionedMaterial& version) override;
+  absl::StatusOr<std::string> HeldFingerprint(const std::string& name) override;
+  std::string LocationOf(const std::string& name) const override;
+
+  // The material currently visible through NAME/..data; NotFound when none.
+  absl::StatusOr<CertificateMaterial> Read(const std::string& name);
+
+ private:
+  Filesystem* const fs_;
+  const Clock* const clock_;
+  const Options options_;
+};
+
+}  // namespace certcast
+
+#endif  // CERTCAST_CLIENT_FILE_SINK_H_
