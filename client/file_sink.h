@@ -12,6 +12,7 @@
 #ifndef CERTCAST_CLIENT_FILE_SINK_H_
 #define CERTCAST_CLIENT_FILE_SINK_H_
 
+#include <set>
 #include <string>
 
 #include "client/sink.h"
@@ -40,6 +41,9 @@ class FileSink final : public Sink {
   Filesystem* const fs_;
   const Clock* const clock_;
   const Options options_;
+  // Names whose last Apply switched `..data` but failed before the directory was settled (links,
+  // fsync, clean-up); the next Apply finishes that work even when the content is unchanged.
+  std::set<std::string> unsettled_;
 };
 
 }  // namespace certcast

@@ -1,25 +1,20 @@
 // The real certcast-server binary as a child process: versions survive kill -9, SIGTERM drains
 // and exits cleanly, bad flags fail with a clear message.
-#include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <fstream>
 #include <memory>
-#include <regex>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/child_process.h"
 #include "tests/fixtures/cert_factory.h"
 #include "tests/test_subscriber.h"
-
-extern char** environ;
 
 namespace certcast {
 namespace {
@@ -29,73 +24,10 @@ using ::certcast::scenario::TestSubscriber;
 using ::certcast::scenario::WaitFor;
 using ::testing::HasSubstr;
 
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-class ServerProcess {
+class ServerProcess : public scenario::ChildProcess {
  public:
   ServerProcess(const std::vector<std::string>& args, const std::string& log_path)
-      : log_path_(log_path) {
-    std::vector<std::string> all = {CERTCAST_SERVER_BINARY};
-    all.insert(all.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (std::string& arg : all) argv.push_back(arg.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 2, log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
-                                     0600);
-    EXPECT_EQ(posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), environ), 0);
-    posix_spawn_file_actions_destroy(&actions);
-  }
-  ~ServerProcess() {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      Wait(absl::Seconds(10));
-    }
-  }
-
-  // The port from the "listening on port N" log line, or 0.
-  int WaitForPort() {
-    int port = 0;
-    WaitFor([&] {
-      std::smatch match;
-      const std::string log = ReadAll(log_path_);
-      static const std::regex kListening("listening on port ([0-9]+)");
-      if (std::regex_search(log, match, kListening)) port = std::stoi(match[1]);
-      return port != 0 || Exited();
-    });
-    return port;
-  }
-
-  bool Exited() {
-    if (pid_ <= 0) return true;
-    int status = 0;
-    if (waitpid(pid_, &status, WNOHANG) == pid_) {
-      exit_status_ = status;
-      pid_ = -1;
-      return true;
-    }
-    return false;
-  }
-
-  // Exit status as from waitpid, or -1 when still running after `timeout`.
-  int Wait(absl::Duration timeout) {
-    WaitFor([&] { return Exited(); }, timeout);
-    return pid_ > 0 ? -1 : exit_status_;
-  }
-
-  void Signal(int signal) { kill(pid_, signal); }
-  std::string log() const { return ReadAll(log_path_); }
-
- private:
-  std::string log_path_;
-  pid_t pid_ = -1;
-  int exit_status_ = 0;
+      : ChildProcess(CERTCAST_SERVER_BINARY, args, log_path) {}
 };
 
 class ServerProcessTest : public ::testing::Test {
@@ -174,7 +106,7 @@ TEST_F(ServerProcessTest, CorruptStateFileIsAStartupError) {
     ASSERT_NE(server.WaitForPort(), 0);
   }
   const std::string state_file = tmp_.Join("state/wildcard.state");
-  std::string bytes = ReadAll(state_file);
+  std::string bytes = scenario::ReadFileOrEmpty(state_file);
   ASSERT_FALSE(bytes.empty());
   bytes[bytes.size() / 2] ^= 0x5a;
   std::ofstream(state_file, std::ios::binary | std::ios::trunc) << bytes;

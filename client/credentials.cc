@@ -1,0 +1,39 @@
+#include "client/credentials.h"
+
+#include "common/secret.h"
+#include "common/status_macros.h"
+
+namespace certcast {
+
+absl::Status CredentialsProvider::Reload() {
+  if (options_.insecure) {
+    absl::MutexLock lock(&mu_);
+    credentials_ = grpc::InsecureChannelCredentials();
+    return absl::OkStatus();
+  }
+  if (options_.ca_file.empty()) {
+    return absl::FailedPreconditionError(
+        "no TLS configured: pass --ca (and --tls-cert/--tls-key for mTLS), or --insecure");
+  }
+  if (options_.cert_file.empty() != options_.key_file.empty()) {
+    return absl::FailedPreconditionError("--tls-cert and --tls-key must be given together");
+  }
+  grpc::SslCredentialsOptions ssl;
+  ASSIGN_OR_RETURN(ssl.pem_root_certs, fs_->ReadFile(options_.ca_file));
+  if (!options_.cert_file.empty()) {
+    ASSIGN_OR_RETURN(ssl.pem_cert_chain, fs_->ReadFile(options_.cert_file));
+    ASSIGN_OR_RETURN(ssl.pem_private_key, fs_->ReadFile(options_.key_file));
+  }
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::SslCredentials(ssl);
+  CleanseString(&ssl.pem_private_key);
+  absl::MutexLock lock(&mu_);
+  credentials_ = std::move(credentials);
+  return absl::OkStatus();
+}
+
+std::shared_ptr<grpc::ChannelCredentials> CredentialsProvider::Get() {
+  absl::MutexLock lock(&mu_);
+  return credentials_;
+}
+
+}  // namespace certcast

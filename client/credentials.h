@@ -1,0 +1,44 @@
+// Channel credentials of the client, read from files so SIGHUP can pick up rotated ones.
+// Thread-safe.
+#ifndef CERTCAST_CLIENT_CREDENTIALS_H_
+#define CERTCAST_CLIENT_CREDENTIALS_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "common/filesystem.h"
+#include "grpcpp/security/credentials.h"
+
+namespace certcast {
+
+class CredentialsProvider {
+ public:
+  struct Options {
+    bool insecure = false;
+    std::string ca_file;    // trusted roots for the server certificate
+    std::string cert_file;  // optional client certificate chain (mTLS)
+    std::string key_file;   // its key
+  };
+  // Does not own `fs`.
+  CredentialsProvider(Filesystem* fs, Options options) : fs_(fs), options_(std::move(options)) {}
+
+  // (Re)reads the files. On error the previously loaded credentials stay in use. Errors name the
+  // file: FailedPrecondition for a missing --ca or an incomplete --tls-cert/--tls-key pair,
+  // otherwise the read error.
+  absl::Status Reload();
+
+  // The credentials of the last successful Reload (insecure ones with --insecure).
+  std::shared_ptr<grpc::ChannelCredentials> Get();
+
+ private:
+  Filesystem* const fs_;
+  const Options options_;
+  absl::Mutex mu_;
+  std::shared_ptr<grpc::ChannelCredentials> credentials_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace certcast
+
+#endif  // CERTCAST_CLIENT_CREDENTIALS_H_

@@ -1,0 +1,188 @@
+// certcast-client: the composition root. Parses flags, wires the files sink, hooks, state and
+// credentials into a Session, and runs it until SIGTERM. SIGHUP re-reads the TLS files.
+#include <signal.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "client/credentials.h"
+#include "client/file_sink.h"
+#include "client/hooks.h"
+#include "client/session.h"
+#include "client/state_store.h"
+#include "common/clock.h"
+#include "common/filesystem.h"
+#include "common/flags_util.h"
+#include "common/logging.h"
+#include "spdlog/spdlog.h"
+
+ABSL_FLAG(std::string, server, "", "certcast-server address, HOST:PORT.");
+ABSL_FLAG(std::string, namespace, "",
+          "Namespace this client serves. Default: the ServiceAccount namespace file "
+          "/var/run/secrets/kubernetes.io/serviceaccount/namespace.");
+ABSL_FLAG(std::string, client_id, "", "Name of this client in the fleet. Default: the hostname.");
+ABSL_FLAG(std::vector<std::string>, certificate, {}, "NAME, repeatable: a certificate to receive.");
+ABSL_FLAG(std::string, output_dir, "",
+          "Write certificate NAME under DIR/NAME/ (kubelet layout: tls.crt, tls.key, ca.crt).");
+ABSL_FLAG(std::string, state_dir, "./certcast-client-state",
+          "Where the client records which versions it applied (0700).");
+ABSL_FLAG(std::string, ca, "", "CA bundle (PEM) that verifies the server's certificate.");
+ABSL_FLAG(std::string, tls_cert, "", "Client certificate chain (PEM) for mutual TLS.");
+ABSL_FLAG(std::string, tls_key, "", "Client private key (PEM) for mutual TLS.");
+ABSL_FLAG(std::string, tls_server_name, "",
+          "Name to verify in the server certificate, when it differs from the --server host.");
+ABSL_FLAG(bool, insecure, false,
+          "Connect without TLS. Private keys then cross the network in plaintext: local "
+          "development only.");
+ABSL_FLAG(std::string, on_update, "",
+          "Shell command run after each applied version (30 s timeout) with CERTCAST_CERTIFICATE, "
+          "CERTCAST_VERSION, CERTCAST_FINGERPRINT and CERTCAST_DIR in its environment.");
+ABSL_FLAG(std::string, signal, "",
+          "Signal (e.g. HUP, USR1) sent after each applied version to the process in --pid-file.");
+ABSL_FLAG(std::string, pid_file, "", "File holding the pid that --signal is sent to.");
+ABSL_FLAG(bool, combined_pem, false, "Also write tls.pem: the key, then the chain, in one file.");
+ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn or error.");
+ABSL_FLAG(std::string, log_format, "text", "text or json (one object per line).");
+
+namespace {
+
+constexpr char kServiceAccountNamespace[] =
+    "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+int Fail(const std::string& message) {
+  std::fprintf(stderr, "certcast-client: %s\n", message.c_str());
+  return 2;
+}
+
+std::string Hostname() {
+  char name[256] = {};
+  if (gethostname(name, sizeof(name) - 1) != 0) return "certcast-client";
+  std::string id;
+  for (char c : std::string(name)) {
+    id += absl::ascii_isalnum(c) || c == '-' || c == '.' || c == '_' ? c : '-';
+  }
+  return id.empty() ? "certcast-client" : id;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // The process holds private keys: no core dumps, no ptrace by unprivileged peers.
+  prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+  absl::SetProgramUsageMessage(
+      "Receives certificates from certcast-server and writes them as files.\n"
+      "Flags may be spelled with dashes or underscores (--output-dir, --output_dir).\n"
+      "  certcast-client --server=certcast.certcast-system:8443 --ca=ca.crt "
+      "--certificate=wildcard --output-dir=/etc/tls");
+  certcast::NormalizeFlagNames(argc, argv);
+  const std::vector<std::string> certificates =
+      certcast::TakeRepeatedFlag(&argc, argv, "certificate");
+  absl::ParseCommandLine(argc, argv);
+  if (absl::Status logging = certcast::ConfigureLogging(absl::GetFlag(FLAGS_log_level),
+                                                        absl::GetFlag(FLAGS_log_format));
+      !logging.ok()) {
+    return Fail(std::string(logging.message()));
+  }
+
+  certcast::PosixFilesystem fs;
+  certcast::RealClock clock;
+  certcast::SessionOptions options;
+  options.server = absl::GetFlag(FLAGS_server);
+  if (options.server.empty()) return Fail("--server=HOST:PORT is required");
+  options.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
+  options.certificates = certificates;
+  if (options.certificates.empty()) return Fail("name at least one --certificate=NAME");
+  options.namespace_ = absl::GetFlag(FLAGS_namespace);
+  if (options.namespace_.empty()) {
+    absl::StatusOr<std::string> from_file = fs.ReadFile(kServiceAccountNamespace);
+    if (!from_file.ok()) {
+      return Fail(absl::StrCat("--namespace is required outside Kubernetes (",
+                               kServiceAccountNamespace, " is not readable)"));
+    }
+    options.namespace_ = std::string(absl::StripAsciiWhitespace(*from_file));
+  }
+  options.client_id = absl::GetFlag(FLAGS_client_id);
+  if (options.client_id.empty()) options.client_id = Hostname();
+
+  const std::string output_dir = absl::GetFlag(FLAGS_output_dir);
+  if (output_dir.empty()) return Fail("--output-dir=DIR is required");
+  certcast::FileSink files(&fs, &clock, {output_dir, absl::GetFlag(FLAGS_combined_pem)});
+
+  std::vector<std::unique_ptr<certcast::Hook>> hooks;
+  if (!absl::GetFlag(FLAGS_on_update).empty()) {
+    hooks.push_back(std::make_unique<certcast::CommandHook>(absl::GetFlag(FLAGS_on_update)));
+  }
+  if (absl::GetFlag(FLAGS_signal).empty() != absl::GetFlag(FLAGS_pid_file).empty()) {
+    return Fail("--signal and --pid-file must be given together");
+  }
+  if (!absl::GetFlag(FLAGS_signal).empty()) {
+    absl::StatusOr<int> signal = certcast::ParseSignal(absl::GetFlag(FLAGS_signal));
+    if (!signal.ok()) return Fail(absl::StrCat("--signal: ", signal.status().message()));
+    hooks.push_back(std::make_unique<certcast::SignalHook>(*signal, absl::GetFlag(FLAGS_pid_file)));
+  }
+
+  certcast::ClientStateStore store(&fs, absl::GetFlag(FLAGS_state_dir));
+  if (absl::Status ready = store.Init(); !ready.ok()) return Fail(std::string(ready.message()));
+
+  certcast::CredentialsProvider credentials(
+      &fs, {absl::GetFlag(FLAGS_insecure), absl::GetFlag(FLAGS_ca), absl::GetFlag(FLAGS_tls_cert),
+            absl::GetFlag(FLAGS_tls_key)});
+  if (absl::GetFlag(FLAGS_insecure) && !absl::GetFlag(FLAGS_ca).empty()) {
+    return Fail("--insecure cannot be combined with --ca");
+  }
+  if (absl::Status loaded = credentials.Reload(); !loaded.ok()) {
+    return Fail(std::string(loaded.message()));
+  }
+  if (absl::GetFlag(FLAGS_insecure)) {
+    spdlog::warn(
+        "*** --insecure: connecting WITHOUT TLS; private keys cross the network in "
+        "plaintext. Use only for local development. ***");
+  }
+
+  // Signals are taken synchronously by this thread; threads started later inherit the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  std::vector<certcast::Hook*> hook_pointers;
+  for (const auto& hook : hooks) hook_pointers.push_back(hook.get());
+  certcast::Session session(options, {&files}, hook_pointers, &store, &credentials, &clock);
+  session.Init();
+  std::thread runner([&session] { session.Run(); });
+
+  while (true) {
+    int signal_number = 0;
+    sigwait(&signals, &signal_number);
+    if (signal_number == SIGHUP) {
+      absl::Status reloaded = credentials.Reload();
+      if (reloaded.ok()) {
+        spdlog::info("SIGHUP: TLS files re-read; reconnecting");
+        session.Reconnect();
+      } else {
+        spdlog::error("SIGHUP: cannot re-read the TLS files, keeping the previous ones: {}",
+                      std::string(reloaded.message()));
+      }
+      continue;
+    }
+    spdlog::info("received signal {}; stopping", signal_number);
+    break;
+  }
+  session.Stop();
+  runner.join();
+  spdlog::info("certcast-client stopped");
+  return 0;
+}

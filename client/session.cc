@@ -1,0 +1,457 @@
+#include "client/session.h"
+
+#include <algorithm>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/certificate.h"
+#include "common/secret.h"
+#include "spdlog/spdlog.h"
+
+namespace certcast {
+
+Session::Session(SessionOptions options, std::vector<Sink*> sinks, std::vector<Hook*> hooks,
+                 ClientStateStore* store, CredentialsProvider* credentials, const Clock* clock)
+    : options_(std::move(options)),
+      sinks_(std::move(sinks)),
+      hooks_(std::move(hooks)),
+      store_(store),
+      credentials_(credentials),
+      clock_(clock),
+      reconnect_backoff_(options_.reconnect),
+      heartbeat_timeout_(options_.heartbeat_timeout) {}
+
+void Session::Init() {
+  absl::MutexLock lock(&mu_);
+  for (const std::string& name : options_.certificates) {
+    std::optional<HeldVersion> recorded = store_->Load(name);
+    if (recorded.has_value()) recorded_[name] = *recorded;
+    // The sinks decide what is held; all of them must agree on it.
+    std::string fingerprint;
+    bool agree = true;
+    for (size_t i = 0; i < sinks_.size(); ++i) {
+      absl::StatusOr<std::string> held = sinks_[i]->HeldFingerprint(name);
+      const std::string value = held.ok() ? *held : std::string();
+      if (i == 0) {
+        fingerprint = value;
+      } else if (value != fingerprint) {
+        agree = false;
+      }
+    }
+    HeldVersion held;
+    if (agree) held.fingerprint = fingerprint;
+    if (!held.fingerprint.empty() && recorded.has_value()) {
+      if (recorded->fingerprint == held.fingerprint) {
+        held.version = recorded->version;
+      } else {
+        spdlog::warn(
+            "certificate {}: the files hold fingerprint {} but the state says version {} "
+            "({}); the files win",
+            name, held.fingerprint, recorded->version, recorded->fingerprint);
+      }
+    }
+    held_[name] = held;
+    spdlog::info("certificate {}: holding {}", name,
+                 held.fingerprint.empty() ? std::string("nothing yet")
+                                          : absl::StrCat("version ", held.version, " (fingerprint ",
+                                                         held.fingerprint, ")"));
+  }
+}
+
+std::map<std::string, HeldVersion> Session::held() {
+  absl::MutexLock lock(&mu_);
+  return held_;
+}
+
+SessionCounters Session::counters() {
+  absl::MutexLock lock(&mu_);
+  return counters_;
+}
+
+void Session::Stop() {
+  absl::MutexLock lock(&mu_);
+  stopping_ = true;
+  if (context_ != nullptr) context_->TryCancel();
+}
+
+void Session::Reconnect() {
+  absl::MutexLock lock(&mu_);
+  reconnect_now_ = true;
+  if (context_ != nullptr) context_->TryCancel();
+}
+
+void Session::Run() {
+  while (true) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) return;
+      reconnect_now_ = false;
+    }
+    RunConnection();
+    const absl::Duration delay = reconnect_backoff_.Next();
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return;
+    if (reconnect_now_) continue;
+    spdlog::debug("reconnecting to {} in {}", options_.server, absl::FormatDuration(delay));
+    auto wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || reconnect_now_; };
+    mu_.AwaitWithTimeout(absl::Condition(&wake), delay);
+  }
+}
+
+v1::SubscribeRequest Session::Hello() {
+  v1::SubscribeRequest request;
+  v1::Hello* hello = request.mutable_hello();
+  hello->set_client_id(options_.client_id);
+  hello->set_namespace_(options_.namespace_);
+  absl::MutexLock lock(&mu_);
+  for (const std::string& name : options_.certificates) {
+    v1::HeldCertificate* held = hello->add_certificates();
+    held->set_name(name);
+    held->set_version(held_[name].version);
+    held->set_fingerprint(held_[name].fingerprint);
+  }
+  return request;
+}
+
+void Session::RunConnection() {
+  grpc::ChannelArguments args;
+  // A dead server or half-open connection is noticed by keepalive as well as by heartbeats.
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30'000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20'000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  // Never reuse a connection from an earlier attempt: it may be the half-open one we left.
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  if (!options_.tls_server_name.empty()) args.SetSslTargetNameOverride(options_.tls_server_name);
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateCustomChannel(options_.server, credentials_->Get(), args);
+  std::unique_ptr<v1::Distribution::Stub> stub = v1::Distribution::NewStub(channel);
+
+  grpc::ClientContext context;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return;
+    context_ = &context;
+    events_.clear();
+    ++counters_.connects;
+  }
+  std::unique_ptr<grpc::ClientReaderWriter<v1::SubscribeRequest, v1::SubscribeResponse>> stream =
+      stub->Subscribe(&context);
+  stream_ = stream.get();
+  pending_.clear();  // nonces of an earlier stream mean nothing on this one
+  std::thread reader([this, &stream] { ReadLoop(stream.get()); });
+  Send(Hello());  // a failure shows up as the end of the stream
+
+  bool got_first = false;
+  bool cancelled = false;
+  absl::Time heartbeat_deadline = absl::Now() + heartbeat_timeout_;
+  while (true) {
+    absl::Time wake = cancelled ? absl::InfiniteFuture() : heartbeat_deadline;
+    for (const auto& [name, pending] : pending_) wake = std::min(wake, pending.retry_at);
+    std::optional<Event> event;
+    {
+      absl::MutexLock lock(&mu_);
+      auto ready = [this, &cancelled]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return !events_.empty() || (stopping_ && !cancelled);
+      };
+      mu_.AwaitWithDeadline(absl::Condition(&ready), wake);
+      if (stopping_ && !cancelled) {
+        context.TryCancel();
+        cancelled = true;
+      }
+      if (!events_.empty()) {
+        event = std::move(events_.front());
+        events_.pop_front();
+      }
+    }
+    if (event.has_value()) {
+      if (!event->message.has_value()) {
+        LogStreamEnd(event->status);
+        break;
+      }
+      if (!got_first) {
+        got_first = true;
+        reconnect_backoff_.Reset();
+        last_end_message_.clear();
+        spdlog::info("subscribed to {} as {}/{}", options_.server, options_.namespace_,
+                     options_.client_id);
+      }
+      heartbeat_deadline = absl::Now() + heartbeat_timeout_;
+      HandleMessage(*event->message);
+      continue;
+    }
+    if (cancelled) continue;
+    if (absl::Now() >= heartbeat_deadline) {
+      spdlog::warn("no message from {} for {}; treating the stream as dead and reconnecting",
+                   options_.server, absl::FormatDuration(heartbeat_timeout_));
+      {
+        absl::MutexLock lock(&mu_);
+        ++counters_.heartbeat_misses;
+      }
+      context.TryCancel();
+      cancelled = true;
+      continue;
+    }
+    RetryDue();
+  }
+  reader.join();
+  stream_ = nullptr;
+  absl::MutexLock lock(&mu_);
+  context_ = nullptr;
+}
+
+void Session::ReadLoop(
+    grpc::ClientReaderWriter<v1::SubscribeRequest, v1::SubscribeResponse>* stream) {
+  v1::SubscribeResponse response;
+  while (stream->Read(&response)) {
+    absl::MutexLock lock(&mu_);
+    events_.push_back(Event{std::move(response), grpc::Status::OK});
+    response = v1::SubscribeResponse();
+  }
+  grpc::Status status = stream->Finish();
+  absl::MutexLock lock(&mu_);
+  events_.push_back(Event{std::nullopt, std::move(status)});
+}
+
+bool Session::Send(const v1::SubscribeRequest& request) {
+  return stream_ != nullptr && stream_->Write(request);
+}
+
+void Session::LogStreamEnd(const grpc::Status& status) {
+  std::string message;
+  bool denied = false;
+  switch (status.error_code()) {
+    case grpc::StatusCode::OK:
+      message = "the server ended the stream";
+      break;
+    case grpc::StatusCode::CANCELLED: {
+      absl::MutexLock lock(&mu_);
+      if (stopping_ || reconnect_now_) return;  // our own doing
+      message = absl::StrCat("stream cancelled: ", status.error_message());
+      break;
+    }
+    case grpc::StatusCode::PERMISSION_DENIED:
+    case grpc::StatusCode::UNAUTHENTICATED:
+      denied = true;
+      message = absl::StrCat("the server refused this client (", status.error_code(),
+                             "): ", status.error_message(), "; retrying with backoff");
+      break;
+    default:
+      message = absl::StrCat("stream to ", options_.server, " ended with code ",
+                             status.error_code(), ": ", status.error_message());
+  }
+  if (denied) {
+    absl::MutexLock lock(&mu_);
+    ++counters_.denials;
+  }
+  // A repeated failure logs once at warn (error for denials), then at debug.
+  if (message == last_end_message_) {
+    spdlog::debug("{}", message);
+    return;
+  }
+  last_end_message_ = message;
+  if (denied) {
+    spdlog::error("{}", message);
+  } else {
+    spdlog::warn("{}", message);
+  }
+}
+
+void Session::HandleMessage(v1::SubscribeResponse& message) {
+  switch (message.kind_case()) {
+    case v1::SubscribeResponse::kHeartbeat: {
+      const uint32_t interval = std::max<uint32_t>(1, message.heartbeat().interval_seconds());
+      heartbeat_timeout_ = absl::Seconds(2 * interval);
+      break;
+    }
+    case v1::SubscribeResponse::kInSync: {
+      const v1::InSync& in_sync = message.in_sync();
+      pending_.erase(in_sync.name());
+      absl::MutexLock lock(&mu_);
+      HeldVersion& held = held_[in_sync.name()];
+      if (held.fingerprint == in_sync.fingerprint()) held.version = in_sync.version();
+      spdlog::info("certificate {}: in sync at version {}", in_sync.name(), in_sync.version());
+      break;
+    }
+    case v1::SubscribeResponse::kUpdate:
+      HandleUpdate(*message.mutable_update());
+      break;
+    case v1::SubscribeResponse::KIND_NOT_SET:
+      break;
+  }
+}
+
+void Session::HandleUpdate(v1::CertificateUpdate& update) {
+  VersionedMaterial version;
+  version.name = update.name();
+  version.version = update.version();
+  version.fingerprint = update.fingerprint();
+  version.material.chain_pem = update.chain_pem();
+  version.material.key_pem = SecretBytes(update.private_key_pem());
+  version.material.ca_pem = update.ca_pem();
+  CleanseString(update.mutable_private_key_pem());
+  pending_.erase(version.name);  // a newer version replaces one still being retried
+  {
+    absl::MutexLock lock(&mu_);
+    ++counters_.updates;
+  }
+
+  const bool known = std::find(options_.certificates.begin(), options_.certificates.end(),
+                               version.name) != options_.certificates.end();
+  ValidationOptions validation;
+  validation.now = clock_->Now();
+  absl::StatusOr<CertificateInfo> info =
+      known ? ValidateMaterial(version.name, version.material, validation)
+            : absl::InvalidArgumentError(
+                  absl::StrCat("certificate \"", version.name, "\" was not requested"));
+  if (info.ok() && info->fingerprint != version.fingerprint) {
+    info = absl::InvalidArgumentError(absl::StrCat(
+        "certificate \"", version.name, "\": the update's fingerprint ", version.fingerprint,
+        " does not match its certificate (", info->fingerprint, ")"));
+  }
+  if (!info.ok()) {
+    // Material that fails validation is not retried: the next version may fix it.
+    spdlog::warn("certificate {}: refusing version {}: {}; keeping what is in place", version.name,
+                 version.version, std::string(info.status().message()));
+    v1::SubscribeRequest nack;
+    nack.mutable_nack()->set_name(version.name);
+    nack.mutable_nack()->set_version(version.version);
+    nack.mutable_nack()->set_nonce(update.nonce());
+    v1::SinkError* error = nack.mutable_nack()->add_errors();
+    error->set_sink("validation");
+    error->set_error(std::string(info.status().message()));
+    error->set_transient(false);
+    {
+      absl::MutexLock lock(&mu_);
+      ++counters_.nacks;
+    }
+    Send(nack);
+    return;
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    const HeldVersion& held = held_[version.name];
+    if (!held.fingerprint.empty() && held.fingerprint != version.fingerprint &&
+        version.version < held.version) {
+      spdlog::warn(
+          "certificate {}: the server's version went backwards (held {}, got {}); "
+          "applying it: the server wins",
+          version.name, held.version, version.version);
+    }
+  }
+  bool failed = false;
+  v1::SubscribeRequest reply = Apply(version, update.nonce(), &failed);
+  if (failed) {
+    PendingApply pending;
+    pending.backoff = std::make_unique<Backoff>(options_.retry);
+    pending.retry_at = absl::Now() + pending.backoff->Next();
+    pending.nonce = update.nonce();
+    pending.material = std::move(version);
+    pending_[pending.material.name] = std::move(pending);
+  }
+  Send(reply);
+}
+
+void Session::RetryDue() {
+  const absl::Time now = absl::Now();
+  for (auto it = pending_.begin(); it != pending_.end();) {
+    PendingApply& pending = it->second;
+    if (pending.retry_at > now) {
+      ++it;
+      continue;
+    }
+    bool failed = false;
+    v1::SubscribeRequest reply = Apply(pending.material, pending.nonce, &failed);
+    if (failed) {
+      pending.retry_at = now + pending.backoff->Next();
+      ++it;
+      continue;  // the NACK was sent already; only success is news
+    }
+    Send(reply);
+    it = pending_.erase(it);
+  }
+}
+
+v1::SubscribeRequest Session::Apply(const VersionedMaterial& version, const std::string& nonce,
+                                    bool* failed) {
+  v1::SubscribeRequest reply;
+  std::vector<v1::SinkError> errors;
+  bool written = false;
+  for (Sink* sink : sinks_) {
+    absl::StatusOr<ApplyResult> result = sink->Apply(version);
+    if (result.ok()) {
+      written |= *result == ApplyResult::kWritten;
+      continue;
+    }
+    v1::SinkError error;
+    error.set_sink(sink->name());
+    error.set_error(std::string(result.status().message()));
+    error.set_transient(true);
+    errors.push_back(std::move(error));
+  }
+  if (!errors.empty()) {
+    *failed = true;
+    std::vector<std::string> texts;
+    for (const auto& error : errors)
+      texts.push_back(absl::StrCat(error.sink(), ": ", error.error()));
+    spdlog::warn(
+        "certificate {}: version {} not applied ({}); keeping the last good version and "
+        "retrying",
+        version.name, version.version, absl::StrJoin(texts, "; "));
+    v1::Nack* nack = reply.mutable_nack();
+    nack->set_name(version.name);
+    nack->set_version(version.version);
+    nack->set_nonce(nonce);
+    for (auto& error : errors) *nack->add_errors() = std::move(error);
+    absl::MutexLock lock(&mu_);
+    ++counters_.nacks;
+    counters_.apply_failures += errors.size();
+    return reply;
+  }
+
+  // Hooks run when something changed, or when the last run did not finish (the state store does
+  // not record this fingerprint as completed).
+  const HeldVersion done{version.version, version.fingerprint};
+  const bool completed_before = recorded_.count(version.name) > 0 &&
+                                recorded_[version.name].fingerprint == version.fingerprint;
+  std::vector<std::string> warnings;
+  if (written || !completed_before) {
+    HookContext context{version.name, version.version, version.fingerprint, ""};
+    for (Sink* sink : sinks_) {
+      if (context.directory.empty()) context.directory = sink->LocationOf(version.name);
+    }
+    for (Hook* hook : hooks_) {
+      absl::Status ran = hook->Run(context);
+      if (ran.ok()) continue;
+      warnings.push_back(absl::StrCat(hook->name(), ": ", ran.message()));
+      spdlog::warn("certificate {}: version {} is in place but the {} hook failed: {}",
+                   version.name, version.version, hook->name(), std::string(ran.message()));
+      absl::MutexLock lock(&mu_);
+      ++counters_.hook_failures;
+    }
+  }
+  if (!(recorded_.count(version.name) > 0 && recorded_[version.name] == done)) {
+    absl::Status saved = store_->Save(version.name, done);
+    if (saved.ok()) {
+      recorded_[version.name] = done;
+    } else {
+      warnings.push_back(absl::StrCat("state: ", saved.message()));
+    }
+  }
+  spdlog::info("certificate {}: version {} applied (fingerprint {}){}", version.name,
+               version.version, version.fingerprint, written ? "" : "; the sinks already held it");
+  v1::Ack* ack = reply.mutable_ack();
+  ack->set_name(version.name);
+  ack->set_version(version.version);
+  ack->set_nonce(nonce);
+  for (std::string& warning : warnings) ack->add_warnings(std::move(warning));
+  absl::MutexLock lock(&mu_);
+  held_[version.name] = done;
+  ++counters_.applied;
+  ++counters_.acks;
+  return reply;
+}
+
+}  // namespace certcast

@@ -1,0 +1,49 @@
+#include "client/state_store.h"
+
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "common/status_macros.h"
+#include "spdlog/spdlog.h"
+
+namespace certcast {
+
+absl::Status ClientStateStore::Init() {
+  absl::Status created = fs_->CreateDir(dir_, 0700);
+  if (!created.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot create state directory ", dir_, ": ", created.message()));
+  }
+  return absl::OkStatus();
+}
+
+std::optional<HeldVersion> ClientStateStore::Load(const std::string& name) {
+  const std::string path = JoinPath(dir_, name + ".held");
+  absl::StatusOr<std::string> text = fs_->ReadFile(path);
+  if (!text.ok()) {
+    if (!absl::IsNotFound(text.status())) {
+      spdlog::warn("cannot read {}: {}; the files on disk decide", path,
+                   std::string(text.status().message()));
+    }
+    return std::nullopt;
+  }
+  std::vector<std::string> fields =
+      absl::StrSplit(absl::StripAsciiWhitespace(*text), ' ', absl::SkipEmpty());
+  HeldVersion held;
+  if (fields.size() != 2 || !absl::SimpleAtoi(fields[0], &held.version) || fields[1].size() != 64) {
+    spdlog::warn("{} is not a certcast client state file; the files on disk decide", path);
+    return std::nullopt;
+  }
+  held.fingerprint = fields[1];
+  return held;
+}
+
+absl::Status ClientStateStore::Save(const std::string& name, const HeldVersion& held) {
+  return WriteFileAtomically(*fs_, JoinPath(dir_, name + ".held"),
+                             absl::StrCat(held.version, " ", held.fingerprint, "\n"), 0600);
+}
+
+}  // namespace certcast

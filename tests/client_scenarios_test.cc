@@ -1,0 +1,287 @@
+// End-to-end scenarios with the real certcast-server and certcast-client binaries over TLS.
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "client/file_sink.h"
+#include "common/filesystem.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/child_process.h"
+#include "tests/fixtures/cert_factory.h"
+#include "tests/test_subscriber.h"
+
+namespace certcast {
+namespace {
+
+using ::certcast::fixtures::Chain;
+using ::certcast::fixtures::MakeChain;
+using ::certcast::fixtures::TempDir;
+using ::certcast::scenario::ChildProcess;
+using ::certcast::scenario::ReadFileOrEmpty;
+using ::certcast::scenario::WaitFor;
+using ::testing::HasSubstr;
+
+void WriteText(const std::string& path, const std::string& text, mode_t mode = 0600) {
+  PosixFilesystem fs;
+  ASSERT_TRUE(WriteFileAtomically(fs, path, text, mode).ok());
+}
+
+class ClientScenarioTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ca_ = fixtures::MakeRootCa("certcast test server ca");
+    fixtures::CertOptions server;
+    server.common_name = "certcast-server";
+    server.dns_names = {"localhost"};
+    fixtures::Issued serving = fixtures::MakeCert(ca_, server);
+    WriteText(tmp_.Join("ca.pem"), ca_.cert_pem);
+    WriteText(tmp_.Join("server.crt"), serving.cert_pem);
+    WriteText(tmp_.Join("server.key"), serving.key_pem);
+    chain_ = MakeChain();
+    fixtures::WriteKubeletDir(tmp_.Join("source"), chain_.material);
+    port_ = scenario::PickFreePort();
+  }
+
+  void StartServer() {
+    server_ = std::make_unique<ChildProcess>(
+        CERTCAST_SERVER_BINARY,
+        std::vector<std::string>{
+            absl::StrCat("--listen=127.0.0.1:", port_), "--tls-cert=" + tmp_.Join("server.crt"),
+            "--tls-key=" + tmp_.Join("server.key"), "--certificate=wildcard=" + tmp_.Join("source"),
+            "--state-dir=" + tmp_.Join("server-state"), "--quiet-period=20ms"},
+        tmp_.Join(absl::StrCat("server", ++server_starts_, ".log")));
+    ASSERT_NE(server_->WaitForPort(), 0) << server_->log();
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = ca_.cert_pem;
+    grpc::ChannelArguments args;
+    args.SetSslTargetNameOverride("localhost");
+    inspection_ = v1::Inspection::NewStub(grpc::CreateCustomChannel(
+        absl::StrCat("127.0.0.1:", port_), grpc::SslCredentials(ssl), args));
+  }
+
+  std::string OutputDir(const std::string& ns) { return tmp_.Join("out-" + ns); }
+
+  std::vector<std::string> ClientArgs(const std::string& ns) {
+    return {absl::StrCat("--server=127.0.0.1:", port_),
+            "--tls-server-name=localhost",
+            "--ca=" + tmp_.Join("ca.pem"),
+            "--namespace=" + ns,
+            "--client-id=client-" + ns,
+            "--certificate=wildcard",
+            "--output-dir=" + OutputDir(ns),
+            "--state-dir=" + tmp_.Join("state-" + ns)};
+  }
+
+  std::unique_ptr<ChildProcess> StartClient(const std::string& ns,
+                                            std::vector<std::string> extra = {}) {
+    std::vector<std::string> args = ClientArgs(ns);
+    args.insert(args.end(), extra.begin(), extra.end());
+    return std::make_unique<ChildProcess>(
+        CERTCAST_CLIENT_BINARY, args,
+        tmp_.Join(absl::StrCat("client-", ns, "-", ++client_starts_, ".log")));
+  }
+
+  // Acknowledged version per namespace, connected clients only.
+  std::map<std::string, uint64_t> Acked() {
+    grpc::ClientContext context;
+    v1::ListClientsResponse response;
+    std::map<std::string, uint64_t> acked;
+    if (!inspection_->ListClients(&context, {}, &response).ok()) return acked;
+    for (const auto& client : response.clients()) {
+      if (client.connected())
+        acked[client.namespace_()] = client.certificates(0).acknowledged_version();
+    }
+    return acked;
+  }
+
+  v1::ClientCertificate ClientState(const std::string& ns) {
+    grpc::ClientContext context;
+    v1::ListClientsRequest request;
+    request.set_namespace_(ns);
+    v1::ListClientsResponse response;
+    inspection_->ListClients(&context, request, &response);
+    for (const auto& client : response.clients()) {
+      if (client.connected()) return client.certificates(0);
+    }
+    return {};
+  }
+
+  absl::StatusOr<CertificateMaterial> Files(const std::string& ns) {
+    FileSink sink(&fs_, &clock_, {OutputDir(ns), false});
+    return sink.Read("wildcard");
+  }
+
+  std::string DataTarget(const std::string& ns) {
+    char target[4096] = {};
+    const ssize_t n =
+        readlink((OutputDir(ns) + "/wildcard/..data").c_str(), target, sizeof(target));
+    return n > 0 ? std::string(target, static_cast<size_t>(n)) : "";
+  }
+
+  TempDir tmp_;
+  fixtures::Issued ca_;
+  Chain chain_;
+  int port_ = 0;
+  int server_starts_ = 0;
+  int client_starts_ = 0;
+  PosixFilesystem fs_;
+  RealClock clock_;
+  std::unique_ptr<ChildProcess> server_;
+  std::unique_ptr<v1::Inspection::Stub> inspection_;
+};
+
+// First delivery and a rotation reach three clients, which write the files and acknowledge.
+TEST_F(ClientScenarioTest, RotationReachesThreeClients) {
+  StartServer();
+  std::vector<std::unique_ptr<ChildProcess>> clients;
+  for (const char* ns : {"tenant-a", "tenant-b", "tenant-c"}) clients.push_back(StartClient(ns));
+  const std::map<std::string, uint64_t> v1 = {{"tenant-a", 1}, {"tenant-b", 1}, {"tenant-c", 1}};
+  ASSERT_TRUE(WaitFor([&] { return Acked() == v1; })) << clients[0]->log();
+  for (const char* ns : {"tenant-a", "tenant-b", "tenant-c"}) {
+    absl::StatusOr<CertificateMaterial> files = Files(ns);
+    ASSERT_TRUE(files.ok()) << files.status();
+    EXPECT_EQ(*files, chain_.material);
+    struct stat key;
+    ASSERT_EQ(stat((OutputDir(ns) + "/wildcard/tls.key").c_str(), &key), 0);
+    EXPECT_EQ(key.st_mode & 0777, 0600u);
+  }
+  Chain next = MakeChain();
+  fixtures::WriteKubeletDir(tmp_.Join("source"), next.material);
+  const std::map<std::string, uint64_t> v2 = {{"tenant-a", 2}, {"tenant-b", 2}, {"tenant-c", 2}};
+  ASSERT_TRUE(WaitFor([&] { return Acked() == v2; })) << clients[0]->log();
+  for (const char* ns : {"tenant-a", "tenant-b", "tenant-c"}) EXPECT_EQ(*Files(ns), next.material);
+}
+
+// A client restarted with current files writes nothing and runs no hook.
+TEST_F(ClientScenarioTest, RestartWithCurrentFilesRewritesNothing) {
+  StartServer();
+  const std::string hook_log = tmp_.Join("hook.log");
+  std::vector<std::string> hook = {"--on-update=echo run >> " + hook_log};
+  auto client = StartClient("tenant-a", hook);
+  ASSERT_TRUE(WaitFor([&] { return Acked()["tenant-a"] == 1; })) << client->log();
+  ASSERT_TRUE(WaitFor([&] { return ReadFileOrEmpty(hook_log) == "run\n"; }));
+  const std::string target = DataTarget("tenant-a");
+  client->Signal(SIGTERM);
+  ASSERT_EQ(client->Wait(absl::Seconds(20)), 0) << client->log();
+
+  client = StartClient("tenant-a", hook);
+  ASSERT_FALSE(client->WaitForLog("in sync at version 1").empty()) << client->log();
+  EXPECT_EQ(DataTarget("tenant-a"), target);
+  EXPECT_EQ(ReadFileOrEmpty(hook_log), "run\n");
+  EXPECT_THAT(client->log(), HasSubstr("holding version 1"));
+}
+
+// The server killed (SIGKILL) and restarted while the source changed: clients converge without
+// a restart of their own.
+TEST_F(ClientScenarioTest, ClientsConvergeAfterServerRestart) {
+  StartServer();
+  auto a = StartClient("tenant-a");
+  auto b = StartClient("tenant-b");
+  ASSERT_TRUE(WaitFor([&] { return Acked().size() == 2 && Acked()["tenant-a"] == 1; }));
+  server_->Signal(SIGKILL);
+  server_->Wait(absl::Seconds(10));
+  Chain next = MakeChain();
+  fixtures::WriteKubeletDir(tmp_.Join("source"), next.material);
+  StartServer();
+  const std::map<std::string, uint64_t> v2 = {{"tenant-a", 2}, {"tenant-b", 2}};
+  ASSERT_TRUE(WaitFor([&] { return Acked() == v2; }, absl::Seconds(60))) << a->log();
+  EXPECT_EQ(*Files("tenant-a"), next.material);
+  EXPECT_FALSE(a->Exited());
+}
+
+// --combined-pem writes tls.pem (key, then chain) next to the pair; hooks get the environment;
+// --signal reaches the process in --pid-file.
+TEST_F(ClientScenarioTest, HooksSignalAndCombinedPem) {
+  StartServer();
+  // A process that records SIGUSR1.
+  const std::string got_signal = tmp_.Join("got-signal");
+  const std::string pid_file = tmp_.Join("app.pid");
+  ChildProcess app("/bin/sh",
+                   {"-c", "trap 'echo usr1 >> " + got_signal + "' USR1; echo $$ > " + pid_file +
+                              "; while :; do sleep 1 & wait; done"},
+                   tmp_.Join("app.log"));
+  ASSERT_TRUE(WaitFor([&] { return !ReadFileOrEmpty(pid_file).empty(); }));
+  const std::string env_file = tmp_.Join("env");
+  auto client = StartClient(
+      "tenant-a", {"--combined-pem", "--signal=USR1", "--pid-file=" + pid_file,
+                   "--on-update=echo \"$CERTCAST_CERTIFICATE $CERTCAST_VERSION $CERTCAST_DIR "
+                   "$CERTCAST_FINGERPRINT\" > " +
+                       env_file});
+  ASSERT_TRUE(WaitFor([&] { return Acked()["tenant-a"] == 1; })) << client->log();
+  EXPECT_TRUE(WaitFor([&] { return ReadFileOrEmpty(got_signal) == "usr1\n"; }));
+  EXPECT_EQ(ReadFileOrEmpty(env_file), absl::StrCat("wildcard 1 ", OutputDir("tenant-a"),
+                                                    "/wildcard ", chain_.leaf.fingerprint, "\n"));
+  EXPECT_EQ(ReadFileOrEmpty(OutputDir("tenant-a") + "/wildcard/tls.pem"),
+            absl::StrCat(chain_.material.key_pem.reveal(), chain_.material.chain_pem));
+}
+
+// A failing hook does not undo the write: the ACK carries the warning, visible in ListClients.
+TEST_F(ClientScenarioTest, FailedHookIsAWarningOnTheAck) {
+  StartServer();
+  auto client = StartClient("tenant-a", {"--on-update=echo broken reload >&2; exit 3"});
+  ASSERT_TRUE(WaitFor([&] { return Acked()["tenant-a"] == 1; })) << client->log();
+  v1::ClientCertificate state = ClientState("tenant-a");
+  EXPECT_THAT(state.hook_warning(), HasSubstr("exited with status 3"));
+  EXPECT_THAT(state.hook_warning(), HasSubstr("broken reload"));
+  EXPECT_EQ(*Files("tenant-a"), chain_.material);
+}
+
+// A sink failure is NACKed (visible in ListClients) and retried; once the cause is gone the
+// client ACKs without the server resending.
+TEST_F(ClientScenarioTest, TransientSinkFailureIsNackedThenAcked) {
+  StartServer();
+  ASSERT_EQ(mkdir(OutputDir("tenant-a").c_str(), 0755), 0);
+  WriteText(OutputDir("tenant-a") + "/wildcard", "a file where the directory should be", 0644);
+  auto client = StartClient("tenant-a");
+  ASSERT_TRUE(WaitFor([&] { return !ClientState("tenant-a").last_error().empty(); }))
+      << client->log();
+  EXPECT_THAT(ClientState("tenant-a").last_error(), HasSubstr("files: "));
+  EXPECT_EQ(ClientState("tenant-a").acknowledged_version(), 0u);
+  ASSERT_EQ(unlink((OutputDir("tenant-a") + "/wildcard").c_str()), 0);
+  ASSERT_TRUE(WaitFor([&] { return Acked()["tenant-a"] == 1; })) << client->log();
+  EXPECT_EQ(ClientState("tenant-a").last_error(), "");
+  EXPECT_EQ(*Files("tenant-a"), chain_.material);
+}
+
+// Local permanent errors end the client with a clear message and a non-zero status.
+TEST_F(ClientScenarioTest, PermanentLocalErrorsExitNonZero) {
+  std::vector<std::string> args = ClientArgs("tenant-a");
+  args[2] = "--ca=" + tmp_.Join("missing-ca.pem");
+  ChildProcess unreadable_ca(CERTCAST_CLIENT_BINARY, args, tmp_.Join("bad1.log"));
+  const int status = unreadable_ca.Wait(absl::Seconds(20));
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 2);
+  EXPECT_THAT(unreadable_ca.log(), HasSubstr("missing-ca.pem"));
+
+  ChildProcess no_tls(CERTCAST_CLIENT_BINARY,
+                      {"--server=127.0.0.1:1", "--namespace=a", "--certificate=w",
+                       "--output-dir=" + tmp_.Join("o")},
+                      tmp_.Join("bad2.log"));
+  EXPECT_EQ(WEXITSTATUS(no_tls.Wait(absl::Seconds(20))), 2);
+  EXPECT_THAT(no_tls.log(), HasSubstr("--insecure"));
+}
+
+// A server that is down, or a certificate the server does not have, never ends the client: it
+// logs the reason and keeps retrying until things are fixed.
+TEST_F(ClientScenarioTest, ClientKeepsRetryingWhileServerIsDown) {
+  auto client = StartClient("tenant-a");
+  ASSERT_FALSE(client->WaitForLog("ended with code 14").empty()) << client->log();
+  EXPECT_FALSE(client->Exited());
+  StartServer();
+  ASSERT_TRUE(WaitFor([&] { return Acked()["tenant-a"] == 1; }, absl::Seconds(60)))
+      << client->log();
+}
+
+}  // namespace
+}  // namespace certcast
