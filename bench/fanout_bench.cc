@@ -575,7 +575,6 @@ int main(int argc, char** argv) {
     }
     const bool complete =
         bench.WaitFor(bench.round_received_, clients, absl::GetFlag(FLAGS_round_timeout));
-    const int64_t done = NowNs();
     absl::SleepFor(absl::GetFlag(FLAGS_cpu_settle));
     const CpuSample cpu_after = ReadCpu(pid);
     struct rusage self_after;
@@ -611,7 +610,6 @@ int main(int argc, char** argv) {
                 first, p50, p99, mx, last > 0 ? static_cast<double>(last - t0) / 1e6 : 0.0,
                 ticks * 1e3, sched * 1e3, sched * 1e6 / clients, bench_cpu * 1e3);
     std::fflush(stdout);
-    (void)done;
   }
   auto median = [](std::vector<double> v) { return Percentile(std::move(v), 50); };
   const long rss_after = ReadStatusKb(pid, "VmRSS");

@@ -56,7 +56,7 @@ WORK=$(mktemp -d /tmp/certcast-fanout.XXXXXX)
 SERVER_PID=
 PERF_PID=
 cleanup() {
-  [[ -n $PERF_PID ]] && kill -INT "$PERF_PID" 2>/dev/null || true
+  if [[ -n $PERF_PID ]]; then kill -INT "$PERF_PID" 2>/dev/null || true; fi
   if [[ -n $SERVER_PID ]]; then
     kill -TERM "$SERVER_PID" 2>/dev/null || true
     wait "$SERVER_PID" 2>/dev/null || true

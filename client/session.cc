@@ -178,8 +178,8 @@ void Session::RunConnection() {
         spdlog::info("subscribed to {} as {}/{}", options_.server, options_.namespace_,
                      options_.client_id);
       }
+      HandleMessage(*event->message);  // a heartbeat may change heartbeat_timeout_
       heartbeat_deadline = absl::Now() + heartbeat_timeout_;
-      HandleMessage(*event->message);
       continue;
     }
     if (cancelled) continue;

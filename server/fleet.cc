@@ -8,7 +8,7 @@ uint64_t Fleet::Connect(ClientRecord record) {
   const auto key = std::make_pair(record.namespace_, record.client_id);
   if (auto it = by_key_.find(key); it != by_key_.end()) {
     auto old = records_.find(it->second);
-    if (old != records_.end() && !old->second.connected) records_.erase(old);
+    if (old != records_.end() && !old->second.connected) Erase(old);
   }
   record.id = next_id_++;
   record.connected = true;
@@ -25,19 +25,33 @@ void Fleet::Disconnect(uint64_t id) {
   if (it == records_.end()) return;
   it->second.connected = false;
   it->second.last_seen = clock_->Now();
+  disconnected_.emplace(it->second.last_seen, id);
   Prune();
+}
+
+void Fleet::Erase(std::map<uint64_t, ClientRecord>::iterator record) {
+  const ClientRecord& gone = record->second;
+  auto key = by_key_.find(std::make_pair(gone.namespace_, gone.client_id));
+  if (key != by_key_.end() && key->second == record->first) by_key_.erase(key);
+  if (!gone.connected) {
+    auto [begin, end] = disconnected_.equal_range(gone.last_seen);
+    for (auto it = begin; it != end; ++it) {
+      if (it->second == record->first) {
+        disconnected_.erase(it);
+        break;
+      }
+    }
+  }
+  records_.erase(record);
 }
 
 void Fleet::Prune() {
   const absl::Time cutoff = clock_->Now() - retention_;
-  for (auto it = records_.begin(); it != records_.end();) {
-    if (!it->second.connected && it->second.last_seen < cutoff) {
-      auto key = by_key_.find(std::make_pair(it->second.namespace_, it->second.client_id));
-      if (key != by_key_.end() && key->second == it->first) by_key_.erase(key);
-      it = records_.erase(it);
-    } else {
-      ++it;
-    }
+  while (!disconnected_.empty() && disconnected_.begin()->first < cutoff) {
+    const uint64_t id = disconnected_.begin()->second;
+    disconnected_.erase(disconnected_.begin());
+    auto record = records_.find(id);
+    if (record != records_.end()) Erase(record);
   }
 }
 

@@ -87,6 +87,7 @@ class Fleet {
   ClientCertificateState* Find(uint64_t id, const std::string& name)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Prune() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Erase(std::map<uint64_t, ClientRecord>::iterator record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const Clock* const clock_;
   const absl::Duration retention_;
@@ -94,6 +95,8 @@ class Fleet {
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   std::map<uint64_t, ClientRecord> records_ ABSL_GUARDED_BY(mu_);
   std::map<std::pair<std::string, std::string>, uint64_t> by_key_ ABSL_GUARDED_BY(mu_);
+  // Disconnected records by disconnection time, so pruning touches only expired ones.
+  std::multimap<absl::Time, uint64_t> disconnected_ ABSL_GUARDED_BY(mu_);
   FleetCounters counters_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -248,5 +248,77 @@ TEST(ClientRobustnessTest, SigkillDuringRotationsNeverTearsThePair) {
   EXPECT_EQ(failures.size(), 0u) << "first: " << (failures.empty() ? "" : failures.front());
 }
 
+// A server that either goes silent after the first heartbeat, or denies every subscription.
+class MisbehavingServer final : public v1::Distribution::Service {
+ public:
+  enum class Mode { kSilent, kDeny };
+  explicit MisbehavingServer(Mode mode) : mode_(mode) {}
+
+  grpc::Status Subscribe(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<v1::SubscribeResponse, v1::SubscribeRequest>* stream) override {
+    v1::SubscribeRequest hello;
+    if (!stream->Read(&hello)) return grpc::Status::CANCELLED;
+    ++subscriptions_;
+    if (mode_ == Mode::kDeny) {
+      return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                          "namespace tenant-a may not receive certificate \"wildcard\"");
+    }
+    v1::SubscribeResponse heartbeat;
+    heartbeat.mutable_heartbeat()->set_interval_seconds(1);
+    stream->Write(heartbeat);
+    // Then nothing at all, like a half-open connection, until the client gives up on us.
+    v1::SubscribeRequest ignored;
+    while (stream->Read(&ignored)) {
+    }
+    (void)context;
+    return grpc::Status::OK;
+  }
+  int subscriptions() const { return subscriptions_.load(); }
+
+ private:
+  const Mode mode_;
+  std::atomic<int> subscriptions_{0};
+};
+
+class MisbehavingServerTest : public ::testing::TestWithParam<MisbehavingServer::Mode> {};
+
+// Silence longer than two heartbeat intervals ends the stream and the client reconnects; a
+// denial is logged clearly and retried with backoff. The client never exits.
+TEST_P(MisbehavingServerTest, ClientReconnectsAndNeverExits) {
+  TempDir tmp;
+  MisbehavingServer service(GetParam());
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  ChildProcess client(CERTCAST_CLIENT_BINARY,
+                      {absl::StrCat("--server=127.0.0.1:", port), "--insecure",
+                       "--namespace=tenant-a", "--certificate=wildcard",
+                       "--output-dir=" + tmp.Join("out"), "--state-dir=" + tmp.Join("state")},
+                      tmp.Join("client.log"));
+  ASSERT_TRUE(WaitFor([&] { return service.subscriptions() >= 3; }, absl::Seconds(60)))
+      << client.log();
+  EXPECT_FALSE(client.Exited());
+  if (GetParam() == MisbehavingServer::Mode::kSilent) {
+    EXPECT_THAT(client.log(), HasSubstr("treating the stream as dead"));
+  } else {
+    EXPECT_THAT(client.log(), HasSubstr("the server refused this client"));
+    EXPECT_THAT(client.log(), HasSubstr("may not receive certificate"));
+  }
+  client.Signal(SIGTERM);
+  EXPECT_EQ(client.Wait(absl::Seconds(20)), 0) << client.log();
+  server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
+}
+
+INSTANTIATE_TEST_SUITE_P(SilentAndDenying, MisbehavingServerTest,
+                         ::testing::Values(MisbehavingServer::Mode::kSilent,
+                                           MisbehavingServer::Mode::kDeny),
+                         [](const auto& param_info) {
+                           return param_info.param == MisbehavingServer::Mode::kSilent ? "Silent"
+                                                                                       : "Deny";
+                         });
+
 }  // namespace
 }  // namespace certcast

@@ -283,5 +283,20 @@ TEST_F(ClientScenarioTest, ClientKeepsRetryingWhileServerIsDown) {
       << client->log();
 }
 
+// SIGHUP re-reads the TLS files: a client started with the wrong CA connects once the right CA
+// is in the file and it is told to reload.
+TEST_F(ClientScenarioTest, SighupRereadsTlsFiles) {
+  StartServer();
+  WriteText(tmp_.Join("client-ca.pem"), fixtures::MakeRootCa("not the server's ca").cert_pem);
+  std::vector<std::string> args = ClientArgs("tenant-a");
+  args[2] = "--ca=" + tmp_.Join("client-ca.pem");
+  ChildProcess client(CERTCAST_CLIENT_BINARY, args, tmp_.Join("client-hup.log"));
+  ASSERT_FALSE(client.WaitForLog("ended with code 14").empty()) << client.log();
+  WriteText(tmp_.Join("client-ca.pem"), ca_.cert_pem);
+  client.Signal(SIGHUP);
+  ASSERT_TRUE(WaitFor([&] { return Acked()["tenant-a"] == 1; })) << client.log();
+  EXPECT_THAT(client.log(), HasSubstr("TLS files re-read"));
+}
+
 }  // namespace
 }  // namespace certcast
