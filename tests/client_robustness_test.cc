@@ -1,5 +1,5 @@
-// Client robustness: refusing bad material from a (fake) server, and crash consistency of the
-// files under SIGKILL at random moments during hundreds of rotations.
+// Client robustness against scripted and misbehaving (fake) servers, and crash consistency of
+// the files under SIGKILL at random moments during hundreds of rotations.
 #include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
@@ -45,11 +45,12 @@ v1::SubscribeResponse Update(uint64_t version, const Chain& chain, const std::st
   return response;
 }
 
-// A Distribution server that plays a script: a good version 1, then a version 2 whose key does
-// not match its certificate. It records what the client answers.
+// A Distribution server that plays a script: after the hello and a heartbeat it sends each
+// scripted update and waits for the client's answer before the next. It records what the
+// client sends.
 class ScriptedServer final : public v1::Distribution::Service {
  public:
-  ScriptedServer(Chain good, Chain bad) : good_(std::move(good)), bad_(std::move(bad)) {}
+  explicit ScriptedServer(std::vector<v1::SubscribeResponse> script) : script_(std::move(script)) {}
 
   grpc::Status Subscribe(
       grpc::ServerContext* context,
@@ -60,11 +61,11 @@ class ScriptedServer final : public v1::Distribution::Service {
     v1::SubscribeResponse heartbeat;
     heartbeat.mutable_heartbeat()->set_interval_seconds(30);
     stream->Write(heartbeat);
-    stream->Write(Update(1, good_, std::string(good_.material.key_pem.reveal())));
-    if (!stream->Read(&request)) return grpc::Status::CANCELLED;
-    Record(request);
-    // Version 2: a new certificate with the old key.
-    stream->Write(Update(2, bad_, std::string(good_.material.key_pem.reveal())));
+    for (const v1::SubscribeResponse& step : script_) {
+      stream->Write(step);
+      if (!stream->Read(&request)) return grpc::Status::CANCELLED;
+      Record(request);
+    }
     while (!context->IsCancelled() && stream->Read(&request)) Record(request);
     return grpc::Status::OK;
   }
@@ -80,30 +81,55 @@ class ScriptedServer final : public v1::Distribution::Service {
     received_.push_back(request);
   }
 
-  const Chain good_;
-  const Chain bad_;
+  const std::vector<v1::SubscribeResponse> script_;
   absl::Mutex mu_;
   std::vector<v1::SubscribeRequest> received_ ABSL_GUARDED_BY(mu_);
 };
 
-// Material that fails validation is NACKed with the reason, and the files keep the last good pair.
-TEST(ClientRobustnessTest, NackOnBadMaterialKeepsFiles) {
-  TempDir tmp;
-  Chain good = MakeChain();
-  ScriptedServer service(good, MakeChain());
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+// Runs a client against a ScriptedServer until it has answered every step.
+class ScriptedServerTest : public ::testing::Test {
+ protected:
+  std::vector<v1::SubscribeRequest> Run(std::vector<v1::SubscribeResponse> script) {
+    const size_t expected = script.size() + 1;  // hello + one answer per step
+    ScriptedServer service(std::move(script));
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(&service);
+    std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+    client_ = std::make_unique<ChildProcess>(
+        CERTCAST_CLIENT_BINARY,
+        std::vector<std::string>{absl::StrCat("--server=127.0.0.1:", port), "--insecure",
+                                 "--namespace=tenant-a", "--certificate=wildcard",
+                                 "--output-dir=" + tmp_.Join("out"),
+                                 "--state-dir=" + tmp_.Join("state")},
+        tmp_.Join("client.log"));
+    EXPECT_TRUE(WaitFor([&] { return service.received().size() >= expected; })) << client_->log();
+    client_->Signal(SIGTERM);
+    client_->Wait(absl::Seconds(20));
+    server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
+    return service.received();
+  }
 
-  ChildProcess client(CERTCAST_CLIENT_BINARY,
-                      {absl::StrCat("--server=127.0.0.1:", port), "--insecure",
-                       "--namespace=tenant-a", "--certificate=wildcard",
-                       "--output-dir=" + tmp.Join("out"), "--state-dir=" + tmp.Join("state")},
-                      tmp.Join("client.log"));
-  ASSERT_TRUE(WaitFor([&] { return service.received().size() >= 3; })) << client.log();
-  std::vector<v1::SubscribeRequest> received = service.received();
+  absl::StatusOr<CertificateMaterial> Files() {
+    FileSink files(&fs_, &clock_, {tmp_.Join("out"), false});
+    return files.Read("wildcard");
+  }
+
+  TempDir tmp_;
+  PosixFilesystem fs_;
+  RealClock clock_;
+  std::unique_ptr<ChildProcess> client_;
+};
+
+// Material that fails validation is NACKed with the reason, and the files keep the last good pair.
+TEST_F(ScriptedServerTest, NackOnBadMaterialKeepsFiles) {
+  Chain good = MakeChain();
+  Chain bad = MakeChain();
+  const std::string good_key(good.material.key_pem.reveal());
+  std::vector<v1::SubscribeRequest> received =
+      Run({Update(1, good, good_key), Update(2, bad, good_key)});  // v2: new cert, old key
+  ASSERT_EQ(received.size(), 3u);
   ASSERT_TRUE(received[1].has_ack()) << received[1].DebugString();
   EXPECT_EQ(received[1].ack().version(), 1u);
   ASSERT_TRUE(received[2].has_nack());
@@ -114,15 +140,24 @@ TEST(ClientRobustnessTest, NackOnBadMaterialKeepsFiles) {
   EXPECT_EQ(nack.errors(0).sink(), "validation");
   EXPECT_FALSE(nack.errors(0).transient());
   EXPECT_THAT(nack.errors(0).error(), HasSubstr("tls.key"));
-
-  PosixFilesystem fs;
-  RealClock clock;
-  FileSink files(&fs, &clock, {tmp.Join("out"), false});
-  absl::StatusOr<CertificateMaterial> held = files.Read("wildcard");
+  absl::StatusOr<CertificateMaterial> held = Files();
   ASSERT_TRUE(held.ok()) << held.status();
   EXPECT_EQ(*held, good.material);
-  EXPECT_THAT(client.log(), ::testing::Not(HasSubstr("PRIVATE KEY")));
-  server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
+  EXPECT_THAT(client_->log(), ::testing::Not(HasSubstr("PRIVATE KEY")));
+}
+
+// The server wins: a different fingerprint with a lower version number is applied, with a warning.
+TEST_F(ScriptedServerTest, ServerWinsWhenVersionGoesBackwards) {
+  Chain newer = MakeChain();
+  Chain restored = MakeChain();
+  std::vector<v1::SubscribeRequest> received =
+      Run({Update(5, newer, std::string(newer.material.key_pem.reveal())),
+           Update(3, restored, std::string(restored.material.key_pem.reveal()))});
+  ASSERT_EQ(received.size(), 3u);
+  ASSERT_TRUE(received[2].has_ack()) << received[2].DebugString();
+  EXPECT_EQ(received[2].ack().version(), 3u);
+  EXPECT_EQ(*Files(), restored.material);
+  EXPECT_THAT(client_->log(), HasSubstr("went backwards (held 5, got 3)"));
 }
 
 // Reads pairs the way an application does (resolve ..data once, open both files from there)

@@ -298,5 +298,26 @@ TEST_F(ClientScenarioTest, SighupRereadsTlsFiles) {
   EXPECT_THAT(client.log(), HasSubstr("TLS files re-read"));
 }
 
+// When the state directory disagrees with the files on disk, the files win: the client
+// resumes with their fingerprint, and identical content is not rewritten.
+TEST_F(ClientScenarioTest, FilesOnDiskWinOverTheStateDirectory) {
+  StartServer();
+  auto client = StartClient("tenant-a");
+  ASSERT_TRUE(WaitFor([&] { return Acked()["tenant-a"] == 1; })) << client->log();
+  client->Signal(SIGTERM);
+  ASSERT_EQ(client->Wait(absl::Seconds(20)), 0);
+  const std::string target = DataTarget("tenant-a");
+  WriteText(tmp_.Join("state-tenant-a/wildcard.held"),
+            absl::StrCat("7 ", MakeChain().leaf.fingerprint, "\n"));
+
+  client = StartClient("tenant-a");
+  ASSERT_FALSE(client->WaitForLog("version 1 applied").empty()) << client->log();
+  EXPECT_THAT(client->log(), HasSubstr("the files win"));
+  EXPECT_THAT(client->log(), HasSubstr("already held it"));
+  EXPECT_EQ(DataTarget("tenant-a"), target);
+  EXPECT_EQ(ReadFileOrEmpty(tmp_.Join("state-tenant-a/wildcard.held")),
+            absl::StrCat("1 ", chain_.leaf.fingerprint, "\n"));
+}
+
 }  // namespace
 }  // namespace certcast
