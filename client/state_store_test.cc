@@ -1,0 +1,52 @@
+#include "client/state_store.h"
+
+#include <string>
+
+#include "gtest/gtest.h"
+#include "tests/fixtures/fake_filesystem.h"
+
+namespace certcast {
+namespace {
+
+using ::certcast::fixtures::FakeFilesystem;
+
+const std::string kFingerprint(64, 'a');
+
+// What was saved is loaded back, from a 0600 file in a 0700 directory.
+TEST(ClientStateStoreTest, RoundTripsWithPrivateModes) {
+  FakeFilesystem fs;
+  ClientStateStore store(&fs, "/state");
+  ASSERT_TRUE(store.Init().ok());
+  EXPECT_FALSE(store.Load("wildcard").has_value());
+  ASSERT_TRUE(store.Save("wildcard", {12, kFingerprint}).ok());
+  std::optional<HeldVersion> held = store.Load("wildcard");
+  ASSERT_TRUE(held.has_value());
+  EXPECT_EQ(held->version, 12u);
+  EXPECT_EQ(held->fingerprint, kFingerprint);
+  EXPECT_EQ(fs.Mode("/state") & 0777, 0700u);
+  EXPECT_EQ(fs.Mode("/state/wildcard.held") & 0777, 0600u);
+}
+
+// A damaged state file counts as no record (the files on disk decide), never as a crash.
+TEST(ClientStateStoreTest, DamagedFileIsIgnored) {
+  FakeFilesystem fs;
+  ClientStateStore store(&fs, "/state");
+  ASSERT_TRUE(store.Init().ok());
+  for (const char* text : {"", "garbage", "12", "x aaaa", "12 short"}) {
+    fs.AddFile("/state/wildcard.held", text, 0600);
+    EXPECT_FALSE(store.Load("wildcard").has_value()) << text;
+  }
+}
+
+// A state directory that cannot be created is a start-up error naming it.
+TEST(ClientStateStoreTest, InitFailsWithClearError) {
+  FakeFilesystem fs;
+  fs.AddFile("/blocked", "a file, not a directory");
+  ClientStateStore store(&fs, "/blocked/state");
+  absl::Status status = store.Init();
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(status.message().find("/blocked/state"), absl::string_view::npos);
+}
+
+}  // namespace
+}  // namespace certcast
