@@ -67,6 +67,22 @@ absl::Status CloseChecked(int fd, const std::string& path) {
   return absl::OkStatus();
 }
 
+// Entries of a directory without "." and "..", in readdir order.
+absl::StatusOr<std::vector<std::string>> ReadDirNames(const std::string& path) {
+  DIR* dir = ::opendir(path.c_str());  // glibc opens with O_CLOEXEC
+  if (dir == nullptr) return ErrnoToStatus(errno, "opendir", path);
+  std::vector<std::string> names;
+  errno = 0;
+  while (struct dirent* entry = ::readdir(dir)) {
+    absl::string_view name = entry->d_name;
+    if (name != "." && name != "..") names.emplace_back(name);
+  }
+  int err = errno;
+  ::closedir(dir);
+  if (err != 0) return ErrnoToStatus(err, "readdir", path);
+  return names;
+}
+
 absl::Status RemoveAllImpl(const std::string& path) {
   struct stat st;
   if (::lstat(path.c_str(), &st) != 0) {
@@ -74,17 +90,7 @@ absl::Status RemoveAllImpl(const std::string& path) {
     return ErrnoToStatus(errno, "lstat", path);
   }
   if (S_ISDIR(st.st_mode)) {
-    DIR* dir = ::opendir(path.c_str());
-    if (dir == nullptr) return ErrnoToStatus(errno, "opendir", path);
-    std::vector<std::string> names;
-    errno = 0;
-    while (struct dirent* entry = ::readdir(dir)) {
-      absl::string_view name = entry->d_name;
-      if (name != "." && name != "..") names.emplace_back(name);
-    }
-    int err = errno;
-    ::closedir(dir);
-    if (err != 0) return ErrnoToStatus(err, "readdir", path);
+    ASSIGN_OR_RETURN(std::vector<std::string> names, ReadDirNames(path));
     for (const std::string& name : names) RETURN_IF_ERROR(RemoveAllImpl(JoinPath(path, name)));
     if (::rmdir(path.c_str()) != 0 && errno != ENOENT) return ErrnoToStatus(errno, "rmdir", path);
     return absl::OkStatus();
@@ -233,17 +239,7 @@ absl::Status PosixFilesystem::Remove(const std::string& path) {
 absl::Status PosixFilesystem::RemoveAll(const std::string& path) { return RemoveAllImpl(path); }
 
 absl::StatusOr<std::vector<std::string>> PosixFilesystem::ListDir(const std::string& path) {
-  DIR* dir = ::opendir(path.c_str());  // glibc opens with O_CLOEXEC
-  if (dir == nullptr) return ErrnoToStatus(errno, "opendir", path);
-  std::vector<std::string> names;
-  errno = 0;
-  while (struct dirent* entry = ::readdir(dir)) {
-    absl::string_view name = entry->d_name;
-    if (name != "." && name != "..") names.emplace_back(name);
-  }
-  int err = errno;
-  ::closedir(dir);
-  if (err != 0) return ErrnoToStatus(err, "readdir", path);
+  ASSIGN_OR_RETURN(std::vector<std::string> names, ReadDirNames(path));
   std::sort(names.begin(), names.end());
   return names;
 }

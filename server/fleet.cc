@@ -79,39 +79,48 @@ void Fleet::RecordSent(uint64_t id, const std::string& name, uint64_t version,
   }
 }
 
-AckOutcome Fleet::RecordAck(uint64_t id, const std::string& name, uint64_t version,
-                            const std::string& nonce, const std::string& warnings) {
-  absl::MutexLock lock(&mu_);
+ClientCertificateState* Fleet::Answered(uint64_t id, const std::string& name, uint64_t version,
+                                        const std::string& nonce, AckOutcome* outcome) {
   ClientCertificateState* state = Find(id, name);
-  if (state == nullptr) return AckOutcome::kUnknownCertificate;
+  if (state == nullptr) {
+    *outcome = AckOutcome::kUnknownCertificate;
+    return nullptr;
+  }
   records_[id].last_seen = clock_->Now();
   if (nonce != state->sent_nonce || version != state->sent_version) {
     ++counters_.stale;
-    return AckOutcome::kStale;
+    *outcome = AckOutcome::kStale;
+    return nullptr;
   }
+  *outcome = AckOutcome::kRecorded;
+  return state;
+}
+
+AckOutcome Fleet::RecordAck(uint64_t id, const std::string& name, uint64_t version,
+                            const std::string& nonce, const std::string& warnings) {
+  absl::MutexLock lock(&mu_);
+  AckOutcome outcome;
+  ClientCertificateState* state = Answered(id, name, version, nonce, &outcome);
+  if (state == nullptr) return outcome;
   ++counters_.acks;
   state->acknowledged_version = version;
   state->acknowledged_at = clock_->Now();
   state->hook_warning = warnings;
   state->last_error.clear();
   state->last_error_version = 0;
-  return AckOutcome::kRecorded;
+  return outcome;
 }
 
 AckOutcome Fleet::RecordNack(uint64_t id, const std::string& name, uint64_t version,
                              const std::string& nonce, const std::string& errors) {
   absl::MutexLock lock(&mu_);
-  ClientCertificateState* state = Find(id, name);
-  if (state == nullptr) return AckOutcome::kUnknownCertificate;
-  records_[id].last_seen = clock_->Now();
-  if (nonce != state->sent_nonce || version != state->sent_version) {
-    ++counters_.stale;
-    return AckOutcome::kStale;
-  }
+  AckOutcome outcome;
+  ClientCertificateState* state = Answered(id, name, version, nonce, &outcome);
+  if (state == nullptr) return outcome;
   ++counters_.nacks;
   state->last_error = errors;
   state->last_error_version = version;
-  return AckOutcome::kRecorded;
+  return outcome;
 }
 
 Fleet::Page Fleet::List(const std::string& namespace_filter, const std::string& name_filter,

@@ -86,6 +86,10 @@ class Fleet {
  private:
   ClientCertificateState* Find(uint64_t id, const std::string& name)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The state an ACK/NACK answers, or null (with the outcome) when it is stale or unknown.
+  ClientCertificateState* Answered(uint64_t id, const std::string& name, uint64_t version,
+                                   const std::string& nonce, AckOutcome* outcome)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Prune() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Erase(std::map<uint64_t, ClientRecord>::iterator record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

@@ -383,8 +383,9 @@ TEST_F(ServerScenarioTest, ListClientsPagesAndFilters) {
     held.set_name(kName);
     ASSERT_TRUE(subscribers.back()->SendHello(i < 3 ? "tenant-a" : "tenant-b",
                                               absl::StrCat("pod-", i), {held}));
+    // One at a time, so the connection order (which paging follows) is known.
+    ASSERT_TRUE(WaitFor([&] { return ListClients().clients_size() == i + 1; }));
   }
-  ASSERT_TRUE(WaitFor([&] { return ListClients().clients_size() == 5; }));
   v1::ListClientsRequest request;
   request.set_page_size(2);
   std::vector<std::string> seen;
