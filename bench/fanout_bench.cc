@@ -3,6 +3,12 @@
 //   --mode=idle      the server's RSS once every stream got its initial message, or
 //   --mode=rotation  publish-to-every-client latency and server CPU per rotation round: the
 //                    bench itself rotates a kubelet-style source directory (..data symlink).
+//   --mode=watch-acks  opens no stream: polls Inspection/ListClients (paged) every
+//                    --poll-interval until every connected client (at least --clients of them)
+//                    acknowledged --version. With --source-dir and --next-material-dir it first
+//                    waits for the current version, then runs --rounds rotation rounds and times
+//                    rename -> "every client acknowledged the new version" as seen by the server.
+//                    Used with real certcast-client processes (bench/run_clients.sh).
 //
 // Rotation rounds: round i's material is read from NEXT_MATERIAL_DIR/i/{tls.crt,tls.key,ca.crt}
 // and copied into SOURCE_DIR/..round_<run>_<i>/; a symlink ..data_tmp is pointed at it, the
@@ -57,7 +63,15 @@ ABSL_FLAG(std::string, tls_ca, "", "Root CA (PEM): use TLS with this root. Empty
 ABSL_FLAG(std::string, tls_server_name, "",
           "Override of the name checked against the server certificate (default: the target host).");
 ABSL_FLAG(bool, ack, false, "Send an Ack for every CertificateUpdate.");
-ABSL_FLAG(std::string, mode, "idle", "idle or rotation.");
+ABSL_FLAG(std::string, mode, "idle", "idle, rotation or watch-acks.");
+ABSL_FLAG(uint64_t, version, 0,
+          "watch-acks without --source-dir: the version every client must acknowledge (0: the "
+          "server's current version of --certificate).");
+ABSL_FLAG(absl::Duration, poll_interval, absl::Milliseconds(2),
+          "watch-acks: start-to-start interval of the ListClients polls.");
+ABSL_FLAG(int, page_size, 1000, "watch-acks: ListClients page size (the server's maximum is 1000).");
+ABSL_FLAG(absl::Duration, wait_timeout, absl::Seconds(120),
+          "watch-acks: give up waiting for the initial version after this long.");
 ABSL_FLAG(int, rounds, 5, "Rotation rounds.");
 ABSL_FLAG(std::string, source_dir, "", "The server's source directory for --certificate (rotation).");
 ABSL_FLAG(std::string, next_material_dir, "",
@@ -186,6 +200,11 @@ int ReadThreads(int pid) { return static_cast<int>(ReadStatusKb(pid, "Threads"))
 struct RoundTarget {
   int round = 0;
   std::string fingerprint;
+};
+
+struct RoundMaterial {
+  std::string crt, key, ca;
+  RoundTarget target;
 };
 
 class Bench;
@@ -404,6 +423,269 @@ void NormalizeFlagNames(int argc, char** argv) {
   }
 }
 
+
+// --- watch-acks: what the server sees of real clients ---------------------------------------
+
+int64_t ToUnixNs(const google::protobuf::Timestamp& t) {
+  return t.seconds() * 1'000'000'000LL + t.nanos();
+}
+
+int64_t WallNs() { return absl::ToUnixNanos(absl::Now()); }
+
+// One pass over every page of ListClients for --namespace and --certificate.
+struct AckSnapshot {
+  int connected = 0;          // connected clients subscribed to the certificate
+  int acknowledged = 0;       // ... of which acknowledged_version == the wanted version
+  int pages = 0;
+  std::vector<int64_t> acknowledged_at_ns;  // server wall clock, per acknowledging client
+  std::vector<int64_t> sent_at_ns;          // when the server pushed that version to it
+  bool ok = true;
+  std::string error;
+};
+
+AckSnapshot PollAcks(v1::Inspection::Stub* stub, const std::string& ns,
+                     const std::string& certificate, uint64_t version, bool with_times) {
+  AckSnapshot snapshot;
+  std::string token;
+  do {
+    v1::ListClientsRequest request;
+    request.set_page_size(static_cast<uint32_t>(absl::GetFlag(FLAGS_page_size)));
+    request.set_page_token(token);
+    request.set_namespace_(ns);
+    request.set_name(certificate);
+    v1::ListClientsResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    const grpc::Status status = stub->ListClients(&context, request, &response);
+    if (!status.ok()) {
+      snapshot.ok = false;
+      snapshot.error = absl::StrCat("ListClients: code ", static_cast<int>(status.error_code()),
+                                    ": ", status.error_message());
+      return snapshot;
+    }
+    ++snapshot.pages;
+    for (const v1::ClientInfo& client : response.clients()) {
+      if (!client.connected()) continue;
+      for (const v1::ClientCertificate& held : client.certificates()) {
+        if (held.name() != certificate) continue;
+        ++snapshot.connected;
+        if (held.acknowledged_version() == version) {
+          ++snapshot.acknowledged;
+          if (with_times) {
+            snapshot.acknowledged_at_ns.push_back(ToUnixNs(held.acknowledged_at()));
+            if (held.sent_version() == version) snapshot.sent_at_ns.push_back(ToUnixNs(held.sent_at()));
+          }
+        }
+      }
+    }
+    token = response.next_page_token();
+  } while (!token.empty());
+  return snapshot;
+}
+
+struct CurrentVersion {
+  uint64_t version = 0;
+  std::string fingerprint;
+};
+
+CurrentVersion ServerVersion(v1::Inspection::Stub* stub, const std::string& certificate) {
+  v1::ListCertificatesResponse response;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  const grpc::Status status = stub->ListCertificates(&context, {}, &response);
+  if (!status.ok()) Die(absl::StrCat("ListCertificates: ", status.error_message()));
+  for (const v1::CertificateSummary& summary : response.certificates()) {
+    if (summary.name() == certificate) return {summary.version(), summary.fingerprint()};
+  }
+  Die(absl::StrCat("the server does not distribute ", certificate));
+}
+
+// Polls every --poll-interval (start to start) until at least `clients` connected clients are
+// subscribed and every one of them acknowledged `version`, or until `deadline`. Returns the
+// final snapshot (with times) and sets *seen_ns to the steady-clock time its poll answered and
+// *polls to the number of polls.
+bool WaitForAcks(v1::Inspection::Stub* stub, const std::string& ns, const std::string& certificate,
+                 uint64_t version, int clients, int64_t deadline_ns, AckSnapshot* final_snapshot,
+                 int64_t* seen_ns, int64_t* poll_start_ns, int* polls) {
+  const int64_t interval = absl::ToInt64Nanoseconds(absl::GetFlag(FLAGS_poll_interval));
+  *polls = 0;
+  int64_t next = NowNs();
+  while (true) {
+    const int64_t start = NowNs();
+    AckSnapshot snapshot = PollAcks(stub, ns, certificate, version, /*with_times=*/false);
+    const int64_t answered = NowNs();
+    ++*polls;
+    if (!snapshot.ok) Die(snapshot.error);
+    if (snapshot.connected >= clients && snapshot.acknowledged == snapshot.connected) {
+      *seen_ns = answered;
+      *poll_start_ns = start;
+      // Read the per-client timestamps once, outside the timed polls.
+      *final_snapshot = PollAcks(stub, ns, certificate, version, /*with_times=*/true);
+      return true;
+    }
+    if (answered > deadline_ns) {
+      *final_snapshot = snapshot;
+      return false;
+    }
+    next += interval;
+    const int64_t now = NowNs();
+    if (next > now) {
+      std::this_thread::sleep_for(std::chrono::nanoseconds(next - now));
+    } else {
+      next = now;  // a poll took longer than the interval: poll again at once
+    }
+  }
+}
+
+// Writes round r's material into SOURCE/..round_<run>_<r>/ and points ..data_tmp at it.
+// Returns the path of ..data_tmp.
+std::string PrepareRound(const std::string& source_dir, const std::string& run, int r,
+                         const RoundMaterial& m) {
+  const std::string round_dir_name = absl::StrCat("..round_", run, "_", r);
+  const std::string round_dir = absl::StrCat(source_dir, "/", round_dir_name);
+  if (mkdir(round_dir.c_str(), 0755) != 0) {
+    Die(absl::StrCat("mkdir ", round_dir, ": ", std::strerror(errno)));
+  }
+  WriteFileOrDie(round_dir + "/tls.crt", m.crt);
+  WriteFileOrDie(round_dir + "/tls.key", m.key);
+  if (!m.ca.empty()) WriteFileOrDie(round_dir + "/ca.crt", m.ca);
+  const std::string tmp_link = source_dir + "/..data_tmp";
+  unlink(tmp_link.c_str());
+  if (symlink(round_dir_name.c_str(), tmp_link.c_str()) != 0) {
+    Die(absl::StrCat("symlink ", tmp_link, ": ", std::strerror(errno)));
+  }
+  return tmp_link;
+}
+
+int WatchAcks(const std::shared_ptr<grpc::ChannelCredentials>& credentials,
+              const std::vector<RoundMaterial>& material, int clients) {
+  grpc::ChannelArguments args;
+  if (!absl::GetFlag(FLAGS_tls_server_name).empty()) {
+    args.SetSslTargetNameOverride(absl::GetFlag(FLAGS_tls_server_name));
+  }
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateCustomChannel(absl::GetFlag(FLAGS_target), credentials, args);
+  if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
+    Die(absl::StrCat("cannot connect to ", absl::GetFlag(FLAGS_target)));
+  }
+  std::unique_ptr<v1::Inspection::Stub> stub = v1::Inspection::NewStub(channel);
+  const std::string ns = absl::GetFlag(FLAGS_ns);
+  const std::string certificate = absl::GetFlag(FLAGS_certificate);
+  const int pid = absl::GetFlag(FLAGS_server_pid);
+  const std::string source_dir = absl::GetFlag(FLAGS_source_dir);
+
+  // Phase 1: every client holds (and acknowledged) the version current now, or --version.
+  uint64_t version = absl::GetFlag(FLAGS_version);
+  if (version == 0 || !source_dir.empty()) version = ServerVersion(stub.get(), certificate).version;
+  {
+    const int64_t start = NowNs();
+    AckSnapshot snapshot;
+    int64_t seen = 0, poll_start = 0;
+    int polls = 0;
+    const bool done = WaitForAcks(
+        stub.get(), ns, certificate, version, clients,
+        start + absl::ToInt64Nanoseconds(absl::GetFlag(FLAGS_wait_timeout)), &snapshot, &seen,
+        &poll_start, &polls);
+    std::printf("# %s: %d connected client(s), %d acknowledged version %llu after %.1f ms "
+                "(%d polls)\n",
+                done ? "ready" : "TIMEOUT", snapshot.connected, snapshot.acknowledged,
+                static_cast<unsigned long long>(version), static_cast<double>(seen - start) / 1e6,
+                polls);
+    std::fflush(stdout);
+    if (!done) return 1;
+    if (source_dir.empty()) {
+      std::printf("RESULT mode=watch-acks clients=%d connected=%d version=%llu wait_ms=%.1f\n",
+                  clients, snapshot.connected, static_cast<unsigned long long>(version),
+                  static_cast<double>(seen - start) / 1e6);
+      return 0;
+    }
+  }
+
+  // Phase 2: rotation rounds. t0 is the rename of ..data_tmp over ..data.
+  const absl::Duration gap = absl::GetFlag(FLAGS_round_gap);
+  const std::string run = absl::StrCat(getpid(), "_", absl::ToUnixMillis(absl::Now()));
+  std::printf("%-5s %7s %8s %10s %9s %12s %12s %12s %12s %12s %6s %10s\n", "round", "version",
+              "clients", "all_ack_ms", "poll_ms", "srv_last_ack", "srv_ack_p50", "srv_ack_min",
+              "srv_push_min", "srv_push_max", "polls", "srv_cpu_ms");
+  std::fflush(stdout);
+  std::vector<double> observed, last_acks, p50_acks, first_pushes, last_pushes, poll_rtts;
+  double total_cpu = 0;
+  int incomplete = 0;
+  for (int r = 1; r <= static_cast<int>(material.size()); ++r) {
+    const RoundMaterial& m = material[static_cast<size_t>(r - 1)];
+    const CurrentVersion before = ServerVersion(stub.get(), certificate);
+    const std::string tmp_link = PrepareRound(source_dir, run, r, m);
+    absl::SleepFor(gap);  // the server sees and settles the preparation's events
+    const uint64_t expected = before.version + 1;
+    const CpuSample cpu_before = ReadCpu(pid);
+    const int64_t t0_wall = WallNs();
+    const int64_t t0 = NowNs();
+    if (rename(tmp_link.c_str(), (source_dir + "/..data").c_str()) != 0) {
+      Die(absl::StrCat("rename ..data_tmp over ..data: ", std::strerror(errno)));
+    }
+    AckSnapshot snapshot;
+    int64_t seen = 0, poll_start = 0;
+    int polls = 0;
+    const bool done = WaitForAcks(
+        stub.get(), ns, certificate, expected, clients,
+        t0 + absl::ToInt64Nanoseconds(absl::GetFlag(FLAGS_round_timeout)), &snapshot, &seen,
+        &poll_start, &polls);
+    const CpuSample cpu_after = ReadCpu(pid);
+    const CurrentVersion after = ServerVersion(stub.get(), certificate);
+    if (after.version != expected || after.fingerprint != m.target.fingerprint) {
+      std::fprintf(stderr,
+                   "round %d: the server's version is %llu (fingerprint %s), expected %llu (%s)\n",
+                   r, static_cast<unsigned long long>(after.version), after.fingerprint.c_str(),
+                   static_cast<unsigned long long>(expected), m.target.fingerprint.c_str());
+    }
+    if (!done) {
+      ++incomplete;
+      std::printf("%-5d %7llu TIMEOUT: %d of %d connected clients acknowledged\n", r,
+                  static_cast<unsigned long long>(expected), snapshot.acknowledged,
+                  snapshot.connected);
+      std::fflush(stdout);
+      continue;
+    }
+    auto rel = [t0_wall](int64_t unix_ns) { return static_cast<double>(unix_ns - t0_wall) / 1e6; };
+    std::vector<double> acks, pushes;
+    for (int64_t at : snapshot.acknowledged_at_ns) acks.push_back(rel(at));
+    for (int64_t at : snapshot.sent_at_ns) pushes.push_back(rel(at));
+    const double all_ack = static_cast<double>(seen - t0) / 1e6;
+    const double poll_ms = static_cast<double>(seen - poll_start) / 1e6;
+    const double last_ack = acks.empty() ? 0 : *std::max_element(acks.begin(), acks.end());
+    const double first_ack = acks.empty() ? 0 : *std::min_element(acks.begin(), acks.end());
+    const double p50_ack = Percentile(acks, 50);
+    const double push_min = pushes.empty() ? 0 : *std::min_element(pushes.begin(), pushes.end());
+    const double push_max = pushes.empty() ? 0 : *std::max_element(pushes.begin(), pushes.end());
+    const double cpu_ms = 1e3 * (cpu_after.sched_seconds - cpu_before.sched_seconds);
+    observed.push_back(all_ack);
+    last_acks.push_back(last_ack);
+    p50_acks.push_back(p50_ack);
+    first_pushes.push_back(push_min);
+    last_pushes.push_back(push_max);
+    poll_rtts.push_back(poll_ms);
+    total_cpu += cpu_ms;
+    std::printf("%-5d %7llu %8d %10.1f %9.2f %12.1f %12.1f %12.1f %12.1f %12.1f %6d %10.1f\n", r,
+                static_cast<unsigned long long>(expected), snapshot.connected, all_ack, poll_ms,
+                last_ack, p50_ack, first_ack, push_min, push_max, polls, cpu_ms);
+    std::fflush(stdout);
+  }
+  auto median = [](const std::vector<double>& v) { return Percentile(v, 50); };
+  auto max_of = [](const std::vector<double>& v) {
+    return v.empty() ? 0.0 : *std::max_element(v.begin(), v.end());
+  };
+  std::printf(
+      "RESULT mode=watch-acks clients=%d rounds=%zu incomplete_rounds=%d all_ack_ms_p50=%.1f "
+      "all_ack_ms_max=%.1f srv_last_ack_ms_p50=%.1f srv_last_ack_ms_max=%.1f "
+      "srv_client_ack_p50_ms_median=%.1f srv_first_push_ms_median=%.1f "
+      "srv_last_push_ms_median=%.1f poll_ms_median=%.2f server_cpu_ms_per_round_sched=%.1f\n",
+      clients, material.size(), incomplete, median(observed), max_of(observed), median(last_acks),
+      max_of(last_acks), median(p50_acks), median(first_pushes), median(last_pushes),
+      median(poll_rtts), observed.empty() ? 0.0 : total_cpu / static_cast<double>(observed.size()));
+  std::fflush(stdout);
+  return incomplete == 0 ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -411,7 +693,9 @@ int main(int argc, char** argv) {
       "Fan-out load generator for certcast-server.\n"
       "  certcast-fanout-bench --target=127.0.0.1:PORT --clients=1000 --mode=idle --server-pid=PID\n"
       "  certcast-fanout-bench --target=... --mode=rotation --rounds=5 --source-dir=DIR "
-      "--next-material-dir=DIR --server-pid=PID [--ack] [--tls-ca=ca.crt]");
+      "--next-material-dir=DIR --server-pid=PID [--ack] [--tls-ca=ca.crt]\n"
+      "  certcast-fanout-bench --target=... --mode=watch-acks --clients=N [--version=V | "
+      "--rounds=5 --source-dir=DIR --next-material-dir=DIR]");
   NormalizeFlagNames(argc, argv);
   absl::ParseCommandLine(argc, argv);
   RaiseFileLimit();
@@ -424,16 +708,14 @@ int main(int argc, char** argv) {
   const int pid = absl::GetFlag(FLAGS_server_pid);
   const int rounds = absl::GetFlag(FLAGS_rounds);
   if (clients <= 0) Die("--clients must be positive");
-  if (mode != "idle" && mode != "rotation") Die("--mode must be idle or rotation");
+  if (mode != "idle" && mode != "rotation" && mode != "watch-acks") {
+    Die("--mode must be idle, rotation or watch-acks");
+  }
 
   // Rotation material, read (and fingerprinted) before any stream exists.
-  struct RoundMaterial {
-    std::string crt, key, ca;
-    RoundTarget target;
-  };
   std::vector<RoundMaterial> material;
   const std::string source_dir = absl::GetFlag(FLAGS_source_dir);
-  if (mode == "rotation") {
+  if (mode == "rotation" || (mode == "watch-acks" && !source_dir.empty())) {
     if (source_dir.empty() || absl::GetFlag(FLAGS_next_material_dir).empty()) {
       Die("--mode=rotation needs --source-dir and --next-material-dir");
     }
@@ -459,6 +741,7 @@ int main(int argc, char** argv) {
     ssl.pem_root_certs = ReadFileOrDie(absl::GetFlag(FLAGS_tls_ca));
     credentials = grpc::SslCredentials(ssl);
   }
+  if (mode == "watch-acks") return WatchAcks(credentials, material, clients);
   std::vector<std::unique_ptr<v1::Distribution::Stub>> stubs;
   stubs.reserve(static_cast<size_t>(connections));
   for (int i = 0; i < connections; ++i) {

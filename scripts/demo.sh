@@ -1,31 +1,50 @@
 #!/usr/bin/env bash
-# certcast in one minute: builds certcast-server, mints a throwaway wildcard certificate, serves
-# it over TLS and walks through inspection, a live Subscribe stream, a rotation and a rollback
-# with `buf curl`. On a fresh Debian 12 machine run it as root (or with sudo available): it first
-# installs what is missing (scripts/install-deps.sh, idempotent). Everything it creates lives in
-# .demo/, which is wiped at the start. Private keys are never printed.
+# certcast end to end in under a minute: builds certcast-server and certcast-client, mints a
+# throwaway wildcard certificate, serves it over TLS, walks through inspection and a raw
+# Subscribe stream with `buf curl`, then runs three certcast-client daemons (namespaces tenant-a,
+# tenant-b, tenant-c) that write the certificate in kubelet layout, run a reload hook and ACK.
+# It rotates the wildcard and rolls it back, waiting each time until the whole fleet has
+# acknowledged the new version. On a fresh Debian 12 machine run it as root (or with sudo
+# available): it first installs what is missing (scripts/install-deps.sh, idempotent).
+# Everything it creates lives in .demo/, which is wiped at the start; every process it starts is
+# stopped when it ends, also on failure or Ctrl-C. Private keys are never printed.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 BUF="$ROOT/.tools/node_modules/.bin/buf"
 SERVER=build/server/certcast-server
+CLIENT=build/client/certcast-client
 DEMO=.demo   # relative to $ROOT, so that the commands shown read well
+TENANTS=(tenant-a tenant-b tenant-c)
+SERVER_NAME=certcast.certcast-system.svc   # a DNS SAN of the serving certificate
 
 "$ROOT/scripts/install-deps.sh"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCERTCAST_BUF="$BUF" >/dev/null
-cmake --build build -j2 --target certcast-server
+cmake --build build -j2 --target certcast-server certcast-client
 
 SERVER_PID=""
 STREAM_PID=""
+REDACT_PID=""
+CLIENT_PIDS=()
+# exited PID: true once PID has ended (gone, or a zombie waiting to be reaped).
+exited() { [[ ! -e /proc/$1/stat ]] || [[ $(sed 's/.*) //' "/proc/$1/stat") == Z* ]]; }
+# stop PID [SIGNAL]: signals PID, gives it 10 s to exit, then kills it; reaps it either way.
+stop() {
+  local pid=$1 i
+  kill -"${2:-TERM}" "$pid" 2>/dev/null || true
+  for ((i = 0; i < 100; i++)); do exited "$pid" && break; sleep 0.1; done
+  exited "$pid" || kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
 cleanup() {
-  exec 3>&-
-  for pid in $STREAM_PID $SERVER_PID; do
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
+  trap - EXIT INT TERM HUP
+  exec 3>&- || true
+  for pid in $STREAM_PID $REDACT_PID "${CLIENT_PIDS[@]}" $SERVER_PID; do stop "$pid"; done
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM HUP
 
 rm -rf "$DEMO"
 mkdir -p "$DEMO"
@@ -74,12 +93,12 @@ INT_EXT='basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertS
 LEAF_EXT='basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nauthorityKeyIdentifier=keyid'
 WILDCARD_SAN='subjectAltName=DNS:*.example.test,DNS:example.test'
 issue ca "/CN=certcast demo serving CA" "" "$CA_EXT"
-issue serving "/CN=localhost" ca "$LEAF_EXT\nsubjectAltName=DNS:localhost,IP:127.0.0.1"
+issue serving "/CN=$SERVER_NAME" ca "$LEAF_EXT\nsubjectAltName=DNS:$SERVER_NAME,DNS:localhost,IP:127.0.0.1"
 issue root "/CN=Example Test Root CA" "" "$CA_EXT"
 issue intermediate "/CN=Example Test Intermediate CA" root "$INT_EXT"
 issue wildcard-1 "/CN=*.example.test" intermediate "$LEAF_EXT\n$WILDCARD_SAN"
 issue wildcard-2 "/CN=*.example.test" intermediate "$LEAF_EXT\n$WILDCARD_SAN"
-echo "serving certificate: .demo/serving.pem (localhost, 127.0.0.1), trusted through .demo/ca.pem"
+echo "serving certificate: .demo/serving.pem ($SERVER_NAME, localhost, 127.0.0.1), trusted through .demo/ca.pem"
 echo "wildcard chain:      Example Test Root CA -> Intermediate -> *.example.test (two leaves)"
 
 # publish LEAF: lays the chain out like kubelet does for a mounted Secret: a new ..TIMESTAMP
@@ -137,57 +156,142 @@ call certcast.v1.Inspection/ListCertificates
 heading "One certificate in detail: version 1 (no private key in inspection output)"
 call certcast.v1.Inspection/GetCertificate '{"name":"wildcard"}'
 
-heading "A client in namespace tenant-a subscribes, holding nothing yet"
+heading "The protocol by hand: a raw Subscribe stream (namespace by-hand), holding nothing yet"
 FIFO="$DEMO/stream.in"
 STREAM_OUT="$DEMO/stream.out"
 mkfifo "$FIFO"
-HELLO='{"hello":{"clientId":"demo-client","namespace":"tenant-a","certificates":[{"name":"wildcard","version":"0","fingerprint":""}]}}'
+HELLO='{"hello":{"clientId":"buf-curl","namespace":"by-hand","certificates":[{"name":"wildcard","version":"0","fingerprint":""}]}}'
 echo "\$ buf curl --protocol grpc --cacert .demo/ca.pem -d @- $URL/certcast.v1.Distribution/Subscribe"
 echo "  stdin: $HELLO"
 # The stream's output goes through redact before it touches the disk: no key bytes in .demo/.
+exec 4> >(redact >"$STREAM_OUT")
+REDACT_PID=$!
 "$BUF" curl --protocol grpc --cacert "$DEMO/ca.pem" -d @- \
-  "$URL/certcast.v1.Distribution/Subscribe" <"$FIFO" 2>&1 | redact >"$STREAM_OUT" &
+  "$URL/certcast.v1.Distribution/Subscribe" <"$FIFO" >&4 2>&1 &
 STREAM_PID=$!
+exec 4>&-
 exec 3>"$FIFO"
 echo "$HELLO" >&3
 wait_until 20 message_after 1 '"update"'
 cat "$STREAM_OUT"
 NONCE=$(sed -n 's/.*"nonce": "\([0-9a-f]*\)".*/\1/p' "$STREAM_OUT" | tail -n 1)
 ACK="{\"ack\":{\"name\":\"wildcard\",\"version\":\"1\",\"nonce\":\"$NONCE\"}}"
-echo "  stdin: $ACK   (the client applied version 1)"
+echo "  stdin: $ACK   (claims version 1 applied; it stays at 1 from here on)"
 echo "$ACK" >&3
 SHOWN=$(wc -l <"$STREAM_OUT")
+
+# Fleet state from Inspection/ListClients, formatted with node (buf needs it anyway).
+list_clients() {
+  "$BUF" curl --timeout 20s --protocol grpc --cacert "$DEMO/ca.pem" \
+    "$URL/certcast.v1.Inspection/ListClients"
+}
+# fleet_table: one row per client and certificate; uint64 fields are JSON strings, and fields
+# at their default (0, "", false) are left out of the JSON.
+fleet_table() {
+  list_clients | node -e '
+    const clients = JSON.parse(require("fs").readFileSync(0, "utf8")).clients || [];
+    const rows = [["NAMESPACE", "CLIENT", "CONNECTED", "CERTIFICATE", "SENT", "ACKED", "LAST ERROR / HOOK WARNING"]];
+    clients.sort((x, y) => (x.namespace + x.clientId).localeCompare(y.namespace + y.clientId));
+    for (const c of clients)
+      for (const k of c.certificates || [])
+        rows.push([c.namespace, c.clientId, c.connected ? "yes" : "no", k.name, k.sentVersion || "0",
+                   k.acknowledgedVersion || "0", k.lastError || k.hookWarning || "-"]);
+    const widths = rows[0].map((_, i) => Math.max(...rows.map(r => r[i].length)));
+    for (const r of rows) console.log("  " + r.map((v, i) => v.padEnd(widths[i])).join("  ").trimEnd());'
+}
+# acknowledged_by_all VERSION: every daemon is connected and has acknowledged VERSION.
+acknowledged_by_all() {
+  list_clients 2>/dev/null | node -e '
+    const [version, ...ids] = process.argv.slice(1);
+    const clients = JSON.parse(require("fs").readFileSync(0, "utf8")).clients || [];
+    const done = id => clients.some(c => `${c.namespace}/${c.clientId}` === id && c.connected &&
+        (c.certificates || []).some(k => k.name === "wildcard" && k.acknowledgedVersion === version));
+    process.exit(ids.every(done) ? 0 : 1);' "$1" "${CLIENT_IDS[@]}"
+}
+
+heading "Three certcast-client daemons, one per tenant namespace, over TLS with the minted CA"
+CLIENT_IDS=()
+for ns in "${TENANTS[@]}"; do
+  id="client-${ns#tenant-}"
+  CLIENT_IDS+=("$ns/$id")
+  out="$DEMO/$ns"
+  mkdir -p "$out"
+  args=(--server="127.0.0.1:$PORT" --tls-server-name="$SERVER_NAME" --ca="$DEMO/ca.pem"
+    --namespace="$ns" --client-id="$id" --certificate=wildcard --output-dir="$out"
+    --state-dir="$DEMO/state-${ns#tenant-}")
+  hook="echo \"reloaded \$CERTCAST_CERTIFICATE v\$CERTCAST_VERSION\" >> $out/hook.log"
+  echo "\$ $CLIENT ${args[*]} \\"
+  echo "    --on-update='$hook' 2>$DEMO/client-$ns.log &"
+  "$CLIENT" "${args[@]}" --on-update="$hook" >"$DEMO/client-$ns.log" 2>&1 &
+  CLIENT_PIDS+=($!)
+done
+echo "waiting until ListClients shows all three acknowledging version 1 ..."
+wait_until 30 acknowledged_by_all 1
+fleet_table
+
+heading "What a client wrote: .demo/tenant-a/wildcard/ (the kubelet layout of a secret volume)"
+FILES="$DEMO/tenant-a/wildcard"
+echo "\$ ls -la $FILES/ $FILES/..data/"
+ls -la "$FILES/" "$FILES/..data/"
+echo "\$ openssl x509 -noout -subject -fingerprint -sha256 -in $FILES/tls.crt"
+openssl x509 -noout -subject -fingerprint -sha256 -in "$FILES/tls.crt"
+FINGERPRINT_1=$(openssl x509 -noout -fingerprint -sha256 -in "$FILES/tls.crt")
 
 heading "Rotation: cert-manager renews, kubelet swaps ..data to a new leaf"
 publish wildcard-2
 (cd "$SOURCE" && printf '  ..data -> %s\n' "$(readlink ..data)")
-current_version() {
-  "$BUF" curl --timeout 20s --protocol grpc --cacert "$DEMO/ca.pem" -d '{"name":"wildcard"}' \
-    "$URL/certcast.v1.Inspection/GetCertificate" | grep -q "\"version\": \"$1\""
-}
-wait_until 20 current_version 2
+echo "waiting until all three clients acknowledge version 2 ..."
+wait_until 30 acknowledged_by_all 2
 call certcast.v1.Inspection/GetCertificate '{"name":"wildcard"}'
 
-heading "...and the open stream received version 2 without asking"
+heading "The raw stream received version 2 as well, without asking"
 wait_until 20 message_after "$((SHOWN + 1))" '"update"'
 tail -n +"$((SHOWN + 1))" "$STREAM_OUT"
 
-heading "Which client runs which version (acknowledged 1, sent 2: this demo client does not apply)"
-call certcast.v1.Inspection/ListClients
+heading "Fleet state (Inspection/ListClients): the daemons applied 2, buf-curl only claimed 1"
+fleet_table
+echo "tenant-a now holds:"
+(cd "$FILES" && printf '  ..data -> %s\n' "$(readlink ..data)")
+openssl x509 -noout -subject -fingerprint -sha256 -in "$FILES/tls.crt" | sed 's/^/  /'
+
+heading "Hook logs: each client ran its --on-update command once per applied version"
+for ns in "${TENANTS[@]}"; do
+  echo "$DEMO/$ns/hook.log:"
+  sed 's/^/  /' "$DEMO/$ns/hook.log"
+done
 
 heading "Rollback to version 1: republished as version 3 and pinned"
 call certcast.v1.Admin/Rollback '{"name":"wildcard","version":"1"}'
+echo "waiting until all three clients acknowledge version 3 ..."
+wait_until 30 acknowledged_by_all 3
 call certcast.v1.Inspection/ListCertificates
+fleet_table
+FINGERPRINT_3=$(openssl x509 -noout -fingerprint -sha256 -in "$FILES/tls.crt")
+echo "tenant-a holds version 1's leaf again: $FINGERPRINT_3"
+[[ $FINGERPRINT_3 == "$FINGERPRINT_1" ]] || { echo "demo: tenant-a does not hold version 1's leaf" >&2; exit 1; }
+for ns in "${TENANTS[@]}"; do
+  printf '%s/hook.log: %s\n' "$DEMO/$ns" "$(tail -n 1 "$DEMO/$ns/hook.log")"
+done
 
-heading "Stopping: the client closes its stream, the server gets SIGTERM"
+heading "Stopping: SIGTERM to the clients, the raw stream closes, SIGTERM to the server"
+for i in "${!CLIENT_PIDS[@]}"; do
+  kill -TERM "${CLIENT_PIDS[$i]}"
+  status=0
+  wait "${CLIENT_PIDS[$i]}" || status=$?
+  echo "certcast-client (${TENANTS[$i]}) exited with status $status"
+done
+CLIENT_PIDS=()
 exec 3>&-
 wait "$STREAM_PID" || true
-STREAM_PID=""
+wait "$REDACT_PID" 2>/dev/null || true
+STREAM_PID="" REDACT_PID=""
 kill -TERM "$SERVER_PID"
 status=0
 wait "$SERVER_PID" || status=$?
 SERVER_PID=""
 echo "certcast-server exited with status $status"
+echo "client log (.demo/client-tenant-a.log):"
+sed 's/^/  /' "$DEMO/client-tenant-a.log"
 echo "server log (.demo/server.log):"
 sed 's/^/  /' "$LOG"
 heading "Done. Run scripts/test.sh for the full test suite."
