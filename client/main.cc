@@ -20,11 +20,14 @@
 #include "client/credentials.h"
 #include "client/file_sink.h"
 #include "client/hooks.h"
+#include "client/rollout_hook.h"
+#include "client/secret_sink.h"
 #include "client/session.h"
 #include "client/state_store.h"
 #include "common/clock.h"
 #include "common/filesystem.h"
 #include "common/flags_util.h"
+#include "common/http_probe_server.h"
 #include "common/logging.h"
 #include "spdlog/spdlog.h"
 
@@ -36,6 +39,22 @@ ABSL_FLAG(std::string, client_id, "", "Name of this client in the fleet. Default
 ABSL_FLAG(std::vector<std::string>, certificate, {}, "NAME, repeatable: a certificate to receive.");
 ABSL_FLAG(std::string, output_dir, "",
           "Write certificate NAME under DIR/NAME/ (kubelet layout: tls.crt, tls.key, ca.crt).");
+ABSL_FLAG(std::string, secret_name, "",
+          "Write the certificate (exactly one --certificate) as this kubernetes.io/tls Secret in "
+          "the client's namespace. May be combined with --output-dir.");
+ABSL_FLAG(std::vector<std::string>, rollout_restart, {},
+          "deployment/NAME, repeatable: after each applied version, restart that Deployment in "
+          "the client's namespace (patches its pod template annotation certcast.io/version).");
+ABSL_FLAG(std::string, health_listen, "",
+          "HOST:PORT for plain-HTTP /healthz (the session loop is alive) and /readyz (the "
+          "current version is applied to every sink). Empty: disabled.");
+ABSL_FLAG(std::string, kube_api_url, "",
+          "Kubernetes API URL. Default: in-cluster (KUBERNETES_SERVICE_HOST).");
+ABSL_FLAG(std::string, kube_token_file, "",
+          "Bearer token file for the API, re-read on every request. Default: the ServiceAccount "
+          "token.");
+ABSL_FLAG(std::string, kube_ca_file, "",
+          "CA bundle that verifies the API server. Default: the ServiceAccount ca.crt.");
 ABSL_FLAG(std::string, state_dir, "./certcast-client-state",
           "Where the client records which versions it applied (0700).");
 ABSL_FLAG(std::string, ca, "", "CA bundle (PEM) that verifies the server's certificate.");
@@ -85,13 +104,15 @@ int main(int argc, char** argv) {
   // stream in gRPC's own mutexes. Lock order is documented next to each mutex instead.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   absl::SetProgramUsageMessage(
-      "Receives certificates from certcast-server and writes them as files.\n"
+      "Receives certificates from certcast-server and writes them as files and/or a Secret.\n"
       "Flags may be spelled with dashes or underscores (--output-dir, --output_dir).\n"
       "  certcast-client --server=certcast.certcast-system:8443 --ca=ca.crt "
       "--certificate=wildcard --output-dir=/etc/tls");
   certcast::NormalizeFlagNames(argc, argv);
   const std::vector<std::string> certificates =
       certcast::TakeRepeatedFlag(&argc, argv, "certificate");
+  const std::vector<std::string> rollouts =
+      certcast::TakeRepeatedFlag(&argc, argv, "rollout_restart");
   absl::ParseCommandLine(argc, argv);
   if (absl::Status logging = certcast::ConfigureLogging(absl::GetFlag(FLAGS_log_level),
                                                         absl::GetFlag(FLAGS_log_format));
@@ -120,8 +141,33 @@ int main(int argc, char** argv) {
   if (options.client_id.empty()) options.client_id = Hostname();
 
   const std::string output_dir = absl::GetFlag(FLAGS_output_dir);
-  if (output_dir.empty()) return Fail("--output-dir=DIR is required");
-  certcast::FileSink files(&fs, &clock, {output_dir, absl::GetFlag(FLAGS_combined_pem)});
+  const std::string secret_name = absl::GetFlag(FLAGS_secret_name);
+  if (output_dir.empty() && secret_name.empty()) {
+    return Fail("name where to write: --output-dir=DIR and/or --secret-name=NAME");
+  }
+  if (!secret_name.empty() && options.certificates.size() != 1) {
+    return Fail("--secret-name needs exactly one --certificate");
+  }
+  std::unique_ptr<certcast::kube::KubeApi> kube;
+  if (!secret_name.empty() || !rollouts.empty()) {
+    absl::StatusOr<certcast::kube::KubeConfig> config = certcast::kube::KubeConfig::Resolve(
+        absl::GetFlag(FLAGS_kube_api_url), absl::GetFlag(FLAGS_kube_token_file),
+        absl::GetFlag(FLAGS_kube_ca_file));
+    if (!config.ok()) return Fail(std::string(config.status().message()));
+    kube = std::make_unique<certcast::kube::CurlKubeApi>(*std::move(config), &fs);
+  }
+  std::vector<std::unique_ptr<certcast::Sink>> sinks;
+  certcast::SecretSink* secret_sink = nullptr;
+  if (!output_dir.empty()) {
+    sinks.push_back(std::make_unique<certcast::FileSink>(
+        &fs, &clock, certcast::FileSink::Options{output_dir, absl::GetFlag(FLAGS_combined_pem)}));
+  }
+  if (!secret_name.empty()) {
+    auto sink = std::make_unique<certcast::SecretSink>(
+        kube.get(), certcast::SecretSink::Options{options.namespace_, secret_name});
+    secret_sink = sink.get();
+    sinks.push_back(std::move(sink));
+  }
 
   std::vector<std::unique_ptr<certcast::Hook>> hooks;
   if (!absl::GetFlag(FLAGS_on_update).empty()) {
@@ -134,6 +180,13 @@ int main(int argc, char** argv) {
     absl::StatusOr<int> signal = certcast::ParseSignal(absl::GetFlag(FLAGS_signal));
     if (!signal.ok()) return Fail(absl::StrCat("--signal: ", signal.status().message()));
     hooks.push_back(std::make_unique<certcast::SignalHook>(*signal, absl::GetFlag(FLAGS_pid_file)));
+  }
+  for (const std::string& rollout : rollouts) {
+    absl::StatusOr<std::string> deployment = certcast::ParseRolloutTarget(rollout);
+    if (!deployment.ok())
+      return Fail(absl::StrCat("--rollout-restart: ", deployment.status().message()));
+    hooks.push_back(std::make_unique<certcast::RolloutRestartHook>(kube.get(), options.namespace_,
+                                                                   *deployment));
   }
 
   certcast::ClientStateStore store(&fs, absl::GetFlag(FLAGS_state_dir));
@@ -164,8 +217,27 @@ int main(int argc, char** argv) {
 
   std::vector<certcast::Hook*> hook_pointers;
   for (const auto& hook : hooks) hook_pointers.push_back(hook.get());
-  certcast::Session session(options, {&files}, hook_pointers, &store, &credentials, &clock);
+  std::vector<certcast::Sink*> sink_pointers;
+  for (const auto& sink : sinks) sink_pointers.push_back(sink.get());
+  certcast::Session session(options, sink_pointers, hook_pointers, &store, &credentials, &clock);
   session.Init();
+  if (secret_sink != nullptr) secret_sink->Start();
+
+  certcast::HttpProbeServer probes;
+  if (const std::string health = absl::GetFlag(FLAGS_health_listen); !health.empty()) {
+    probes.Handle("/healthz", [&session]() -> absl::Status {
+      if (session.Alive(absl::Minutes(3))) return absl::OkStatus();
+      return absl::UnavailableError("the session loop has not run for 3 minutes");
+    });
+    probes.Handle("/readyz", [&session]() -> absl::Status {
+      std::string why;
+      if (session.Ready(&why)) return absl::OkStatus();
+      return absl::UnavailableError(why);
+    });
+    absl::StatusOr<int> port = probes.Start(health);
+    if (!port.ok()) return Fail(absl::StrCat("--health-listen: ", port.status().message()));
+    spdlog::info("health endpoints on port {}", *port);
+  }
   std::thread runner([&session] { session.Run(); });
 
   while (true) {
@@ -187,6 +259,8 @@ int main(int argc, char** argv) {
   }
   session.Stop();
   runner.join();
+  probes.Stop();
+  if (secret_sink != nullptr) secret_sink->Stop();
   spdlog::info("certcast-client stopped");
   return 0;
 }

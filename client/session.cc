@@ -65,6 +65,30 @@ std::map<std::string, HeldVersion> Session::held() {
   return held_;
 }
 
+bool Session::Ready(std::string* why) {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::string> problems;
+  for (const std::string& name : options_.certificates) {
+    const HeldVersion& held = held_[name];
+    if (held.fingerprint.empty()) {
+      problems.push_back(absl::StrCat(name, ": nothing applied yet"));
+    } else if (auto failing = failing_.find(name); failing != failing_.end()) {
+      problems.push_back(absl::StrCat(name, ": ", failing->second));
+    } else if (auto received = received_.find(name);
+               received != received_.end() && received->second != held.version) {
+      problems.push_back(absl::StrCat(name, ": version ", received->second,
+                                      " received but not applied (holding ", held.version, ")"));
+    }
+  }
+  if (why != nullptr) *why = absl::StrJoin(problems, "; ");
+  return problems.empty();
+}
+
+bool Session::Alive(absl::Duration max_stall) {
+  absl::MutexLock lock(&mu_);
+  return absl::Now() - last_wake_ < max_stall;
+}
+
 SessionCounters Session::counters() {
   absl::MutexLock lock(&mu_);
   return counters_;
@@ -96,7 +120,9 @@ void Session::Run() {
     if (reconnect_now_) continue;
     spdlog::debug("reconnecting to {} in {}", options_.server, absl::FormatDuration(delay));
     auto wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || reconnect_now_; };
+    last_wake_ = absl::Now();
     mu_.AwaitWithTimeout(absl::Condition(&wake), delay);
+    last_wake_ = absl::Now();
   }
 }
 
@@ -157,6 +183,7 @@ void Session::RunConnection() {
         return !events_.empty() || (stopping_ && !cancelled);
       };
       mu_.AwaitWithDeadline(absl::Condition(&ready), wake);
+      last_wake_ = absl::Now();
       if (stopping_ && !cancelled) {
         context.TryCancel();
         cancelled = true;
@@ -272,6 +299,8 @@ void Session::HandleMessage(v1::SubscribeResponse& message) {
       absl::MutexLock lock(&mu_);
       HeldVersion& held = held_[in_sync.name()];
       if (held.fingerprint == in_sync.fingerprint()) held.version = in_sync.version();
+      received_[in_sync.name()] = in_sync.version();
+      failing_.erase(in_sync.name());
       spdlog::info("certificate {}: in sync at version {}", in_sync.name(), in_sync.version());
       break;
     }
@@ -296,6 +325,8 @@ void Session::HandleUpdate(v1::CertificateUpdate& update) {
   {
     absl::MutexLock lock(&mu_);
     ++counters_.updates;
+    received_[version.name] = version.version;
+    failing_.erase(version.name);
   }
 
   const bool known = std::find(options_.certificates.begin(), options_.certificates.end(),
@@ -408,6 +439,7 @@ v1::SubscribeRequest Session::Apply(const VersionedMaterial& version, const std:
     absl::MutexLock lock(&mu_);
     ++counters_.nacks;
     counters_.apply_failures += errors.size();
+    failing_[version.name] = absl::StrJoin(texts, "; ");
     return reply;
   }
 
@@ -449,6 +481,7 @@ v1::SubscribeRequest Session::Apply(const VersionedMaterial& version, const std:
   for (std::string& warning : warnings) ack->add_warnings(std::move(warning));
   absl::MutexLock lock(&mu_);
   held_[version.name] = done;
+  failing_.erase(version.name);
   ++counters_.applied;
   ++counters_.acks;
   return reply;

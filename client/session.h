@@ -73,6 +73,13 @@ class Session {
   // What the client holds per certificate (fully applied versions).
   std::map<std::string, HeldVersion> held();
 
+  // Readiness: every certificate holds the newest version received, in every sink (no apply
+  // waiting for a retry). Otherwise false, with the reason in `why`.
+  bool Ready(std::string* why);
+  // Liveness: the session loop woke up within `max_stall` (it wakes at least every heartbeat
+  // timeout or reconnect backoff, both well under a few minutes).
+  bool Alive(absl::Duration max_stall);
+
  private:
   struct Event {
     std::optional<v1::SubscribeResponse> message;  // empty: the stream ended
@@ -121,6 +128,9 @@ class Session {
   grpc::ClientContext* context_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::deque<Event> events_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, HeldVersion> held_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, uint64_t> received_ ABSL_GUARDED_BY(mu_);    // newest version pushed
+  std::map<std::string, std::string> failing_ ABSL_GUARDED_BY(mu_);  // name → last apply error
+  absl::Time last_wake_ ABSL_GUARDED_BY(mu_) = absl::Now();
   SessionCounters counters_ ABSL_GUARDED_BY(mu_);
 };
 

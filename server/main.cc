@@ -24,8 +24,16 @@
 ABSL_FLAG(std::string, listen, "0.0.0.0:8443",
           "HOST:PORT for the gRPC API (TLS unless --insecure).");
 ABSL_FLAG(std::vector<std::string>, certificate, {},
-          "NAME=DIR, repeatable: distribute the certificate in DIR (a mounted kubernetes.io/tls "
-          "Secret: tls.crt, tls.key, optional ca.crt) under NAME.");
+          "NAME=DIR or NAME=secret:NAMESPACE/SECRET, repeatable: distribute under NAME the "
+          "certificate in DIR (a mounted kubernetes.io/tls Secret: tls.crt, tls.key, optional "
+          "ca.crt) or in that Secret, read and watched through the Kubernetes API.");
+ABSL_FLAG(std::string, kube_api_url, "",
+          "Kubernetes API URL for secret: sources. Default: in-cluster (KUBERNETES_SERVICE_HOST).");
+ABSL_FLAG(std::string, kube_token_file, "",
+          "Bearer token file for the API, re-read on every request. Default: the ServiceAccount "
+          "token.");
+ABSL_FLAG(std::string, kube_ca_file, "",
+          "CA bundle that verifies the API server. Default: the ServiceAccount ca.crt.");
 ABSL_FLAG(std::vector<std::string>, require_san, {},
           "NAME=DNSNAME, repeatable: refuse material for NAME whose leaf "
           "does not cover DNSNAME.");
@@ -102,8 +110,9 @@ int main(int argc, char** argv) {
   }
   for (const std::string& flag : certificates) {
     certcast::ServerOptions::Certificate certificate;
-    if (!certcast::SplitKeyValue(flag, &certificate.name, &certificate.dir)) {
-      return Fail(absl::StrCat("--certificate=", flag, ": expected NAME=DIR"));
+    if (!certcast::SplitKeyValue(flag, &certificate.name, &certificate.source)) {
+      return Fail(
+          absl::StrCat("--certificate=", flag, ": expected NAME=DIR or NAME=secret:NS/NAME"));
     }
     certificate.required_dns_names = required[certificate.name];
     required.erase(certificate.name);
@@ -113,6 +122,9 @@ int main(int argc, char** argv) {
     return Fail(absl::StrCat("--require-san names certificate \"", required.begin()->first,
                              "\", which no --certificate configures"));
   }
+  options.kube_api_url = absl::GetFlag(FLAGS_kube_api_url);
+  options.kube_token_file = absl::GetFlag(FLAGS_kube_token_file);
+  options.kube_ca_file = absl::GetFlag(FLAGS_kube_ca_file);
   options.state_dir = absl::GetFlag(FLAGS_state_dir);
   options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key = absl::GetFlag(FLAGS_tls_key);

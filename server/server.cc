@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/status_macros.h"
@@ -13,6 +14,7 @@
 #include "grpcpp/security/tls_certificate_provider.h"
 #include "grpcpp/security/tls_credentials_options.h"
 #include "grpcpp/server_builder.h"
+#include "server/secret_source.h"
 #include "spdlog/spdlog.h"
 
 namespace certcast {
@@ -71,9 +73,9 @@ absl::Status CheckOptions(const ServerOptions& options) {
       return absl::InvalidArgumentError(
           absl::StrCat("certificate \"", certificate.name, "\" is configured twice"));
     }
-    if (certificate.dir.empty()) {
+    if (certificate.source.empty()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("certificate \"", certificate.name, "\" has no source directory"));
+          absl::StrCat("certificate \"", certificate.name, "\" has no source"));
     }
   }
   const bool tls = !options.tls_cert.empty() || !options.tls_key.empty();
@@ -154,7 +156,20 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
   for (const auto& certificate : options.certificates) {
     CertificateSpec spec;
     spec.name = certificate.name;
-    spec.source = std::make_unique<DirectorySource>(fs, certificate.dir, options.directory);
+    if (absl::StartsWith(certificate.source, "secret:")) {
+      std::string ns, secret;
+      RETURN_IF_ERROR(Annotate(ParseSecretReference(certificate.source, &ns, &secret),
+                               absl::StrCat("certificate \"", certificate.name, "\"")));
+      if (server->kube_ == nullptr) {
+        ASSIGN_OR_RETURN(kube::KubeConfig config,
+                         kube::KubeConfig::Resolve(options.kube_api_url, options.kube_token_file,
+                                                   options.kube_ca_file));
+        server->kube_ = std::make_unique<kube::CurlKubeApi>(std::move(config), fs);
+      }
+      spec.source = std::make_unique<SecretSource>(server->kube_.get(), ns, secret);
+    } else {
+      spec.source = std::make_unique<DirectorySource>(fs, certificate.source, options.directory);
+    }
     spec.required_dns_names = certificate.required_dns_names;
     RETURN_IF_ERROR(server->publisher_->AddCertificate(std::move(spec)));
   }

@@ -15,6 +15,7 @@
 #include "common/filesystem.h"
 #include "common/http_probe_server.h"
 #include "grpcpp/server.h"
+#include "kube/api.h"
 #include "server/authorizer.h"
 #include "server/distribution.h"
 #include "server/fleet.h"
@@ -28,9 +29,13 @@ namespace certcast {
 struct ServerOptions {
   struct Certificate {
     std::string name;
-    std::string dir;
+    std::string source;  // a directory, or secret:NAMESPACE/NAME (read through the API)
     std::vector<std::string> required_dns_names;
   };
+  // Kubernetes API access for secret: sources; empty values mean in-cluster defaults.
+  std::string kube_api_url;
+  std::string kube_token_file;
+  std::string kube_ca_file;
   std::string listen = "0.0.0.0:8443";
   std::vector<Certificate> certificates;
   std::string state_dir = "./certcast-state";
@@ -70,6 +75,7 @@ class CertcastServer {
   CertcastServer() = default;
 
   ServerOptions options_;
+  std::unique_ptr<kube::KubeApi> kube_;  // only when a source reads through the API
   std::unique_ptr<VersionStore> store_;
   std::unique_ptr<Fleet> fleet_;
   std::unique_ptr<Authorizer> authorizer_;

@@ -255,7 +255,7 @@ TEST_F(ServerScenarioTest, BadSourceKeepsLastGoodVersion) {
 TEST_F(ServerScenarioTest, HalfDonePlainDirectoryUpdateIsNotPublishedNorRejected) {
   source_dir_ = tmp_.Join("plain");
   fixtures::WritePlainDir(source_dir_, chain_.material);
-  options_.certificates[0].dir = source_dir_;
+  options_.certificates[0].source = source_dir_;
   options_.watcher.confirm_delay = absl::Minutes(10);  // a half-done state must never be judged
   StartServer();
   SourceWatcher& watcher = server_->watcher(kName);

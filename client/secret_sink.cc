@@ -1,0 +1,155 @@
+#include "client/secret_sink.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "kube/secret.h"
+#include "spdlog/spdlog.h"
+
+namespace certcast {
+namespace {
+
+// What the Role must grant, for a 403 to say what is missing.
+std::string PermissionHint(const std::string& ns, const std::string& name) {
+  return absl::StrCat("; the client's Role needs get, update, patch, list and watch on Secret \"",
+                      name, "\" and create on secrets in namespace \"", ns, "\"");
+}
+
+bool Matches(const kube::Json& secret, const VersionedMaterial& version) {
+  absl::StatusOr<CertificateMaterial> held = kube::MaterialFromSecret(secret);
+  if (!held.ok() || *held != version.material) return false;
+  const kube::Json annotations =
+      secret.value("metadata", kube::Json::object()).value("annotations", kube::Json::object());
+  return secret.value("type", "") == "kubernetes.io/tls" &&
+         annotations.value(kube::kVersionAnnotation, "") == std::to_string(version.version) &&
+         annotations.value(kube::kFingerprintAnnotation, "") == version.fingerprint;
+}
+
+}  // namespace
+
+std::string SecretSink::Describe() const {
+  return absl::StrCat("Secret ", options_.namespace_, "/", options_.secret_name);
+}
+
+absl::StatusOr<ApplyResult> SecretSink::Apply(const VersionedMaterial& version) {
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<ApplyResult> result = ApplyLocked(version);
+  if (result.ok()) applied_ = version;
+  return result;
+}
+
+absl::StatusOr<ApplyResult> SecretSink::ApplyLocked(const VersionedMaterial& version) {
+  const std::string path = kube::SecretPath(options_.namespace_, options_.secret_name);
+  auto annotate = [&](const absl::Status& status) {
+    std::string message = absl::StrCat(Describe(), ": ", status.message());
+    if (absl::IsPermissionDenied(status)) {
+      message += PermissionHint(options_.namespace_, options_.secret_name);
+    }
+    return absl::Status(status.code(), message);
+  };
+  for (int attempt = 0; attempt <= options_.max_conflict_retries; ++attempt) {
+    absl::StatusOr<kube::Json> existing = api_->Request("GET", path);
+    if (absl::IsNotFound(existing.status())) {
+      kube::Json secret = kube::Json::object();
+      kube::SetTlsSecret(&secret, options_.namespace_, options_.secret_name, version.name,
+                         version.version, version.fingerprint, version.material);
+      absl::StatusOr<kube::Json> created =
+          api_->Request("POST", kube::SecretsPath(options_.namespace_), &secret);
+      kube::WipeSecretData(&secret);
+      if (absl::IsAlreadyExists(created.status())) continue;  // created meanwhile: look again
+      if (!created.ok()) return annotate(created.status());
+      kube::WipeSecretData(&*created);
+      ++counters_.writes;
+      spdlog::info("{}: created with version {} of {}", Describe(), version.version, version.name);
+      return ApplyResult::kWritten;
+    }
+    if (!existing.ok()) return annotate(existing.status());
+    if (!kube::IsManagedByCertcast(*existing)) {
+      kube::WipeSecretData(&*existing);
+      return absl::AlreadyExistsError(absl::StrCat(
+          Describe(), " exists and is not managed by certcast (it lacks the label ",
+          kube::kManagedByLabel, "=", kube::kManagedByValue,
+          "); refusing to overwrite it: delete or rename it, or choose another --secret-name"));
+    }
+    if (existing->value("type", "") != "kubernetes.io/tls") {
+      kube::WipeSecretData(&*existing);
+      return absl::FailedPreconditionError(absl::StrCat(
+          Describe(), " has type ", existing->value("type", "?"),
+          " (the type of a Secret cannot change); delete it so certcast can recreate it"));
+    }
+    if (Matches(*existing, version)) {
+      kube::WipeSecretData(&*existing);
+      return ApplyResult::kUnchanged;
+    }
+    // resourceVersion stays in the body: the API refuses the update if the Secret changed.
+    kube::SetTlsSecret(&*existing, options_.namespace_, options_.secret_name, version.name,
+                       version.version, version.fingerprint, version.material);
+    absl::StatusOr<kube::Json> updated = api_->Request("PUT", path, &*existing);
+    kube::WipeSecretData(&*existing);
+    if (kube::IsConflict(updated.status())) {
+      ++counters_.conflicts;
+      spdlog::debug("{}: conflict on update, reading it again", Describe());
+      continue;
+    }
+    if (!updated.ok()) return annotate(updated.status());
+    kube::WipeSecretData(&*updated);
+    ++counters_.writes;
+    spdlog::info("{}: updated to version {} of {}", Describe(), version.version, version.name);
+    return ApplyResult::kWritten;
+  }
+  return absl::AbortedError(absl::StrCat(Describe(), ": still conflicting after ",
+                                         options_.max_conflict_retries + 1,
+                                         " attempts; will retry"));
+}
+
+absl::StatusOr<std::string> SecretSink::HeldFingerprint(const std::string& /*name*/) {
+  absl::StatusOr<kube::Json> existing =
+      api_->Request("GET", kube::SecretPath(options_.namespace_, options_.secret_name));
+  if (!existing.ok()) return existing.status();
+  if (!kube::IsManagedByCertcast(*existing)) {
+    kube::WipeSecretData(&*existing);
+    return absl::NotFoundError(Describe() + " is not managed by certcast");
+  }
+  absl::StatusOr<CertificateMaterial> material = kube::MaterialFromSecret(*existing);
+  kube::WipeSecretData(&*existing);
+  if (!material.ok()) return material.status();
+  return LeafFingerprint(material->chain_pem);
+}
+
+SecretSinkCounters SecretSink::counters() {
+  absl::MutexLock lock(&mu_);
+  return counters_;
+}
+
+void SecretSink::Start() {
+  watcher_ = std::make_unique<kube::NamedObjectWatcher>(
+      api_, kube::SecretsPath(options_.namespace_), options_.secret_name,
+      [this](const std::string& event) {
+        if (event == "DELETED") RestoreIfChanged("deleted");
+        if (event == "MODIFIED") RestoreIfChanged("edited");
+        if (event == "RESYNC") RestoreIfChanged("changed while unwatched");
+      },
+      kube::NamedObjectWatcher::Options{options_.watch_idle_timeout, 300});
+  watcher_->Start();
+}
+
+void SecretSink::Stop() {
+  if (watcher_ != nullptr) watcher_->Stop();
+}
+
+void SecretSink::RestoreIfChanged(const std::string& why) {
+  absl::MutexLock lock(&mu_);
+  if (!applied_.has_value()) return;
+  absl::StatusOr<ApplyResult> result = ApplyLocked(*applied_);
+  if (!result.ok()) {
+    spdlog::warn("{} was {}; restoring version {} failed: {}", Describe(), why, applied_->version,
+                 std::string(result.status().message()));
+    return;
+  }
+  if (*result == ApplyResult::kWritten) {
+    ++counters_.restores;
+    spdlog::warn("{} was {} by someone else; restored version {}", Describe(), why,
+                 applied_->version);
+  }
+}
+
+}  // namespace certcast
