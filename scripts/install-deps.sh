@@ -11,7 +11,8 @@ BUF="$ROOT/.tools/node_modules/.bin/buf"
 PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libspdlog-dev
   libfmt-dev libabsl-dev libssl-dev libgtest-dev libgmock-dev pkg-config grpc-proto cmake g++
-  make openssl nodejs npm ca-certificates procps curl
+  libcurl4-openssl-dev nlohmann-json3-dev make openssl nodejs npm ca-certificates procps curl
+  python3 python3-yaml
 )
 
 log() { echo "install-deps: $*"; }
