@@ -7,6 +7,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
 #include "common/secret.h"
 #include "common/status_macros.h"
@@ -155,7 +156,7 @@ std::string QueryEscape(const std::string& value) {
     if (absl::ascii_isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
       out += static_cast<char>(c);
     } else {
-      out += absl::StrCat("%", absl::Hex(c, absl::kZeroPad2));
+      out += absl::StrFormat("%%%02X", c);
     }
   }
   return out;
