@@ -111,7 +111,6 @@ void Session::Run() {
     {
       absl::MutexLock lock(&mu_);
       if (stopping_) return;
-      reconnect_now_ = false;
     }
     RunConnection();
     const absl::Duration delay = reconnect_backoff_.Next();
@@ -142,6 +141,17 @@ v1::SubscribeRequest Session::Hello() {
 }
 
 void Session::RunConnection() {
+  grpc::ClientContext context;
+  {
+    // Published before the credentials are read, so a Reconnect() from now on cancels this
+    // attempt, and one that came earlier is served by reading the credentials below.
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return;
+    context_ = &context;
+    reconnect_now_ = false;
+    events_.clear();
+    ++counters_.connects;
+  }
   grpc::ChannelArguments args;
   // A dead server or half-open connection is noticed by keepalive as well as by heartbeats.
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30'000);
@@ -154,18 +164,12 @@ void Session::RunConnection() {
   std::shared_ptr<grpc::Channel> channel =
       grpc::CreateCustomChannel(options_.server, credentials_->Get(), args);
   std::unique_ptr<v1::Distribution::Stub> stub = v1::Distribution::NewStub(channel);
-
-  grpc::ClientContext context;
-  {
-    absl::MutexLock lock(&mu_);
-    if (stopping_) return;
-    context_ = &context;
-    events_.clear();
-    ++counters_.connects;
-  }
   std::unique_ptr<grpc::ClientReaderWriter<v1::SubscribeRequest, v1::SubscribeResponse>> stream =
       stub->Subscribe(&context);
-  stream_ = stream.get();
+  {
+    absl::MutexLock lock(&stream_mu_);
+    stream_ = stream.get();
+  }
   pending_.clear();  // nonces of an earlier stream mean nothing on this one
   std::thread reader([this, &stream] { ReadLoop(stream.get()); });
   Send(Hello());  // a failure shows up as the end of the stream
@@ -175,7 +179,9 @@ void Session::RunConnection() {
   absl::Time heartbeat_deadline = absl::Now() + heartbeat_timeout_;
   while (true) {
     absl::Time wake = cancelled ? absl::InfiniteFuture() : heartbeat_deadline;
-    for (const auto& [name, pending] : pending_) wake = std::min(wake, pending.retry_at);
+    if (!cancelled) {  // once cancelled, only the end of the stream matters
+      for (const auto& [name, pending] : pending_) wake = std::min(wake, pending.retry_at);
+    }
     std::optional<Event> event;
     {
       absl::MutexLock lock(&mu_);
@@ -224,7 +230,10 @@ void Session::RunConnection() {
     RetryDue();
   }
   reader.join();
-  stream_ = nullptr;
+  {
+    absl::MutexLock lock(&stream_mu_);
+    stream_ = nullptr;
+  }
   absl::MutexLock lock(&mu_);
   context_ = nullptr;
 }
@@ -237,12 +246,18 @@ void Session::ReadLoop(
     events_.push_back(Event{std::move(response), grpc::Status::OK});
     response = v1::SubscribeResponse();
   }
-  grpc::Status status = stream->Finish();
+  grpc::Status status;
+  {
+    // Finish must not run concurrently with a Write from the session thread.
+    absl::MutexLock lock(&stream_mu_);
+    status = stream->Finish();
+  }
   absl::MutexLock lock(&mu_);
   events_.push_back(Event{std::nullopt, std::move(status)});
 }
 
 bool Session::Send(const v1::SubscribeRequest& request) {
+  absl::MutexLock lock(&stream_mu_);
   return stream_ != nullptr && stream_->Write(request);
 }
 

@@ -115,11 +115,16 @@ class Session {
   const Clock* const clock_;
   Backoff reconnect_backoff_;
 
+  // Serializes Write (session thread) with Finish (reader thread), which gRPC's sync API forbids
+  // running concurrently. Never held together with mu_.
+  absl::Mutex stream_mu_;
+
   // Session-thread state.
   absl::Duration heartbeat_timeout_;
   std::map<std::string, PendingApply> pending_;
   std::map<std::string, HeldVersion> recorded_;  // what the state store says was completed
-  grpc::ClientReaderWriter<v1::SubscribeRequest, v1::SubscribeResponse>* stream_ = nullptr;
+  grpc::ClientReaderWriter<v1::SubscribeRequest, v1::SubscribeResponse>* stream_
+      ABSL_GUARDED_BY(stream_mu_) = nullptr;
   std::string last_end_message_;
 
   absl::Mutex mu_;

@@ -75,7 +75,8 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
       pending_.clear();
       finish_now = !write_in_flight_;
     }
-    if (!status.ok()) {
+    // Shutdown (UNAVAILABLE) is not the client's fault and is not worth a line per stream.
+    if (!status.ok() && status.error_code() != grpc::StatusCode::UNAVAILABLE) {
       hub_->Count(&DistributionHub::AtomicCounters::streams_rejected);
       spdlog::info("stream from {} ({}) ended with code {}: {}", identity_.peer, who,
                    static_cast<int>(status.error_code()), status.error_message());
@@ -223,6 +224,8 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
     }
 
     absl::MutexLock lock(&mu_);
+    // The hello deadline may have ended the stream while this hello was being read.
+    if (finish_requested_) return grpc::Status::OK;
     namespace_ = hello.namespace_();
     client_id_ = hello.client_id();
     fleet_id_ = hub_->fleet_->Connect(std::move(record));
@@ -320,6 +323,7 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
 
   // OnWriteDone never runs inline in StartWrite, so starting a write under mu_ is safe.
   void StartWriteLocked(Outgoing outgoing) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finish_requested_) return;  // Finish is called or due; no write may follow it
     write_in_flight_ = true;
     switch (outgoing.kind) {
       case Outgoing::kHeartbeat:
@@ -455,6 +459,21 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* DistributionHub::Ne
   streams_.insert(stream);
   awaiting_hello_[stream] = absl::Now() + options_.hello_timeout;
   return stream;
+}
+
+void DistributionHub::FinishAll(const grpc::Status& status) {
+  std::vector<SubscribeStream*> streams;
+  {
+    absl::MutexLock lock(&mu_);
+    for (SubscribeStream* stream : streams_) {
+      stream->Ref();
+      streams.push_back(stream);
+    }
+  }
+  for (SubscribeStream* stream : streams) {
+    stream->FinishWith(status);
+    stream->Unref();
+  }
 }
 
 void DistributionHub::Start() {

@@ -67,6 +67,9 @@ class DistributionHub final : public PublicationListener {
   void Start();
   void Stop();
 
+  // Ends every open stream with `status` (on shutdown, so clients reconnect elsewhere at once).
+  void FinishAll(const grpc::Status& status);
+
   // Creates the reactor of a new Subscribe call.
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* NewStream(
       grpc::CallbackServerContext* context);

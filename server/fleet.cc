@@ -1,6 +1,17 @@
 #include "server/fleet.h"
 
 namespace certcast {
+namespace {
+
+// Client-supplied texts are shown, not trusted: keep them short.
+constexpr size_t kMaxTextBytes = 1024;
+
+std::string Capped(const std::string& text) {
+  if (text.size() <= kMaxTextBytes) return text;
+  return text.substr(0, kMaxTextBytes) + "...";
+}
+
+}  // namespace
 
 uint64_t Fleet::Connect(ClientRecord record) {
   absl::MutexLock lock(&mu_);
@@ -47,7 +58,8 @@ void Fleet::Erase(std::map<uint64_t, ClientRecord>::iterator record) {
 
 void Fleet::Prune() {
   const absl::Time cutoff = clock_->Now() - retention_;
-  while (!disconnected_.empty() && disconnected_.begin()->first < cutoff) {
+  while (!disconnected_.empty() &&
+         (disconnected_.begin()->first < cutoff || disconnected_.size() > kMaxDisconnected)) {
     const uint64_t id = disconnected_.begin()->second;
     disconnected_.erase(disconnected_.begin());
     auto record = records_.find(id);
@@ -105,7 +117,7 @@ AckOutcome Fleet::RecordAck(uint64_t id, const std::string& name, uint64_t versi
   ++counters_.acks;
   state->acknowledged_version = version;
   state->acknowledged_at = clock_->Now();
-  state->hook_warning = warnings;
+  state->hook_warning = Capped(warnings);
   state->last_error.clear();
   state->last_error_version = 0;
   return outcome;
@@ -118,7 +130,7 @@ AckOutcome Fleet::RecordNack(uint64_t id, const std::string& name, uint64_t vers
   ClientCertificateState* state = Answered(id, name, version, nonce, &outcome);
   if (state == nullptr) return outcome;
   ++counters_.nacks;
-  state->last_error = errors;
+  state->last_error = Capped(errors);
   state->last_error_version = version;
   return outcome;
 }

@@ -51,6 +51,10 @@ struct FleetCounters {
 
 class Fleet {
  public:
+  // At most this many disconnected clients are remembered (the oldest go first), so connection
+  // churn cannot grow memory without bound.
+  static constexpr size_t kMaxDisconnected = 10'000;
+
   Fleet(const Clock* clock, absl::Duration retention) : clock_(clock), retention_(retention) {}
 
   // Records a new stream; returns its id. A disconnected record of the same namespace and

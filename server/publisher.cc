@@ -82,7 +82,7 @@ Verdict Publisher::Evaluate(const std::string& name, bool confirmed) {
     const std::string key = absl::StrCat("error:", material.status().message());
     if (entry.settled_digest == key) return Verdict::kSettled;
     if (!confirmed) return Verdict::kUnsettled;
-    entry.source_digest.clear();
+    // source_digest keeps the last content seen: an outage is not a content change for pins.
     Reject(entry, Annotate(material.status(), absl::StrCat("certificate \"", name, "\"")), key, "");
     return Verdict::kSettled;
   }
@@ -131,7 +131,14 @@ Verdict Publisher::Evaluate(const std::string& name, bool confirmed) {
     CertificateState next = entry.state;
     next.pin = pin;
     committed = store_->Save(name, next);
-    if (committed.ok()) entry.state = std::move(next);
+    if (committed.ok()) {
+      entry.state = std::move(next);
+      // Same version, no longer pinned: new subscribers and heartbeats must say so.
+      const StoredVersion& current = entry.state.versions.back();
+      entry.current = MakePublication(name, current.version, /*pinned=*/false, entry.infos.back(),
+                                      current.material);
+      listener_->OnPublish(entry.current);
+    }
   }
   if (!committed.ok()) {
     spdlog::error("certificate {}: cannot persist the new state, will retry: {}", name,

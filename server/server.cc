@@ -58,6 +58,17 @@ class CertcastServer::Readiness final : public PublicationListener {
 namespace {
 
 absl::Status CheckOptions(const ServerOptions& options) {
+  if (options.distribution.heartbeat_interval < absl::Milliseconds(100)) {
+    return absl::InvalidArgumentError("--heartbeat-interval must be at least 100ms");
+  }
+  if (options.distribution.hello_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--hello-timeout must be positive");
+  }
+  if (options.watcher.quiet_period < absl::ZeroDuration() ||
+      options.watcher.confirm_delay <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "--quiet-period must not be negative and --confirm-delay must be positive");
+  }
   if (options.certificates.empty()) {
     return absl::InvalidArgumentError("no certificate configured: pass --certificate=NAME=DIR");
   }
@@ -246,6 +257,10 @@ void CertcastServer::Shutdown(absl::Duration grace) {
   for (auto& [name, watcher] : watchers_) watcher->Stop();
   probes_.Stop();
   if (grpc_server_ != nullptr) {
+    // Tell clients first, so they reconnect (to another replica, or to us after a restart)
+    // instead of waiting for the grace period to cancel their streams.
+    hub_->FinishAll(
+        grpc::Status(grpc::StatusCode::UNAVAILABLE, "certcast-server is shutting down"));
     grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
     grpc_server_->Wait();
   }

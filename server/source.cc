@@ -185,6 +185,7 @@ void SourceWatcher::Stop() {
 void SourceWatcher::Run() {
   bool dirty = false;
   absl::Time quiet_until = absl::InfiniteFuture();
+  absl::Time settle_by = absl::InfiniteFuture();  // a source that never goes quiet
   absl::Time recheck_at = absl::InfiniteFuture();
   absl::Time resync_at = absl::Now() + options_.resync_interval;
   auto evaluate = [&](bool confirmed) {
@@ -198,8 +199,9 @@ void SourceWatcher::Run() {
         std::min({dirty ? quiet_until : absl::InfiniteFuture(), recheck_at, resync_at});
     if (source_->WaitForChange(deadline)) {
       ++changes_seen_;
+      if (!dirty) settle_by = absl::Now() + options_.max_settle;
       dirty = true;
-      quiet_until = absl::Now() + options_.quiet_period;
+      quiet_until = std::min(absl::Now() + options_.quiet_period, settle_by);
       recheck_at = absl::InfiniteFuture();
       continue;
     }

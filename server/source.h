@@ -80,16 +80,18 @@ enum class Verdict {
   kUnsettled,  // invalid or unreadable: look again after the confirmation delay
 };
 
-// Runs one thread per source: evaluates at start, then after each change once the source has
-// been quiet for `quiet_period`; re-evaluates unsettled content after `confirm_delay` (with
-// confirmed=true, so only a persisting problem is a rejection), and every `resync_interval`
-// in case a notification was missed. Thread-safe; Stop() is idempotent.
+// Runs one thread per source (the owner evaluates once at start before Start()): evaluates
+// after each change once the source has been quiet for `quiet_period` (or, for a source that
+// never stops changing, `max_settle` after the first change); re-evaluates unsettled content
+// after `confirm_delay` (with confirmed=true, so only a persisting problem is a rejection), and
+// every `resync_interval` in case a notification was missed. Thread-safe; Stop() is idempotent.
 class SourceWatcher {
  public:
   struct Options {
     absl::Duration quiet_period = absl::Milliseconds(200);
     absl::Duration confirm_delay = absl::Seconds(2);
     absl::Duration resync_interval = absl::Minutes(1);
+    absl::Duration max_settle = absl::Seconds(10);
   };
   // `evaluate(confirmed)` is the Publisher's entry point for this source.
   using Evaluate = std::function<Verdict(bool confirmed)>;

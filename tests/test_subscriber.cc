@@ -53,15 +53,20 @@ int HttpGet(int port, const std::string& path, std::string* body) {
   return std::stoi(response.substr(9, 3));
 }
 
-TestSubscriber::TestSubscriber(std::shared_ptr<grpc::Channel> channel)
+TestSubscriber::TestSubscriber(std::shared_ptr<grpc::Channel> channel, bool start_reading)
     : stub_(v1::Distribution::NewStub(std::move(channel))) {
   context_.set_deadline(absl::ToChronoTime(absl::Now() + absl::Minutes(5)));
   stream_ = stub_->Subscribe(&context_);
+  if (start_reading) StartReading();
+}
+
+void TestSubscriber::StartReading() {
   reader_ = std::thread([this] { ReadLoop(); });
 }
 
 TestSubscriber::~TestSubscriber() {
   context_.TryCancel();
+  if (!reader_.joinable()) StartReading();  // Finish needs the reads drained
   reader_.join();
 }
 
@@ -71,13 +76,20 @@ void TestSubscriber::ReadLoop() {
     absl::MutexLock lock(&mu_);
     received_.push_back(response);
   }
-  grpc::Status status = stream_->Finish();
+  grpc::Status status;
+  {
+    absl::MutexLock lock(&write_mu_);
+    status = stream_->Finish();
+  }
   absl::MutexLock lock(&mu_);
   ended_ = true;
   status_ = status;
 }
 
-bool TestSubscriber::Send(const v1::SubscribeRequest& request) { return stream_->Write(request); }
+bool TestSubscriber::Send(const v1::SubscribeRequest& request) {
+  absl::MutexLock lock(&write_mu_);
+  return stream_->Write(request);
+}
 
 bool TestSubscriber::SendHello(const std::string& ns, const std::string& client_id,
                                const std::vector<v1::HeldCertificate>& held) {
@@ -109,7 +121,10 @@ bool TestSubscriber::SendNack(const v1::CertificateUpdate& update, const std::st
   return Send(request);
 }
 
-void TestSubscriber::CloseSend() { stream_->WritesDone(); }
+void TestSubscriber::CloseSend() {
+  absl::MutexLock lock(&write_mu_);
+  stream_->WritesDone();
+}
 
 std::optional<v1::SubscribeResponse> TestSubscriber::Next(absl::Duration timeout) {
   absl::MutexLock lock(&mu_);

@@ -29,7 +29,9 @@ int HttpGet(int port, const std::string& path, std::string* body = nullptr);
 
 class TestSubscriber {
  public:
-  explicit TestSubscriber(std::shared_ptr<grpc::Channel> channel);
+  // With `start_reading` false, nothing is read until StartReading(): the client stops reading.
+  explicit TestSubscriber(std::shared_ptr<grpc::Channel> channel, bool start_reading = true);
+  void StartReading();
   ~TestSubscriber();
 
   bool Send(const v1::SubscribeRequest& request);
@@ -57,6 +59,7 @@ class TestSubscriber {
   std::deque<v1::SubscribeResponse> received_ ABSL_GUARDED_BY(mu_);
   bool ended_ ABSL_GUARDED_BY(mu_) = false;
   std::optional<grpc::Status> status_ ABSL_GUARDED_BY(mu_);
+  absl::Mutex write_mu_;  // Write and Finish must not run concurrently
   std::thread reader_;
 };
 
