@@ -70,10 +70,10 @@ bool Session::Ready(std::string* why) {
   std::vector<std::string> problems;
   for (const std::string& name : options_.certificates) {
     const HeldVersion& held = held_[name];
-    if (held.fingerprint.empty()) {
-      problems.push_back(absl::StrCat(name, ": nothing applied yet"));
-    } else if (auto failing = failing_.find(name); failing != failing_.end()) {
+    if (auto failing = failing_.find(name); failing != failing_.end()) {
       problems.push_back(absl::StrCat(name, ": ", failing->second));
+    } else if (held.fingerprint.empty()) {
+      problems.push_back(absl::StrCat(name, ": nothing applied yet"));
     } else if (auto received = received_.find(name);
                received != received_.end() && received->second != held.version) {
       problems.push_back(absl::StrCat(name, ": version ", received->second,

@@ -39,8 +39,7 @@ TEST(QueryEscapeTest, EncodesReservedCharacters) {
 // Flags win over in-cluster settings; without either the error says what is missing.
 TEST(KubeConfigTest, FlagsWinOverInCluster) {
   unsetenv("KUBERNETES_SERVICE_HOST");
-  EXPECT_EQ(KubeConfig::Resolve("", "", "").status().code(),
-            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(KubeConfig::Resolve("", "", "").status().code(), absl::StatusCode::kFailedPrecondition);
   absl::StatusOr<KubeConfig> config = KubeConfig::Resolve("https://k:6443", "/t", "/c");
   ASSERT_TRUE(config.ok());
   EXPECT_EQ(config->api_url, "https://k:6443");

@@ -49,6 +49,7 @@ void NamedObjectWatcher::Run() {
   const std::string what = absl::StrCat(collection_path_, "/", name_);
   std::string resource_version;
   std::string last_error;
+  bool expired_before = false;  // the previous watch ended in 410 without any event
   while (!stopping_.load()) {
     if (resource_version.empty()) {
       Count(&WatcherCounters::lists);
@@ -75,12 +76,14 @@ void NamedObjectWatcher::Run() {
       on_event_("RESYNC");
     }
     Count(&WatcherCounters::watches);
+    bool got_event = false;
     const std::string path = absl::StrCat(
         collection_path_, "?watch=1&allowWatchBookmarks=true&", selector,
         "&timeoutSeconds=", options_.server_timeout_seconds, "&resourceVersion=", resource_version);
     absl::Status watched = api_->Watch(
         path,
         [&](const WatchEvent& event) {
+          got_event = true;
           backoff.Reset();
           last_error.clear();
           resource_version = event.object.value("metadata", Json::object())
@@ -96,8 +99,12 @@ void NamedObjectWatcher::Run() {
       spdlog::debug("watching {}: resourceVersion {} expired; listing again", what,
                     resource_version);
       resource_version.clear();
+      // A fresh list's version expiring at once again means something is wrong: don't spin.
+      if (expired_before && !got_event) WaitUnlessStopping(backoff.Next());
+      expired_before = !got_event;
       continue;
     }
+    expired_before = false;
     Count(&WatcherCounters::errors);
     const std::string error(watched.message());
     if (error != last_error) spdlog::warn("watching {}: {}", what, error);

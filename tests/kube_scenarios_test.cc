@@ -1,0 +1,463 @@
+// Kubernetes scenarios against the fake API server (tests/kube_api_server): the server reading
+// the source Secret through the API, clients writing their namespace's Secret, and every failure
+// case of the Kubernetes issue. Real binaries, real HTTPS, real RBAC checks in the fake.
+#include <signal.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "common/filesystem.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "kube/api.h"
+#include "kube/secret.h"
+#include "tests/child_process.h"
+#include "tests/fixtures/cert_factory.h"
+#include "tests/test_subscriber.h"
+
+namespace certcast {
+namespace {
+
+using ::certcast::fixtures::Chain;
+using ::certcast::fixtures::MakeChain;
+using ::certcast::fixtures::TempDir;
+using ::certcast::kube::Json;
+using ::certcast::scenario::ChildProcess;
+using ::certcast::scenario::WaitFor;
+using ::testing::HasSubstr;
+
+constexpr char kClientA[] = "system:serviceaccount:tenant-a:certcast-client";
+constexpr char kClientB[] = "system:serviceaccount:tenant-b:certcast-client";
+constexpr char kServerSa[] = "system:serviceaccount:certcast-system:certcast-server";
+
+void WriteText(const std::string& path, const std::string& text) {
+  PosixFilesystem fs;
+  ASSERT_TRUE(WriteFileAtomically(fs, path, text, 0600).ok());
+}
+
+Json SourceSecret(const Chain& chain) {
+  Json secret = Json::object();
+  kube::SetTlsSecret(&secret, "certcast-system", "wildcard-tls", "wildcard", 0,
+                     chain.leaf.fingerprint, chain.material);
+  // cert-manager's Secret, not certcast's.
+  secret["metadata"].erase("labels");
+  secret["metadata"].erase("annotations");
+  return secret;
+}
+
+// The Role DESIGN.md gives a client: one Secret by name, create in its namespace, and patch on
+// the Deployment it restarts.
+Json ClientRole(const std::string& ns, const std::string& subject) {
+  Json role = Json::parse(R"({
+    "rules": [
+      {"apiGroups": [""], "resources": ["secrets"],
+       "verbs": ["get", "update", "patch", "list", "watch"], "resourceNames": ["wildcard-tls"]},
+      {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+      {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["patch"],
+       "resourceNames": ["web"]}]})");
+  role["namespace"] = ns;
+  role["subjects"] = Json::array({subject});
+  return role;
+}
+
+class KubeScenarioTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    api_ca_ = fixtures::MakeRootCa("fake kube api ca");
+    fixtures::CertOptions serving;
+    serving.common_name = "kube-apiserver";
+    serving.dns_names = {"localhost"};
+    fixtures::Issued api_cert = fixtures::MakeCert(api_ca_, serving);
+    WriteText(tmp_.Join("api.crt"), api_cert.cert_pem + api_ca_.cert_pem);
+    WriteText(tmp_.Join("api.key"), api_cert.key_pem);
+    WriteText(tmp_.Join("api-ca.crt"), api_ca_.cert_pem);
+    for (const char* name : {"client-a", "client-b", "server", "admin"}) {
+      WriteText(tmp_.Join(absl::StrCat(name, ".token")), absl::StrCat(name, "-token\n"));
+    }
+    chain_ = MakeChain();
+    Json deployment = Json::parse(R"({
+      "apiVersion": "apps/v1", "kind": "Deployment",
+      "metadata": {"name": "web", "namespace": "tenant-a"},
+      "spec": {"selector": {"matchLabels": {"app": "web"}},
+               "template": {"metadata": {"labels": {"app": "web"}},
+                            "spec": {"containers": [{"name": "web", "image": "nginx"}]}}}})");
+    Json server_role = Json::parse(R"({
+      "namespace": "certcast-system",
+      "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"],
+                 "resourceNames": ["wildcard-tls"]}]})");
+    server_role["subjects"] = Json::array({kServerSa});
+    Json config = Json::object();
+    config["tokens"] = {
+        {"client-a-token", kClientA}, {"client-b-token", kClientB}, {"server-token", kServerSa}};
+    config["admin_tokens"] = Json::array({"admin-token"});
+    config["roles"] = Json::array(
+        {ClientRole("tenant-a", kClientA), ClientRole("tenant-b", kClientB), server_role});
+    config["objects"] = Json::array({SourceSecret(chain_), deployment});
+    WriteText(tmp_.Join("kube.json"), config.dump());
+    StartApi();
+    admin_ = Api("admin");
+  }
+
+  void StartApi(int port = 0) {
+    api_process_ = std::make_unique<ChildProcess>(
+        CERTCAST_PYTHON,
+        std::vector<std::string>{CERTCAST_FAKE_KUBE_API, "--cert", tmp_.Join("api.crt"), "--key",
+                                 tmp_.Join("api.key"), "--config", tmp_.Join("kube.json"), "--port",
+                                 std::to_string(port)},
+        tmp_.Join(absl::StrCat("api", ++api_starts_, ".log")));
+    const std::string bound = api_process_->WaitForLog("listening on port ([0-9]+)");
+    ASSERT_FALSE(bound.empty()) << api_process_->log();
+    api_port_ = std::stoi(bound);
+  }
+
+  std::string ApiUrl() { return absl::StrCat("https://localhost:", api_port_); }
+
+  std::unique_ptr<kube::KubeApi> Api(const std::string& who) {
+    return std::make_unique<kube::CurlKubeApi>(
+        kube::KubeConfig{ApiUrl(), tmp_.Join(who + ".token"), tmp_.Join("api-ca.crt")}, &fs_);
+  }
+
+  std::vector<std::string> KubeFlags(const std::string& who) {
+    return {"--kube-api-url=" + ApiUrl(), "--kube-token-file=" + tmp_.Join(who + ".token"),
+            "--kube-ca-file=" + tmp_.Join("api-ca.crt")};
+  }
+
+  // Control API of the fake (no authentication).
+  Json Control(const std::string& method, const std::string& path, const Json& body = Json()) {
+    absl::StatusOr<Json> result =
+        admin_->Request(method, "/_control/" + path, body.is_null() ? nullptr : &body);
+    EXPECT_TRUE(result.ok()) << result.status();
+    return result.ok() ? *result : Json();
+  }
+
+  void StartServer(const std::string& source = "secret:certcast-system/wildcard-tls") {
+    std::vector<std::string> args = {
+        "--listen=127.0.0.1:0", "--insecure", "--certificate=wildcard=" + source,
+        "--state-dir=" + tmp_.Join("server-state"), "--quiet-period=20ms"};
+    for (const std::string& flag : KubeFlags("server")) args.push_back(flag);
+    server_ = std::make_unique<ChildProcess>(CERTCAST_SERVER_BINARY, args, tmp_.Join("server.log"));
+    server_port_ = server_->WaitForPort();
+    ASSERT_NE(server_port_, 0) << server_->log();
+    inspection_ = v1::Inspection::NewStub(scenario::InsecureChannel(server_port_));
+  }
+
+  std::unique_ptr<ChildProcess> StartClient(const std::string& ns, const std::string& who,
+                                            std::vector<std::string> extra = {}) {
+    std::vector<std::string> args = {absl::StrCat("--server=127.0.0.1:", server_port_),
+                                     "--insecure",
+                                     "--namespace=" + ns,
+                                     "--client-id=client-" + ns,
+                                     "--certificate=wildcard",
+                                     "--secret-name=wildcard-tls",
+                                     "--state-dir=" + tmp_.Join("state-" + ns)};
+    for (const std::string& flag : KubeFlags(who)) args.push_back(flag);
+    args.insert(args.end(), extra.begin(), extra.end());
+    return std::make_unique<ChildProcess>(CERTCAST_CLIENT_BINARY, args,
+                                          tmp_.Join(absl::StrCat("client-", ns, ".log")));
+  }
+
+  v1::Certificate GetCertificate() {
+    grpc::ClientContext context;
+    v1::GetCertificateRequest request;
+    request.set_name("wildcard");
+    v1::Certificate certificate;
+    inspection_->GetCertificate(&context, request, &certificate);
+    return certificate;
+  }
+
+  v1::ClientCertificate ClientState(const std::string& ns) {
+    grpc::ClientContext context;
+    v1::ListClientsRequest request;
+    request.set_namespace_(ns);
+    v1::ListClientsResponse response;
+    inspection_->ListClients(&context, request, &response);
+    for (const auto& client : response.clients()) {
+      if (client.connected()) return client.certificates(0);
+    }
+    return {};
+  }
+
+  // The tenant Secret as the admin sees it; null when absent.
+  Json TenantSecret(const std::string& ns) {
+    absl::StatusOr<Json> secret = admin_->Request("GET", kube::SecretPath(ns, "wildcard-tls"));
+    return secret.ok() ? *secret : Json();
+  }
+
+  bool TenantHolds(const std::string& ns, const Chain& chain) {
+    Json secret = TenantSecret(ns);
+    if (secret.is_null() || !kube::IsManagedByCertcast(secret)) return false;
+    absl::StatusOr<CertificateMaterial> material = kube::MaterialFromSecret(secret);
+    return material.ok() && *material == chain.material;
+  }
+
+  void RotateSource(const Chain& next) {
+    Json secret = SourceSecret(next);
+    absl::StatusOr<Json> updated =
+        admin_->Request("PUT", kube::SecretPath("certcast-system", "wildcard-tls"), &secret);
+    ASSERT_TRUE(updated.ok()) << updated.status();
+  }
+
+  int CountRequests(const std::string& method, const std::string& path_part, int status = 0) {
+    int count = 0;
+    for (const Json& request : Control("GET", "requests")) {
+      if (request.value("method", "") == method &&
+          request.value("path", "").find(path_part) != std::string::npos &&
+          (status == 0 || request.value("status", 0) == status)) {
+        ++count;
+      }
+    }
+    return count;
+  }
+
+  TempDir tmp_;
+  PosixFilesystem fs_;
+  fixtures::Issued api_ca_;
+  Chain chain_;
+  std::unique_ptr<ChildProcess> api_process_;
+  int api_port_ = 0;
+  int api_starts_ = 0;
+  std::unique_ptr<kube::KubeApi> admin_;
+  std::unique_ptr<ChildProcess> server_;
+  int server_port_ = 0;
+  std::unique_ptr<v1::Inspection::Stub> inspection_;
+};
+
+// The server follows the source Secret through updates, dropped watches and 410 Expired.
+TEST_F(KubeScenarioTest, ServerFollowsSourceSecret) {
+  StartServer();
+  ASSERT_TRUE(WaitFor([&] { return GetCertificate().current().version() == 1; })) << server_->log();
+  EXPECT_EQ(GetCertificate().current().fingerprint(), chain_.leaf.fingerprint);
+  EXPECT_EQ(GetCertificate().source(), "secret:certcast-system/wildcard-tls");
+
+  Chain second = MakeChain();
+  RotateSource(second);
+  ASSERT_TRUE(WaitFor([&] { return GetCertificate().current().version() == 2; })) << server_->log();
+
+  // A watch dropped without a goodbye is resumed; the next change still arrives.
+  ASSERT_TRUE(WaitFor([&] { return !Control("GET", "watches").empty(); }));
+  Control("POST", "drop_watches");
+  Chain third = MakeChain();
+  RotateSource(third);
+  ASSERT_TRUE(WaitFor([&] { return GetCertificate().current().version() == 3; })) << server_->log();
+
+  // 410 Expired: the server lists again and still sees the change.
+  Control("POST", "expire", {{"on", true}});
+  ASSERT_TRUE(WaitFor([&] { return !Control("GET", "watches").empty(); }));
+  Control("POST", "drop_watches");
+  Chain fourth = MakeChain();
+  RotateSource(fourth);
+  ASSERT_TRUE(WaitFor([&] { return GetCertificate().current().version() == 4; })) << server_->log();
+  EXPECT_EQ(GetCertificate().current().fingerprint(), fourth.leaf.fingerprint);
+  Control("POST", "expire", {{"on", false}});
+
+  // Deleting the source keeps the last good version and says why.
+  ASSERT_TRUE(admin_->Request("DELETE", kube::SecretPath("certcast-system", "wildcard-tls")).ok());
+  ASSERT_TRUE(WaitFor([&] { return GetCertificate().last_rejection().reason() == "missing"; }))
+      << server_->log();
+  EXPECT_EQ(GetCertificate().current().version(), 4u);
+}
+
+// Clients create their namespace's Secret, update it on rotation, and leave it alone when
+// nothing changed. The full flow: source Secret → server → two tenants' Secrets.
+TEST_F(KubeScenarioTest, ClientsWriteTenantSecretsAndFollowRotation) {
+  StartServer();
+  auto a = StartClient("tenant-a", "client-a");
+  auto b = StartClient("tenant-b", "client-b");
+  ASSERT_TRUE(WaitFor([&] {
+    return TenantHolds("tenant-a", chain_) && TenantHolds("tenant-b", chain_);
+  })) << a->log();
+  ASSERT_TRUE(WaitFor([&] { return ClientState("tenant-b").acknowledged_version() == 1; }));
+  Json secret = TenantSecret("tenant-a");
+  EXPECT_EQ(secret["type"], "kubernetes.io/tls");
+  EXPECT_EQ(secret["metadata"]["annotations"][kube::kVersionAnnotation], "1");
+  EXPECT_EQ(secret["metadata"]["annotations"][kube::kFingerprintAnnotation],
+            chain_.leaf.fingerprint);
+  EXPECT_EQ(secret["metadata"]["annotations"][kube::kCertificateAnnotation], "wildcard");
+
+  Chain next = MakeChain();
+  RotateSource(next);
+  ASSERT_TRUE(WaitFor([&] {
+    return TenantHolds("tenant-a", next) && TenantHolds("tenant-b", next);
+  })) << a->log();
+  ASSERT_TRUE(WaitFor([&] { return ClientState("tenant-a").acknowledged_version() == 2; }));
+
+  // A restart with the Secret current writes nothing.
+  a->Signal(SIGTERM);
+  ASSERT_EQ(a->Wait(absl::Seconds(20)), 0) << a->log();
+  Control("DELETE", "requests");
+  a = StartClient("tenant-a", "client-a");
+  ASSERT_FALSE(a->WaitForLog("in sync at version 2").empty()) << a->log();
+  EXPECT_EQ(CountRequests("PUT", "/namespaces/tenant-a/secrets"), 0);
+  EXPECT_EQ(CountRequests("POST", "/namespaces/tenant-a/secrets"), 0);
+}
+
+// A Secret with the same name that certcast does not manage is never overwritten: NACK.
+TEST_F(KubeScenarioTest, ForeignSecretIsUntouchedAndNacked) {
+  Json foreign = {{"apiVersion", "v1"},
+                  {"kind", "Secret"},
+                  {"type", "Opaque"},
+                  {"metadata", {{"name", "wildcard-tls"}, {"namespace", "tenant-a"}}},
+                  {"data", {{"password", absl::Base64Escape("hunter2")}}}};
+  ASSERT_TRUE(admin_->Request("POST", kube::SecretsPath("tenant-a"), &foreign).ok());
+  StartServer();
+  auto client = StartClient("tenant-a", "client-a");
+  ASSERT_TRUE(WaitFor([&] { return !ClientState("tenant-a").last_error().empty(); }))
+      << client->log();
+  EXPECT_THAT(ClientState("tenant-a").last_error(), HasSubstr("not managed by certcast"));
+  EXPECT_THAT(ClientState("tenant-a").last_error(), HasSubstr("tenant-a/wildcard-tls"));
+  EXPECT_EQ(TenantSecret("tenant-a")["data"]["password"], absl::Base64Escape("hunter2"));
+  EXPECT_EQ(CountRequests("PUT", "/namespaces/tenant-a/secrets"), 0);
+}
+
+// A 409 conflict on update is re-read and retried.
+TEST_F(KubeScenarioTest, ConflictIsRetried) {
+  StartServer();
+  auto client = StartClient("tenant-a", "client-a");
+  ASSERT_TRUE(WaitFor([&] { return TenantHolds("tenant-a", chain_); })) << client->log();
+  Control("POST", "conflict", {{"count", 2}, {"path_prefix", "/api/v1/namespaces/tenant-a"}});
+  Chain next = MakeChain();
+  RotateSource(next);
+  ASSERT_TRUE(WaitFor([&] { return ClientState("tenant-a").acknowledged_version() == 2; }))
+      << client->log();
+  EXPECT_TRUE(TenantHolds("tenant-a", next));
+  EXPECT_EQ(CountRequests("PUT", "/namespaces/tenant-a/secrets", 409), 2);
+}
+
+// 403 gives a NACK naming the missing permission; once allowed again the client ACKs by itself.
+TEST_F(KubeScenarioTest, ForbiddenIsReportedThenRecovered) {
+  Control("POST", "fail",
+          {{"status", 403},
+           {"count", -1},
+           {"method", "POST"},
+           {"path_prefix", "/api/v1/namespaces/tenant-a/secrets"},
+           {"reason", "Forbidden"},
+           {"message",
+            "secrets is forbidden: User \"system:serviceaccount:tenant-a:certcast-client\" "
+            "cannot create resource \"secrets\" in API group \"\" in the namespace \"tenant-a\""}});
+  StartServer();
+  auto client = StartClient("tenant-a", "client-a");
+  ASSERT_TRUE(WaitFor([&] { return !ClientState("tenant-a").last_error().empty(); }))
+      << client->log();
+  const std::string error = ClientState("tenant-a").last_error();
+  EXPECT_THAT(error, HasSubstr("cannot create resource"));
+  EXPECT_THAT(error, HasSubstr("create on secrets in namespace \"tenant-a\""));
+  Control("DELETE", "fail");
+  ASSERT_TRUE(WaitFor([&] { return ClientState("tenant-a").acknowledged_version() == 1; },
+                      absl::Seconds(60)))
+      << client->log();
+  EXPECT_EQ(ClientState("tenant-a").last_error(), "");
+  EXPECT_TRUE(TenantHolds("tenant-a", chain_));
+}
+
+// The API server restarted (with a changed Secret): the server's watch fails, re-lists and
+// converges; the clients follow.
+TEST_F(KubeScenarioTest, ServerAndClientsSurviveApiServerRestart) {
+  StartServer();
+  auto client = StartClient("tenant-a", "client-a");
+  ASSERT_TRUE(WaitFor([&] { return ClientState("tenant-a").acknowledged_version() == 1; }))
+      << client->log();
+  const int port = api_port_;
+  api_process_->Signal(SIGKILL);
+  api_process_->Wait(absl::Seconds(10));
+  Chain next = MakeChain();
+  {
+    // The restarted fake loads its objects from the config: put the new material there.
+    absl::StatusOr<std::string> text = fs_.ReadFile(tmp_.Join("kube.json"));
+    ASSERT_TRUE(text.ok());
+    Json config = Json::parse(*text);
+    config["objects"][0] = SourceSecret(next);
+    WriteText(tmp_.Join("kube.json"), config.dump());
+  }
+  EXPECT_EQ(GetCertificate().current().version(), 1u) << "the last good version keeps serving";
+  StartApi(port);
+  ASSERT_TRUE(WaitFor([&] { return GetCertificate().current().version() == 2; }, absl::Seconds(60)))
+      << server_->log();
+  ASSERT_TRUE(WaitFor([&] { return TenantHolds("tenant-a", next); }, absl::Seconds(60)))
+      << client->log();
+  ASSERT_TRUE(WaitFor([&] { return ClientState("tenant-a").acknowledged_version() == 2; }));
+}
+
+// With the API server unreachable the client NACKs (transient) and keeps retrying; when the API
+// answers again it writes the Secret and ACKs without the server resending.
+TEST_F(KubeScenarioTest, ClientNacksWhileApiIsDownThenAcks) {
+  fixtures::WriteKubeletDir(tmp_.Join("source"), chain_.material);
+  StartServer(tmp_.Join("source"));
+  auto client = StartClient("tenant-a", "client-a");
+  ASSERT_TRUE(WaitFor([&] { return ClientState("tenant-a").acknowledged_version() == 1; }))
+      << client->log();
+  Control("POST", "down", {{"on", true}});
+  Chain next = MakeChain();
+  fixtures::WriteKubeletDir(tmp_.Join("source"), next.material);
+  ASSERT_TRUE(WaitFor([&] { return !ClientState("tenant-a").last_error().empty(); }))
+      << client->log();
+  EXPECT_THAT(ClientState("tenant-a").last_error(), HasSubstr("secret: "));
+  EXPECT_EQ(ClientState("tenant-a").acknowledged_version(), 1u);
+  Control("POST", "down", {{"on", false}});
+  ASSERT_TRUE(WaitFor([&] { return ClientState("tenant-a").acknowledged_version() == 2; },
+                      absl::Seconds(60)))
+      << client->log();
+  EXPECT_TRUE(TenantHolds("tenant-a", next));
+}
+
+// A managed Secret deleted or edited by someone else is restored within seconds.
+TEST_F(KubeScenarioTest, DeletedOrEditedSecretIsRestored) {
+  StartServer();
+  auto client = StartClient("tenant-a", "client-a");
+  ASSERT_TRUE(WaitFor([&] { return TenantHolds("tenant-a", chain_); })) << client->log();
+  ASSERT_TRUE(WaitFor([&] { return !Control("GET", "watches").empty(); }));
+
+  ASSERT_TRUE(admin_->Request("DELETE", kube::SecretPath("tenant-a", "wildcard-tls")).ok());
+  ASSERT_TRUE(WaitFor([&] { return TenantHolds("tenant-a", chain_); })) << client->log();
+
+  Json edited = TenantSecret("tenant-a");
+  edited["data"]["tls.crt"] = absl::Base64Escape(MakeChain().material.chain_pem);
+  ASSERT_TRUE(admin_->Request("PUT", kube::SecretPath("tenant-a", "wildcard-tls"), &edited).ok());
+  ASSERT_TRUE(WaitFor([&] { return TenantHolds("tenant-a", chain_); })) << client->log();
+  EXPECT_THAT(client->log(), HasSubstr("was deleted by someone else; restored version 1"));
+  EXPECT_THAT(client->log(), HasSubstr("was edited by someone else; restored version 1"));
+}
+
+// --rollout-restart patches the Deployment's pod template after every applied version.
+TEST_F(KubeScenarioTest, RolloutRestartPatchesTheDeployment) {
+  StartServer();
+  auto client = StartClient("tenant-a", "client-a", {"--rollout-restart=deployment/web"});
+  auto annotation = [&] {
+    absl::StatusOr<Json> deployment =
+        admin_->Request("GET", "/apis/apps/v1/namespaces/tenant-a/deployments/web");
+    if (!deployment.ok()) return std::string();
+    return (*deployment)["spec"]["template"]["metadata"]
+        .value("annotations", Json::object())
+        .value("certcast.io/version", "");
+  };
+  ASSERT_TRUE(WaitFor([&] { return annotation() == "wildcard-1"; })) << client->log();
+  RotateSource(MakeChain());
+  ASSERT_TRUE(WaitFor([&] { return annotation() == "wildcard-2"; })) << client->log();
+  EXPECT_EQ(ClientState("tenant-a").hook_warning(), "");
+}
+
+// /readyz is 503 until the current version is applied to every sink, then 200.
+TEST_F(KubeScenarioTest, ClientReadinessFollowsTheSinks) {
+  Control("POST", "fail",
+          {{"status", 503}, {"count", -1}, {"path_prefix", "/api/v1/namespaces/tenant-a/secrets"}});
+  StartServer();
+  const int health_port = scenario::PickFreePort();
+  auto client = StartClient("tenant-a", "client-a",
+                            {absl::StrCat("--health-listen=127.0.0.1:", health_port)});
+  ASSERT_TRUE(WaitFor([&] { return scenario::HttpGet(health_port, "/healthz") == 200; }))
+      << client->log();
+  std::string body;
+  ASSERT_TRUE(WaitFor([&] {
+    return scenario::HttpGet(health_port, "/readyz", &body) == 503 &&
+           body.find("secret") != std::string::npos;
+  })) << body;
+  Control("DELETE", "fail");
+  ASSERT_TRUE(
+      WaitFor([&] { return scenario::HttpGet(health_port, "/readyz") == 200; }, absl::Seconds(60)))
+      << client->log();
+}
+
+}  // namespace
+}  // namespace certcast
