@@ -1,5 +1,7 @@
 #include "client/credentials.h"
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "common/secret.h"
 #include "common/status_macros.h"
 
@@ -29,6 +31,18 @@ absl::Status CredentialsProvider::Reload() {
   absl::MutexLock lock(&mu_);
   credentials_ = std::move(credentials);
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> CredentialsProvider::BearerToken() {
+  if (options_.token_file.empty()) return std::string();
+  ASSIGN_OR_RETURN(std::string token, fs_->ReadFile(options_.token_file));
+  std::string trimmed(absl::StripAsciiWhitespace(token));
+  CleanseString(&token);
+  if (trimmed.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--token-file ", options_.token_file, " is empty"));
+  }
+  return trimmed;
 }
 
 std::shared_ptr<grpc::ChannelCredentials> CredentialsProvider::Get() {

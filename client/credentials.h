@@ -20,6 +20,7 @@ class CredentialsProvider {
     std::string ca_file;    // trusted roots for the server certificate
     std::string cert_file;  // optional client certificate chain (mTLS)
     std::string key_file;   // its key
+    std::string token_file;  // optional bearer token (projected ServiceAccount or static token)
   };
   // Does not own `fs`.
   CredentialsProvider(Filesystem* fs, Options options) : fs_(fs), options_(std::move(options)) {}
@@ -31,6 +32,10 @@ class CredentialsProvider {
 
   // The credentials of the last successful Reload (insecure ones with --insecure).
   std::shared_ptr<grpc::ChannelCredentials> Get();
+
+  // The bearer token, read now (the kubelet rotates projected tokens); empty without
+  // --token-file. An error names the file.
+  absl::StatusOr<std::string> BearerToken();
 
  private:
   Filesystem* const fs_;

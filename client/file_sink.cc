@@ -281,4 +281,11 @@ std::string FileSink::LocationOf(const std::string& name) const {
   return JoinPath(options_.output_dir, name);
 }
 
+absl::Status FileSink::Remove(const std::string& name) {
+  const std::string dir = LocationOf(name);
+  RETURN_IF_ERROR(fs_->RemoveAll(dir));
+  if (fs_->Exists(options_.output_dir)) RETURN_IF_ERROR(fs_->SyncDir(options_.output_dir));
+  return absl::OkStatus();
+}
+
 }  // namespace certcast

@@ -33,6 +33,8 @@ class FileSink final : public Sink {
   absl::StatusOr<ApplyResult> Apply(const VersionedMaterial& version) override;
   absl::StatusOr<std::string> HeldFingerprint(const std::string& name) override;
   std::string LocationOf(const std::string& name) const override;
+  // Removes OUTPUT_DIR/NAME and everything in it.
+  absl::Status Remove(const std::string& name) override;
 
   // The material currently visible through NAME/..data; NotFound when none.
   absl::StatusOr<CertificateMaterial> Read(const std::string& name);

@@ -71,6 +71,13 @@ ABSL_FLAG(std::string, on_update, "",
 ABSL_FLAG(std::string, signal, "",
           "Signal (e.g. HUP, USR1) sent after each applied version to the process in --pid-file.");
 ABSL_FLAG(std::string, pid_file, "", "File holding the pid that --signal is sent to.");
+ABSL_FLAG(std::string, token_file, "",
+          "Bearer token sent to the server (a projected ServiceAccount token with audience "
+          "certcast, or a static token); re-read on every connect.");
+ABSL_FLAG(bool, delete_on_revoke, false,
+          "When the server revokes this client's permission, delete its files and Secret instead "
+          "of keeping the last material (which is the default, so the tenant's TLS keeps "
+          "working).");
 ABSL_FLAG(bool, combined_pem, false, "Also write tls.pem: the key, then the chain, in one file.");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn or error.");
 ABSL_FLAG(std::string, log_format, "text", "text or json (one object per line).");
@@ -194,13 +201,17 @@ int main(int argc, char** argv) {
 
   certcast::CredentialsProvider credentials(
       &fs, {absl::GetFlag(FLAGS_insecure), absl::GetFlag(FLAGS_ca), absl::GetFlag(FLAGS_tls_cert),
-            absl::GetFlag(FLAGS_tls_key)});
+            absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_token_file)});
   if (absl::GetFlag(FLAGS_insecure) && !absl::GetFlag(FLAGS_ca).empty()) {
     return Fail("--insecure cannot be combined with --ca");
   }
   if (absl::Status loaded = credentials.Reload(); !loaded.ok()) {
     return Fail(std::string(loaded.message()));
   }
+  if (absl::StatusOr<std::string> token = credentials.BearerToken(); !token.ok()) {
+    return Fail(absl::StrCat("--token-file: ", token.status().message()));
+  }
+  options.delete_on_revoke = absl::GetFlag(FLAGS_delete_on_revoke);
   if (absl::GetFlag(FLAGS_insecure)) {
     spdlog::warn(
         "*** --insecure: connecting WITHOUT TLS; private keys cross the network in "

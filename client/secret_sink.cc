@@ -152,4 +152,26 @@ void SecretSink::RestoreIfChanged(const std::string& why) {
   }
 }
 
+absl::Status SecretSink::Remove(const std::string& /*name*/) {
+  absl::MutexLock lock(&mu_);
+  applied_.reset();
+  const std::string path = kube::SecretPath(options_.namespace_, options_.secret_name);
+  absl::StatusOr<kube::Json> existing = api_->Request("GET", path);
+  if (absl::IsNotFound(existing.status())) return absl::OkStatus();
+  if (!existing.ok()) return existing.status();
+  const bool managed = kube::IsManagedByCertcast(*existing);
+  kube::WipeSecretData(&*existing);
+  if (!managed) return absl::OkStatus();
+  absl::StatusOr<kube::Json> deleted = api_->Request("DELETE", path);
+  if (!deleted.ok() && !absl::IsNotFound(deleted.status())) {
+    return absl::Status(deleted.status().code(),
+                        absl::StrCat(Describe(), ": ", deleted.status().message(),
+                                     absl::IsPermissionDenied(deleted.status())
+                                         ? "; --delete-on-revoke needs delete on this Secret"
+                                         : ""));
+  }
+  spdlog::warn("{}: deleted (access revoked, --delete-on-revoke)", Describe());
+  return absl::OkStatus();
+}
+
 }  // namespace certcast

@@ -44,6 +44,9 @@ class SecretSink final : public Sink {
   absl::StatusOr<ApplyResult> Apply(const VersionedMaterial& version) override;
   absl::StatusOr<std::string> HeldFingerprint(const std::string& name) override;
   std::string LocationOf(const std::string&) const override { return ""; }
+  // Deletes the Secret when certcast manages it (needs delete on it), and forgets the version
+  // so the watcher does not restore it.
+  absl::Status Remove(const std::string& name) override;
 
   // Starts and stops the restoring watch.
   void Start();

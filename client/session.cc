@@ -164,6 +164,18 @@ void Session::RunConnection() {
   std::shared_ptr<grpc::Channel> channel =
       grpc::CreateCustomChannel(options_.server, credentials_->Get(), args);
   std::unique_ptr<v1::Distribution::Stub> stub = v1::Distribution::NewStub(channel);
+  absl::StatusOr<std::string> token = credentials_->BearerToken();
+  if (!token.ok()) {
+    LogStreamEnd(grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                              absl::StrCat("cannot read the token: ", token.status().message())));
+    absl::MutexLock lock(&mu_);
+    context_ = nullptr;
+    return;
+  }
+  if (!token->empty()) {
+    context.AddMetadata("authorization", "Bearer " + *token);
+    CleanseString(&*token);
+  }
   std::unique_ptr<grpc::ClientReaderWriter<v1::SubscribeRequest, v1::SubscribeResponse>> stream =
       stub->Subscribe(&context);
   {
@@ -288,6 +300,9 @@ void Session::LogStreamEnd(const grpc::Status& status) {
     absl::MutexLock lock(&mu_);
     ++counters_.denials;
   }
+  if (options_.delete_on_revoke && status.error_code() == grpc::StatusCode::PERMISSION_DENIED) {
+    RemoveEverything();
+  }
   // A repeated failure logs once at warn (error for denials), then at debug.
   if (message == last_end_message_) {
     spdlog::debug("{}", message);
@@ -298,6 +313,33 @@ void Session::LogStreamEnd(const grpc::Status& status) {
     spdlog::error("{}", message);
   } else {
     spdlog::warn("{}", message);
+  }
+}
+
+void Session::RemoveEverything() {
+  pending_.clear();
+  for (const std::string& name : options_.certificates) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (held_[name].fingerprint.empty()) continue;  // nothing held: nothing to remove
+    }
+    bool removed = true;
+    for (Sink* sink : sinks_) {
+      absl::Status status = sink->Remove(name);
+      if (!status.ok()) {
+        removed = false;
+        spdlog::error("certificate {}: access revoked but the {} sink could not remove it: {}",
+                      name, sink->name(), std::string(status.message()));
+      }
+    }
+    if (!removed) continue;  // try again after the next denial
+    store_->Clear(name).IgnoreError();
+    recorded_.erase(name);
+    spdlog::warn("certificate {}: access revoked; removed from every sink (--delete-on-revoke)",
+                 name);
+    absl::MutexLock lock(&mu_);
+    held_[name] = HeldVersion{};
+    ++counters_.revocations;
   }
 }
 

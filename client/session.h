@@ -38,6 +38,9 @@ struct SessionOptions {
   std::vector<std::string> certificates;
   Backoff::Options reconnect;  // 0.5 s doubling to 30 s by default
   Backoff::Options retry = {absl::Seconds(1), absl::Seconds(30), 2.0, 0.2};  // failed applies
+  // When the server revokes this client's permission (PERMISSION_DENIED), remove what the sinks
+  // hold instead of keeping the last material.
+  bool delete_on_revoke = false;
   // Until the server's first heartbeat says otherwise: two intervals of 30 s.
   absl::Duration heartbeat_timeout = absl::Seconds(60);
 };
@@ -52,6 +55,7 @@ struct SessionCounters {
   uint64_t apply_failures = 0;  // sink failures (each retry counts)
   uint64_t hook_failures = 0;
   uint64_t denials = 0;  // streams ended with PERMISSION_DENIED or UNAUTHENTICATED
+  uint64_t revocations = 0;  // --delete-on-revoke removals
 };
 
 class Session {
@@ -106,6 +110,8 @@ class Session {
                              bool* failed);
   bool Send(const v1::SubscribeRequest& request);
   void LogStreamEnd(const grpc::Status& status);
+  // --delete-on-revoke: empties every sink and forgets what was held.
+  void RemoveEverything();
 
   const SessionOptions options_;
   const std::vector<Sink*> sinks_;

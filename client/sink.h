@@ -42,6 +42,10 @@ class Sink {
   // nothing. Used at start-up to cross-check the client's state.
   virtual absl::StatusOr<std::string> HeldFingerprint(const std::string& name) = 0;
 
+  // Removes what the sink holds for certificate `name` (--delete-on-revoke). OK when it holds
+  // nothing; never removes anything certcast does not manage.
+  virtual absl::Status Remove(const std::string& name) = 0;
+
   // Where a hook finds the files of `name` (for CERTCAST_DIR); empty when not file-based.
   virtual std::string LocationOf(const std::string& name) const = 0;
 };

@@ -46,4 +46,10 @@ absl::Status ClientStateStore::Save(const std::string& name, const HeldVersion& 
                              absl::StrCat(held.version, " ", held.fingerprint, "\n"), 0600);
 }
 
+absl::Status ClientStateStore::Clear(const std::string& name) {
+  absl::Status removed = fs_->Remove(JoinPath(dir_, name + ".held"));
+  if (!removed.ok() && !absl::IsNotFound(removed)) return removed;
+  return fs_->SyncDir(dir_);
+}
+
 }  // namespace certcast

@@ -32,6 +32,8 @@ class ClientStateStore {
   // the files decide then).
   std::optional<HeldVersion> Load(const std::string& name);
   absl::Status Save(const std::string& name, const HeldVersion& held);
+  // Forgets `name` (after --delete-on-revoke removed it). OK when nothing was recorded.
+  absl::Status Clear(const std::string& name);
 
  private:
   Filesystem* const fs_;

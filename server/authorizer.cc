@@ -1,20 +1,141 @@
 #include "server/authorizer.h"
 
+#include <optional>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "grpc/grpc_security_constants.h"
+#include "server/policy.h"
+#include "spdlog/spdlog.h"
 
 namespace certcast {
+namespace {
 
-PeerIdentity IdentityOf(const grpc::ServerContextBase& context) {
+constexpr char kReasonPayload[] = "certcast.io/denial";
+
+absl::Status Denied(absl::StatusCode code, absl::string_view reason, const std::string& message) {
+  absl::Status status(code, message);
+  status.SetPayload(kReasonPayload, absl::Cord(reason));
+  return status;
+}
+
+std::string Who(const PeerIdentity& peer) {
+  return peer.proven() ? peer.identity : std::string("an unauthenticated peer");
+}
+
+absl::Status RequireIdentity(const PeerIdentity& peer) {
+  if (peer.proven()) return absl::OkStatus();
+  return Denied(absl::StatusCode::kUnauthenticated, "unauthenticated",
+                "no client identity: present a client certificate (mTLS) or a bearer token");
+}
+
+}  // namespace
+
+std::string DenialReason(const absl::Status& status) {
+  absl::optional<absl::Cord> reason = status.GetPayload(kReasonPayload);
+  if (reason.has_value()) return std::string(*reason);
+  return absl::StatusCodeToString(status.code());
+}
+
+bool ParseSpiffeId(const std::string& id, PeerIdentity* identity) {
+  if (!absl::StartsWith(id, "spiffe://")) return false;
+  std::vector<std::string> parts = absl::StrSplit(id.substr(9), '/');
+  // TRUST_DOMAIN / ns / NAMESPACE / sa / SERVICEACCOUNT
+  if (parts.size() != 5 || parts[0].empty() || parts[1] != "ns" || parts[2].empty() ||
+      parts[3] != "sa" || parts[4].empty()) {
+    return false;
+  }
+  identity->namespace_ = parts[2];
+  identity->name = parts[4];
+  return true;
+}
+
+PeerIdentity TransportIdentity(const grpc::ServerContextBase& context) {
   PeerIdentity identity;
   identity.peer = context.peer();
   std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
-  if (auth != nullptr && auth->IsPeerAuthenticated()) {
-    for (const grpc::string_ref& value :
-         auth->FindPropertyValues(GRPC_PEER_SPIFFE_ID_PROPERTY_NAME)) {
-      identity.identity.assign(value.data(), value.size());
-    }
+  if (auth == nullptr || !auth->IsPeerAuthenticated()) return identity;
+  for (const grpc::string_ref& value : auth->FindPropertyValues(GRPC_PEER_SPIFFE_ID_PROPERTY_NAME)) {
+    identity.identity.assign(value.data(), value.size());
+    identity.kind = "mtls";
   }
+  if (!identity.identity.empty()) ParseSpiffeId(identity.identity, &identity);
   return identity;
+}
+
+std::string BearerToken(const grpc::ServerContextBase& context) {
+  const auto& metadata = context.client_metadata();
+  auto it = metadata.find("authorization");
+  if (it == metadata.end()) return "";
+  const std::string value(it->second.data(), it->second.size());
+  if (!absl::StartsWithIgnoreCase(value, "bearer ")) return "";
+  return value.substr(7);
+}
+
+void Authorizer::Audit(const PeerIdentity& peer, const std::string& method,
+                       const std::string& certificate, const absl::Status& decision) {
+  const bool admin_action = absl::StartsWith(method, "Admin/");
+  {
+    absl::MutexLock lock(&mu_);
+    if (!decision.ok()) ++counters_.denials[DenialReason(decision)];
+    if (admin_action && decision.ok()) ++counters_.admin_actions;
+  }
+  if (decision.ok() && !admin_action) return;  // routine allowed calls are not audit events
+  spdlog::info("audit: identity={} peer={} method={} certificate={} decision={}{}", Who(peer),
+               peer.peer, method, certificate.empty() ? "-" : certificate,
+               decision.ok() ? "allowed" : "denied",
+               decision.ok() ? "" : absl::StrCat(" reason=", DenialReason(decision), " (",
+                                                 decision.message(), ")"));
+}
+
+AuditCounters Authorizer::audit_counters() {
+  absl::MutexLock lock(&mu_);
+  return counters_;
+}
+
+absl::Status PolicyAuthorizer::AuthorizeSubscribe(const PeerIdentity& peer,
+                                                  const std::string& namespace_,
+                                                  const std::string& certificate) {
+  if (absl::Status proven = RequireIdentity(peer); !proven.ok()) return proven;
+  if (peer.namespace_.empty()) {
+    return Denied(absl::StatusCode::kPermissionDenied, "no_namespace",
+                  absl::StrCat("identity ", peer.identity,
+                               " names no namespace (expected spiffe://TRUST_DOMAIN/ns/NAMESPACE/"
+                               "sa/SERVICEACCOUNT, a ServiceAccount token or a static token)"));
+  }
+  if (namespace_ != peer.namespace_) {
+    return Denied(absl::StatusCode::kPermissionDenied, "namespace_mismatch",
+                  absl::StrCat("the hello names namespace \"", namespace_, "\" but identity ",
+                               peer.identity, " belongs to namespace \"", peer.namespace_, "\""));
+  }
+  std::shared_ptr<const Policy> policy = policy_ == nullptr ? nullptr : policy_->current();
+  if (policy == nullptr) {
+    return Denied(absl::StatusCode::kPermissionDenied, "no_policy",
+                  "this server has no policy (--policy) and hands out no key material");
+  }
+  if (!policy->Allows(certificate, namespace_)) {
+    return Denied(absl::StatusCode::kPermissionDenied, "not_allowed",
+                  absl::StrCat("namespace \"", namespace_, "\" may not receive certificate \"",
+                               certificate, "\""));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status PolicyAuthorizer::AuthorizeAdmin(const PeerIdentity& peer) {
+  if (absl::Status proven = RequireIdentity(peer); !proven.ok()) return proven;
+  std::shared_ptr<const Policy> policy = policy_ == nullptr ? nullptr : policy_->current();
+  if (policy != nullptr && policy->IsAdmin(peer.identity)) return absl::OkStatus();
+  return Denied(absl::StatusCode::kPermissionDenied, "not_admin",
+                absl::StrCat("identity ", peer.identity, " is not an admin (policy: admins)"));
+}
+
+absl::StatusOr<InspectionScope> PolicyAuthorizer::AuthorizeInspection(const PeerIdentity& peer) {
+  if (absl::Status proven = RequireIdentity(peer); !proven.ok()) return proven;
+  std::shared_ptr<const Policy> policy = policy_ == nullptr ? nullptr : policy_->current();
+  if (policy != nullptr && policy->IsAdmin(peer.identity)) return InspectionScope{true, ""};
+  return InspectionScope{false, peer.namespace_};
 }
 
 }  // namespace certcast

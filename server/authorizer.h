@@ -1,34 +1,76 @@
-// Who the peer of a call is, and whether it may do what it asks. The policy-driven authorizer
-// comes later; this seam is where it plugs in.
+// Who the peer of a call is, and whether it may do what it asks.
+//
+// Identities: a verified mTLS client certificate's SPIFFE ID (spiffe://TD/ns/NS/sa/SA), a
+// Kubernetes ServiceAccount token checked with TokenReview (system:serviceaccount:NS:SA), or a
+// static token (static:NS/NAME). The namespace always comes from the identity, never from what a
+// client claims. Authorizers decide with that and the policy, and write every denial and admin
+// action to the audit log. Implementations are thread-safe.
 #ifndef CERTCAST_SERVER_AUTHORIZER_H_
 #define CERTCAST_SERVER_AUTHORIZER_H_
 
+#include <cstdint>
+#include <map>
+#include <memory>
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "grpcpp/server_context.h"
 
 namespace certcast {
 
+class PolicyFile;
+
 struct PeerIdentity {
-  std::string peer;      // transport address, e.g. "ipv4:10.0.0.7:51234"
-  std::string identity;  // SPIFFE ID of a verified client certificate; empty when none
+  std::string peer;        // transport address, e.g. "ipv4:10.0.0.7:51234"
+  std::string identity;    // empty when the peer proved nothing
+  std::string kind;        // "mtls", "serviceaccount", "static" or empty
+  std::string namespace_;  // from the identity; empty when it names none
+  std::string name;        // service account or static name
+  bool proven() const { return !identity.empty(); }
 };
 
-// Reads the peer's address and its verified SPIFFE ID (when mTLS is on).
-PeerIdentity IdentityOf(const grpc::ServerContextBase& context);
+// The transport part of a call's identity: peer address and a verified client certificate's
+// SPIFFE ID (with namespace and service account when it has the certcast form).
+PeerIdentity TransportIdentity(const grpc::ServerContextBase& context);
+// The bearer token of a call (`authorization: Bearer T`), empty when none.
+std::string BearerToken(const grpc::ServerContextBase& context);
+// Fills namespace_ and name from spiffe://TD/ns/NS/sa/SA; false when the ID has another form.
+bool ParseSpiffeId(const std::string& id, PeerIdentity* identity);
 
-// Thread-safe implementations only.
+// What an Inspection caller may see.
+struct InspectionScope {
+  bool everything = false;  // admins (and --insecure)
+  std::string namespace_;   // otherwise only this namespace's entries
+};
+
+struct AuditCounters {
+  std::map<std::string, uint64_t> denials;  // by reason: unauthenticated, namespace_mismatch, ...
+  uint64_t admin_actions = 0;
+};
+
 class Authorizer {
  public:
   virtual ~Authorizer() = default;
-  // OK, or PERMISSION_DENIED/UNAUTHENTICATED with a message naming what is missing.
+  // OK, or UNAUTHENTICATED / PERMISSION_DENIED with a message naming what is missing (and
+  // nothing about other tenants). Denials are audited by the caller through Audit().
   virtual absl::Status AuthorizeSubscribe(const PeerIdentity& peer, const std::string& namespace_,
                                           const std::string& certificate) = 0;
   virtual absl::Status AuthorizeAdmin(const PeerIdentity& peer) = 0;
+  virtual absl::StatusOr<InspectionScope> AuthorizeInspection(const PeerIdentity& peer) = 0;
+
+  // Writes an audit line (identity, peer, method, certificate, decision) and counts denials.
+  void Audit(const PeerIdentity& peer, const std::string& method, const std::string& certificate,
+             const absl::Status& decision);
+  AuditCounters audit_counters();
+
+ private:
+  absl::Mutex mu_;
+  AuditCounters counters_ ABSL_GUARDED_BY(mu_);
 };
 
-// Allows everything: the behaviour until per-namespace policy exists.
+// --insecure: local development; needs no identity and allows everything.
 class AllowAllAuthorizer final : public Authorizer {
  public:
   absl::Status AuthorizeSubscribe(const PeerIdentity&, const std::string&,
@@ -36,7 +78,28 @@ class AllowAllAuthorizer final : public Authorizer {
     return absl::OkStatus();
   }
   absl::Status AuthorizeAdmin(const PeerIdentity&) override { return absl::OkStatus(); }
+  absl::StatusOr<InspectionScope> AuthorizeInspection(const PeerIdentity&) override {
+    return InspectionScope{true, ""};
+  }
 };
+
+// The TLS default: proven identities, the hello's namespace equal to the identity's, and the
+// policy file's namespaces per certificate and admins. Without a policy (`policy` null) nothing
+// is handed out. Does not own `policy`.
+class PolicyAuthorizer final : public Authorizer {
+ public:
+  explicit PolicyAuthorizer(PolicyFile* policy) : policy_(policy) {}
+  absl::Status AuthorizeSubscribe(const PeerIdentity& peer, const std::string& namespace_,
+                                  const std::string& certificate) override;
+  absl::Status AuthorizeAdmin(const PeerIdentity& peer) override;
+  absl::StatusOr<InspectionScope> AuthorizeInspection(const PeerIdentity& peer) override;
+
+ private:
+  PolicyFile* const policy_;
+};
+
+// Short reason code of a denial, for counters: carried as a payload by the authorizers.
+std::string DenialReason(const absl::Status& status);
 
 }  // namespace certcast
 

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "grpcpp/support/proto_buffer_reader.h"
+#include "common/secret.h"
 #include "spdlog/spdlog.h"
 
 namespace certcast {
@@ -35,9 +36,10 @@ bool ValidClientId(const std::string& id) {
 class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   SubscribeStream(DistributionHub* hub, grpc::CallbackServerContext* context)
-      : hub_(hub), identity_(IdentityOf(*context)) {
+      : hub_(hub), identity_(TransportIdentity(*context)), bearer_token_(BearerToken(*context)) {
     StartRead(&read_buffer_);
   }
+  ~SubscribeStream() override { CleanseString(&bearer_token_); }
 
   void Ref() { refs_.fetch_add(1, std::memory_order_relaxed); }
   void Unref() {
@@ -89,13 +91,35 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
       FinishWith(grpc::Status::OK);
       return;
     }
-    grpc::Status status = HandleMessage();
+    bool read_next = true;
+    grpc::Status status = HandleMessage(&read_next);
     if (!status.ok()) {
       FinishWith(status);
       return;
     }
-    absl::MutexLock lock(&mu_);
-    if (!finish_requested_) StartRead(&read_buffer_);
+    if (read_next) ReadNext();
+  }
+
+  // Ends the stream when the (new) policy no longer allows what it subscribed to.
+  void Reauthorize() {
+    PeerIdentity identity;
+    std::string ns;
+    std::vector<std::string> names;
+    {
+      absl::MutexLock lock(&mu_);
+      if (finish_requested_ || fleet_id_ == 0) return;
+      identity = identity_;
+      ns = namespace_;
+      for (const Subscription& subscription : subscriptions_) names.push_back(subscription.name);
+    }
+    for (const std::string& name : names) {
+      absl::Status allowed = hub_->authorizer_->AuthorizeSubscribe(identity, ns, name);
+      if (allowed.ok()) continue;
+      hub_->authorizer_->Audit(identity, "Subscribe (policy reload)", name, allowed);
+      FinishWith(grpc::Status(static_cast<grpc::StatusCode>(allowed.code()),
+                              absl::StrCat(allowed.message(), " (access revoked)")));
+      return;
+    }
   }
 
   void OnWriteDone(bool ok) override {
@@ -136,7 +160,13 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
     uint64_t queued_version = 0;  // newest version queued or written on this stream
   };
 
-  grpc::Status HandleMessage() {
+  void ReadNext() {
+    absl::MutexLock lock(&mu_);
+    if (!finish_requested_) StartRead(&read_buffer_);
+  }
+
+  // Handles one message; `*read_next` false means the handler restarts reading itself.
+  grpc::Status HandleMessage(bool* read_next) {
     const size_t size = read_buffer_.Length();
     if (size > hub_->options_.max_message_bytes) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
@@ -156,6 +186,7 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
         if (greeted) {
           return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "hello was already received");
         }
+        *read_next = false;
         return HandleHello(request.hello());
       case v1::SubscribeRequest::kAck:
       case v1::SubscribeRequest::kNack:
@@ -204,20 +235,51 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
             grpc::StatusCode::NOT_FOUND,
             absl::StrCat("certificate \"", held.name(), "\" is not distributed by this server"));
       }
-      absl::Status allowed =
-          hub_->authorizer_->AuthorizeSubscribe(identity_, hello.namespace_(), held.name());
-      if (!allowed.ok()) {
-        return grpc::Status(static_cast<grpc::StatusCode>(allowed.code()),
-                            std::string(allowed.message()));
-      }
       names.push_back(held.name());
     }
 
+    // Who is asking: the client certificate, or the bearer token (maybe a TokenReview on a
+    // worker thread). The continuation restarts reading.
+    Ref();
+    auto continuation = [this, hello, names](absl::StatusOr<PeerIdentity> identity) {
+      grpc::Status status = ContinueHello(hello, names, std::move(identity));
+      if (status.ok()) {
+        ReadNext();
+      } else {
+        FinishWith(status);
+      }
+      Unref();
+    };
+    if (hub_->authenticator_ == nullptr) {
+      continuation(identity_);
+    } else {
+      hub_->authenticator_->Authenticate(identity_, std::move(bearer_token_), continuation);
+    }
+    return grpc::Status::OK;
+  }
+
+  // The hello's second half, once the identity is known: authorization, then registration and
+  // the initial messages.
+  grpc::Status ContinueHello(const v1::Hello& hello, const std::vector<std::string>& names,
+                             absl::StatusOr<PeerIdentity> identity) {
+    if (!identity.ok()) {
+      hub_->authorizer_->Audit(identity_, "Subscribe", "", identity.status());
+      return grpc::Status(static_cast<grpc::StatusCode>(identity.status().code()),
+                          std::string(identity.status().message()));
+    }
+    for (const std::string& name : names) {
+      absl::Status allowed = hub_->authorizer_->AuthorizeSubscribe(*identity, hello.namespace_(), name);
+      if (!allowed.ok()) {
+        hub_->authorizer_->Audit(*identity, "Subscribe", name, allowed);
+        return grpc::Status(static_cast<grpc::StatusCode>(allowed.code()),
+                            std::string(allowed.message()));
+      }
+    }
     ClientRecord record;
     record.client_id = hello.client_id();
     record.namespace_ = hello.namespace_();
-    record.peer = identity_.peer;
-    record.identity = identity_.identity;
+    record.peer = identity->peer;
+    record.identity = identity->identity;
     for (const std::string& name : names) {
       record.certificates.emplace_back();
       record.certificates.back().name = name;
@@ -226,13 +288,23 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
     absl::MutexLock lock(&mu_);
     // The hello deadline may have ended the stream while this hello was being read.
     if (finish_requested_) return grpc::Status::OK;
+    grpc::ByteBuffer heartbeat;
+    absl::StatusOr<std::vector<std::shared_ptr<const Publication>>> registered =
+        hub_->Register(this, identity->identity, names, &heartbeat);
+    if (!registered.ok()) {
+      hub_->authorizer_->Audit(*identity, "Subscribe", "", registered.status());
+      return grpc::Status(static_cast<grpc::StatusCode>(registered.status().code()),
+                          std::string(registered.status().message()));
+    }
+    const std::vector<std::shared_ptr<const Publication>>& current = *registered;
+    identity_.identity = identity->identity;  // the peer address stays as it was
+    identity_.kind = identity->kind;
+    identity_.namespace_ = identity->namespace_;
+    identity_.name = identity->name;
     namespace_ = hello.namespace_();
     client_id_ = hello.client_id();
     fleet_id_ = hub_->fleet_->Connect(std::move(record));
     for (const std::string& name : names) subscriptions_.push_back(Subscription{name, 0});
-    grpc::ByteBuffer heartbeat;
-    std::vector<std::shared_ptr<const Publication>> current =
-        hub_->Register(this, names, &heartbeat);
     StartWriteLocked(Outgoing{Outgoing::kHeartbeat, 0, nullptr, std::move(heartbeat)});
     for (size_t i = 0; i < names.size(); ++i) {
       const std::shared_ptr<const Publication>& publication = current[i];
@@ -347,7 +419,10 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
   }
 
   DistributionHub* const hub_;
-  const PeerIdentity identity_;
+  // The peer address is fixed at construction; the proven identity is filled in under mu_ by
+  // ContinueHello. The read path owns the bearer token until it is handed to authentication.
+  PeerIdentity identity_;
+  std::string bearer_token_;
   std::atomic<int> refs_{1};      // gRPC's reference, dropped in OnDone
   grpc::ByteBuffer read_buffer_;  // touched only by the single outstanding read
   // Written once under mu_ by the hello; the read path reads them without the lock afterwards.
@@ -365,8 +440,8 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
 };
 
 DistributionHub::DistributionHub(std::vector<std::string> names, Options options, Fleet* fleet,
-                                 Authorizer* authorizer)
-    : options_(options), fleet_(fleet), authorizer_(authorizer) {
+                                 Authorizer* authorizer, Authenticator* authenticator)
+    : options_(options), fleet_(fleet), authorizer_(authorizer), authenticator_(authenticator) {
   absl::MutexLock lock(&mu_);
   for (std::string& name : names) topics_[std::move(name)];
   RebuildHeartbeatLocked();
@@ -406,10 +481,22 @@ void DistributionHub::OnPublish(std::shared_ptr<const Publication> publication) 
   }
 }
 
-std::vector<std::shared_ptr<const Publication>> DistributionHub::Register(
-    SubscribeStream* stream, const std::vector<std::string>& names, grpc::ByteBuffer* heartbeat) {
+absl::StatusOr<std::vector<std::shared_ptr<const Publication>>> DistributionHub::Register(
+    SubscribeStream* stream, const std::string& identity, const std::vector<std::string>& names,
+    grpc::ByteBuffer* heartbeat) {
   absl::MutexLock lock(&mu_);
   awaiting_hello_.erase(stream);
+  if (!identity.empty()) {
+    int& streams = streams_per_identity_[identity];
+    if (streams >= options_.max_streams_per_identity) {
+      if (streams == 0) streams_per_identity_.erase(identity);
+      return absl::ResourceExhaustedError(
+          absl::StrCat("identity ", identity, " already has ", options_.max_streams_per_identity,
+                       " streams open (the limit per identity)"));
+    }
+    ++streams;
+    identity_of_[stream] = identity;
+  }
   std::vector<std::shared_ptr<const Publication>> current;
   for (const std::string& name : names) {
     Topic& topic = topics_[name];
@@ -423,6 +510,10 @@ std::vector<std::shared_ptr<const Publication>> DistributionHub::Register(
 void DistributionHub::Unregister(SubscribeStream* stream) {
   absl::MutexLock lock(&mu_);
   awaiting_hello_.erase(stream);
+  if (auto it = identity_of_.find(stream); it != identity_of_.end()) {
+    if (--streams_per_identity_[it->second] == 0) streams_per_identity_.erase(it->second);
+    identity_of_.erase(it);
+  }
   streams_.erase(stream);
   for (auto& [name, topic] : topics_) topic.subscribers.erase(stream);
 }
@@ -459,6 +550,21 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* DistributionHub::Ne
   streams_.insert(stream);
   awaiting_hello_[stream] = absl::Now() + options_.hello_timeout;
   return stream;
+}
+
+void DistributionHub::ReauthorizeAll() {
+  std::vector<SubscribeStream*> streams;
+  {
+    absl::MutexLock lock(&mu_);
+    for (SubscribeStream* stream : streams_) {
+      stream->Ref();
+      streams.push_back(stream);
+    }
+  }
+  for (SubscribeStream* stream : streams) {
+    stream->Reauthorize();
+    stream->Unref();
+  }
 }
 
 void DistributionHub::FinishAll(const grpc::Status& status) {

@@ -25,6 +25,7 @@
 #include "certcast/v1/certcast.grpc.pb.h"
 #include "common/clock.h"
 #include "grpcpp/support/byte_buffer.h"
+#include "server/authentication.h"
 #include "server/authorizer.h"
 #include "server/fleet.h"
 #include "server/publisher.h"
@@ -53,10 +54,12 @@ class DistributionHub final : public PublicationListener {
     absl::Duration hello_timeout = absl::Seconds(10);
     size_t max_message_bytes = 64 * 1024;
     size_t max_certificates_per_hello = 64;
+    int max_streams_per_identity = 16;  // RESOURCE_EXHAUSTED beyond it
   };
 
+  // `authenticator` may be null: then only the transport (mTLS) identity counts.
   DistributionHub(std::vector<std::string> names, Options options, Fleet* fleet,
-                  Authorizer* authorizer);
+                  Authorizer* authorizer, Authenticator* authenticator = nullptr);
   ~DistributionHub() override;
 
   // Makes `publication` the current version of its certificate and offers it to every stream
@@ -66,6 +69,10 @@ class DistributionHub final : public PublicationListener {
   // Starts and stops the housekeeping thread (heartbeats, hello deadlines).
   void Start();
   void Stop();
+
+  // Checks every stream against the authorizer again (after a policy change) and ends those that
+  // lost their permission with PERMISSION_DENIED.
+  void ReauthorizeAll();
 
   // Ends every open stream with `status` (on shutdown, so clients reconnect elsewhere at once).
   void FinishAll(const grpc::Status& status);
@@ -84,11 +91,12 @@ class DistributionHub final : public PublicationListener {
     std::set<SubscribeStream*> subscribers;
   };
 
-  // Subscribes `stream` to `names` (all known) and returns their current publications (null when
-  // a certificate has no version yet), plus the latest heartbeat.
-  std::vector<std::shared_ptr<const Publication>> Register(SubscribeStream* stream,
-                                                           const std::vector<std::string>& names,
-                                                           grpc::ByteBuffer* heartbeat);
+  // Subscribes `stream` (of `identity`, empty when unproven) to `names` (all known) and returns
+  // their current publications (null when a certificate has no version yet), plus the latest
+  // heartbeat. ResourceExhausted when the identity has too many streams.
+  absl::StatusOr<std::vector<std::shared_ptr<const Publication>>> Register(
+      SubscribeStream* stream, const std::string& identity, const std::vector<std::string>& names,
+      grpc::ByteBuffer* heartbeat);
   void Unregister(SubscribeStream* stream);
   bool Known(const std::string& name);
   // Lock-free counters: streams bump them on the write path.
@@ -112,11 +120,14 @@ class DistributionHub final : public PublicationListener {
   const Options options_;
   Fleet* const fleet_;
   Authorizer* const authorizer_;
+  Authenticator* const authenticator_;
 
   absl::Mutex mu_;
   std::map<std::string, Topic> topics_ ABSL_GUARDED_BY(mu_);
   std::set<SubscribeStream*> streams_ ABSL_GUARDED_BY(mu_);  // every live stream
   std::map<SubscribeStream*, absl::Time> awaiting_hello_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int> streams_per_identity_ ABSL_GUARDED_BY(mu_);
+  std::map<SubscribeStream*, std::string> identity_of_ ABSL_GUARDED_BY(mu_);
   grpc::ByteBuffer heartbeat_ ABSL_GUARDED_BY(mu_);
   AtomicCounters counters_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

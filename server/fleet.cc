@@ -157,11 +157,13 @@ Fleet::Page Fleet::List(const std::string& namespace_filter, const std::string& 
   return page;
 }
 
-Fleet::Counts Fleet::CountFor(const std::string& name, uint64_t version) {
+Fleet::Counts Fleet::CountFor(const std::string& name, uint64_t version,
+                              const std::string& namespace_filter) {
   absl::MutexLock lock(&mu_);
   Counts counts;
   for (const auto& [id, record] : records_) {
     if (!record.connected) continue;
+    if (!namespace_filter.empty() && record.namespace_ != namespace_filter) continue;
     for (const auto& state : record.certificates) {
       if (state.name != name) continue;
       ++counts.clients;

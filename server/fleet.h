@@ -84,7 +84,9 @@ class Fleet {
     uint32_t clients = 0;       // connected clients subscribed to the certificate
     uint32_t acknowledged = 0;  // of those, holding `version`
   };
-  Counts CountFor(const std::string& name, uint64_t version);
+  // Counts only clients of `namespace_filter` when it is not empty.
+  Counts CountFor(const std::string& name, uint64_t version,
+                  const std::string& namespace_filter = "");
   FleetCounters counters();
 
  private:

@@ -20,7 +20,35 @@ grpc::Status ToGrpc(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
+// The caller's identity: transport, completed by its bearer token (may block on a TokenReview;
+// inspection calls are rare).
+absl::StatusOr<PeerIdentity> CallerOf(grpc::CallbackServerContext* context,
+                                      Authenticator* authenticator) {
+  PeerIdentity transport = TransportIdentity(*context);
+  if (authenticator == nullptr) return transport;
+  return authenticator->AuthenticateNow(std::move(transport), BearerToken(*context));
+}
+
 }  // namespace
+
+absl::StatusOr<InspectionScope> InspectionService::Scope(grpc::CallbackServerContext* context,
+                                                         const std::string& method,
+                                                         PeerIdentity* peer) {
+  absl::StatusOr<PeerIdentity> caller = CallerOf(context, authenticator_);
+  if (!caller.ok()) {
+    authorizer_->Audit(TransportIdentity(*context), method, "", caller.status());
+    return caller.status();
+  }
+  *peer = *caller;
+  absl::StatusOr<InspectionScope> scope = authorizer_->AuthorizeInspection(*peer);
+  if (!scope.ok()) authorizer_->Audit(*peer, method, "", scope.status());
+  return scope;
+}
+
+bool InspectionService::Visible(const InspectionScope& scope, const PeerIdentity& peer,
+                                const std::string& name) {
+  return scope.everything || authorizer_->AuthorizeSubscribe(peer, scope.namespace_, name).ok();
+}
 
 void FillVersionInfo(const VersionSummary& summary, v1::CertificateVersionInfo* info) {
   info->set_version(summary.version);
@@ -42,7 +70,11 @@ void FillVersionInfo(const VersionSummary& summary, v1::CertificateVersionInfo* 
 grpc::ServerUnaryReactor* InspectionService::ListCertificates(
     grpc::CallbackServerContext* context, const v1::ListCertificatesRequest* /*request*/,
     v1::ListCertificatesResponse* response) {
+  PeerIdentity peer;
+  absl::StatusOr<InspectionScope> scope = Scope(context, "Inspection/ListCertificates", &peer);
+  if (!scope.ok()) return Done(context, ToGrpc(scope.status()));
   for (const std::string& name : publisher_->Names()) {
+    if (!Visible(*scope, peer, name)) continue;
     std::optional<CertificateSnapshot> snapshot = publisher_->Snapshot(name);
     if (!snapshot.has_value()) continue;
     v1::CertificateSummary* summary = response->add_certificates();
@@ -56,7 +88,8 @@ grpc::ServerUnaryReactor* InspectionService::ListCertificates(
       *summary->mutable_not_after() = ToProtoTime(snapshot->current->info.not_after);
       summary->set_pinned(snapshot->pin.version == version);
     }
-    const Fleet::Counts counts = fleet_->CountFor(name, version);
+    const Fleet::Counts counts =
+        fleet_->CountFor(name, version, scope->everything ? "" : scope->namespace_);
     summary->set_clients(counts.clients);
     summary->set_clients_acknowledged(counts.acknowledged);
   }
@@ -66,11 +99,15 @@ grpc::ServerUnaryReactor* InspectionService::ListCertificates(
 grpc::ServerUnaryReactor* InspectionService::GetCertificate(
     grpc::CallbackServerContext* context, const v1::GetCertificateRequest* request,
     v1::Certificate* response) {
+  PeerIdentity peer;
+  absl::StatusOr<InspectionScope> scope = Scope(context, "Inspection/GetCertificate", &peer);
+  if (!scope.ok()) return Done(context, ToGrpc(scope.status()));
   if (request->name().empty()) {
     return Done(context, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "name is required"));
   }
   std::optional<CertificateSnapshot> snapshot = publisher_->Snapshot(request->name());
-  if (!snapshot.has_value()) {
+  // A certificate the caller may not receive is reported like one that does not exist.
+  if (!snapshot.has_value() || !Visible(*scope, peer, request->name())) {
     return Done(context, grpc::Status(grpc::StatusCode::NOT_FOUND,
                                       absl::StrCat("certificate \"", request->name(),
                                                    "\" is not distributed by this server")));
@@ -104,6 +141,17 @@ grpc::ServerUnaryReactor* InspectionService::GetCertificate(
 grpc::ServerUnaryReactor* InspectionService::ListClients(grpc::CallbackServerContext* context,
                                                          const v1::ListClientsRequest* request,
                                                          v1::ListClientsResponse* response) {
+  PeerIdentity peer;
+  absl::StatusOr<InspectionScope> scope = Scope(context, "Inspection/ListClients", &peer);
+  if (!scope.ok()) return Done(context, ToGrpc(scope.status()));
+  std::string namespace_filter = request->namespace_();
+  if (!scope->everything) {
+    if (!namespace_filter.empty() && namespace_filter != scope->namespace_) {
+      return Done(context, grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                                        "only admins may list clients of other namespaces"));
+    }
+    namespace_filter = scope->namespace_;
+  }
   uint64_t after = 0;
   if (!request->page_token().empty() && !absl::SimpleAtoi(request->page_token(), &after)) {
     return Done(context, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
@@ -111,7 +159,7 @@ grpc::ServerUnaryReactor* InspectionService::ListClients(grpc::CallbackServerCon
   }
   uint32_t page_size = request->page_size() == 0 ? kDefaultPageSize : request->page_size();
   page_size = std::min(page_size, kMaxPageSize);
-  Fleet::Page page = fleet_->List(request->namespace_(), request->name(), page_size, after);
+  Fleet::Page page = fleet_->List(namespace_filter, request->name(), page_size, after);
   for (const ClientRecord& record : page.clients) {
     v1::ClientInfo* info = response->add_clients();
     info->set_client_id(record.client_id);
@@ -144,19 +192,25 @@ grpc::ServerUnaryReactor* InspectionService::ListClients(grpc::CallbackServerCon
 grpc::ServerUnaryReactor* AdminService::Rollback(grpc::CallbackServerContext* context,
                                                  const v1::RollbackRequest* request,
                                                  v1::RollbackResponse* response) {
-  const PeerIdentity peer = IdentityOf(*context);
+  absl::StatusOr<PeerIdentity> caller = CallerOf(context, authenticator_);
+  if (!caller.ok()) {
+    authorizer_->Audit(TransportIdentity(*context), "Admin/Rollback", request->name(),
+                       caller.status());
+    return Done(context, ToGrpc(caller.status()));
+  }
+  const PeerIdentity& peer = *caller;
   absl::Status allowed = authorizer_->AuthorizeAdmin(peer);
-  if (!allowed.ok()) return Done(context, ToGrpc(allowed));
+  if (!allowed.ok()) {
+    authorizer_->Audit(peer, "Admin/Rollback", request->name(), allowed);
+    return Done(context, ToGrpc(allowed));
+  }
   if (request->name().empty() || request->version() == 0) {
     return Done(context,
                 grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "name and version are required"));
   }
   absl::StatusOr<RollbackResult> result = publisher_->Rollback(request->name(), request->version());
-  spdlog::info("audit: Admin/Rollback by {} ({}) of {} to version {}: {}",
-               peer.identity.empty() ? "an unauthenticated peer" : peer.identity, peer.peer,
-               request->name(), request->version(),
-               result.ok() ? absl::StrCat("ok, new version ", result->version)
-                           : std::string(result.status().message()));
+  authorizer_->Audit(peer, "Admin/Rollback", request->name(),
+                     result.ok() ? absl::OkStatus() : result.status());
   if (!result.ok()) return Done(context, ToGrpc(result.status()));
   response->set_name(request->name());
   response->set_version(result->version);

@@ -1,18 +1,27 @@
 // certcast.v1.Inspection (read-only; never returns key material) and certcast.v1.Admin.
-// Thread-safe; does not own what it is given.
+// Thread-safe; does not own what it is given. `authenticator` may be null (transport identity
+// only).
 #ifndef CERTCAST_SERVER_INSPECTION_H_
 #define CERTCAST_SERVER_INSPECTION_H_
 
 #include "certcast/v1/certcast.grpc.pb.h"
+#include "server/authentication.h"
 #include "server/authorizer.h"
 #include "server/fleet.h"
 #include "server/publisher.h"
 
 namespace certcast {
 
+// Callers see what their identity allows: admins everything, others only their namespace's
+// clients and the certificates their namespace may receive.
 class InspectionService final : public v1::Inspection::CallbackService {
  public:
-  InspectionService(Publisher* publisher, Fleet* fleet) : publisher_(publisher), fleet_(fleet) {}
+  InspectionService(Publisher* publisher, Fleet* fleet, Authorizer* authorizer,
+                    Authenticator* authenticator)
+      : publisher_(publisher),
+        fleet_(fleet),
+        authorizer_(authorizer),
+        authenticator_(authenticator) {}
 
   grpc::ServerUnaryReactor* ListCertificates(grpc::CallbackServerContext* context,
                                              const v1::ListCertificatesRequest* request,
@@ -28,14 +37,22 @@ class InspectionService final : public v1::Inspection::CallbackService {
   static constexpr uint32_t kMaxPageSize = 1000;
 
  private:
+  // The caller's scope, or the (audited) denial.
+  absl::StatusOr<InspectionScope> Scope(grpc::CallbackServerContext* context,
+                                        const std::string& method, PeerIdentity* peer);
+  // Whether a scoped caller may see certificate `name`.
+  bool Visible(const InspectionScope& scope, const PeerIdentity& peer, const std::string& name);
+
   Publisher* const publisher_;
   Fleet* const fleet_;
+  Authorizer* const authorizer_;
+  Authenticator* const authenticator_;
 };
 
 class AdminService final : public v1::Admin::CallbackService {
  public:
-  AdminService(Publisher* publisher, Authorizer* authorizer)
-      : publisher_(publisher), authorizer_(authorizer) {}
+  AdminService(Publisher* publisher, Authorizer* authorizer, Authenticator* authenticator)
+      : publisher_(publisher), authorizer_(authorizer), authenticator_(authenticator) {}
 
   grpc::ServerUnaryReactor* Rollback(grpc::CallbackServerContext* context,
                                      const v1::RollbackRequest* request,
@@ -44,6 +61,7 @@ class AdminService final : public v1::Admin::CallbackService {
  private:
   Publisher* const publisher_;
   Authorizer* const authorizer_;
+  Authenticator* const authenticator_;
 };
 
 // Fills `info` from a version summary (no key material exists in a summary).

@@ -44,6 +44,17 @@ ABSL_FLAG(std::string, tls_key, "", "Serving private key (PEM); re-read when it 
 ABSL_FLAG(std::string, client_ca, "",
           "CA bundle (PEM): when set, clients must present a certificate it verifies; the "
           "client's SPIFFE ID is recorded.");
+ABSL_FLAG(std::string, policy, "",
+          "Policy file (YAML): which namespaces may receive which certificate, and the admins. "
+          "Re-read when it changes and on SIGHUP. Without it a TLS server hands out nothing.");
+ABSL_FLAG(std::string, token_audience, "",
+          "Accept Kubernetes ServiceAccount tokens (authorization: Bearer) for this audience, "
+          "checked with the TokenReview API (needs the system:auth-delegator binding).");
+ABSL_FLAG(std::string, token_map, "",
+          "File mapping SHA-256 hashes of static tokens to a namespace and name, for hosts "
+          "outside Kubernetes (the file never holds the tokens).");
+ABSL_FLAG(int, max_streams_per_identity, 16,
+          "Concurrent Subscribe streams one identity may hold (RESOURCE_EXHAUSTED beyond).");
 ABSL_FLAG(bool, insecure, false,
           "Serve without TLS. Private keys then cross the network in plaintext: local "
           "development only.");
@@ -129,6 +140,10 @@ int main(int argc, char** argv) {
   options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key = absl::GetFlag(FLAGS_tls_key);
   options.client_ca = absl::GetFlag(FLAGS_client_ca);
+  options.policy_file = absl::GetFlag(FLAGS_policy);
+  options.token_audience = absl::GetFlag(FLAGS_token_audience);
+  options.token_map_file = absl::GetFlag(FLAGS_token_map);
+  options.distribution.max_streams_per_identity = absl::GetFlag(FLAGS_max_streams_per_identity);
   options.insecure = absl::GetFlag(FLAGS_insecure);
   options.health_listen = absl::GetFlag(FLAGS_health_listen);
   options.distribution.heartbeat_interval = absl::GetFlag(FLAGS_heartbeat_interval);
@@ -142,6 +157,7 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   certcast::PosixFilesystem fs;
@@ -151,7 +167,14 @@ int main(int argc, char** argv) {
   if (!server.ok()) return Fail(std::string(server.status().message()));
 
   int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  while (sigwait(&signals, &signal_number) == 0 && signal_number == SIGHUP) {
+    absl::Status reloaded = (*server)->ReloadPolicy();
+    if (reloaded.ok()) {
+      spdlog::info("SIGHUP: policy re-read");
+    } else {
+      spdlog::error("SIGHUP: {}; the previous policy stays", std::string(reloaded.message()));
+    }
+  }
   spdlog::info("received signal {}; draining streams for up to {}", signal_number,
                absl::FormatDuration(absl::GetFlag(FLAGS_shutdown_grace)));
   (*server)->Shutdown(absl::GetFlag(FLAGS_shutdown_grace));

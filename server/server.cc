@@ -104,6 +104,9 @@ absl::Status CheckOptions(const ServerOptions& options) {
   if (!options.client_ca.empty() && !tls) {
     return absl::InvalidArgumentError("--client-ca needs --tls-cert and --tls-key");
   }
+  if (options.distribution.max_streams_per_identity < 1) {
+    return absl::InvalidArgumentError("--max-streams-per-identity must be at least 1");
+  }
   return absl::OkStatus();
 }
 
@@ -136,11 +139,15 @@ std::shared_ptr<grpc::ServerCredentials> MakeCredentials(const ServerOptions& op
   }
   grpc::experimental::TlsServerCredentialsOptions tls(provider);
   tls.watch_identity_key_cert_pairs();
+  const bool tokens = !options.token_audience.empty() || !options.token_map_file.empty();
   if (options.client_ca.empty()) {
     tls.set_cert_request_type(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
   } else {
     tls.watch_root_certs();
-    tls.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    // With tokens too, a certificate is verified when presented but not required: every client
+    // must still prove itself one way or the other (the authorizer checks that).
+    tls.set_cert_request_type(tokens ? GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY
+                                     : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
   }
   return grpc::experimental::TlsServerCredentials(tls);
 }
@@ -156,11 +163,17 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
   server->options_ = options;
   ASSIGN_OR_RETURN(server->store_, FileVersionStore::Open(fs, options.state_dir));
   server->fleet_ = std::make_unique<Fleet>(clock, options.client_retention);
-  server->authorizer_ = std::make_unique<AllowAllAuthorizer>();
   std::vector<std::string> names;
   for (const auto& certificate : options.certificates) names.push_back(certificate.name);
+  RETURN_IF_ERROR(server->SetUpIdentities(fs, clock, names));
   server->hub_ = std::make_unique<DistributionHub>(names, options.distribution,
-                                                   server->fleet_.get(), server->authorizer_.get());
+                                                   server->fleet_.get(), server->authorizer_.get(),
+                                                   server->authenticator_.get());
+  if (server->policy_ != nullptr) {
+    DistributionHub* hub = server->hub_.get();
+    server->policy_->OnChange([hub] { hub->ReauthorizeAll(); });
+    server->policy_->Start();
+  }
   server->readiness_ = std::make_unique<Readiness>(server->hub_.get(), names.size());
   server->publisher_ =
       std::make_unique<Publisher>(server->store_.get(), clock, server->readiness_.get());
@@ -171,13 +184,8 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
       std::string ns, secret;
       RETURN_IF_ERROR(Annotate(ParseSecretReference(certificate.source, &ns, &secret),
                                absl::StrCat("certificate \"", certificate.name, "\"")));
-      if (server->kube_ == nullptr) {
-        ASSIGN_OR_RETURN(kube::KubeConfig config,
-                         kube::KubeConfig::Resolve(options.kube_api_url, options.kube_token_file,
-                                                   options.kube_ca_file));
-        server->kube_ = std::make_unique<kube::CurlKubeApi>(std::move(config), fs);
-      }
-      spec.source = std::make_unique<SecretSource>(server->kube_.get(), ns, secret);
+      ASSIGN_OR_RETURN(kube::KubeApi * api, server->Kube(fs));
+      spec.source = std::make_unique<SecretSource>(api, ns, secret);
     } else {
       spec.source = std::make_unique<DirectorySource>(fs, certificate.source, options.directory);
     }
@@ -196,9 +204,10 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
   }
 
   server->distribution_service_ = std::make_unique<DistributionService>(server->hub_.get());
-  server->inspection_service_ =
-      std::make_unique<InspectionService>(publisher, server->fleet_.get());
-  server->admin_service_ = std::make_unique<AdminService>(publisher, server->authorizer_.get());
+  server->inspection_service_ = std::make_unique<InspectionService>(
+      publisher, server->fleet_.get(), server->authorizer_.get(), server->authenticator_.get());
+  server->admin_service_ = std::make_unique<AdminService>(publisher, server->authorizer_.get(),
+                                                          server->authenticator_.get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -224,7 +233,11 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
 
   if (!options.health_listen.empty()) {
     server->probes_.Handle("/healthz", [] { return absl::OkStatus(); });
-    server->probes_.Handle("/readyz", [publisher]() -> absl::Status {
+    const bool hands_out_nothing = !options.insecure && options.policy_file.empty();
+    server->probes_.Handle("/readyz", [publisher, hands_out_nothing]() -> absl::Status {
+      if (hands_out_nothing) {
+        return absl::UnavailableError("no policy (--policy): this server hands out nothing");
+      }
       std::string why;
       if (publisher->Ready(&why)) return absl::OkStatus();
       return absl::UnavailableError(why);
@@ -244,6 +257,49 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
   return server;
 }
 
+absl::StatusOr<kube::KubeApi*> CertcastServer::Kube(Filesystem* fs) {
+  if (kube_ == nullptr) {
+    ASSIGN_OR_RETURN(kube::KubeConfig config,
+                     kube::KubeConfig::Resolve(options_.kube_api_url, options_.kube_token_file,
+                                               options_.kube_ca_file));
+    kube_ = std::make_unique<kube::CurlKubeApi>(std::move(config), fs);
+  }
+  return kube_.get();
+}
+
+absl::Status CertcastServer::SetUpIdentities(Filesystem* fs, const Clock* clock,
+                                             const std::vector<std::string>& names) {
+  if (options_.insecure) {
+    authorizer_ = std::make_unique<AllowAllAuthorizer>();
+    return absl::OkStatus();
+  }
+  if (!options_.policy_file.empty()) {
+    ASSIGN_OR_RETURN(policy_, PolicyFile::Open(fs, options_.policy_file,
+                                               std::set<std::string>(names.begin(), names.end())));
+  } else {
+    spdlog::warn("no --policy: this server hands out NO key material (every Subscribe is "
+                 "PERMISSION_DENIED) until a policy names who may receive what");
+  }
+  authorizer_ = std::make_unique<PolicyAuthorizer>(policy_.get());
+  if (!options_.token_map_file.empty()) {
+    ASSIGN_OR_RETURN(std::string text, fs->ReadFile(options_.token_map_file));
+    ASSIGN_OR_RETURN(TokenMap map, TokenMap::Parse(text, options_.token_map_file));
+    token_map_ = std::make_unique<TokenMap>(std::move(map));
+  }
+  if (!options_.token_audience.empty()) {
+    ASSIGN_OR_RETURN(kube::KubeApi * api, Kube(fs));
+    token_reviewer_ = std::make_unique<KubeTokenReviewer>(api, options_.token_audience);
+  }
+  authenticator_ = std::make_unique<Authenticator>(token_reviewer_.get(), token_map_.get(), clock,
+                                                   Authenticator::Options());
+  return absl::OkStatus();
+}
+
+absl::Status CertcastServer::ReloadPolicy() {
+  if (policy_ == nullptr) return absl::FailedPreconditionError("no --policy to reload");
+  return policy_->Reload();
+}
+
 SourceWatcher& CertcastServer::watcher(const std::string& name) {
   for (auto& [watched, watcher] : watchers_) {
     if (watched == name) return *watcher;
@@ -255,6 +311,7 @@ void CertcastServer::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
   for (auto& [name, watcher] : watchers_) watcher->Stop();
+  if (policy_ != nullptr) policy_->Stop();
   probes_.Stop();
   if (grpc_server_ != nullptr) {
     // Tell clients first, so they reconnect (to another replica, or to us after a restart)

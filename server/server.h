@@ -16,10 +16,12 @@
 #include "common/http_probe_server.h"
 #include "grpcpp/server.h"
 #include "kube/api.h"
+#include "server/authentication.h"
 #include "server/authorizer.h"
 #include "server/distribution.h"
 #include "server/fleet.h"
 #include "server/inspection.h"
+#include "server/policy.h"
 #include "server/publisher.h"
 #include "server/source.h"
 #include "server/version_store.h"
@@ -41,7 +43,10 @@ struct ServerOptions {
   std::string state_dir = "./certcast-state";
   std::string tls_cert;
   std::string tls_key;
-  std::string client_ca;  // when set, client certificates are required and verified
+  std::string client_ca;  // client certificates verified (required unless tokens are accepted)
+  std::string policy_file;    // who may receive what; without it a TLS server hands out nothing
+  std::string token_audience;  // accept ServiceAccount tokens for this audience (TokenReview)
+  std::string token_map_file;  // accept static tokens listed (by hash) in this file
   bool insecure = false;
   std::string health_listen;  // empty: no plain-HTTP probe endpoint
   absl::Duration tls_refresh_interval = absl::Seconds(10);
@@ -63,6 +68,9 @@ class CertcastServer {
   // Stops watching sources, lets streams finish for up to `grace`, then cancels the rest.
   void Shutdown(absl::Duration grace);
 
+  // Re-reads the policy file (SIGHUP). The previous policy stays when the file does not load.
+  absl::Status ReloadPolicy();
+
   int port() const { return port_; }
   int health_port() const { return health_port_; }
   Publisher& publisher() { return *publisher_; }
@@ -73,13 +81,23 @@ class CertcastServer {
  private:
   class Readiness;
   CertcastServer() = default;
+  // The Kubernetes API client, created on first use from the kube_* options.
+  absl::StatusOr<kube::KubeApi*> Kube(Filesystem* fs);
+  // Authorizer, policy file, token map and authenticator from the options.
+  absl::Status SetUpIdentities(Filesystem* fs, const Clock* clock,
+                               const std::vector<std::string>& names);
 
   ServerOptions options_;
   std::unique_ptr<kube::KubeApi> kube_;  // only when a source reads through the API
   std::unique_ptr<VersionStore> store_;
   std::unique_ptr<Fleet> fleet_;
+  std::unique_ptr<PolicyFile> policy_;
+  std::unique_ptr<TokenMap> token_map_;
+  std::unique_ptr<TokenReviewer> token_reviewer_;
   std::unique_ptr<Authorizer> authorizer_;
   std::unique_ptr<DistributionHub> hub_;
+  // After the hub: its workers finish hellos on streams, so it must go first.
+  std::unique_ptr<Authenticator> authenticator_;
   std::unique_ptr<Readiness> readiness_;
   std::unique_ptr<Publisher> publisher_;
   std::vector<std::pair<std::string, std::unique_ptr<SourceWatcher>>> watchers_;

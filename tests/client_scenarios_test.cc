@@ -47,6 +47,14 @@ class ClientScenarioTest : public ::testing::Test {
     server.dns_names = {"localhost"};
     fixtures::Issued serving = fixtures::MakeCert(ca_, server);
     WriteText(tmp_.Join("ca.pem"), ca_.cert_pem);
+    // Identities: a client CA for per-tenant SPIFFE certificates, an operator (admin) identity
+    // for the test's own inspection calls, and a policy for tenant namespaces.
+    client_ca_ = fixtures::MakeRootCa("certcast test client ca");
+    WriteText(tmp_.Join("client-ca.pem"), client_ca_.cert_pem);
+    WriteText(tmp_.Join("policy.yaml"),
+              "certificates:\n  wildcard:\n    namespaces: [\"tenant-*\"]\n"
+              "admins:\n  - spiffe://cluster.local/ns/certcast-system/sa/operator\n");
+    operator_ = ClientIdentity("certcast-system", "operator");
     WriteText(tmp_.Join("server.crt"), serving.cert_pem);
     WriteText(tmp_.Join("server.key"), serving.key_pem);
     chain_ = MakeChain();
@@ -54,17 +62,32 @@ class ClientScenarioTest : public ::testing::Test {
     port_ = scenario::PickFreePort();
   }
 
+  // A client certificate for spiffe://cluster.local/ns/NS/sa/SA, written as NS-SA.{crt,key}.
+  fixtures::Issued ClientIdentity(const std::string& ns, const std::string& sa) {
+    fixtures::CertOptions options;
+    options.common_name = ns + "/" + sa;
+    options.uri_sans = {absl::StrCat("spiffe://cluster.local/ns/", ns, "/sa/", sa)};
+    options.client_auth = true;
+    fixtures::Issued issued = fixtures::MakeCert(client_ca_, options);
+    WriteText(tmp_.Join(ns + "-" + sa + ".crt"), issued.cert_pem);
+    WriteText(tmp_.Join(ns + "-" + sa + ".key"), issued.key_pem);
+    return issued;
+  }
+
   void StartServer() {
     server_ = std::make_unique<ChildProcess>(
         CERTCAST_SERVER_BINARY,
         std::vector<std::string>{
             absl::StrCat("--listen=127.0.0.1:", port_), "--tls-cert=" + tmp_.Join("server.crt"),
-            "--tls-key=" + tmp_.Join("server.key"), "--certificate=wildcard=" + tmp_.Join("source"),
+            "--tls-key=" + tmp_.Join("server.key"), "--client-ca=" + tmp_.Join("client-ca.pem"),
+            "--policy=" + tmp_.Join("policy.yaml"), "--certificate=wildcard=" + tmp_.Join("source"),
             "--state-dir=" + tmp_.Join("server-state"), "--quiet-period=20ms"},
         tmp_.Join(absl::StrCat("server", ++server_starts_, ".log")));
     ASSERT_NE(server_->WaitForPort(), 0) << server_->log();
     grpc::SslCredentialsOptions ssl;
     ssl.pem_root_certs = ca_.cert_pem;
+    ssl.pem_cert_chain = operator_.cert_pem;
+    ssl.pem_private_key = operator_.key_pem;
     grpc::ChannelArguments args;
     args.SetSslTargetNameOverride("localhost");
     inspection_ = v1::Inspection::NewStub(grpc::CreateCustomChannel(
@@ -81,11 +104,14 @@ class ClientScenarioTest : public ::testing::Test {
             "--client-id=client-" + ns,
             "--certificate=wildcard",
             "--output-dir=" + OutputDir(ns),
-            "--state-dir=" + tmp_.Join("state-" + ns)};
+            "--state-dir=" + tmp_.Join("state-" + ns),
+            "--tls-cert=" + tmp_.Join(ns + "-certcast-client.crt"),
+            "--tls-key=" + tmp_.Join(ns + "-certcast-client.key")};
   }
 
   std::unique_ptr<ChildProcess> StartClient(const std::string& ns,
                                             std::vector<std::string> extra = {}) {
+    ClientIdentity(ns, "certcast-client");
     std::vector<std::string> args = ClientArgs(ns);
     args.insert(args.end(), extra.begin(), extra.end());
     return std::make_unique<ChildProcess>(
@@ -132,6 +158,8 @@ class ClientScenarioTest : public ::testing::Test {
 
   TempDir tmp_;
   fixtures::Issued ca_;
+  fixtures::Issued client_ca_;
+  fixtures::Issued operator_;
   Chain chain_;
   int port_ = 0;
   int server_starts_ = 0;
@@ -257,6 +285,7 @@ TEST_F(ClientScenarioTest, TransientSinkFailureIsNackedThenAcked) {
 
 // Local permanent errors end the client with a clear message and a non-zero status.
 TEST_F(ClientScenarioTest, PermanentLocalErrorsExitNonZero) {
+  ClientIdentity("tenant-a", "certcast-client");
   std::vector<std::string> args = ClientArgs("tenant-a");
   args[2] = "--ca=" + tmp_.Join("missing-ca.pem");
   ChildProcess unreadable_ca(CERTCAST_CLIENT_BINARY, args, tmp_.Join("bad1.log"));
@@ -287,12 +316,13 @@ TEST_F(ClientScenarioTest, ClientKeepsRetryingWhileServerIsDown) {
 // is in the file and it is told to reload.
 TEST_F(ClientScenarioTest, SighupRereadsTlsFiles) {
   StartServer();
-  WriteText(tmp_.Join("client-ca.pem"), fixtures::MakeRootCa("not the server's ca").cert_pem);
+  WriteText(tmp_.Join("client-trust.pem"), fixtures::MakeRootCa("not the server's ca").cert_pem);
+  ClientIdentity("tenant-a", "certcast-client");
   std::vector<std::string> args = ClientArgs("tenant-a");
-  args[2] = "--ca=" + tmp_.Join("client-ca.pem");
+  args[2] = "--ca=" + tmp_.Join("client-trust.pem");
   ChildProcess client(CERTCAST_CLIENT_BINARY, args, tmp_.Join("client-hup.log"));
   ASSERT_FALSE(client.WaitForLog("ended with code 14").empty()) << client.log();
-  WriteText(tmp_.Join("client-ca.pem"), ca_.cert_pem);
+  WriteText(tmp_.Join("client-trust.pem"), ca_.cert_pem);
   client.Signal(SIGHUP);
   ASSERT_TRUE(WaitFor([&] { return Acked()["tenant-a"] == 1; })) << client.log();
   EXPECT_THAT(client.log(), HasSubstr("TLS files re-read"));

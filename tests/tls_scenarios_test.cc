@@ -73,12 +73,9 @@ class TlsScenarioTest : public ::testing::Test {
                                      grpc::SslCredentials(ssl), args);
   }
 
-  bool CanListCertificates(const std::shared_ptr<grpc::Channel>& channel) {
-    auto stub = v1::Inspection::NewStub(channel);
-    grpc::ClientContext context;
-    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
-    v1::ListCertificatesResponse response;
-    return stub->ListCertificates(&context, {}, &response).ok();
+  // Whether a TLS connection comes up (health and reflection need no identity).
+  bool CanConnect(const std::shared_ptr<grpc::Channel>& channel) {
+    return channel->WaitForConnected(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
   }
 
   TempDir tmp_;
@@ -111,22 +108,24 @@ TEST_F(TlsScenarioTest, RefusesMismatchedServingKey) {
 // Clients that trust the server's CA are served over TLS; a plaintext client is not.
 TEST_F(TlsScenarioTest, ServesOverTls) {
   Start();
-  EXPECT_TRUE(CanListCertificates(Channel(server_ca_)));
-  EXPECT_FALSE(CanListCertificates(scenario::InsecureChannel(server_->port())));
+  EXPECT_TRUE(CanConnect(Channel(server_ca_)));
+  EXPECT_FALSE(CanConnect(scenario::InsecureChannel(server_->port())));
 }
 
 // The serving certificate is re-read when its files change: no restart needed.
 TEST_F(TlsScenarioTest, ReloadsRotatedServingCertificate) {
   Start();
-  ASSERT_TRUE(CanListCertificates(Channel(server_ca_)));
+  ASSERT_TRUE(CanConnect(Channel(server_ca_)));
   Issued new_ca = fixtures::MakeRootCa("rotated server ca");
   WriteServingCert(new_ca);
-  EXPECT_TRUE(WaitFor([&] { return CanListCertificates(Channel(new_ca)); }));
+  EXPECT_TRUE(WaitFor([&] { return CanConnect(Channel(new_ca)); }));
 }
 
 // With --client-ca, a client certificate is required and its SPIFFE ID is shown in ListClients.
 TEST_F(TlsScenarioTest, MutualTlsRecordsSpiffeIdentity) {
   options_.client_ca = tmp_.Join("client-ca.pem");
+  WriteText(tmp_.Join("policy.yaml"), "certificates:\n  wildcard:\n    namespaces: [tenant-a]\n");
+  options_.policy_file = tmp_.Join("policy.yaml");
   Start();
   CertOptions client_options;
   client_options.common_name = "tenant-a client";
@@ -134,9 +133,9 @@ TEST_F(TlsScenarioTest, MutualTlsRecordsSpiffeIdentity) {
   client_options.client_auth = true;
   Issued client = fixtures::MakeCert(client_ca_, client_options);
 
-  EXPECT_FALSE(CanListCertificates(Channel(server_ca_)));  // no client certificate
+  EXPECT_FALSE(CanConnect(Channel(server_ca_)));  // no client certificate
   Issued stranger = fixtures::MakeCert(fixtures::MakeRootCa("stranger"), client_options);
-  EXPECT_FALSE(CanListCertificates(Channel(server_ca_, &stranger)));  // unknown issuer
+  EXPECT_FALSE(CanConnect(Channel(server_ca_, &stranger)));  // unknown issuer
 
   auto channel = Channel(server_ca_, &client);
   TestSubscriber subscriber(channel);
@@ -153,6 +152,24 @@ TEST_F(TlsScenarioTest, MutualTlsRecordsSpiffeIdentity) {
   ASSERT_EQ(clients.clients_size(), 1);
   EXPECT_EQ(clients.clients(0).identity(), kSpiffeId);
   EXPECT_THAT(clients.clients(0).peer(), ::testing::HasSubstr("127.0.0.1"));
+}
+
+// Secure by default: a TLS server without a policy hands out nothing, even to a proven client.
+TEST_F(TlsScenarioTest, WithoutPolicyNothingIsHandedOut) {
+  options_.client_ca = tmp_.Join("client-ca.pem");
+  Start();
+  CertOptions client_options;
+  client_options.uri_sans = {kSpiffeId};
+  client_options.client_auth = true;
+  Issued client = fixtures::MakeCert(client_ca_, client_options);
+  TestSubscriber subscriber(Channel(server_ca_, &client));
+  v1::HeldCertificate held;
+  held.set_name("wildcard");
+  ASSERT_TRUE(subscriber.SendHello("tenant-a", "pod-1", {held}));
+  EXPECT_FALSE(subscriber.NextNonHeartbeat(absl::Seconds(2)).has_value());
+  grpc::Status status = subscriber.Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(status.error_message(), ::testing::HasSubstr("no policy"));
 }
 
 }  // namespace

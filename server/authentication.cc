@@ -1,0 +1,164 @@
+#include "server/authentication.h"
+
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/certificate.h"
+#include "common/secret.h"
+#include "spdlog/spdlog.h"
+
+namespace certcast {
+namespace {
+
+// system:serviceaccount:NS:SA → identity with namespace and name.
+absl::StatusOr<PeerIdentity> FromUsername(PeerIdentity identity, const std::string& username) {
+  std::vector<std::string> parts = absl::StrSplit(username, ':');
+  if (parts.size() != 4 || parts[0] != "system" || parts[1] != "serviceaccount" ||
+      parts[2].empty() || parts[3].empty()) {
+    return absl::UnauthenticatedError(
+        absl::StrCat("the token belongs to \"", username, "\", which is not a ServiceAccount"));
+  }
+  identity.identity = username;
+  identity.kind = "serviceaccount";
+  identity.namespace_ = parts[2];
+  identity.name = parts[3];
+  return identity;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> KubeTokenReviewer::Review(const std::string& token) {
+  kube::Json review = {{"apiVersion", "authentication.k8s.io/v1"},
+                       {"kind", "TokenReview"},
+                       {"spec", {{"token", token}, {"audiences", {audience_}}}}};
+  absl::StatusOr<kube::Json> answer =
+      api_->Request("POST", "/apis/authentication.k8s.io/v1/tokenreviews", &review);
+  CleanseString(&review["spec"]["token"].get_ref<std::string&>());
+  if (!answer.ok()) {
+    // Cannot ask: fail closed, but say it is temporary.
+    return absl::UnavailableError(
+        absl::StrCat("cannot verify the token now: ", answer.status().message()));
+  }
+  const kube::Json status = answer->value("status", kube::Json::object());
+  if (!status.value("authenticated", false)) {
+    return absl::UnauthenticatedError(absl::StrCat(
+        "the token was not accepted for audience \"", audience_, "\"",
+        status.contains("error") ? absl::StrCat(": ", status.value("error", "")) : ""));
+  }
+  const kube::Json audiences = status.value("audiences", kube::Json::array());
+  bool audience_ok = audiences.empty();  // an API without audience support echoes none
+  for (const auto& audience : audiences) audience_ok |= audience == audience_;
+  if (!audience_ok) {
+    return absl::UnauthenticatedError(
+        absl::StrCat("the token is not meant for audience \"", audience_, "\""));
+  }
+  return status.value("user", kube::Json::object()).value("username", "");
+}
+
+Authenticator::Authenticator(TokenReviewer* reviewer, const TokenMap* static_tokens,
+                             const Clock* clock, Options options)
+    : reviewer_(reviewer), static_tokens_(static_tokens), clock_(clock), options_(options) {
+  if (reviewer_ == nullptr) return;
+  for (int i = 0; i < options_.workers; ++i) workers_.emplace_back([this] { Work(); });
+}
+
+Authenticator::~Authenticator() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  for (std::thread& worker : workers_) worker.join();
+}
+
+std::optional<absl::StatusOr<PeerIdentity>> Authenticator::Quick(const PeerIdentity& transport,
+                                                                 const std::string& token) {
+  if (transport.proven() || token.empty()) return absl::StatusOr<PeerIdentity>(transport);
+  if (static_tokens_ != nullptr) {
+    if (const StaticIdentity* found = static_tokens_->Find(token); found != nullptr) {
+      PeerIdentity identity = transport;
+      identity.identity = absl::StrCat("static:", found->namespace_, "/", found->name);
+      identity.kind = "static";
+      identity.namespace_ = found->namespace_;
+      identity.name = found->name;
+      return absl::StatusOr<PeerIdentity>(identity);
+    }
+  }
+  if (reviewer_ == nullptr) {
+    return absl::StatusOr<PeerIdentity>(absl::UnauthenticatedError(
+        "the bearer token is not a known static token and this server checks no ServiceAccount "
+        "tokens (--token-audience)"));
+  }
+  absl::MutexLock lock(&mu_);
+  auto cached = cache_.find(Sha256Hex(token));
+  if (cached != cache_.end() && cached->second.first > clock_->Now()) {
+    return FromUsername(transport, cached->second.second);
+  }
+  return std::nullopt;
+}
+
+absl::StatusOr<PeerIdentity> Authenticator::Review(const PeerIdentity& transport,
+                                                   const std::string& token) {
+  absl::StatusOr<std::string> username = reviewer_->Review(token);
+  {
+    absl::MutexLock lock(&mu_);
+    ++reviews_;
+  }
+  if (!username.ok()) return username.status();
+  absl::StatusOr<PeerIdentity> identity = FromUsername(transport, *username);
+  if (identity.ok()) {
+    absl::MutexLock lock(&mu_);
+    if (cache_.size() >= options_.cache_max) {
+      // Drop expired entries; if none, drop one arbitrary entry: the cache is only a shortcut.
+      const absl::Time now = clock_->Now();
+      for (auto it = cache_.begin(); it != cache_.end();) {
+        it = it->second.first <= now ? cache_.erase(it) : std::next(it);
+      }
+      if (cache_.size() >= options_.cache_max) cache_.erase(cache_.begin());
+    }
+    cache_[Sha256Hex(token)] = {clock_->Now() + options_.cache_ttl, *username};
+  }
+  return identity;
+}
+
+void Authenticator::Authenticate(PeerIdentity transport, std::string bearer_token, Done done) {
+  std::optional<absl::StatusOr<PeerIdentity>> quick = Quick(transport, bearer_token);
+  if (quick.has_value()) {
+    CleanseString(&bearer_token);
+    done(*std::move(quick));
+    return;
+  }
+  absl::MutexLock lock(&mu_);
+  jobs_.push_back(Job{std::move(transport), std::move(bearer_token), std::move(done)});
+}
+
+absl::StatusOr<PeerIdentity> Authenticator::AuthenticateNow(PeerIdentity transport,
+                                                            std::string bearer_token) {
+  std::optional<absl::StatusOr<PeerIdentity>> quick = Quick(transport, bearer_token);
+  absl::StatusOr<PeerIdentity> result =
+      quick.has_value() ? *std::move(quick) : Review(transport, bearer_token);
+  CleanseString(&bearer_token);
+  return result;
+}
+
+void Authenticator::Work() {
+  while (true) {
+    Job job;
+    {
+      absl::MutexLock lock(&mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stopping_ || !jobs_.empty();
+      };
+      mu_.Await(absl::Condition(&ready));
+      if (jobs_.empty()) return;  // stopping
+      job = std::move(jobs_.front());
+      jobs_.pop_front();
+    }
+    absl::StatusOr<PeerIdentity> identity = Review(job.transport, job.token);
+    CleanseString(&job.token);
+    job.done(std::move(identity));
+  }
+}
+
+}  // namespace certcast

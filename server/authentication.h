@@ -1,0 +1,103 @@
+// Authentication of callers that present a bearer token: Kubernetes ServiceAccount tokens
+// checked with the TokenReview API (audience checked, positive results cached for a short,
+// bounded time, fail closed when the API cannot be asked), and static tokens for hosts outside
+// Kubernetes. mTLS identities need no work here: TransportIdentity() reads them.
+// Thread-safe.
+#ifndef CERTCAST_SERVER_AUTHENTICATION_H_
+#define CERTCAST_SERVER_AUTHENTICATION_H_
+
+#include <deque>
+#include <functional>
+#include <list>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/clock.h"
+#include "kube/api.h"
+#include "server/authorizer.h"
+#include "server/policy.h"
+
+namespace certcast {
+
+// Asks someone whether a token is valid; returns the username (system:serviceaccount:NS:SA).
+class TokenReviewer {
+ public:
+  virtual ~TokenReviewer() = default;
+  // Unauthenticated when the token is not valid for the audience; Unavailable when the answer
+  // cannot be had now (the API server is down).
+  virtual absl::StatusOr<std::string> Review(const std::string& token) = 0;
+};
+
+// TokenReview through the Kubernetes API (needs create on tokenreviews: the server's
+// system:auth-delegator binding). Does not own `api`.
+class KubeTokenReviewer final : public TokenReviewer {
+ public:
+  KubeTokenReviewer(kube::KubeApi* api, std::string audience)
+      : api_(api), audience_(std::move(audience)) {}
+  absl::StatusOr<std::string> Review(const std::string& token) override;
+
+ private:
+  kube::KubeApi* const api_;
+  const std::string audience_;
+};
+
+class Authenticator {
+ public:
+  struct Options {
+    absl::Duration cache_ttl = absl::Minutes(1);
+    size_t cache_max = 10'000;
+    int workers = 2;  // threads for TokenReview calls, so gRPC threads never block on the API
+  };
+  // `reviewer` and `static_tokens` may be null (that kind of token is then refused).
+  // Does not own them or `clock`.
+  Authenticator(TokenReviewer* reviewer, const TokenMap* static_tokens, const Clock* clock,
+                Options options);
+  ~Authenticator();
+
+  using Done = std::function<void(absl::StatusOr<PeerIdentity>)>;
+  // Completes `transport` (from TransportIdentity) with what `bearer_token` proves. A verified
+  // client certificate wins; without a token the identity is what the transport proved (maybe
+  // nothing: authorization decides). Static and cached tokens finish inline; others on a worker
+  // thread. An invalid token is Unauthenticated; an API outage Unavailable.
+  void Authenticate(PeerIdentity transport, std::string bearer_token, Done done);
+  // The same, blocking (for unary calls).
+  absl::StatusOr<PeerIdentity> AuthenticateNow(PeerIdentity transport, std::string bearer_token);
+
+  uint64_t reviews() { absl::MutexLock lock(&mu_); return reviews_; }
+
+ private:
+  struct Job {
+    PeerIdentity transport;
+    std::string token;
+    Done done;
+  };
+  // Static map or cache; nullopt when a TokenReview is needed.
+  std::optional<absl::StatusOr<PeerIdentity>> Quick(const PeerIdentity& transport,
+                                                    const std::string& token);
+  absl::StatusOr<PeerIdentity> Review(const PeerIdentity& transport, const std::string& token);
+  void Work();
+
+  TokenReviewer* const reviewer_;
+  const TokenMap* const static_tokens_;
+  const Clock* const clock_;
+  const Options options_;
+
+  absl::Mutex mu_;
+  // Positive results by SHA-256 of the token (the tokens themselves are not kept).
+  std::map<std::string, std::pair<absl::Time, std::string>> cache_ ABSL_GUARDED_BY(mu_);
+  std::deque<Job> jobs_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t reviews_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace certcast
+
+#endif  // CERTCAST_SERVER_AUTHENTICATION_H_

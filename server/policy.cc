@@ -1,0 +1,453 @@
+#include "server/policy.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/certificate.h"
+#include "common/status_macros.h"
+#include "spdlog/spdlog.h"
+
+namespace certcast {
+namespace {
+
+// yaml-cpp throws; everything below turns its nodes and exceptions into Status at this boundary.
+// `label` names the file in every message ("policy /etc/certcast/policy.yaml").
+
+std::string Where(const YAML::Mark& mark) {
+  if (mark.is_null() || mark.line < 0) return "";
+  return absl::StrCat(", line ", mark.line + 1, ", column ", mark.column + 1);
+}
+
+absl::Status Problem(const std::string& label, const YAML::Mark& mark, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat(label, Where(mark), ": ", what));
+}
+
+// The documents of `yaml`: exactly one, which is a map. Anything else is InvalidArgument.
+absl::StatusOr<YAML::Node> LoadSingleMap(const std::string& yaml, const std::string& label) {
+  std::vector<YAML::Node> documents;
+  try {
+    documents = YAML::LoadAll(yaml);
+  } catch (const YAML::Exception& e) {
+    return Problem(label, e.mark, absl::StrCat("not valid YAML: ", e.msg));
+  }
+  if (documents.empty() || documents[0].IsNull()) {
+    return absl::InvalidArgumentError(absl::StrCat(label, " is empty"));
+  }
+  if (documents.size() > 1) {
+    return Problem(label, documents[1].Mark(),
+                   "holds more than one YAML document; expected exactly one");
+  }
+  if (!documents[0].IsMap()) {
+    return Problem(label, documents[0].Mark(), "expected a map at the top level");
+  }
+  return documents[0];
+}
+
+// A map's entries with scalar keys, rejecting duplicate and unknown keys (`allowed` empty:
+// any key). `what` names the map in messages.
+absl::StatusOr<std::vector<std::pair<YAML::Node, YAML::Node>>> MapEntries(
+    const YAML::Node& map, const std::string& label, absl::string_view what,
+    const std::set<std::string>& allowed) {
+  std::vector<std::pair<YAML::Node, YAML::Node>> entries;
+  std::set<std::string> seen;
+  for (const auto& entry : map) {
+    if (!entry.first.IsScalar()) {
+      return Problem(label, entry.first.Mark(), absl::StrCat(what, ": keys must be strings"));
+    }
+    const std::string& key = entry.first.Scalar();
+    if (!allowed.empty() && allowed.count(key) == 0) {
+      return Problem(label, entry.first.Mark(),
+                     absl::StrCat(what, ": unknown key \"", absl::CEscape(key), "\" (expected ",
+                                  absl::StrJoin(allowed, ", "), ")"));
+    }
+    if (!seen.insert(key).second) {
+      return Problem(label, entry.first.Mark(),
+                     absl::StrCat(what, ": key \"", absl::CEscape(key), "\" appears twice"));
+    }
+    entries.emplace_back(entry.first, entry.second);
+  }
+  return entries;
+}
+
+// A non-empty string scalar; `key_mark` is used when the value is null (yaml-cpp gives a null
+// value the mark of whatever follows it).
+absl::StatusOr<std::string> NonEmptyString(const YAML::Node& node, const YAML::Mark& key_mark,
+                                           const std::string& label, absl::string_view what) {
+  if (node.IsNull()) {
+    return Problem(label, key_mark, absl::StrCat(what, " is missing (null)"));
+  }
+  if (!node.IsScalar()) {
+    return Problem(label, node.Mark(), absl::StrCat(what, " must be a string"));
+  }
+  if (node.Scalar().empty()) return Problem(label, node.Mark(), absl::StrCat(what, " is empty"));
+  return node.Scalar();
+}
+
+// Characters a namespace name may hold (DNS-1123 label), plus the two glob metacharacters.
+bool IsNamespacePattern(const std::string& pattern) {
+  for (char c : pattern) {
+    if (!absl::ascii_islower(c) && !absl::ascii_isdigit(c) && c != '-' && c != '*' && c != '?') {
+      return false;
+    }
+  }
+  return true;
+}
+
+// RFC 1123 label as Kubernetes uses it for namespace names.
+bool IsDns1123Label(const std::string& name) {
+  if (name.empty() || name.size() > 63) return false;
+  for (char c : name) {
+    if (!absl::ascii_islower(c) && !absl::ascii_isdigit(c) && c != '-') return false;
+  }
+  return name.front() != '-' && name.back() != '-';
+}
+
+// Names end up in logs and the Admin API: printable ASCII, no spaces.
+bool IsPrintableWord(const std::string& text) {
+  for (unsigned char c : text) {
+    if (c <= ' ' || c >= 0x7f) return false;
+  }
+  return true;
+}
+
+bool IsLowerHexSha256(const std::string& text) {
+  if (text.size() != 64) return false;
+  for (char c : text) {
+    if (!absl::ascii_isdigit(c) && !(c >= 'a' && c <= 'f')) return false;
+  }
+  return true;
+}
+
+absl::StatusOr<std::vector<std::string>> ParseNamespaces(const YAML::Node& node,
+                                                         const YAML::Mark& key_mark,
+                                                         const std::string& label,
+                                                         const std::string& certificate) {
+  const std::string what = absl::StrCat("certificate \"", certificate, "\": namespaces");
+  if (node.IsNull()) {
+    return Problem(label, key_mark, absl::StrCat(what, " is empty; list at least one"));
+  }
+  if (!node.IsSequence()) {
+    return Problem(label, node.Mark(), absl::StrCat(what, " must be a list"));
+  }
+  if (node.size() == 0) {
+    return Problem(label, node.Mark(), absl::StrCat(what, " is empty; list at least one"));
+  }
+  std::vector<std::string> patterns;
+  for (const YAML::Node& item : node) {
+    const std::string item_what = absl::StrCat(what, " entry ", patterns.size() + 1);
+    ASSIGN_OR_RETURN(std::string pattern, NonEmptyString(item, key_mark, label, item_what));
+    if (!IsNamespacePattern(pattern)) {
+      return Problem(label, item.Mark(),
+                     absl::StrCat(item_what, " \"", absl::CEscape(pattern),
+                                  "\" can never match a namespace (allowed: lowercase letters, "
+                                  "digits, '-', and the globs '*' and '?')"));
+    }
+    patterns.push_back(std::move(pattern));
+  }
+  return patterns;
+}
+
+}  // namespace
+
+absl::StatusOr<Policy> Policy::Parse(const std::string& yaml, const std::string& origin,
+                                     const std::set<std::string>& known_certificates) {
+  const std::string label = absl::StrCat("policy ", origin);
+  ASSIGN_OR_RETURN(YAML::Node root, LoadSingleMap(yaml, label));
+  Policy policy;
+  try {
+    ASSIGN_OR_RETURN(auto top, MapEntries(root, label, "top level", {"certificates", "admins"}));
+    bool has_certificates = false;
+    for (const auto& [key, value] : top) {
+      if (key.Scalar() == "certificates") {
+        has_certificates = true;
+        if (!value.IsMap()) {
+          return Problem(label, key.Mark(),
+                         "certificates must be a map of certificate name to {namespaces: [...]}");
+        }
+        ASSIGN_OR_RETURN(auto certificates, MapEntries(value, label, "certificates", {}));
+        for (const auto& [name_node, spec] : certificates) {
+          const std::string& name = name_node.Scalar();
+          if (known_certificates.count(name) == 0) {
+            return absl::InvalidArgumentError(
+                absl::StrCat(label, " names certificate \"", absl::CEscape(name),
+                             "\", which this server does not distribute (--certificate)"));
+          }
+          const std::string what = absl::StrCat("certificate \"", name, "\"");
+          if (!spec.IsMap()) {
+            return Problem(label, name_node.Mark(),
+                           absl::StrCat(what, " must be a map with key namespaces"));
+          }
+          ASSIGN_OR_RETURN(auto fields, MapEntries(spec, label, what, {"namespaces"}));
+          if (fields.empty()) {
+            return Problem(label, name_node.Mark(), absl::StrCat(what, " has no namespaces"));
+          }
+          ASSIGN_OR_RETURN(policy.namespaces_[name],
+                           ParseNamespaces(fields[0].second, fields[0].first.Mark(), label, name));
+        }
+      } else {                         // admins
+        if (value.IsNull()) continue;  // "admins:" with every entry commented out
+        if (!value.IsSequence()) {
+          return Problem(label, key.Mark(), "admins must be a list of identities");
+        }
+        int index = 0;
+        for (const YAML::Node& item : value) {
+          ASSIGN_OR_RETURN(
+              std::string admin,
+              NonEmptyString(item, key.Mark(), label, absl::StrCat("admins entry ", ++index)));
+          policy.admins_.insert(std::move(admin));
+        }
+      }
+    }
+    if (!has_certificates) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(label, " has no certificates section, so nobody may receive anything"));
+    }
+  } catch (const YAML::Exception& e) {
+    return Problem(label, e.mark, e.msg);
+  }
+  return policy;
+}
+
+bool Policy::Allows(const std::string& certificate, const std::string& namespace_) const {
+  auto it = namespaces_.find(certificate);
+  if (it == namespaces_.end() || namespace_.empty()) return false;
+  for (const std::string& pattern : it->second) {
+    if (GlobMatches(pattern, namespace_)) return true;
+  }
+  return false;
+}
+
+bool Policy::IsAdmin(const std::string& identity) const { return admins_.count(identity) > 0; }
+
+std::vector<std::string> Policy::CertificatesFor(const std::string& namespace_) const {
+  std::vector<std::string> certificates;
+  for (const auto& entry : namespaces_) {
+    if (Allows(entry.first, namespace_)) certificates.push_back(entry.first);
+  }
+  return certificates;
+}
+
+size_t Policy::certificate_count() const { return namespaces_.size(); }
+size_t Policy::admin_count() const { return admins_.size(); }
+
+// Two cursors, backtracking only to the most recent '*': O(|pattern| * |text|) at worst, no
+// recursion, so patterns like "*a*a*a*b" cannot blow up.
+bool GlobMatches(const std::string& pattern, const std::string& text) {
+  size_t p = 0;
+  size_t t = 0;
+  size_t star = std::string::npos;  // position of the last '*' seen in pattern
+  size_t star_text = 0;             // where in text that '*' currently ends
+  while (t < text.size()) {
+    if (p < pattern.size() && (pattern[p] == '?' || pattern[p] == text[t])) {
+      ++p;
+      ++t;
+    } else if (p < pattern.size() && pattern[p] == '*') {
+      star = p++;
+      star_text = t;
+    } else if (star != std::string::npos) {
+      p = star + 1;
+      t = ++star_text;
+    } else {
+      return false;
+    }
+  }
+  while (p < pattern.size() && pattern[p] == '*') ++p;
+  return p == pattern.size();
+}
+
+// ---- PolicyFile -------------------------------------------------------------------------------
+
+PolicyFile::PolicyFile(Filesystem* fs, std::string path, std::set<std::string> known,
+                       absl::Duration poll_interval)
+    : fs_(fs), path_(std::move(path)), known_(std::move(known)), poll_interval_(poll_interval) {}
+
+absl::StatusOr<std::unique_ptr<PolicyFile>> PolicyFile::Open(
+    Filesystem* fs, std::string path, std::set<std::string> known_certificates,
+    absl::Duration poll_interval) {
+  absl::StatusOr<std::string> text = fs->ReadFile(path);
+  if (!text.ok()) return Annotate(text.status(), "reading policy");
+  ASSIGN_OR_RETURN(Policy policy, Policy::Parse(*text, path, known_certificates));
+  std::unique_ptr<PolicyFile> file(
+      new PolicyFile(fs, std::move(path), std::move(known_certificates), poll_interval));
+  absl::MutexLock lock(&file->mu_);
+  file->policy_ = std::make_shared<const Policy>(std::move(policy));
+  file->content_ = *text;
+  file->policy_content_ = *std::move(text);
+  return file;
+}
+
+PolicyFile::~PolicyFile() { Stop(); }
+
+std::shared_ptr<const Policy> PolicyFile::current() const {
+  absl::ReaderMutexLock lock(&mu_);
+  return policy_;
+}
+
+void PolicyFile::OnChange(std::function<void()> on_change) {
+  absl::MutexLock lock(&mu_);
+  on_change_ = std::move(on_change);
+}
+
+std::string PolicyFile::last_error() const {
+  absl::ReaderMutexLock lock(&mu_);
+  return last_error_;
+}
+
+absl::Status PolicyFile::Reload() { return Check(); }
+
+absl::Status PolicyFile::Check() {
+  std::function<void()> notify;
+  absl::Status result;
+  {
+    // Held across read and apply so that a slow read cannot overwrite a newer one.
+    absl::MutexLock reload_lock(&reload_mu_);
+    absl::StatusOr<std::string> text = fs_->ReadFile(path_);
+    absl::MutexLock lock(&mu_);
+    if (text.ok() && *text == content_ && !read_failed_) return status_;  // nothing new
+    read_failed_ = !text.ok();
+    std::shared_ptr<const Policy> parsed;
+    if (!text.ok()) {
+      result = Annotate(text.status(), "reading policy");
+    } else {
+      content_ = *std::move(text);
+      if (content_ != policy_content_) {
+        absl::StatusOr<Policy> policy = Policy::Parse(content_, path_, known_);
+        result = policy.status();
+        if (policy.ok()) parsed = std::make_shared<const Policy>(*std::move(policy));
+      }
+    }
+    if (!result.ok()) {
+      // Bad content is seen once per distinct text (content_ dedups it); an unreadable file is
+      // seen on every poll, so only a new error is logged at warn.
+      const bool repeated = read_failed_ && result == status_;
+      if (repeated) {
+        spdlog::debug("policy {} not reloaded, keeping the previous one: {}", path_,
+                      std::string(result.message()));
+      } else {
+        spdlog::warn("policy {} not reloaded, keeping the previous one: {}", path_,
+                     std::string(result.message()));
+      }
+      status_ = result;
+      last_error_ = std::string(result.message());
+      return result;
+    }
+    status_ = absl::OkStatus();
+    last_error_.clear();
+    if (parsed == nullptr) {
+      // Back to the text the current policy came from (after an error): nothing changed.
+      spdlog::info("policy {} loads again, unchanged", path_);
+      return result;
+    }
+    policy_ = std::move(parsed);
+    policy_content_ = content_;
+    spdlog::info("policy {} reloaded: {} certificates, {} admins", path_,
+                 policy_->certificate_count(), policy_->admin_count());
+    notify = on_change_;
+  }
+  if (notify) notify();
+  return result;
+}
+
+void PolicyFile::Start() {
+  absl::MutexLock lock(&mu_);
+  if (thread_.joinable()) return;
+  stopping_ = false;
+  thread_ = std::thread([this] {
+    while (true) {
+      {
+        absl::MutexLock wait_lock(&mu_);
+        mu_.AwaitWithTimeout(absl::Condition(&stopping_), poll_interval_);
+        if (stopping_) return;
+      }
+      Check().IgnoreError();  // logged and kept in last_error()
+    }
+  });
+}
+
+void PolicyFile::Stop() {
+  std::thread thread;
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    thread = std::move(thread_);
+  }
+  if (thread.joinable()) thread.join();
+}
+
+// ---- TokenMap ---------------------------------------------------------------------------------
+
+absl::StatusOr<TokenMap> TokenMap::Parse(const std::string& yaml, const std::string& origin) {
+  const std::string label = absl::StrCat("token map ", origin);
+  ASSIGN_OR_RETURN(YAML::Node root, LoadSingleMap(yaml, label));
+  TokenMap map;
+  try {
+    ASSIGN_OR_RETURN(auto top, MapEntries(root, label, "top level", {"tokens"}));
+    if (top.empty()) return absl::InvalidArgumentError(absl::StrCat(label, " has no tokens key"));
+    const YAML::Node& key = top[0].first;
+    const YAML::Node& tokens = top[0].second;
+    if (tokens.IsNull()) return map;  // "tokens:" with every entry commented out
+    if (!tokens.IsSequence()) {
+      return Problem(label, key.Mark(), "tokens must be a list of {sha256, namespace, name}");
+    }
+    std::map<std::string, int> entry_of_hash;
+    int index = 0;
+    for (const YAML::Node& item : tokens) {
+      const std::string what = absl::StrCat("tokens entry ", ++index);
+      if (!item.IsMap()) {
+        return Problem(label, item.IsNull() ? key.Mark() : item.Mark(),
+                       absl::StrCat(what, " must be a map with sha256, namespace and name"));
+      }
+      ASSIGN_OR_RETURN(auto fields, MapEntries(item, label, what, {"name", "namespace", "sha256"}));
+      std::map<std::string, std::string> values;
+      for (const auto& [field, value] : fields) {
+        ASSIGN_OR_RETURN(
+            values[field.Scalar()],
+            NonEmptyString(value, field.Mark(), label, absl::StrCat(what, ": ", field.Scalar())));
+      }
+      for (const char* required : {"sha256", "namespace", "name"}) {
+        if (values.count(required) == 0) {
+          return Problem(label, item.Mark(), absl::StrCat(what, " has no ", required));
+        }
+      }
+      const std::string& hash = values["sha256"];
+      if (!IsLowerHexSha256(hash)) {
+        return Problem(label, item.Mark(),
+                       absl::StrCat(what,
+                                    ": sha256 must be 64 lowercase hex characters (the "
+                                    "SHA-256 of the token, never the token itself)"));
+      }
+      if (!IsDns1123Label(values["namespace"])) {
+        return Problem(label, item.Mark(),
+                       absl::StrCat(what, ": namespace \"", absl::CEscape(values["namespace"]),
+                                    "\" is not a DNS-1123 label"));
+      }
+      if (!IsPrintableWord(values["name"])) {
+        return Problem(label, item.Mark(),
+                       absl::StrCat(what, ": name \"", absl::CEscape(values["name"]),
+                                    "\" must be printable ASCII without spaces"));
+      }
+      if (auto [it, inserted] = entry_of_hash.emplace(hash, index); !inserted) {
+        return Problem(label, item.Mark(),
+                       absl::StrCat(what, " repeats the sha256 of entry ", it->second));
+      }
+      map.by_hash_[hash] = StaticIdentity{values["namespace"], values["name"]};
+    }
+  } catch (const YAML::Exception& e) {
+    return Problem(label, e.mark, e.msg);
+  }
+  return map;
+}
+
+const StaticIdentity* TokenMap::Find(const std::string& token) const {
+  if (token.empty()) return nullptr;
+  auto it = by_hash_.find(Sha256Hex(token));
+  return it == by_hash_.end() ? nullptr : &it->second;
+}
+
+}  // namespace certcast
