@@ -17,9 +17,9 @@ class CredentialsProvider {
  public:
   struct Options {
     bool insecure = false;
-    std::string ca_file;    // trusted roots for the server certificate
-    std::string cert_file;  // optional client certificate chain (mTLS)
-    std::string key_file;   // its key
+    std::string ca_file;     // trusted roots for the server certificate
+    std::string cert_file;   // optional client certificate chain (mTLS)
+    std::string key_file;    // its key
     std::string token_file;  // optional bearer token (projected ServiceAccount or static token)
   };
   // Does not own `fs`.

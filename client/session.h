@@ -54,7 +54,7 @@ struct SessionCounters {
   uint64_t nacks = 0;
   uint64_t apply_failures = 0;  // sink failures (each retry counts)
   uint64_t hook_failures = 0;
-  uint64_t denials = 0;  // streams ended with PERMISSION_DENIED or UNAUTHENTICATED
+  uint64_t denials = 0;      // streams ended with PERMISSION_DENIED or UNAUTHENTICATED
   uint64_t revocations = 0;  // --delete-on-revoke removals
 };
 

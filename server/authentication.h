@@ -70,7 +70,10 @@ class Authenticator {
   // The same, blocking (for unary calls).
   absl::StatusOr<PeerIdentity> AuthenticateNow(PeerIdentity transport, std::string bearer_token);
 
-  uint64_t reviews() { absl::MutexLock lock(&mu_); return reviews_; }
+  uint64_t reviews() {
+    absl::MutexLock lock(&mu_);
+    return reviews_;
+  }
 
  private:
   struct Job {

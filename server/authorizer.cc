@@ -57,7 +57,8 @@ PeerIdentity TransportIdentity(const grpc::ServerContextBase& context) {
   identity.peer = context.peer();
   std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
   if (auth == nullptr || !auth->IsPeerAuthenticated()) return identity;
-  for (const grpc::string_ref& value : auth->FindPropertyValues(GRPC_PEER_SPIFFE_ID_PROPERTY_NAME)) {
+  for (const grpc::string_ref& value :
+       auth->FindPropertyValues(GRPC_PEER_SPIFFE_ID_PROPERTY_NAME)) {
     identity.identity.assign(value.data(), value.size());
     identity.kind = "mtls";
   }
@@ -83,11 +84,12 @@ void Authorizer::Audit(const PeerIdentity& peer, const std::string& method,
     if (admin_action && decision.ok()) ++counters_.admin_actions;
   }
   if (decision.ok() && !admin_action) return;  // routine allowed calls are not audit events
-  spdlog::info("audit: identity={} peer={} method={} certificate={} decision={}{}", Who(peer),
-               peer.peer, method, certificate.empty() ? "-" : certificate,
-               decision.ok() ? "allowed" : "denied",
-               decision.ok() ? "" : absl::StrCat(" reason=", DenialReason(decision), " (",
-                                                 decision.message(), ")"));
+  spdlog::info(
+      "audit: identity={} peer={} method={} certificate={} decision={}{}", Who(peer), peer.peer,
+      method, certificate.empty() ? "-" : certificate, decision.ok() ? "allowed" : "denied",
+      decision.ok()
+          ? ""
+          : absl::StrCat(" reason=", DenialReason(decision), " (", decision.message(), ")"));
 }
 
 AuditCounters Authorizer::audit_counters() {

@@ -6,8 +6,8 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "grpcpp/support/proto_buffer_reader.h"
 #include "common/secret.h"
+#include "grpcpp/support/proto_buffer_reader.h"
 #include "spdlog/spdlog.h"
 
 namespace certcast {
@@ -268,7 +268,8 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
                           std::string(identity.status().message()));
     }
     for (const std::string& name : names) {
-      absl::Status allowed = hub_->authorizer_->AuthorizeSubscribe(*identity, hello.namespace_(), name);
+      absl::Status allowed =
+          hub_->authorizer_->AuthorizeSubscribe(*identity, hello.namespace_(), name);
       if (!allowed.ok()) {
         hub_->authorizer_->Audit(*identity, "Subscribe", name, allowed);
         return grpc::Status(static_cast<grpc::StatusCode>(allowed.code()),
@@ -490,9 +491,9 @@ absl::StatusOr<std::vector<std::shared_ptr<const Publication>>> DistributionHub:
     int& streams = streams_per_identity_[identity];
     if (streams >= options_.max_streams_per_identity) {
       if (streams == 0) streams_per_identity_.erase(identity);
-      return absl::ResourceExhaustedError(
-          absl::StrCat("identity ", identity, " already has ", options_.max_streams_per_identity,
-                       " streams open (the limit per identity)"));
+      return absl::ResourceExhaustedError(absl::StrCat("identity ", identity, " already has ",
+                                                       options_.max_streams_per_identity,
+                                                       " streams open (the limit per identity)"));
     }
     ++streams;
     identity_of_[stream] = identity;

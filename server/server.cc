@@ -166,9 +166,9 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
   std::vector<std::string> names;
   for (const auto& certificate : options.certificates) names.push_back(certificate.name);
   RETURN_IF_ERROR(server->SetUpIdentities(fs, clock, names));
-  server->hub_ = std::make_unique<DistributionHub>(names, options.distribution,
-                                                   server->fleet_.get(), server->authorizer_.get(),
-                                                   server->authenticator_.get());
+  server->hub_ =
+      std::make_unique<DistributionHub>(names, options.distribution, server->fleet_.get(),
+                                        server->authorizer_.get(), server->authenticator_.get());
   if (server->policy_ != nullptr) {
     DistributionHub* hub = server->hub_.get();
     server->policy_->OnChange([hub] { hub->ReauthorizeAll(); });
@@ -277,8 +277,9 @@ absl::Status CertcastServer::SetUpIdentities(Filesystem* fs, const Clock* clock,
     ASSIGN_OR_RETURN(policy_, PolicyFile::Open(fs, options_.policy_file,
                                                std::set<std::string>(names.begin(), names.end())));
   } else {
-    spdlog::warn("no --policy: this server hands out NO key material (every Subscribe is "
-                 "PERMISSION_DENIED) until a policy names who may receive what");
+    spdlog::warn(
+        "no --policy: this server hands out NO key material (every Subscribe is "
+        "PERMISSION_DENIED) until a policy names who may receive what");
   }
   authorizer_ = std::make_unique<PolicyAuthorizer>(policy_.get());
   if (!options_.token_map_file.empty()) {

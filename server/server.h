@@ -43,8 +43,8 @@ struct ServerOptions {
   std::string state_dir = "./certcast-state";
   std::string tls_cert;
   std::string tls_key;
-  std::string client_ca;  // client certificates verified (required unless tokens are accepted)
-  std::string policy_file;    // who may receive what; without it a TLS server hands out nothing
+  std::string client_ca;       // client certificates verified (required unless tokens are accepted)
+  std::string policy_file;     // who may receive what; without it a TLS server hands out nothing
   std::string token_audience;  // accept ServiceAccount tokens for this audience (TokenReview)
   std::string token_map_file;  // accept static tokens listed (by hash) in this file
   bool insecure = false;

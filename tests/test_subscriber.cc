@@ -53,9 +53,11 @@ int HttpGet(int port, const std::string& path, std::string* body) {
   return std::stoi(response.substr(9, 3));
 }
 
-TestSubscriber::TestSubscriber(std::shared_ptr<grpc::Channel> channel, bool start_reading)
+TestSubscriber::TestSubscriber(std::shared_ptr<grpc::Channel> channel, bool start_reading,
+                               const std::string& bearer_token)
     : stub_(v1::Distribution::NewStub(std::move(channel))) {
   context_.set_deadline(absl::ToChronoTime(absl::Now() + absl::Minutes(5)));
+  if (!bearer_token.empty()) context_.AddMetadata("authorization", "Bearer " + bearer_token);
   stream_ = stub_->Subscribe(&context_);
   if (start_reading) StartReading();
 }
@@ -142,6 +144,11 @@ std::optional<v1::SubscribeResponse> TestSubscriber::NextNonHeartbeat(absl::Dura
     std::optional<v1::SubscribeResponse> response = Next(deadline - absl::Now());
     if (!response.has_value() || !response->has_heartbeat()) return response;
   }
+}
+
+std::vector<v1::SubscribeResponse> TestSubscriber::received() {
+  absl::MutexLock lock(&mu_);
+  return std::vector<v1::SubscribeResponse>(received_.begin(), received_.end());
 }
 
 grpc::Status TestSubscriber::Finish(absl::Duration timeout) {

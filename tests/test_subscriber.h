@@ -30,7 +30,9 @@ int HttpGet(int port, const std::string& path, std::string* body = nullptr);
 class TestSubscriber {
  public:
   // With `start_reading` false, nothing is read until StartReading(): the client stops reading.
-  explicit TestSubscriber(std::shared_ptr<grpc::Channel> channel, bool start_reading = true);
+  // `bearer_token` (optional) is sent as `authorization: Bearer T`.
+  explicit TestSubscriber(std::shared_ptr<grpc::Channel> channel, bool start_reading = true,
+                          const std::string& bearer_token = "");
   void StartReading();
   ~TestSubscriber();
 
@@ -46,6 +48,8 @@ class TestSubscriber {
   std::optional<v1::SubscribeResponse> Next(absl::Duration timeout = absl::Seconds(20));
   // Skips heartbeats and returns the next update or in-sync message.
   std::optional<v1::SubscribeResponse> NextNonHeartbeat(absl::Duration timeout = absl::Seconds(20));
+  // Every message received so far (read without consuming).
+  std::vector<v1::SubscribeResponse> received();
   // Waits for the stream's final status.
   grpc::Status Finish(absl::Duration timeout = absl::Seconds(20));
 

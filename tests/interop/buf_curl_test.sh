@@ -4,8 +4,11 @@
 #
 # Usage: buf_curl_test.sh CERTCAST_SERVER BUF
 #
-# Mints throwaway certificates with the openssl CLI, lays the wildcard out like a kubelet secret
-# volume, and checks reflection, inspection, health, a bidi Subscribe, a rotation and a rollback.
+# Mints throwaway certificates with the openssl CLI (serving chain, a client CA and SPIFFE client
+# certificates for an admin and for tenants), lays the wildcard out like a kubelet secret volume,
+# and checks, against a server with --client-ca and --policy: the mTLS handshake, reflection,
+# inspection and its scoping, health, a bidi Subscribe, a rotation, a rollback (admins only) and
+# the denials; then a TLS server without --policy, then a plaintext --insecure one.
 # Prints PASS/FAIL per check and exits 1 if any check failed.
 set -euo pipefail
 
@@ -80,6 +83,7 @@ issue() {
 CA_EXT='basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash'
 INT_EXT='basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid'
 LEAF_EXT='basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nauthorityKeyIdentifier=keyid'
+CLIENT_EXT='basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\nauthorityKeyIdentifier=keyid'
 
 # Serving certificate of the server itself.
 issue ca "/CN=certcast interop serving CA" "" "$CA_EXT"
@@ -89,6 +93,26 @@ issue root "/CN=Example Test Root" "" "$CA_EXT"
 issue int "/CN=Example Test Intermediate" root "$INT_EXT"
 issue leaf1 "/CN=*.example.test" int "$LEAF_EXT\nsubjectAltName=DNS:*.example.test,DNS:example.test"
 issue leaf2 "/CN=*.example.test" int "$LEAF_EXT\nsubjectAltName=DNS:*.example.test,DNS:example.test"
+# Client identities: a client CA (the server's --client-ca) and SPIFFE IDs in URI SANs.
+issue clientca "/CN=certcast interop client CA" "" "$CA_EXT"
+client_cert() {  # client_cert NAME NAMESPACE SERVICEACCOUNT [ISSUER]
+  issue "$1" "/CN=$3.$2" "${4:-clientca}" "$CLIENT_EXT\nsubjectAltName=URI:spiffe://cluster.local/ns/$2/sa/$3"
+}
+client_cert admin certcast-system operator              # listed under admins
+client_cert tenant tenant-a certcast-client             # a namespace the policy allows
+client_cert tenant-b tenant-b certcast-client           # another allowed namespace
+client_cert zzz tenant-zzz certcast-client              # valid certificate, namespace not allowed
+issue strangerca "/CN=some other CA" "" "$CA_EXT"
+client_cert stranger tenant-a certcast-client strangerca  # right SPIFFE ID, wrong CA
+
+POLICY=$W/policy.yaml
+cat >"$POLICY" <<'EOF'
+certificates:
+  wildcard:
+    namespaces: ["tenant-a", "tenant-b"]
+admins:
+  - spiffe://cluster.local/ns/certcast-system/sa/operator
+EOF
 
 fingerprint() {
   openssl x509 -in "$W/$1.pem" -noout -fingerprint -sha256 | sed 's/^.*=//; s/://g' | tr 'A-F' 'a-f'
@@ -128,7 +152,7 @@ start_server() {
   local pid=$!
   SERVER_PIDS+=("$pid")
   LAST_PID=$pid
-  if ! wait_until 20 grep -q 'listening on port [0-9]' "$log"; then
+  if ! wait_until 20 grep -qs 'listening on port [0-9]' "$log"; then
     echo "--- server log:"; cat "$log"
     fail "certcast-server did not report its port within 20 s"
     exit 1
@@ -153,9 +177,10 @@ stop_server() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# TLS server.
+# TLS server with client certificates (no token options: the handshake requires one) and a policy.
 LOG=$W/server.log
-start_server "$LOG" --tls-cert="$W/serving.pem" --tls-key="$W/serving.key" --state-dir="$W/state"
+start_server "$LOG" --tls-cert="$W/serving.pem" --tls-key="$W/serving.key" --state-dir="$W/state" \
+  --client-ca="$W/clientca.pem" --policy="$POLICY"
 TLS_PID=$LAST_PID
 URL=https://127.0.0.1:$PORT
 echo "certcast-server (TLS) listening on port $PORT"
@@ -163,22 +188,60 @@ echo "certcast-server (TLS) listening on port $PORT"
 OUT=$W/out   # every response that must never hold a private key
 mkdir -p "$OUT"
 N=0
-# call METHOD [DATA]: unary call over TLS; response in $RESP, stderr in $ERR, exit code in $RC.
+# as WHO: buf curl options for the client certificate WHO (admin, tenant, ...; none: no cert).
+as() {
+  [[ $1 == none ]] || echo "--cert=$W/$1.pem --key=$W/$1.key"
+}
+# call WHO METHOD [DATA]: unary call over TLS with WHO's client certificate; response in $RESP,
+# stderr in $ERR, exit code in $RC.
 call() {
   N=$((N + 1))
   RESP=$OUT/$N.json
   ERR=$OUT/$N.err
   RC=0
-  local data=()
-  [[ $# -ge 2 ]] && data=(-d "$2")
-  "$BUF" curl --timeout 20s --protocol grpc --cacert "$W/ca.pem" "${data[@]}" "$URL/$1" \
-    >"$RESP" 2>"$ERR" || RC=$?
+  local data=() who
+  read -r -a who <<<"$(as "$1")"
+  [[ $# -ge 3 ]] && data=(-d "$3")
+  "$BUF" curl --timeout 20s --protocol grpc --cacert "$W/ca.pem" "${who[@]}" "${data[@]}" \
+    "$URL/$2" >"$RESP" 2>"$ERR" || RC=$?
 }
 show() { echo "--- stdout:"; cat "$RESP"; echo "--- stderr:"; cat "$ERR"; }
+# buf exits with the gRPC code shifted left by 3: not_found 5 -> 40, permission_denied 7 -> 56.
+denied() { [[ $RC -eq 56 ]] && grep -q '"code": "permission_denied"' "$ERR"; }
 
-# Reflection.
-"$BUF" curl --timeout 20s --protocol grpc --cacert "$W/ca.pem" --list-methods "$URL" \
-  >"$OUT/methods.txt" 2>&1 || true
+# The handshake: without a client certificate, or with one from another CA, nothing works, not
+# even reflection (with --client-ca and no token options the certificate is required by TLS).
+for who in none stranger; do
+  read -r -a opts <<<"$(as "$who")"
+  RC=0
+  "$BUF" curl --timeout 20s --protocol grpc --cacert "$W/ca.pem" "${opts[@]}" --list-methods \
+    "$URL" >"$OUT/methods-$who.txt" 2>&1 || RC=$?
+  if [[ $RC -ne 0 ]] && ! grep -q certcast.v1 "$OUT/methods-$who.txt"; then
+    pass "TLS handshake fails without a valid client certificate ($who): list-methods exits $RC"
+  else
+    fail "list-methods with client certificate \"$who\" (exit $RC) should fail"; cat "$OUT/methods-$who.txt"
+  fi
+  call "$who" certcast.v1.Inspection/ListCertificates '{}'
+  if [[ $RC -ne 0 && ! -s $RESP ]]; then
+    pass "ListCertificates without a valid client certificate ($who) fails (exit $RC)"
+  else
+    fail "ListCertificates with client certificate \"$who\" (exit $RC) should fail"; show
+  fi
+done
+
+# Reflection: needs no identity beyond the handshake (a certificate whose namespace the policy
+# does not name is enough).
+for who in tenant zzz; do
+  read -r -a opts <<<"$(as "$who")"
+  "$BUF" curl --timeout 20s --protocol grpc --cacert "$W/ca.pem" "${opts[@]}" --list-methods \
+    "$URL" >"$OUT/methods-$who.txt" 2>&1 || true
+done
+if grep -qx certcast.v1.Inspection/ListCertificates "$OUT/methods-zzz.txt"; then
+  pass "reflection is open to any verified client certificate (tenant-zzz)"
+else
+  fail "reflection with the tenant-zzz certificate"; cat "$OUT/methods-zzz.txt"
+fi
+cp "$OUT/methods-tenant.txt" "$OUT/methods.txt"
 for method in certcast.v1.Distribution/Subscribe certcast.v1.Inspection/ListCertificates \
   certcast.v1.Inspection/GetCertificate certcast.v1.Inspection/ListClients \
   certcast.v1.Admin/Rollback grpc.health.v1.Health/Check; do
@@ -187,11 +250,11 @@ for method in certcast.v1.Distribution/Subscribe certcast.v1.Inspection/ListCert
 done
 
 # ListCertificates.
-call certcast.v1.Inspection/ListCertificates '{}'
+call tenant certcast.v1.Inspection/ListCertificates '{}'
 if [[ $RC -eq 0 && $(json "$RESP" certificates.0.name) == wildcard &&
       $(json "$RESP" certificates.0.version) == 1 &&
       $(json "$RESP" certificates.length) == 1 ]]; then
-  pass 'ListCertificates returns "wildcard" at version "1"'
+  pass 'ListCertificates (tenant-a) returns "wildcard" at version "1"'
 else
   fail "ListCertificates (exit $RC)"; show
 fi
@@ -199,7 +262,7 @@ if grep -q '"version": "1"' "$RESP"; then pass 'uint64 version prints as a JSON 
 else fail 'version is not a JSON string'; show; fi
 
 # GetCertificate.
-call certcast.v1.Inspection/GetCertificate '{"name":"wildcard"}'
+call tenant certcast.v1.Inspection/GetCertificate '{"name":"wildcard"}'
 if [[ $RC -eq 0 && $(json "$RESP" current.fingerprint) == "$FP1" &&
       $(json "$RESP" current.version) == 1 ]]; then
   pass "GetCertificate fingerprint equals openssl's SHA-256 of the leaf ($FP1)"
@@ -214,44 +277,61 @@ else
 fi
 
 # Unknown certificate: NOT_FOUND. buf exits with the gRPC code shifted left by 3 (5 << 3 = 40).
-call certcast.v1.Inspection/GetCertificate '{"name":"no-such-certificate"}'
+call tenant certcast.v1.Inspection/GetCertificate '{"name":"no-such-certificate"}'
 if [[ $RC -eq 40 ]] && grep -q '"code": "not_found"' "$ERR"; then
   pass "GetCertificate of an unknown name fails with not_found"
 else
   fail "GetCertificate of an unknown name (exit $RC, expected 40 / not_found)"; show
 fi
 
-# Health.
-call grpc.health.v1.Health/Check '{}'
+# Inspection scoping: tenant-zzz may receive nothing, so it sees nothing.
+call zzz certcast.v1.Inspection/ListCertificates '{}'
+if [[ $RC -eq 0 && -z $(json "$RESP" certificates.length) ]]; then
+  pass "ListCertificates (tenant-zzz) is empty: only certificates its namespace may receive"
+else
+  fail "ListCertificates as tenant-zzz (exit $RC) should be empty"; show
+fi
+call zzz certcast.v1.Inspection/GetCertificate '{"name":"wildcard"}'
+if [[ $RC -eq 40 ]] && grep -q '"code": "not_found"' "$ERR"; then
+  pass "GetCertificate (tenant-zzz) of a certificate it may not receive is not_found"
+else
+  fail "GetCertificate as tenant-zzz (exit $RC, expected 40 / not_found)"; show
+fi
+
+# Health: needs no identity beyond the handshake.
+call zzz grpc.health.v1.Health/Check '{}'
 if [[ $RC -eq 0 && $(json "$RESP" status) == SERVING ]]; then pass "grpc.health.v1.Health/Check is SERVING"
 else fail "Health/Check (exit $RC)"; show; fi
 
-# subscribe OUTFILE HELLO PATTERN: bidi Subscribe; sends HELLO, keeps the request stream open
-# until OUTFILE matches PATTERN (or 20 s pass), then half-closes it. Sets SUB_RC.
+# subscribe WHO OUTFILE HELLO PATTERN: bidi Subscribe with WHO's client certificate; sends
+# HELLO, keeps the request stream open until OUTFILE matches PATTERN (or 20 s pass), then
+# half-closes it. An empty PATTERN half-closes right after the hello (for refused streams: buf
+# curl prints the status only once its request side is closed). Sets SUB_MATCHED and SUB_RC.
 subscribe() {
-  local out=$1 hello=$2 pattern=$3 fifo=$W/subscribe.fifo
+  local out=$2 hello=$3 pattern=$4 fifo=$W/subscribe.fifo who
+  read -r -a who <<<"$(as "$1")"
   rm -f "$fifo"
   mkfifo "$fifo"
-  "$BUF" curl --timeout 30s --protocol grpc --cacert "$W/ca.pem" -d @- \
+  "$BUF" curl --timeout 30s --protocol grpc --cacert "$W/ca.pem" "${who[@]}" -d @- \
     "$URL/certcast.v1.Distribution/Subscribe" <"$fifo" >"$out" 2>"$out.err" &
   SUB_PID=$!
   exec 3>"$fifo"
   echo "$hello" >&3
   SUB_MATCHED=0
-  wait_until 20 grep -q "$pattern" "$out" && SUB_MATCHED=1
+  if [[ -n $pattern ]]; then wait_until 20 grep -q "$pattern" "$out" && SUB_MATCHED=1; fi
   exec 3>&-   # half-close: the server then ends the stream with OK
   SUB_RC=0
   wait "$SUB_PID" || SUB_RC=$?
   SUB_PID=""
 }
 
-hello() {  # hello CLIENT_ID VERSION FINGERPRINT
-  printf '{"hello":{"clientId":"%s","namespace":"tenant-a","certificates":[{"name":"wildcard","version":"%s","fingerprint":"%s"}]}}' \
-    "$1" "$2" "$3"
+hello() {  # hello CLIENT_ID VERSION FINGERPRINT [NAMESPACE]
+  printf '{"hello":{"clientId":"%s","namespace":"%s","certificates":[{"name":"wildcard","version":"%s","fingerprint":"%s"}]}}' \
+    "$1" "${4:-tenant-a}" "$2" "$3"
 }
 
 # A client that already holds version 1 gets an inSync note, no material.
-subscribe "$OUT/subscribe-insync.json" "$(hello buf-in-sync 1 "$FP1")" '"inSync"'
+subscribe tenant "$OUT/subscribe-insync.json" "$(hello buf-in-sync 1 "$FP1")" '"inSync"'
 if [[ $SUB_MATCHED -eq 1 && $SUB_RC -eq 0 ]] && grep -q "\"fingerprint\": \"$FP1\"" "$OUT/subscribe-insync.json" &&
    ! grep -q '"update"' "$OUT/subscribe-insync.json"; then
   pass "Subscribe with a hello holding version 1 gets inSync (and the stream ends cleanly)"
@@ -261,27 +341,68 @@ else
 fi
 
 # A client holding nothing gets the full material (kept out of $OUT: it carries the key).
-subscribe "$W/subscribe-update.json" "$(hello buf-empty 0 "")" '"update"'
+subscribe tenant "$W/subscribe-update.json" "$(hello buf-empty 0 "")" '"update"'
 if [[ $SUB_MATCHED -eq 1 && $SUB_RC -eq 0 ]] && grep -q '"privateKeyPem"' "$W/subscribe-update.json" &&
    grep -q "\"fingerprint\": \"$FP1\"" "$W/subscribe-update.json"; then
-  pass "Subscribe with an empty hello gets an update with version 1's material"
+  pass "Subscribe (tenant-a) with an empty hello gets an update with version 1's material"
 else
   fail "Subscribe with an empty hello (matched=$SUB_MATCHED, exit $SUB_RC)"
   sed 's/\("privateKeyPem": \)".*"/\1"<redacted>"/' "$W/subscribe-update.json"
   cat "$W/subscribe-update.json.err"
 fi
 
-call certcast.v1.Inspection/ListClients '{}'
-if [[ $RC -eq 0 ]] && grep -q '"clientId": "buf-in-sync"' "$RESP" && grep -q '"clientId": "buf-empty"' "$RESP"; then
-  pass "ListClients shows both buf clients"
+# Denials: a namespace the policy does not name, and a hello naming another namespace than the
+# identity's. The stream ends with permission_denied before any material is sent.
+no_key() { ! grep -qE 'PRIVATE KEY|privateKeyPem' "$1" "$1.err"; }
+# refused OUTFILE: the stream ended with permission_denied and sent no key.
+refused() {
+  [[ $SUB_RC -eq 56 ]] && grep -q '"code": "permission_denied"' "$1.err" && no_key "$1"
+}
+subscribe zzz "$OUT/subscribe-zzz.json" "$(hello buf-zzz 0 "" tenant-zzz)" ""
+if refused "$OUT/subscribe-zzz.json"; then
+  pass "Subscribe (tenant-zzz, not in the policy) ends with permission_denied and holds no key"
+else
+  fail "Subscribe as tenant-zzz (exit $SUB_RC, expected 56 / permission_denied and no key)"
+  sed 's/\("privateKeyPem": \)".*"/\1"<redacted>"/' "$OUT/subscribe-zzz.json"
+  cat "$OUT/subscribe-zzz.json.err"
+fi
+subscribe tenant "$OUT/subscribe-mismatch.json" "$(hello buf-mismatch 0 "" tenant-b)" ""
+if refused "$OUT/subscribe-mismatch.json"; then
+  pass "Subscribe with a tenant-a identity and a hello for tenant-b ends with permission_denied"
+else
+  fail "Subscribe with a mismatched namespace (exit $SUB_RC, expected 56 / permission_denied)"
+  sed 's/\("privateKeyPem": \)".*"/\1"<redacted>"/' "$OUT/subscribe-mismatch.json"
+  cat "$OUT/subscribe-mismatch.json.err"
+fi
+
+call tenant certcast.v1.Inspection/ListClients '{}'
+if [[ $RC -eq 0 ]] && grep -q '"clientId": "buf-in-sync"' "$RESP" && grep -q '"clientId": "buf-empty"' "$RESP" &&
+   ! grep -qE 'buf-zzz|buf-mismatch' "$RESP"; then
+  pass "ListClients (tenant-a) shows both buf clients, and no denied stream"
 else
   fail "ListClients (exit $RC)"; show
+fi
+call tenant-b certcast.v1.Inspection/ListClients '{}'
+if [[ $RC -eq 0 && -z $(json "$RESP" clients.length) ]]; then
+  pass "ListClients (tenant-b) does not show tenant-a's clients"
+else
+  fail "ListClients as tenant-b (exit $RC) should be empty"; show
+fi
+call tenant-b certcast.v1.Inspection/ListClients '{"namespace":"tenant-a"}'
+if denied; then pass "ListClients (tenant-b) of namespace tenant-a is permission_denied"
+else fail "ListClients as tenant-b of tenant-a (exit $RC, expected 56 / permission_denied)"; show; fi
+call admin certcast.v1.Inspection/ListClients '{}'
+if [[ $RC -eq 0 ]] && grep -q '"clientId": "buf-in-sync"' "$RESP" &&
+   grep -q '"identity": "spiffe://cluster.local/ns/tenant-a/sa/certcast-client"' "$RESP"; then
+  pass "ListClients (admin) shows tenant-a's clients with their SPIFFE identity"
+else
+  fail "ListClients as admin (exit $RC)"; show
 fi
 
 # Rotation: a new leaf arrives the kubelet way; version 2 must appear.
 publish leaf2
 version_is() {
-  call certcast.v1.Inspection/GetCertificate '{"name":"wildcard"}'
+  call tenant certcast.v1.Inspection/GetCertificate '{"name":"wildcard"}'
   [[ $RC -eq 0 && $(json "$RESP" current.version) == "$1" ]]
 }
 if wait_until 20 version_is 2 && [[ $(json "$RESP" current.fingerprint) == "$FP2" ]]; then
@@ -290,15 +411,24 @@ else
   fail "rotation: version 2 did not appear within 20 s"; show
 fi
 
-# Rollback to version 1: republished as version 3 and pinned.
-call certcast.v1.Admin/Rollback '{"name":"wildcard","version":"1"}'
+# Rollback: admins only. A tenant is refused; the admin rolls back to version 1, which is
+# republished as version 3 and pinned.
+call tenant certcast.v1.Admin/Rollback '{"name":"wildcard","version":"1"}'
+if denied; then pass "Admin/Rollback by a tenant is permission_denied"
+else fail "Admin/Rollback by a tenant (exit $RC, expected 56 / permission_denied)"; show; fi
+if grep -q 'audit: .*method=Admin/Rollback .*decision=denied reason=not_admin' "$LOG"; then
+  pass "the refused Admin/Rollback is in the audit log"
+else
+  fail "no audit line for the refused Admin/Rollback"; grep audit "$LOG" || true
+fi
+call admin certcast.v1.Admin/Rollback '{"name":"wildcard","version":"1"}'
 if [[ $RC -eq 0 && $(json "$RESP" version) == 3 && $(json "$RESP" rolledBackFrom) == 1 &&
       $(json "$RESP" fingerprint) == "$FP1" ]]; then
-  pass "Admin/Rollback to version 1 publishes version 3 with version 1's fingerprint"
+  pass "Admin/Rollback (admin) to version 1 publishes version 3 with version 1's fingerprint"
 else
   fail "Admin/Rollback (exit $RC)"; show
 fi
-call certcast.v1.Inspection/GetCertificate '{"name":"wildcard"}'
+call tenant certcast.v1.Inspection/GetCertificate '{"name":"wildcard"}'
 if [[ $RC -eq 0 && $(json "$RESP" pin.pinned) == true && $(json "$RESP" current.version) == 3 ]]; then
   pass "GetCertificate shows version 3 pinned"
 else
@@ -313,6 +443,27 @@ else
 fi
 
 stop_server "$TLS_PID" "TLS server"
+
+# ---------------------------------------------------------------------------------------------
+# TLS server without --policy: it hands out nothing.
+NOPOLICY_LOG=$W/no-policy.log
+start_server "$NOPOLICY_LOG" --tls-cert="$W/serving.pem" --tls-key="$W/serving.key" \
+  --state-dir="$W/state-no-policy" --client-ca="$W/clientca.pem"
+NOPOLICY_PID=$LAST_PID
+URL=https://127.0.0.1:$PORT
+echo "certcast-server (TLS, no --policy) listening on port $PORT"
+subscribe tenant "$OUT/subscribe-no-policy.json" "$(hello buf-no-policy 0 "")" ""
+if refused "$OUT/subscribe-no-policy.json"; then
+  pass "without --policy, Subscribe (tenant-a) ends with permission_denied and holds no key"
+else
+  fail "Subscribe without --policy (exit $SUB_RC, expected 56 / permission_denied)"
+  sed 's/\("privateKeyPem": \)".*"/\1"<redacted>"/' "$OUT/subscribe-no-policy.json"
+  cat "$OUT/subscribe-no-policy.json.err"
+fi
+if grep -rl 'PRIVATE KEY' "$OUT" "$NOPOLICY_LOG" >/dev/null; then
+  fail "private key material found in: $(grep -rl 'PRIVATE KEY' "$OUT" "$NOPOLICY_LOG" | tr '\n' ' ')"
+fi
+stop_server "$NOPOLICY_PID" "TLS server without --policy"
 
 # ---------------------------------------------------------------------------------------------
 # Plaintext server (--insecure): h2c with prior knowledge.

@@ -1,0 +1,362 @@
+// Who may receive the private key: a denial matrix through the real server binary over TLS, with
+// identities from mTLS certificates (minted SPIFFE IDs), ServiceAccount tokens (TokenReview on
+// the fake Kubernetes API) and static tokens; policy reload revoking a live stream; and
+// --delete-on-revoke. No denied client ever receives a single message, let alone key bytes.
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/certificate.h"
+#include "common/filesystem.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "kube/api.h"
+#include "tests/child_process.h"
+#include "tests/fixtures/cert_factory.h"
+#include "tests/test_subscriber.h"
+
+namespace certcast {
+namespace {
+
+using ::certcast::fixtures::Issued;
+using ::certcast::fixtures::TempDir;
+using ::certcast::kube::Json;
+using ::certcast::scenario::ChildProcess;
+using ::certcast::scenario::TestSubscriber;
+using ::certcast::scenario::WaitFor;
+using ::testing::HasSubstr;
+
+constexpr char kPolicy[] = R"(certificates:
+  wildcard:
+    namespaces: ["tenant-*", "edge"]
+admins:
+  - spiffe://cluster.local/ns/certcast-system/sa/operator
+)";
+
+void WriteText(const std::string& path, const std::string& text) {
+  PosixFilesystem fs;
+  ASSERT_TRUE(WriteFileAtomically(fs, path, text, 0600).ok());
+}
+
+class IdentityScenarioTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    server_ca_ = fixtures::MakeRootCa("server ca");
+    client_ca_ = fixtures::MakeRootCa("client ca");
+    fixtures::CertOptions serving;
+    serving.dns_names = {"localhost"};
+    Issued serving_cert = fixtures::MakeCert(server_ca_, serving);
+    WriteText(tmp_.Join("server.crt"), serving_cert.cert_pem);
+    WriteText(tmp_.Join("server.key"), serving_cert.key_pem);
+    WriteText(tmp_.Join("server-ca.pem"), server_ca_.cert_pem);
+    WriteText(tmp_.Join("client-ca.pem"), client_ca_.cert_pem);
+    WriteText(tmp_.Join("policy.yaml"), kPolicy);
+    WriteText(
+        tmp_.Join("tokens.yaml"),
+        absl::StrCat("tokens:\n  - sha256: ", Sha256Hex("static-edge-secret"),
+                     "\n    namespace: edge\n    name: host-1\n  - sha256: ",
+                     Sha256Hex("static-lab-secret"), "\n    namespace: lab\n    name: bench\n"));
+    fixtures::WriteKubeletDir(tmp_.Join("source"), fixtures::MakeChain().material);
+    StartKubeApi();
+    StartServer();
+  }
+
+  void StartKubeApi() {
+    fixtures::CertOptions serving;
+    serving.dns_names = {"localhost"};
+    Issued api_cert = fixtures::MakeCert(server_ca_, serving);
+    WriteText(tmp_.Join("api.crt"), api_cert.cert_pem);
+    WriteText(tmp_.Join("api.key"), api_cert.key_pem);
+    WriteText(tmp_.Join("server-sa.token"), "server-token");
+    Json config = Json::parse(R"({
+      "tokens": {"server-token": "system:serviceaccount:certcast-system:certcast-server"},
+      "cluster_roles": [{"subjects": ["system:serviceaccount:certcast-system:certcast-server"],
+                         "rules": [{"apiGroups": ["authentication.k8s.io"],
+                                    "resources": ["tokenreviews"], "verbs": ["create"]}]}],
+      "reviewable_tokens": {
+        "sa-tenant-a": {"username": "system:serviceaccount:tenant-a:certcast-client",
+                        "audiences": ["certcast"]},
+        "sa-for-vault": {"username": "system:serviceaccount:tenant-a:certcast-client",
+                         "audiences": ["vault"]}}})");
+    WriteText(tmp_.Join("kube.json"), config.dump());
+    kube_ = std::make_unique<ChildProcess>(
+        CERTCAST_PYTHON,
+        std::vector<std::string>{CERTCAST_FAKE_KUBE_API, "--cert", tmp_.Join("api.crt"), "--key",
+                                 tmp_.Join("api.key"), "--config", tmp_.Join("kube.json")},
+        tmp_.Join("kube.log"));
+    kube_port_ = std::stoi("0" + kube_->WaitForLog("listening on port ([0-9]+)"));
+    ASSERT_NE(kube_port_, 0) << kube_->log();
+  }
+
+  void StartServer() {
+    server_ = std::make_unique<ChildProcess>(
+        CERTCAST_SERVER_BINARY,
+        std::vector<std::string>{
+            "--listen=127.0.0.1:0", "--tls-cert=" + tmp_.Join("server.crt"),
+            "--tls-key=" + tmp_.Join("server.key"), "--client-ca=" + tmp_.Join("client-ca.pem"),
+            "--policy=" + tmp_.Join("policy.yaml"), "--token-audience=certcast",
+            "--token-map=" + tmp_.Join("tokens.yaml"), "--max-streams-per-identity=2",
+            "--certificate=wildcard=" + tmp_.Join("source"), "--state-dir=" + tmp_.Join("state"),
+            absl::StrCat("--kube-api-url=https://localhost:", kube_port_),
+            "--kube-token-file=" + tmp_.Join("server-sa.token"),
+            "--kube-ca-file=" + tmp_.Join("server-ca.pem"), "--quiet-period=20ms"},
+        tmp_.Join("server.log"));
+    port_ = server_->WaitForPort();
+    ASSERT_NE(port_, 0) << server_->log();
+    operator_ = Spiffe("spiffe://cluster.local/ns/certcast-system/sa/operator");
+  }
+
+  // A client certificate with `uri` as its URI SAN (none when empty).
+  Issued Spiffe(const std::string& uri) {
+    fixtures::CertOptions options;
+    if (!uri.empty()) options.uri_sans = {uri};
+    options.client_auth = true;
+    return fixtures::MakeCert(client_ca_, options);
+  }
+  Issued Tenant(const std::string& ns) {
+    return Spiffe(absl::StrCat("spiffe://cluster.local/ns/", ns, "/sa/certcast-client"));
+  }
+
+  std::shared_ptr<grpc::Channel> Channel(const Issued* client = nullptr) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = server_ca_.cert_pem;
+    if (client != nullptr) {
+      ssl.pem_cert_chain = client->cert_pem;
+      ssl.pem_private_key = client->key_pem;
+    }
+    grpc::ChannelArguments args;
+    args.SetSslTargetNameOverride("localhost");
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    return grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", port_), grpc::SslCredentials(ssl),
+                                     args);
+  }
+
+  struct Outcome {
+    grpc::Status status;  // OK when an update arrived (the stream was then closed by us)
+    bool got_update = false;
+    size_t messages = 0;
+  };
+
+  // Subscribes with `hello_namespace` and reports what happened.
+  Outcome Subscribe(const std::shared_ptr<grpc::Channel>& channel, const std::string& ns,
+                    const std::string& token = "") {
+    TestSubscriber subscriber(channel, /*start_reading=*/true, token);
+    v1::HeldCertificate held;
+    held.set_name("wildcard");
+    subscriber.SendHello(ns, "probe", {held});
+    Outcome outcome;
+    std::optional<v1::SubscribeResponse> response = subscriber.NextNonHeartbeat(absl::Seconds(10));
+    outcome.got_update = response.has_value() && response->has_update();
+    if (outcome.got_update) {
+      subscriber.CloseSend();
+      subscriber.Finish();
+      outcome.messages = subscriber.received().size();
+      return outcome;
+    }
+    outcome.status = subscriber.Finish();
+    outcome.messages = subscriber.received().size();
+    return outcome;
+  }
+
+  void ExpectDenied(const Outcome& outcome, grpc::StatusCode code, const std::string& text) {
+    EXPECT_FALSE(outcome.got_update);
+    EXPECT_EQ(outcome.messages, 0u) << "a denied client received messages";
+    EXPECT_EQ(outcome.status.error_code(), code) << outcome.status.error_message();
+    EXPECT_THAT(outcome.status.error_message(), HasSubstr(text));
+  }
+
+  TempDir tmp_;
+  Issued server_ca_;
+  Issued client_ca_;
+  Issued operator_;
+  std::unique_ptr<ChildProcess> kube_;
+  int kube_port_ = 0;
+  std::unique_ptr<ChildProcess> server_;
+  int port_ = 0;
+};
+
+// The denial matrix: every way to be refused, each with its code and a message saying what is
+// missing, and the allowed cases for contrast.
+TEST_F(IdentityScenarioTest, DenialMatrix) {
+  Issued tenant_a = Tenant("tenant-a");
+  auto tenant_a_channel = Channel(&tenant_a);
+  // 1. mTLS identity, its own namespace, allowed by the policy glob.
+  EXPECT_TRUE(Subscribe(tenant_a_channel, "tenant-a").got_update);
+  // 2. No identity at all (no client certificate, no token).
+  ExpectDenied(Subscribe(Channel(), "tenant-a"), grpc::StatusCode::UNAUTHENTICATED,
+               "no client identity");
+  // 3. The hello claims another namespace than the certificate's.
+  ExpectDenied(Subscribe(tenant_a_channel, "tenant-b"), grpc::StatusCode::PERMISSION_DENIED,
+               "belongs to namespace \"tenant-a\"");
+  // 4. A proven namespace the policy does not name.
+  Issued intruder = Tenant("intruder");
+  ExpectDenied(Subscribe(Channel(&intruder), "intruder"), grpc::StatusCode::PERMISSION_DENIED,
+               "namespace \"intruder\" may not receive certificate \"wildcard\"");
+  // 5. A verified certificate without any URI SAN proves nothing.
+  Issued anonymous = Spiffe("");
+  ExpectDenied(Subscribe(Channel(&anonymous), "tenant-a"), grpc::StatusCode::UNAUTHENTICATED,
+               "no client identity");
+  // 6. A SPIFFE ID that is not of the ns/NS/sa/SA form names no namespace.
+  Issued workload = Spiffe("spiffe://cluster.local/workload/batch");
+  ExpectDenied(Subscribe(Channel(&workload), "tenant-a"), grpc::StatusCode::PERMISSION_DENIED,
+               "names no namespace");
+  // 7. A ServiceAccount token for the right audience.
+  EXPECT_TRUE(Subscribe(Channel(), "tenant-a", "sa-tenant-a").got_update);
+  // 8. A ServiceAccount token for another audience.
+  ExpectDenied(Subscribe(Channel(), "tenant-a", "sa-for-vault"), grpc::StatusCode::UNAUTHENTICATED,
+               "audience \"certcast\"");
+  // 9. A token nobody knows.
+  ExpectDenied(Subscribe(Channel(), "tenant-a", "made-up"), grpc::StatusCode::UNAUTHENTICATED,
+               "not accepted");
+  // 10. A valid token whose namespace differs from the hello's.
+  ExpectDenied(Subscribe(Channel(), "tenant-c", "sa-tenant-a"), grpc::StatusCode::PERMISSION_DENIED,
+               "belongs to namespace \"tenant-a\"");
+  // 11. A static token for an allowed namespace (a host outside Kubernetes).
+  EXPECT_TRUE(Subscribe(Channel(), "edge", "static-edge-secret").got_update);
+  // 12. A static token for a namespace the policy does not name.
+  ExpectDenied(Subscribe(Channel(), "lab", "static-lab-secret"),
+               grpc::StatusCode::PERMISSION_DENIED, "namespace \"lab\" may not receive");
+  // 13. A client certificate from another CA never gets past the TLS handshake.
+  Issued stranger =
+      fixtures::MakeCert(fixtures::MakeRootCa("stranger ca"), fixtures::CertOptions());
+  EXPECT_EQ(Subscribe(Channel(&stranger), "tenant-a").status.error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+  // 14. Too many streams for one identity (the limit is 2 here).
+  TestSubscriber first(tenant_a_channel), second(tenant_a_channel);
+  v1::HeldCertificate held;
+  held.set_name("wildcard");
+  first.SendHello("tenant-a", "one", {held});
+  second.SendHello("tenant-a", "two", {held});
+  ASSERT_TRUE(first.NextNonHeartbeat().has_value());
+  ASSERT_TRUE(second.NextNonHeartbeat().has_value());
+  ExpectDenied(Subscribe(tenant_a_channel, "tenant-a"), grpc::StatusCode::RESOURCE_EXHAUSTED,
+               "limit per identity");
+
+  // Every denial is in the audit log with identity, peer, method and decision.
+  const std::string log = server_->log();
+  EXPECT_THAT(log,
+              HasSubstr("audit: identity=spiffe://cluster.local/ns/intruder/sa/certcast-client"));
+  EXPECT_THAT(log, HasSubstr("decision=denied reason=not_allowed"));
+  EXPECT_THAT(log, HasSubstr("decision=denied reason=namespace_mismatch"));
+  EXPECT_THAT(log, HasSubstr("identity=an unauthenticated peer"));
+  EXPECT_THAT(log, ::testing::Not(HasSubstr("PRIVATE KEY")));
+}
+
+// Admin calls need an admin identity; non-admins see only their namespace in Inspection.
+TEST_F(IdentityScenarioTest, AdminAndInspectionScopes) {
+  Issued tenant_a = Tenant("tenant-a");
+  Issued tenant_b = Tenant("tenant-b");
+  TestSubscriber a(Channel(&tenant_a)), b(Channel(&tenant_b));
+  v1::HeldCertificate held;
+  held.set_name("wildcard");
+  a.SendHello("tenant-a", "pod-a", {held});
+  b.SendHello("tenant-b", "pod-b", {held});
+  ASSERT_TRUE(a.NextNonHeartbeat().has_value());
+  ASSERT_TRUE(b.NextNonHeartbeat().has_value());
+
+  auto list = [&](const Issued* who) {
+    auto stub = v1::Inspection::NewStub(Channel(who));
+    grpc::ClientContext context;
+    v1::ListClientsResponse response;
+    grpc::Status status = stub->ListClients(&context, {}, &response);
+    std::vector<std::string> namespaces;
+    for (const auto& client : response.clients()) namespaces.push_back(client.namespace_());
+    return std::make_pair(status, namespaces);
+  };
+  EXPECT_THAT(list(&tenant_a).second, ::testing::ElementsAre("tenant-a"));
+  EXPECT_THAT(list(&operator_).second, ::testing::UnorderedElementsAre("tenant-a", "tenant-b"));
+  Issued intruder = Tenant("intruder");
+  {
+    auto stub = v1::Inspection::NewStub(Channel(&intruder));
+    grpc::ClientContext context;
+    v1::GetCertificateRequest request;
+    request.set_name("wildcard");
+    v1::Certificate certificate;
+    EXPECT_EQ(stub->GetCertificate(&context, request, &certificate).error_code(),
+              grpc::StatusCode::NOT_FOUND)
+        << "a namespace that may not receive the certificate does not see it";
+  }
+  auto rollback = [&](const Issued* who) {
+    auto stub = v1::Admin::NewStub(Channel(who));
+    grpc::ClientContext context;
+    v1::RollbackRequest request;
+    request.set_name("wildcard");
+    request.set_version(1);
+    v1::RollbackResponse response;
+    return stub->Rollback(&context, request, &response);
+  };
+  grpc::Status denied = rollback(&tenant_a);
+  EXPECT_EQ(denied.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(denied.error_message(), HasSubstr("is not an admin"));
+  // The operator is an admin: allowed (and refused only because version 1 is current).
+  EXPECT_EQ(rollback(&operator_).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(server_->log(),
+              HasSubstr("method=Admin/Rollback certificate=wildcard decision=denied"));
+}
+
+// A policy change revokes live streams that lost permission (others keep being served); the
+// revoked client keeps its files by default, and deletes them with --delete-on-revoke.
+TEST_F(IdentityScenarioTest, PolicyReloadRevokesAndDeleteOnRevoke) {
+  auto client = [&](const std::string& ns, std::vector<std::string> extra) {
+    Issued identity = Tenant(ns);
+    WriteText(tmp_.Join(ns + ".crt"), identity.cert_pem);
+    WriteText(tmp_.Join(ns + ".key"), identity.key_pem);
+    std::vector<std::string> args = {absl::StrCat("--server=127.0.0.1:", port_),
+                                     "--tls-server-name=localhost",
+                                     "--ca=" + tmp_.Join("server-ca.pem"),
+                                     "--tls-cert=" + tmp_.Join(ns + ".crt"),
+                                     "--tls-key=" + tmp_.Join(ns + ".key"),
+                                     "--namespace=" + ns,
+                                     "--certificate=wildcard",
+                                     "--output-dir=" + tmp_.Join("out-" + ns),
+                                     "--state-dir=" + tmp_.Join("state-" + ns)};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return std::make_unique<ChildProcess>(CERTCAST_CLIENT_BINARY, args,
+                                          tmp_.Join("client-" + ns + ".log"));
+  };
+  auto holds = [&](const std::string& ns) {
+    struct stat st;
+    return stat(tmp_.Join("out-" + ns + "/wildcard/tls.key").c_str(), &st) == 0;
+  };
+  auto a = client("tenant-a", {});
+  auto b = client("tenant-b", {});
+  auto c = client("tenant-c", {"--delete-on-revoke"});
+  ASSERT_TRUE(WaitFor([&] { return holds("tenant-a") && holds("tenant-b") && holds("tenant-c"); }))
+      << b->log();
+
+  WriteText(tmp_.Join("policy.yaml"),
+            "certificates:\n  wildcard:\n    namespaces: [tenant-a]\nadmins:\n"
+            "  - spiffe://cluster.local/ns/certcast-system/sa/operator\n");
+  server_->Signal(SIGHUP);  // the file watch would notice too; SIGHUP is immediate
+  ASSERT_FALSE(b->WaitForLog("access revoked").empty()) << b->log();
+  ASSERT_TRUE(WaitFor([&] { return !holds("tenant-c"); })) << c->log();
+  EXPECT_TRUE(holds("tenant-b")) << "without --delete-on-revoke the last material stays";
+  EXPECT_TRUE(holds("tenant-a"));
+  EXPECT_FALSE(c->WaitForLog("removed from every sink").empty()) << c->log();
+  EXPECT_FALSE(b->Exited()) << "a denied client keeps retrying";
+
+  // tenant-a is still served: a rotation reaches it.
+  fixtures::Chain next = fixtures::MakeChain();
+  fixtures::WriteKubeletDir(tmp_.Join("source"), next.material);
+  ASSERT_FALSE(a->WaitForLog("version 2 applied").empty()) << a->log();
+}
+
+// A policy that does not parse or names an unknown certificate is a start-up error.
+TEST_F(IdentityScenarioTest, BadPolicyIsAStartupError) {
+  WriteText(tmp_.Join("bad.yaml"), "certificates:\n  nope:\n    namespaces: [a]\n");
+  ChildProcess server(
+      CERTCAST_SERVER_BINARY,
+      {"--listen=127.0.0.1:0", "--tls-cert=" + tmp_.Join("server.crt"),
+       "--tls-key=" + tmp_.Join("server.key"), "--policy=" + tmp_.Join("bad.yaml"),
+       "--certificate=wildcard=" + tmp_.Join("source"), "--state-dir=" + tmp_.Join("state2")},
+      tmp_.Join("bad-server.log"));
+  EXPECT_EQ(WEXITSTATUS(server.Wait(absl::Seconds(20))), 2);
+  EXPECT_THAT(server.log(), HasSubstr("\"nope\""));
+}
+
+}  // namespace
+}  // namespace certcast
