@@ -213,10 +213,28 @@ if [[ $MODE == idle ]]; then
   sleep "$IDLE_SETTLE"
   RSS=$(status_kb "$PID" VmRSS) HWM=$(status_kb "$PID" VmHWM) THREADS=$(status_kb "$PID" Threads)
   echo "# client pid $PID after ${IDLE_SETTLE} s idle: VmRSS $RSS KiB, VmHWM $HWM KiB," \
-    "$THREADS threads, RssAnon $(status_kb "$PID" RssAnon) KiB, RssFile $(status_kb "$PID" RssFile) KiB"
+    "$THREADS threads, RssAnon $(status_kb "$PID" RssAnon) KiB, RssFile $(status_kb "$PID" RssFile) KiB," \
+    "Pss $(awk '$1 == "Pss:" { print $2 }' "/proc/$PID/smaps_rollup") KiB"
+  # Where the resident pages are: the largest mappings by Rss (file-backed: shared libraries).
+  echo "# largest mappings by Rss (KiB):"
+  awk '/^[0-9a-f]+-[0-9a-f]+ / { name = (NF >= 6 ? $6 : "[anon]") }
+       /^Rss:/ { rss[name] += $2 }
+       END { for (n in rss) if (rss[n] > 0) printf "%8d  %s\n", rss[n], n }' "/proc/$PID/smaps" \
+    | sort -rn | head -12 | sed 's/^/#   /'
+  # Per-thread wakeups: schedstat's third field counts the times a thread was scheduled.
+  threads() {
+    for t in /proc/"$PID"/task/*; do
+      printf '%s %s %s\n' "${t##*/}" "$(cat "$t/comm")" "$(awk '{ print $3, $1 }' "$t/schedstat")"
+    done | sort
+  }
+  TH0=$(threads)
   T0=$(ticks "$PID") S0=$(sched_ns "$PID") SRV0=$(ticks "$SERVER_PID")
   sleep "$IDLE_SECONDS"
   T1=$(ticks "$PID") S1=$(sched_ns "$PID") SRV1=$(ticks "$SERVER_PID")
+  TH1=$(threads)
+  echo "# per thread over ${IDLE_SECONDS} s: tid name, times scheduled, CPU (ms)"
+  join <(echo "$TH0") <(echo "$TH1") \
+    | awk '{ printf "#   %-8s %-16s %6d %8.3f\n", $1, $2, $6 - $3, ($7 - $4) / 1e6 }'
   echo
   echo "=== certcast-client idle: $MODE_NAME, heartbeat $HEARTBEAT, $(nproc) cores, $(uname -r) ==="
   printf '%-44s %s\n' "client VmRSS / VmHWM after ${IDLE_SETTLE} s idle" "$RSS / $HWM KiB"
@@ -245,6 +263,12 @@ done
 LOG_LINES=$(cat "$WORK"/clients/*/log | grep -vc -- '--insecure' || true)
 RSS_LIST=$(for pid in "${CLIENT_PIDS[@]}"; do status_kb "$pid" VmRSS; done | sort -n)
 HWM_LIST=$(for pid in "${CLIENT_PIDS[@]}"; do status_kb "$pid" VmHWM; done | sort -n)
+# Pss: resident pages divided by the number of processes mapping them (the shared libraries'
+# pages are shared by all clients here, and with the server and the bench).
+pss_kb() { awk '$1 == "Pss:" { print $2 }' "/proc/$1/smaps_rollup"; }
+ANON_LIST=$(for pid in "${CLIENT_PIDS[@]}"; do status_kb "$pid" RssAnon; done | sort -n)
+PSS_LIST=$(for pid in "${CLIENT_PIDS[@]}"; do pss_kb "$pid"; done | sort -n)
+PSS_SUM=$(awk '{ s += $1 } END { print s }' <<<"$PSS_LIST")
 pick() { awk -v q="$2" '{ v[NR] = $1 } END { i = int((NR - 1) * q) + 1; print v[i] }' <<<"$1"; }
 
 TIME_V_RSS=
@@ -274,6 +298,10 @@ printf '%-52s %s\n' "client VmRSS after the rounds (min / median / max)" \
   "$(pick "$RSS_LIST" 0) / $(pick "$RSS_LIST" 0.5) / $(pick "$RSS_LIST" 1) KiB"
 printf '%-52s %s\n' "client VmHWM (min / median / max)" \
   "$(pick "$HWM_LIST" 0) / $(pick "$HWM_LIST" 0.5) / $(pick "$HWM_LIST" 1) KiB"
+printf '%-52s %s\n' "client RssAnon (min / median / max)" \
+  "$(pick "$ANON_LIST" 0) / $(pick "$ANON_LIST" 0.5) / $(pick "$ANON_LIST" 1) KiB"
+printf '%-52s %s\n' "client Pss (median; sum over all clients)" \
+  "$(pick "$PSS_LIST" 0.5) KiB; $PSS_SUM KiB"
 [[ -n $TIME_V_RSS ]] && printf '%-52s %s\n' "client 1 max RSS (/usr/bin/time -v)" "$TIME_V_RSS KiB"
 printf '%-52s %s\n' "clients whose files differ from the last round" "$mismatched"
 printf '%-52s %s\n' "client log lines (warn and above)" "$LOG_LINES"

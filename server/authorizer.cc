@@ -137,6 +137,13 @@ absl::StatusOr<InspectionScope> PolicyAuthorizer::AuthorizeInspection(const Peer
   if (absl::Status proven = RequireIdentity(peer); !proven.ok()) return proven;
   std::shared_ptr<const Policy> policy = policy_ == nullptr ? nullptr : policy_->current();
   if (policy != nullptr && policy->IsAdmin(peer.identity)) return InspectionScope{true, ""};
+  // A non-admin sees its own namespace; an identity without one has nothing to see (an empty
+  // namespace must never become "no filter").
+  if (peer.namespace_.empty()) {
+    return Denied(absl::StatusCode::kPermissionDenied, "no_namespace",
+                  absl::StrCat("identity ", peer.identity,
+                               " names no namespace and is not an admin (policy: admins)"));
+  }
   return InspectionScope{false, peer.namespace_};
 }
 

@@ -268,6 +268,10 @@ TEST_F(IdentityScenarioTest, AdminAndInspectionScopes) {
     return std::make_pair(status, namespaces);
   };
   EXPECT_THAT(list(&tenant_a).second, ::testing::ElementsAre("tenant-a"));
+  // An identity without a namespace is not "every namespace".
+  Issued workload = Spiffe("spiffe://cluster.local/workload/odd");
+  EXPECT_EQ(list(&workload).first.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_TRUE(list(&workload).second.empty());
   EXPECT_THAT(list(&operator_).second, ::testing::UnorderedElementsAre("tenant-a", "tenant-b"));
   Issued intruder = Tenant("intruder");
   {
