@@ -62,6 +62,9 @@ ABSL_FLAG(std::string, ns, "bench", "Namespace sent in the hello (also --namespa
 ABSL_FLAG(std::string, tls_ca, "", "Root CA (PEM): use TLS with this root. Empty: plaintext.");
 ABSL_FLAG(std::string, tls_server_name, "",
           "Override of the name checked against the server certificate (default: the target host).");
+ABSL_FLAG(std::string, token_file, "",
+          "File with a bearer token sent as `authorization: Bearer TOKEN` on every call (servers "
+          "with identities and a policy require one over TLS). Empty: none.");
 ABSL_FLAG(bool, ack, false, "Send an Ack for every CertificateUpdate.");
 ABSL_FLAG(std::string, mode, "idle", "idle, rotation or watch-acks.");
 ABSL_FLAG(uint64_t, version, 0,
@@ -101,6 +104,13 @@ using Clock = std::chrono::steady_clock;
 int64_t NowNs() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
       .count();
+}
+
+// "Bearer TOKEN" from --token-file, or empty; set once in main before any call.
+std::string g_authorization;
+
+void Authorize(grpc::ClientContext* context) {
+  if (!g_authorization.empty()) context->AddMetadata("authorization", g_authorization);
 }
 
 [[noreturn]] void Die(const std::string& message) {
@@ -304,6 +314,7 @@ class Bench {
 
 void Subscriber::Start(v1::Distribution::Stub* stub, const std::string& ns,
                        const std::string& certificate) {
+  Authorize(&context_);
   stub->async()->Subscribe(&context_, this);
   v1::SubscribeRequest hello;
   hello.mutable_hello()->set_client_id(absl::StrCat("bench-", index_));
@@ -456,6 +467,7 @@ AckSnapshot PollAcks(v1::Inspection::Stub* stub, const std::string& ns,
     v1::ListClientsResponse response;
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    Authorize(&context);
     const grpc::Status status = stub->ListClients(&context, request, &response);
     if (!status.ok()) {
       snapshot.ok = false;
@@ -492,6 +504,7 @@ CurrentVersion ServerVersion(v1::Inspection::Stub* stub, const std::string& cert
   v1::ListCertificatesResponse response;
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  Authorize(&context);
   const grpc::Status status = stub->ListCertificates(&context, {}, &response);
   if (!status.ok()) Die(absl::StrCat("ListCertificates: ", status.error_message()));
   for (const v1::CertificateSummary& summary : response.certificates()) {
@@ -699,6 +712,13 @@ int main(int argc, char** argv) {
   NormalizeFlagNames(argc, argv);
   absl::ParseCommandLine(argc, argv);
   RaiseFileLimit();
+  if (!absl::GetFlag(FLAGS_token_file).empty()) {
+    std::string token = ReadFileOrDie(absl::GetFlag(FLAGS_token_file));
+    while (!token.empty() && (token.back() == '\n' || token.back() == '\r' || token.back() == ' ')) {
+      token.pop_back();
+    }
+    g_authorization = absl::StrCat("Bearer ", token);
+  }
 
   const int clients = absl::GetFlag(FLAGS_clients);
   const int connections =

@@ -23,6 +23,9 @@
 #   TLS=1             1: TLS (minted CA; server certificate for DNS:certcast.bench.test and
 #                     IP:127.0.0.1; clients connect to 127.0.0.1 with
 #                     --tls-server-name=certcast.bench.test). 0: --insecure on both sides.
+#                     When the server has --policy (identities), TLS=1 also writes a policy for
+#                     namespace "bench" and gives every client (and the bench) its own static
+#                     bearer token through --token-map / --token-file.
 #   QUIET=200ms       server --quiet-period (200ms is the server's default)
 #   HEARTBEAT=30s     server --heartbeat-interval (30s is the server's default)
 #   TIME_V=0          1: run client 1 under `/usr/bin/time -v` and report its maximum RSS at the end
@@ -147,6 +150,25 @@ else
   BENCH_SECURITY=()
   MODE_NAME=plaintext
 fi
+# Servers with identities and a policy (--policy) hand key material over TLS only to proven
+# identities: then every client gets its own static bearer token (--token-map), the policy lets
+# namespace "bench" receive "bench", and the bench's ListClients calls use a token of its own.
+TOKENS=0
+SERVER_HELP=$("$SERVER_BIN" --helpfull 2>&1 || true)  # absl's --helpfull exits with 1
+if [[ $TLS == 1 && $SERVER_HELP == *"--policy"* ]]; then
+  TOKENS=1
+  printf 'certificates:\n  bench:\n    namespaces: ["bench"]\n' > policy.yaml
+  mktoken() {  # mktoken FILE NAME: writes a random token to FILE, its map entry to tokens.yaml
+    openssl rand -hex 24 > "$1"
+    printf '  - sha256: %s\n    namespace: bench\n    name: %s\n' \
+      "$(tr -d '\n' < "$1" | sha256sum | cut -d' ' -f1)" "$2" >> tokens.yaml
+  }
+  echo "tokens:" > tokens.yaml
+  mktoken watcher.token watcher
+  for ((i = 1; i <= CLIENTS; i++)); do mkdir -p "clients/$i"; mktoken "clients/$i/token" "client-$i"; done
+  SERVER_SECURITY+=(--policy="$WORK/policy.yaml" --token-map="$WORK/tokens.yaml")
+  BENCH_SECURITY+=(--token-file="$WORK/watcher.token")
+fi
 "$SERVER_BIN" --listen=127.0.0.1:0 "${SERVER_SECURITY[@]}" --certificate=bench="$WORK/source" \
   --state-dir="$WORK/state" --quiet-period="$QUIET" --heartbeat-interval="$HEARTBEAT" \
   > "$WORK/server.log" 2>&1 &
@@ -159,6 +181,7 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 [[ -n $PORT ]] || { echo "server did not report its port" >&2; cat "$WORK/server.log" >&2; exit 1; }
+[[ $TOKENS == 1 ]] && MODE_NAME="$MODE_NAME, per-client bearer tokens and a policy"
 echo "# certcast-server pid $SERVER_PID on 127.0.0.1:$PORT ($MODE_NAME), quiet period $QUIET," \
   "heartbeat $HEARTBEAT, $(nproc) cores, kernel $(uname -r)"
 BENCH_COMMON=(--target="127.0.0.1:$PORT" --certificate=bench --namespace=bench
@@ -171,13 +194,14 @@ start_client() {  # start_client INDEX
   local cmd=("$CLIENT_BIN" --server="127.0.0.1:$PORT" "${CLIENT_SECURITY[@]}" --namespace=bench
              --client-id="client-$i" --certificate=bench --output-dir="$dir/out"
              --state-dir="$dir/state" --log-level=warn)
+  [[ $TOKENS == 1 ]] && cmd+=(--token-file="$dir/token")
   if [[ $TIME_V == 1 && $i == 1 ]]; then
     /usr/bin/time -v -o "$dir/time-v.txt" "${cmd[@]}" > "$dir/log" 2>&1 &
     local wrapper=$!
     WAIT_PIDS+=("$wrapper")
     local child=
     for _ in $(seq 1 100); do
-      child=$(cat "/proc/$wrapper/task/$wrapper/children" 2>/dev/null | awk '{print $1}')
+      child=$(pgrep -P "$wrapper" | head -1 || true)
       [[ -n $child ]] && break
       sleep 0.01
     done
