@@ -1,10 +1,8 @@
 // certcast-client: the composition root. Parses flags, wires the files sink, hooks, state and
 // credentials into a Session, and runs it until SIGTERM. SIGHUP re-reads the TLS files.
 #include <signal.h>
-#include <sys/prctl.h>
 #include <unistd.h>
 
-#include <cstdio>
 #include <memory>
 #include <string>
 #include <thread>
@@ -16,7 +14,6 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
-#include "absl/synchronization/mutex.h"
 #include "client/credentials.h"
 #include "client/file_sink.h"
 #include "client/hooks.h"
@@ -29,6 +26,7 @@
 #include "common/flags_util.h"
 #include "common/http_probe_server.h"
 #include "common/logging.h"
+#include "common/process.h"
 #include "spdlog/spdlog.h"
 
 ABSL_FLAG(std::string, server, "", "certcast-server address, HOST:PORT.");
@@ -87,10 +85,7 @@ namespace {
 constexpr char kServiceAccountNamespace[] =
     "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
-int Fail(const std::string& message) {
-  std::fprintf(stderr, "certcast-client: %s\n", message.c_str());
-  return 2;
-}
+int Fail(const std::string& message) { return certcast::FailStartup("certcast-client", message); }
 
 std::string Hostname() {
   char name[256] = {};
@@ -105,11 +100,7 @@ std::string Hostname() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // The process holds private keys: no core dumps, no ptrace by unprivileged peers.
-  prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
-  // Debian's abseil keeps Mutex deadlock detection on (no NDEBUG); it costs CPU and ~4 KB per
-  // stream in gRPC's own mutexes. Lock order is documented next to each mutex instead.
-  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  certcast::HardenKeyHoldingProcess();
   absl::SetProgramUsageMessage(
       "Receives certificates from certcast-server and writes them as files and/or a Secret.\n"
       "Flags may be spelled with dashes or underscores (--output-dir, --output_dir).\n"
@@ -219,12 +210,7 @@ int main(int argc, char** argv) {
   }
 
   // Signals are taken synchronously by this thread; threads started later inherit the mask.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  sigset_t signals = certcast::BlockControlSignals();
 
   std::vector<certcast::Hook*> hook_pointers;
   for (const auto& hook : hooks) hook_pointers.push_back(hook.get());

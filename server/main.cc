@@ -1,9 +1,7 @@
 // certcast-server: the composition root. Parses flags, configures logging, starts a
 // CertcastServer and waits for SIGTERM/SIGINT.
 #include <signal.h>
-#include <sys/prctl.h>
 
-#include <cstdio>
 #include <map>
 #include <string>
 #include <vector>
@@ -12,12 +10,12 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/clock.h"
 #include "common/filesystem.h"
 #include "common/flags_util.h"
 #include "common/logging.h"
+#include "common/process.h"
 #include "server/server.h"
 #include "spdlog/spdlog.h"
 
@@ -79,19 +77,12 @@ ABSL_FLAG(std::string, log_format, "text", "text or json (one object per line)."
 
 namespace {
 
-int Fail(const std::string& message) {
-  std::fprintf(stderr, "certcast-server: %s\n", message.c_str());
-  return 2;
-}
+int Fail(const std::string& message) { return certcast::FailStartup("certcast-server", message); }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  // The process holds private keys: no core dumps, no ptrace by unprivileged peers.
-  prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
-  // Debian's abseil keeps Mutex deadlock detection on (no NDEBUG); it costs CPU and ~4 KB per
-  // stream in gRPC's own mutexes. Lock order is documented next to each mutex instead.
-  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  certcast::HardenKeyHoldingProcess();
   absl::SetProgramUsageMessage(
       "Distributes TLS certificates to certcast clients over gRPC.\n"
       "Flags may be spelled with dashes or underscores (--state-dir, --state_dir).\n"
@@ -153,12 +144,7 @@ int main(int argc, char** argv) {
   options.client_retention = absl::GetFlag(FLAGS_client_retention);
 
   // Signals are taken synchronously by this thread; every thread started later inherits the mask.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  sigset_t signals = certcast::BlockControlSignals();
 
   certcast::PosixFilesystem fs;
   certcast::RealClock clock;

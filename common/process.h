@@ -1,0 +1,27 @@
+// Process set-up shared by the binaries' main(): hardening for a process that holds private
+// keys, the signals main() waits for, and the start-up failure convention.
+#ifndef CERTCAST_COMMON_PROCESS_H_
+#define CERTCAST_COMMON_PROCESS_H_
+
+#include <signal.h>
+
+#include <string>
+
+namespace certcast {
+
+// No core dumps and no ptrace by unprivileged peers (the process holds private keys); abseil's
+// mutex deadlock detection off (Debian's build keeps it on: it costs CPU and ~4 KB per gRPC
+// stream; certcast documents its lock order next to each mutex instead). Call first in main().
+void HardenKeyHoldingProcess();
+
+// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and every thread started after it)
+// and returns the set, for main() to sigwait on.
+sigset_t BlockControlSignals();
+
+// Prints "PROGRAM: MESSAGE" to stderr and returns the exit status for a local permanent error
+// (bad flags, unreadable files), so a supervisor shows why the process did not start.
+int FailStartup(const char* program, const std::string& message);
+
+}  // namespace certcast
+
+#endif  // CERTCAST_COMMON_PROCESS_H_
