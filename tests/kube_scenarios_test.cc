@@ -9,6 +9,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "client/secret_sink.h"
 #include "common/filesystem.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -50,7 +51,7 @@ Json SourceSecret(const Chain& chain) {
 
 // The Role DESIGN.md gives a client: one Secret by name, create in its namespace, and patch on
 // the Deployment it restarts.
-Json ClientRole(const std::string& ns, const std::string& subject) {
+Json ClientRole(const std::string& ns, const std::string& subject, bool can_delete = false) {
   Json role = Json::parse(R"({
     "rules": [
       {"apiGroups": [""], "resources": ["secrets"],
@@ -60,6 +61,9 @@ Json ClientRole(const std::string& ns, const std::string& subject) {
        "resourceNames": ["web"]}]})");
   role["namespace"] = ns;
   role["subjects"] = Json::array({subject});
+  if (can_delete) {  // the delete-on-revoke component's extra rule
+    role["rules"][0]["verbs"].push_back("delete");
+  }
   return role;
 }
 
@@ -94,7 +98,7 @@ class KubeScenarioTest : public ::testing::Test {
         {"client-a-token", kClientA}, {"client-b-token", kClientB}, {"server-token", kServerSa}};
     config["admin_tokens"] = Json::array({"admin-token"});
     config["roles"] = Json::array(
-        {ClientRole("tenant-a", kClientA), ClientRole("tenant-b", kClientB), server_role});
+        {ClientRole("tenant-a", kClientA), ClientRole("tenant-b", kClientB, true), server_role});
     config["objects"] = Json::array({SourceSecret(chain_), deployment});
     WriteText(tmp_.Join("kube.json"), config.dump());
     StartApi();
@@ -457,6 +461,26 @@ TEST_F(KubeScenarioTest, ClientReadinessFollowsTheSinks) {
   ASSERT_TRUE(
       WaitFor([&] { return scenario::HttpGet(health_port, "/readyz") == 200; }, absl::Seconds(60)))
       << client->log();
+}
+
+// --delete-on-revoke's Secret removal deletes the managed Secret, and never a foreign one.
+TEST_F(KubeScenarioTest, RevokedSecretSinkDeletesOnlyItsManagedSecret) {
+  std::unique_ptr<kube::KubeApi> api = Api("client-b");
+  SecretSink sink(api.get(), {"tenant-b", "wildcard-tls"});
+  VersionedMaterial version{"wildcard", 1, chain_.leaf.fingerprint, chain_.material};
+  ASSERT_TRUE(sink.Apply(version).ok());
+  ASSERT_TRUE(TenantHolds("tenant-b", chain_));
+  ASSERT_TRUE(sink.Remove("wildcard").ok());
+  EXPECT_TRUE(TenantSecret("tenant-b").is_null()) << "the managed Secret is gone";
+
+  Json foreign = {{"apiVersion", "v1"},
+                  {"kind", "Secret"},
+                  {"type", "Opaque"},
+                  {"metadata", {{"name", "wildcard-tls"}, {"namespace", "tenant-b"}}},
+                  {"data", {{"password", absl::Base64Escape("hunter2")}}}};
+  ASSERT_TRUE(admin_->Request("POST", kube::SecretsPath("tenant-b"), &foreign).ok());
+  ASSERT_TRUE(sink.Remove("wildcard").ok());
+  EXPECT_EQ(TenantSecret("tenant-b")["data"]["password"], absl::Base64Escape("hunter2"));
 }
 
 }  // namespace

@@ -157,7 +157,11 @@ TEST_F(TlsScenarioTest, MutualTlsRecordsSpiffeIdentity) {
 // Secure by default: a TLS server without a policy hands out nothing, even to a proven client.
 TEST_F(TlsScenarioTest, WithoutPolicyNothingIsHandedOut) {
   options_.client_ca = tmp_.Join("client-ca.pem");
+  options_.health_listen = "127.0.0.1:0";
   Start();
+  std::string body;
+  EXPECT_EQ(scenario::HttpGet(server_->health_port(), "/readyz", &body), 503);
+  EXPECT_THAT(body, ::testing::HasSubstr("hands out nothing"));
   CertOptions client_options;
   client_options.uri_sans = {kSpiffeId};
   client_options.client_auth = true;
