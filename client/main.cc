@@ -17,6 +17,7 @@
 #include "client/credentials.h"
 #include "client/file_sink.h"
 #include "client/hooks.h"
+#include "client/metrics.h"
 #include "client/rollout_hook.h"
 #include "client/secret_sink.h"
 #include "client/session.h"
@@ -27,6 +28,7 @@
 #include "common/http_probe_server.h"
 #include "common/logging.h"
 #include "common/process.h"
+#include "metrics/endpoint.h"
 #include "spdlog/spdlog.h"
 
 ABSL_FLAG(std::string, server, "", "certcast-server address, HOST:PORT.");
@@ -46,6 +48,9 @@ ABSL_FLAG(std::vector<std::string>, rollout_restart, {},
 ABSL_FLAG(std::string, health_listen, "",
           "HOST:PORT for plain-HTTP /healthz (the session loop is alive) and /readyz (the "
           "current version is applied to every sink). Empty: disabled.");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "HOST:PORT for Prometheus metrics (plain HTTP, GET /metrics; port 0 picks one). Empty: "
+          "disabled.");
 ABSL_FLAG(std::string, kube_api_url, "",
           "Kubernetes API URL. Default: in-cluster (KUBERNETES_SERVICE_HOST).");
 ABSL_FLAG(std::string, kube_token_file, "",
@@ -235,6 +240,18 @@ int main(int argc, char** argv) {
     if (!port.ok()) return Fail(absl::StrCat("--health-listen: ", port.status().message()));
     spdlog::info("health endpoints on port {}", *port);
   }
+  // Declared after the session, so it stops (no scrape runs) before the session goes.
+  std::unique_ptr<certcast::metrics::MetricsEndpoint> metrics;
+  if (const std::string listen = absl::GetFlag(FLAGS_metrics_listen); !listen.empty()) {
+    absl::StatusOr<std::unique_ptr<certcast::metrics::MetricsEndpoint>> started =
+        certcast::metrics::MetricsEndpoint::Start(listen);
+    if (!started.ok()) {
+      return Fail(absl::StrCat("--metrics-listen: ", started.status().message()));
+    }
+    metrics = *std::move(started);
+    metrics->Register(std::make_shared<certcast::ClientMetrics>(&session));
+    spdlog::info("metrics on port {}", metrics->port());
+  }
   std::thread runner([&session] { session.Run(); });
 
   while (true) {
@@ -257,6 +274,7 @@ int main(int argc, char** argv) {
   session.Stop();
   runner.join();
   probes.Stop();
+  metrics.reset();
   if (secret_sink != nullptr) secret_sink->Stop();
   spdlog::info("certcast-client stopped");
   return 0;

@@ -45,6 +45,7 @@ void Session::Init() {
     if (!held.fingerprint.empty() && recorded.has_value()) {
       if (recorded->fingerprint == held.fingerprint) {
         held.version = recorded->version;
+        held.not_after = recorded->not_after;
       } else {
         spdlog::warn(
             "certificate {}: the files hold fingerprint {} but the state says version {} "
@@ -63,6 +64,21 @@ void Session::Init() {
 std::map<std::string, HeldVersion> Session::held() {
   absl::MutexLock lock(&mu_);
   return held_;
+}
+
+std::map<std::string, AppliedCertificate> Session::applied() {
+  absl::MutexLock lock(&mu_);
+  std::map<std::string, AppliedCertificate> applied;
+  for (const std::string& name : options_.certificates) {
+    AppliedCertificate& certificate = applied[name];
+    if (auto held = held_.find(name); held != held_.end() && !held->second.fingerprint.empty()) {
+      certificate.version = held->second.version;
+      certificate.not_after = held->second.not_after;
+    }
+    if (auto at = applied_at_.find(name); at != applied_at_.end())
+      certificate.applied_at = at->second;
+  }
+  return applied;
 }
 
 bool Session::Ready(std::string* why) {
@@ -150,7 +166,7 @@ void Session::RunConnection() {
     context_ = &context;
     reconnect_now_ = false;
     events_.clear();
-    ++counters_.connects;
+    if (++counters_.connects > 1) ++counters_.reconnects;
   }
   grpc::ChannelArguments args;
   // A dead server or half-open connection is noticed by keepalive as well as by heartbeats.
@@ -414,6 +430,7 @@ void Session::HandleUpdate(v1::CertificateUpdate& update) {
     {
       absl::MutexLock lock(&mu_);
       ++counters_.nacks;
+      if (known) ++counters_.apply_failures_by_sink[version.name]["validation"];
     }
     Send(nack);
     return;
@@ -430,9 +447,10 @@ void Session::HandleUpdate(v1::CertificateUpdate& update) {
     }
   }
   bool failed = false;
-  v1::SubscribeRequest reply = Apply(version, update.nonce(), &failed);
+  v1::SubscribeRequest reply = Apply(version, info->not_after, update.nonce(), &failed);
   if (failed) {
     PendingApply pending;
+    pending.not_after = info->not_after;
     pending.backoff = std::make_unique<Backoff>(options_.retry);
     pending.retry_at = absl::Now() + pending.backoff->Next();
     pending.nonce = update.nonce();
@@ -451,7 +469,7 @@ void Session::RetryDue() {
       continue;
     }
     bool failed = false;
-    v1::SubscribeRequest reply = Apply(pending.material, pending.nonce, &failed);
+    v1::SubscribeRequest reply = Apply(pending.material, pending.not_after, pending.nonce, &failed);
     if (failed) {
       pending.retry_at = now + pending.backoff->Next();
       ++it;
@@ -462,8 +480,8 @@ void Session::RetryDue() {
   }
 }
 
-v1::SubscribeRequest Session::Apply(const VersionedMaterial& version, const std::string& nonce,
-                                    bool* failed) {
+v1::SubscribeRequest Session::Apply(const VersionedMaterial& version, absl::Time not_after,
+                                    const std::string& nonce, bool* failed) {
   v1::SubscribeRequest reply;
   std::vector<v1::SinkError> errors;
   bool written = false;
@@ -492,17 +510,20 @@ v1::SubscribeRequest Session::Apply(const VersionedMaterial& version, const std:
     nack->set_name(version.name);
     nack->set_version(version.version);
     nack->set_nonce(nonce);
-    for (auto& error : errors) *nack->add_errors() = std::move(error);
     absl::MutexLock lock(&mu_);
     ++counters_.nacks;
     counters_.apply_failures += errors.size();
+    for (auto& error : errors) {
+      ++counters_.apply_failures_by_sink[version.name][error.sink()];
+      *nack->add_errors() = std::move(error);
+    }
     failing_[version.name] = absl::StrJoin(texts, "; ");
     return reply;
   }
 
   // Hooks run when something changed, or when the last run did not finish (the state store does
   // not record this fingerprint as completed).
-  const HeldVersion done{version.version, version.fingerprint};
+  const HeldVersion done{version.version, version.fingerprint, not_after};
   const bool completed_before = recorded_.count(version.name) > 0 &&
                                 recorded_[version.name].fingerprint == version.fingerprint;
   std::vector<std::string> warnings;
@@ -519,6 +540,7 @@ v1::SubscribeRequest Session::Apply(const VersionedMaterial& version, const std:
                    version.name, version.version, hook->name(), std::string(ran.message()));
       absl::MutexLock lock(&mu_);
       ++counters_.hook_failures;
+      ++counters_.hook_failures_by_certificate[version.name];
     }
   }
   if (!(recorded_.count(version.name) > 0 && recorded_[version.name] == done)) {
@@ -538,6 +560,7 @@ v1::SubscribeRequest Session::Apply(const VersionedMaterial& version, const std:
   for (std::string& warning : warnings) ack->add_warnings(std::move(warning));
   absl::MutexLock lock(&mu_);
   held_[version.name] = done;
+  applied_at_[version.name] = clock_->Now();
   failing_.erase(version.name);
   ++counters_.applied;
   ++counters_.acks;

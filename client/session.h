@@ -47,6 +47,7 @@ struct SessionOptions {
 
 struct SessionCounters {
   uint64_t connects = 0;
+  uint64_t reconnects = 0;  // connects after the first
   uint64_t heartbeat_misses = 0;
   uint64_t updates = 0;  // full-material messages received
   uint64_t applied = 0;  // versions applied to every sink
@@ -56,6 +57,17 @@ struct SessionCounters {
   uint64_t hook_failures = 0;
   uint64_t denials = 0;      // streams ended with PERMISSION_DENIED or UNAUTHENTICATED
   uint64_t revocations = 0;  // --delete-on-revoke removals
+  // Failures per requested certificate, then per sink ("validation" when the material itself was
+  // refused; each retry counts).
+  std::map<std::string, std::map<std::string, uint64_t>> apply_failures_by_sink;
+  std::map<std::string, uint64_t> hook_failures_by_certificate;
+};
+
+// What the sinks hold of one certificate, for metrics.
+struct AppliedCertificate {
+  uint64_t version = 0;                          // 0: nothing (or an unknown version) held
+  absl::Time not_after = absl::InfinitePast();   // of the held leaf; InfinitePast when unknown
+  absl::Time applied_at = absl::InfinitePast();  // last successful apply by this process
 };
 
 class Session {
@@ -76,6 +88,8 @@ class Session {
   SessionCounters counters();
   // What the client holds per certificate (fully applied versions).
   std::map<std::string, HeldVersion> held();
+  // The same for every requested certificate, with the time of the last apply.
+  std::map<std::string, AppliedCertificate> applied();
 
   // Readiness: every certificate holds the newest version received, in every sink (no apply
   // waiting for a retry). Otherwise false, with the reason in `why`.
@@ -92,6 +106,7 @@ class Session {
   // An update that could not be applied to every sink; retried with backoff.
   struct PendingApply {
     VersionedMaterial material;
+    absl::Time not_after;  // of the validated leaf
     std::string nonce;
     absl::Time retry_at;
     std::unique_ptr<Backoff> backoff;
@@ -106,8 +121,8 @@ class Session {
   void RetryDue();
   // One attempt: sinks, hooks, state. Returns the ACK, or the NACK when a sink failed (then
   // `failed` is set and the caller retries).
-  v1::SubscribeRequest Apply(const VersionedMaterial& version, const std::string& nonce,
-                             bool* failed);
+  v1::SubscribeRequest Apply(const VersionedMaterial& version, absl::Time not_after,
+                             const std::string& nonce, bool* failed);
   bool Send(const v1::SubscribeRequest& request);
   void LogStreamEnd(const grpc::Status& status);
   // --delete-on-revoke: empties every sink and forgets what was held.
@@ -139,6 +154,7 @@ class Session {
   grpc::ClientContext* context_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::deque<Event> events_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, HeldVersion> held_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, absl::Time> applied_at_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, uint64_t> received_ ABSL_GUARDED_BY(mu_);    // newest version pushed
   std::map<std::string, std::string> failing_ ABSL_GUARDED_BY(mu_);  // name → last apply error
   absl::Time last_wake_ ABSL_GUARDED_BY(mu_) = absl::Now();

@@ -33,17 +33,27 @@ std::optional<HeldVersion> ClientStateStore::Load(const std::string& name) {
   std::vector<std::string> fields =
       absl::StrSplit(absl::StripAsciiWhitespace(*text), ' ', absl::SkipEmpty());
   HeldVersion held;
-  if (fields.size() != 2 || !absl::SimpleAtoi(fields[0], &held.version) || fields[1].size() != 64) {
+  int64_t not_after = 0;
+  // The expiry was added later: files without it are still valid.
+  if (fields.size() < 2 || fields.size() > 3 || !absl::SimpleAtoi(fields[0], &held.version) ||
+      fields[1].size() != 64 || (fields.size() == 3 && !absl::SimpleAtoi(fields[2], &not_after))) {
     spdlog::warn("{} is not a certcast client state file; the files on disk decide", path);
     return std::nullopt;
   }
   held.fingerprint = fields[1];
+  if (fields.size() == 3) held.not_after = absl::FromUnixSeconds(not_after);
   return held;
 }
 
 absl::Status ClientStateStore::Save(const std::string& name, const HeldVersion& held) {
-  return WriteFileAtomically(*fs_, JoinPath(dir_, name + ".held"),
-                             absl::StrCat(held.version, " ", held.fingerprint, "\n"), 0600);
+  return WriteFileAtomically(
+      *fs_, JoinPath(dir_, name + ".held"),
+      absl::StrCat(held.version, " ", held.fingerprint,
+                   held.not_after == absl::InfinitePast()
+                       ? std::string()
+                       : absl::StrCat(" ", absl::ToUnixSeconds(held.not_after)),
+                   "\n"),
+      0600);
 }
 
 absl::Status ClientStateStore::Clear(const std::string& name) {

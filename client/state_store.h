@@ -1,6 +1,7 @@
 // The client's record of which version of each certificate it fully applied (sinks written and
 // hooks run), so a restart can resume with the right hello. It is a cache: the files on disk win
-// when they disagree. One small file per certificate, DIR/NAME.held, written atomically.
+// when they disagree. One small file per certificate, DIR/NAME.held ("VERSION FINGERPRINT
+// [NOT_AFTER_UNIX_SECONDS]"), written atomically.
 // Not thread-safe. Does not own `fs`.
 #ifndef CERTCAST_CLIENT_STATE_STORE_H_
 #define CERTCAST_CLIENT_STATE_STORE_H_
@@ -10,6 +11,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 #include "common/filesystem.h"
 
 namespace certcast {
@@ -17,8 +19,9 @@ namespace certcast {
 struct HeldVersion {
   uint64_t version = 0;
   std::string fingerprint;
+  absl::Time not_after = absl::InfinitePast();  // of the leaf; InfinitePast when unknown
   bool operator==(const HeldVersion& o) const {
-    return version == o.version && fingerprint == o.fingerprint;
+    return version == o.version && fingerprint == o.fingerprint && not_after == o.not_after;
   }
 };
 

@@ -27,12 +27,31 @@ TEST(ClientStateStoreTest, RoundTripsWithPrivateModes) {
   EXPECT_EQ(fs.Mode("/state/wildcard.held") & 0777, 0600u);
 }
 
+// The leaf's expiry is kept when known; files written before it existed still load.
+TEST(ClientStateStoreTest, KeepsExpiryAndReadsFilesWithoutIt) {
+  FakeFilesystem fs;
+  ClientStateStore store(&fs, "/state");
+  ASSERT_TRUE(store.Init().ok());
+  const absl::Time not_after = absl::FromUnixSeconds(1'900'000'000);
+  ASSERT_TRUE(store.Save("wildcard", {3, kFingerprint, not_after}).ok());
+  std::optional<HeldVersion> held = store.Load("wildcard");
+  ASSERT_TRUE(held.has_value());
+  EXPECT_EQ(held->not_after, not_after);
+  fs.AddFile("/state/wildcard.held", "4 " + kFingerprint + "\n", 0600);
+  held = store.Load("wildcard");
+  ASSERT_TRUE(held.has_value());
+  EXPECT_EQ(held->version, 4u);
+  EXPECT_EQ(held->not_after, absl::InfinitePast());
+}
+
 // A damaged state file counts as no record (the files on disk decide), never as a crash.
 TEST(ClientStateStoreTest, DamagedFileIsIgnored) {
   FakeFilesystem fs;
   ClientStateStore store(&fs, "/state");
   ASSERT_TRUE(store.Init().ok());
-  for (const char* text : {"", "garbage", "12", "x aaaa", "12 short"}) {
+  for (const std::string& text :
+       {std::string(""), std::string("garbage"), std::string("12"), std::string("x aaaa"),
+        std::string("12 short"), "12 " + kFingerprint + " soon", "12 " + kFingerprint + " 1 2"}) {
     fs.AddFile("/state/wildcard.held", text, 0600);
     EXPECT_FALSE(store.Load("wildcard").has_value()) << text;
   }

@@ -12,7 +12,7 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libspdlog-dev
   libfmt-dev libabsl-dev libssl-dev libgtest-dev libgmock-dev pkg-config grpc-proto cmake g++
   libcurl4-openssl-dev nlohmann-json3-dev make openssl nodejs npm ca-certificates procps curl
-  python3 python3-yaml libyaml-cpp-dev
+  python3 python3-yaml libyaml-cpp-dev prometheus prometheus-cpp-dev
 )
 
 log() { echo "install-deps: $*"; }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -28,6 +29,19 @@ bool ValidClientId(const std::string& id) {
     if (!(absl::ascii_isalnum(c) || c == '-' || c == '.' || c == '_' || c == ':')) return false;
   }
   return true;
+}
+
+// A bounded category of a NACK, for counters: "validation" when the client refused the material
+// itself, the sink's name when one known sink failed, else "sink".
+std::string NackReason(const v1::Nack& nack) {
+  std::string reason;
+  for (const v1::SinkError& error : nack.errors()) {
+    if (error.sink() == "validation") return "validation";
+    const std::string sink =
+        error.sink() == "files" || error.sink() == "secret" ? error.sink() : "sink";
+    reason = reason.empty() || reason == sink ? sink : "sink";
+  }
+  return reason.empty() ? "sink" : reason;
 }
 
 }  // namespace
@@ -77,6 +91,7 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
       pending_.clear();
       finish_now = !write_in_flight_;
     }
+    if (!status.ok()) hub_->CountStreamError(status.error_code());
     // Shutdown (UNAVAILABLE) is not the client's fault and is not worth a line per stream.
     if (!status.ok() && status.error_code() != grpc::StatusCode::UNAVAILABLE) {
       hub_->Count(&DistributionHub::AtomicCounters::streams_rejected);
@@ -348,8 +363,8 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
       errors.push_back(absl::StrCat(error.sink(), ": ", error.error()));
     }
     const std::string joined = errors.empty() ? "unspecified error" : absl::StrJoin(errors, "; ");
-    const AckOutcome outcome =
-        hub_->fleet_->RecordNack(fleet_id_, nack.name(), nack.version(), nack.nonce(), joined);
+    const AckOutcome outcome = hub_->fleet_->RecordNack(fleet_id_, nack.name(), nack.version(),
+                                                        nack.nonce(), joined, NackReason(nack));
     if (outcome == AckOutcome::kRecorded) {
       spdlog::warn("client {}/{} refused version {} of {}: {}", namespace_, client_id_,
                    nack.version(), nack.name(), joined);
@@ -535,6 +550,11 @@ HubCounters DistributionHub::counters() {
   snapshot.acks = counters_.acks.load();
   snapshot.nacks = counters_.nacks.load();
   snapshot.stale_acks = counters_.stale_acks.load();
+  for (size_t code = 0; code < counters_.stream_errors.size(); ++code) {
+    const uint64_t count = counters_.stream_errors[code].load();
+    if (count == 0) continue;
+    snapshot.stream_errors[absl::StatusCodeToString(static_cast<absl::StatusCode>(code))] = count;
+  }
   return snapshot;
 }
 

@@ -11,6 +11,7 @@
 #ifndef CERTCAST_SERVER_DISTRIBUTION_H_
 #define CERTCAST_SERVER_DISTRIBUTION_H_
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <map>
@@ -44,6 +45,8 @@ struct HubCounters {
   uint64_t acks = 0;
   uint64_t nacks = 0;
   uint64_t stale_acks = 0;
+  // Streams the server ended with a non-OK status, by code name (e.g. "PERMISSION_DENIED").
+  std::map<std::string, uint64_t> stream_errors;
 };
 
 // Thread-safe. Does not own `fleet`, `authorizer` or `clock`.
@@ -86,6 +89,7 @@ class DistributionHub final : public PublicationListener {
 
  private:
   friend class SubscribeStream;
+  static constexpr size_t kStatusCodes = 17;  // OK (0) to UNAUTHENTICATED (16)
   struct Topic {
     std::shared_ptr<const Publication> current;
     std::set<SubscribeStream*> subscribers;
@@ -110,9 +114,16 @@ class DistributionHub final : public PublicationListener {
     std::atomic<uint64_t> acks{0};
     std::atomic<uint64_t> nacks{0};
     std::atomic<uint64_t> stale_acks{0};
+    std::array<std::atomic<uint64_t>, kStatusCodes> stream_errors{};
   };
   void Count(std::atomic<uint64_t> AtomicCounters::*field) {
     (counters_.*field).fetch_add(1, std::memory_order_relaxed);
+  }
+  void CountStreamError(grpc::StatusCode code) {
+    const size_t index = static_cast<size_t>(code);
+    if (index < kStatusCodes) {
+      counters_.stream_errors[index].fetch_add(1, std::memory_order_relaxed);
+    }
   }
   void RebuildHeartbeatLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Housekeep();

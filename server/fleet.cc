@@ -1,5 +1,7 @@
 #include "server/fleet.h"
 
+#include <algorithm>
+
 namespace certcast {
 namespace {
 
@@ -12,6 +14,16 @@ std::string Capped(const std::string& text) {
 }
 
 }  // namespace
+
+void LatencyHistogram::Observe(absl::Duration latency) {
+  const double seconds = absl::ToDoubleSeconds(std::max(latency, absl::ZeroDuration()));
+  const std::vector<double>& bounds = PushToAckBuckets();
+  size_t bucket = 0;
+  while (bucket < bounds.size() && seconds > bounds[bucket]) ++bucket;
+  ++counts[bucket];
+  sum_seconds += seconds;
+  ++count;
+}
 
 uint64_t Fleet::Connect(ClientRecord record) {
   absl::MutexLock lock(&mu_);
@@ -115,8 +127,13 @@ AckOutcome Fleet::RecordAck(uint64_t id, const std::string& name, uint64_t versi
   ClientCertificateState* state = Answered(id, name, version, nonce, &outcome);
   if (state == nullptr) return outcome;
   ++counters_.acks;
+  const absl::Time now = clock_->Now();
+  CertificateFleetStats& stats = per_certificate_[name];
+  ++stats.acks;
+  if (!warnings.empty()) ++stats.hook_warnings;
+  if (state->sent_at != absl::InfinitePast()) stats.push_to_ack.Observe(now - state->sent_at);
   state->acknowledged_version = version;
-  state->acknowledged_at = clock_->Now();
+  state->acknowledged_at = now;
   state->hook_warning = Capped(warnings);
   state->last_error.clear();
   state->last_error_version = 0;
@@ -124,12 +141,14 @@ AckOutcome Fleet::RecordAck(uint64_t id, const std::string& name, uint64_t versi
 }
 
 AckOutcome Fleet::RecordNack(uint64_t id, const std::string& name, uint64_t version,
-                             const std::string& nonce, const std::string& errors) {
+                             const std::string& nonce, const std::string& errors,
+                             const std::string& reason) {
   absl::MutexLock lock(&mu_);
   AckOutcome outcome;
   ClientCertificateState* state = Answered(id, name, version, nonce, &outcome);
   if (state == nullptr) return outcome;
   ++counters_.nacks;
+  ++per_certificate_[name].nacks[reason];
   state->last_error = Capped(errors);
   state->last_error_version = version;
   return outcome;
@@ -171,6 +190,32 @@ Fleet::Counts Fleet::CountFor(const std::string& name, uint64_t version,
     }
   }
   return counts;
+}
+
+std::map<std::string, CertificateFleetStats> Fleet::Stats(
+    const std::map<std::string, uint64_t>& current) {
+  absl::MutexLock lock(&mu_);
+  const absl::Time now = clock_->Now();
+  std::map<std::string, CertificateFleetStats> stats;
+  for (const auto& [name, version] : current) {
+    auto counted = per_certificate_.find(name);
+    stats[name] = counted == per_certificate_.end() ? CertificateFleetStats() : counted->second;
+  }
+  for (const auto& [id, record] : records_) {
+    if (!record.connected) continue;
+    for (const ClientCertificateState& state : record.certificates) {
+      auto entry = stats.find(state.name);
+      if (entry == stats.end()) continue;
+      CertificateFleetStats& certificate = entry->second;
+      ++certificate.connected;
+      if (state.acknowledged_version != current.at(state.name)) ++certificate.behind;
+      if (state.sent_version != 0 && state.acknowledged_version != state.sent_version) {
+        certificate.oldest_unacked_push_age =
+            std::max(certificate.oldest_unacked_push_age, now - state.sent_at);
+      }
+    }
+  }
+  return stats;
 }
 
 FleetCounters Fleet::counters() {

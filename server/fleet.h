@@ -49,6 +49,33 @@ struct FleetCounters {
   uint64_t stale = 0;  // ACKs/NACKs with an outdated nonce, ignored
 };
 
+// Upper bounds, in seconds, of the push-to-ACK latency buckets.
+inline const std::vector<double>& PushToAckBuckets() {
+  static const std::vector<double> bounds = {0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120};
+  return bounds;
+}
+
+// Latency observations in buckets of PushToAckBuckets(), plus one for larger values.
+struct LatencyHistogram {
+  std::vector<uint64_t> counts = std::vector<uint64_t>(PushToAckBuckets().size() + 1, 0);
+  double sum_seconds = 0;
+  uint64_t count = 0;
+  void Observe(absl::Duration latency);
+};
+
+// What the fleet knows about one certificate: a snapshot of the connected clients (computed when
+// asked) and counters of what happened since start.
+struct CertificateFleetStats {
+  uint32_t connected = 0;  // connected clients subscribed to it
+  uint32_t behind = 0;     // of those, not acknowledging the current version
+  // Age of the oldest push still waiting for its ACK on a connected client; zero when none.
+  absl::Duration oldest_unacked_push_age = absl::ZeroDuration();
+  uint64_t acks = 0;
+  std::map<std::string, uint64_t> nacks;  // by reason: "validation", a sink name, or "sink"
+  uint64_t hook_warnings = 0;             // ACKs that carried warnings
+  LatencyHistogram push_to_ack;           // sent_at to the ACK of that version
+};
+
 class Fleet {
  public:
   // At most this many disconnected clients are remembered (the oldest go first), so connection
@@ -68,8 +95,10 @@ class Fleet {
                   bool in_sync);
   AckOutcome RecordAck(uint64_t id, const std::string& name, uint64_t version,
                        const std::string& nonce, const std::string& warnings);
+  // `reason` is a short, bounded category of the refusal (see CertificateFleetStats::nacks).
   AckOutcome RecordNack(uint64_t id, const std::string& name, uint64_t version,
-                        const std::string& nonce, const std::string& errors);
+                        const std::string& nonce, const std::string& errors,
+                        const std::string& reason);
 
   struct Page {
     std::vector<ClientRecord> clients;
@@ -88,6 +117,12 @@ class Fleet {
   Counts CountFor(const std::string& name, uint64_t version,
                   const std::string& namespace_filter = "");
   FleetCounters counters();
+
+  // Per-certificate statistics in one pass over the clients (O(clients)). `current` maps each
+  // certificate to its current version (0: none yet); every one of them gets an entry. Names
+  // not in `current` never appear.
+  std::map<std::string, CertificateFleetStats> Stats(
+      const std::map<std::string, uint64_t>& current);
 
  private:
   ClientCertificateState* Find(uint64_t id, const std::string& name)
@@ -108,6 +143,8 @@ class Fleet {
   // Disconnected records by disconnection time, so pruning touches only expired ones.
   std::multimap<absl::Time, uint64_t> disconnected_ ABSL_GUARDED_BY(mu_);
   FleetCounters counters_ ABSL_GUARDED_BY(mu_);
+  // Only the counters of CertificateFleetStats are kept here; the rest is computed by Stats().
+  std::map<std::string, CertificateFleetStats> per_certificate_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace certcast

@@ -22,7 +22,7 @@ TEST(FleetTest, AcksWithOutdatedNonceAreStale) {
   fleet.RecordSent(id, "wildcard", 1, "n1", false);
   fleet.RecordSent(id, "wildcard", 2, "n2", false);
   EXPECT_EQ(fleet.RecordAck(id, "wildcard", 1, "n1", ""), AckOutcome::kStale);
-  EXPECT_EQ(fleet.RecordNack(id, "wildcard", 1, "n1", "x"), AckOutcome::kStale);
+  EXPECT_EQ(fleet.RecordNack(id, "wildcard", 1, "n1", "x", "sink"), AckOutcome::kStale);
   EXPECT_EQ(fleet.RecordAck(id, "wildcard", 2, "n2", ""), AckOutcome::kRecorded);
   EXPECT_EQ(fleet.RecordAck(id, "other", 2, "n2", ""), AckOutcome::kUnknownCertificate);
   EXPECT_EQ(fleet.counters().stale, 2u);
@@ -37,7 +37,7 @@ TEST(FleetTest, AckAfterNackClearsTheError) {
   Fleet fleet(&clock, absl::Hours(1));
   const uint64_t id = fleet.Connect(Client("tenant-a", "pod"));
   fleet.RecordSent(id, "wildcard", 3, "n3", false);
-  fleet.RecordNack(id, "wildcard", 3, "n3", "secret: 503");
+  fleet.RecordNack(id, "wildcard", 3, "n3", "secret: 503", "secret");
   Fleet::Page page = fleet.List("", "", 10, 0);
   EXPECT_EQ(page.clients[0].certificates[0].last_error, "secret: 503");
   fleet.RecordAck(id, "wildcard", 3, "n3", "");

@@ -135,6 +135,8 @@ grpc::ServerUnaryReactor* InspectionService::GetCertificate(
     rejection->set_fingerprint(snapshot->last_rejection->fingerprint);
   }
   response->set_rejections(snapshot->rejections);
+  response->set_source_present(snapshot->source_present);
+  response->set_expiring_soon(snapshot->expiring_soon);
   return Done(context, grpc::Status::OK);
 }
 

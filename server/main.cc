@@ -16,6 +16,7 @@
 #include "common/flags_util.h"
 #include "common/logging.h"
 #include "common/process.h"
+#include "metrics/endpoint.h"
 #include "server/server.h"
 #include "spdlog/spdlog.h"
 
@@ -59,6 +60,12 @@ ABSL_FLAG(bool, insecure, false,
 ABSL_FLAG(std::string, health_listen, "",
           "HOST:PORT for plain-HTTP /healthz and /readyz (Kubernetes probes cannot speak TLS). "
           "Empty: disabled.");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "HOST:PORT for Prometheus metrics (plain HTTP, GET /metrics; port 0 picks one). Empty: "
+          "disabled.");
+ABSL_FLAG(absl::Duration, expiry_warning, absl::Hours(24 * 14),
+          "Warn (log once, GetCertificate expiring_soon) when the current version expires within "
+          "this time; the server keeps serving it.");
 ABSL_FLAG(absl::Duration, heartbeat_interval, absl::Seconds(30),
           "Interval of heartbeats on every stream; clients treat two missed intervals as a dead "
           "stream.");
@@ -142,6 +149,7 @@ int main(int argc, char** argv) {
   options.watcher.quiet_period = absl::GetFlag(FLAGS_quiet_period);
   options.watcher.confirm_delay = absl::GetFlag(FLAGS_confirm_delay);
   options.client_retention = absl::GetFlag(FLAGS_client_retention);
+  options.publisher.expiry_warning = absl::GetFlag(FLAGS_expiry_warning);
 
   // Signals are taken synchronously by this thread; every thread started later inherits the mask.
   sigset_t signals = certcast::BlockControlSignals();
@@ -151,6 +159,18 @@ int main(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<certcast::CertcastServer>> server =
       certcast::CertcastServer::Start(options, &fs, &clock);
   if (!server.ok()) return Fail(std::string(server.status().message()));
+  // Declared after the server, so it stops (no scrape runs) before the server goes.
+  std::unique_ptr<certcast::metrics::MetricsEndpoint> metrics;
+  if (const std::string listen = absl::GetFlag(FLAGS_metrics_listen); !listen.empty()) {
+    absl::StatusOr<std::unique_ptr<certcast::metrics::MetricsEndpoint>> started =
+        certcast::metrics::MetricsEndpoint::Start(listen);
+    if (!started.ok()) {
+      return Fail(absl::StrCat("--metrics-listen: ", started.status().message()));
+    }
+    metrics = *std::move(started);
+    metrics->Register((*server)->metrics());
+    spdlog::info("metrics on port {}", metrics->port());
+  }
 
   int signal_number = 0;
   while (sigwait(&signals, &signal_number) == 0 && signal_number == SIGHUP) {
@@ -164,6 +184,7 @@ int main(int argc, char** argv) {
   spdlog::info("received signal {}; draining streams for up to {}", signal_number,
                absl::FormatDuration(absl::GetFlag(FLAGS_shutdown_grace)));
   (*server)->Shutdown(absl::GetFlag(FLAGS_shutdown_grace));
+  metrics.reset();
   spdlog::info("certcast-server stopped");
   return 0;
 }

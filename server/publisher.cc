@@ -9,8 +9,9 @@
 
 namespace certcast {
 
-Publisher::Publisher(VersionStore* store, const Clock* clock, PublicationListener* listener)
-    : store_(store), clock_(clock), listener_(listener) {}
+Publisher::Publisher(VersionStore* store, const Clock* clock, PublicationListener* listener,
+                     PublisherOptions options)
+    : store_(store), clock_(clock), listener_(listener), options_(options) {}
 
 Publisher::Entry* Publisher::Find(const std::string& name) const {
   auto it = entries_.find(name);
@@ -49,6 +50,7 @@ absl::Status Publisher::AddCertificate(CertificateSpec spec) {
     spdlog::info("certificate {}: restored version {} (fingerprint {}) from the version store",
                  name, last.version, entry->infos.back().fingerprint);
     listener_->OnPublish(entry->current);
+    NoteExpiry(*entry);
   }
   entries_.emplace(name, std::move(entry));
   return absl::OkStatus();
@@ -62,6 +64,7 @@ void Publisher::Reject(Entry& entry, const absl::Status& status, const std::stri
   ++entry.rejections;
   entry.last_rejection =
       Rejection{RejectionReason(status), std::string(status.message()), fingerprint, clock_->Now()};
+  ++entry.rejections_by_reason[entry.last_rejection->reason];
   const std::string serving = entry.current
                                   ? absl::StrCat("keeps serving version ", entry.current->version)
                                   : std::string("has no version to serve");
@@ -78,13 +81,30 @@ Verdict Publisher::Evaluate(const std::string& name, bool confirmed) {
 
   absl::MutexLock lock(&mu_);
   Entry& entry = *Find(name);
+  const Verdict verdict = Settle(entry, std::move(material), confirmed);
+  NoteExpiry(entry);
+  return verdict;
+}
+
+Verdict Publisher::Settle(Entry& entry, absl::StatusOr<CertificateMaterial> material,
+                          bool confirmed) {
+  const std::string& name = entry.spec.name;
   if (!material.ok()) {
     const std::string key = absl::StrCat("error:", material.status().message());
     if (entry.settled_digest == key) return Verdict::kSettled;
     if (!confirmed) return Verdict::kUnsettled;
     // source_digest keeps the last content seen: an outage is not a content change for pins.
+    // Reject warns once; the current version stays served.
     Reject(entry, Annotate(material.status(), absl::StrCat("certificate \"", name, "\"")), key, "");
+    entry.source_present = false;
+    entry.read_failed = true;
     return Verdict::kSettled;
+  }
+  entry.source_present = true;
+  if (entry.read_failed) {
+    entry.read_failed = false;
+    spdlog::info("certificate {}: source {} is readable again", name,
+                 entry.spec.source->Describe());
   }
 
   const std::string digest = ContentDigest(*material);
@@ -228,6 +248,7 @@ absl::StatusOr<RollbackResult> Publisher::Rollback(const std::string& name, uint
   pin.source_digest = entry->source_digest;
   pin.since = clock_->Now();
   RETURN_IF_ERROR(Commit(*entry, std::move(stored), *info, std::move(pin)));
+  NoteExpiry(*entry);
   return RollbackResult{entry->state.last_version, version, entry->infos.back().fingerprint};
 }
 
@@ -268,8 +289,40 @@ std::optional<CertificateSnapshot> Publisher::Snapshot(const std::string& name) 
   snapshot.pin.source_digest.clear();
   snapshot.last_rejection = entry->last_rejection;
   snapshot.rejections = entry->rejections;
+  snapshot.rejections_by_reason = entry->rejections_by_reason;
   snapshot.publications = entry->publications;
+  snapshot.source_present = entry->source_present;
+  snapshot.expiring_soon = ExpiringSoon(*entry);
   return snapshot;
+}
+
+bool Publisher::ExpiringSoon(const Entry& entry) const {
+  return entry.current != nullptr &&
+         clock_->Now() >= entry.current->info.not_after - options_.expiry_warning;
+}
+
+void Publisher::NoteExpiry(Entry& entry) {
+  const bool expiring = ExpiringSoon(entry);
+  if (expiring == entry.expiring_logged) return;
+  entry.expiring_logged = expiring;
+  const Publication& current = *entry.current;
+  const std::string not_after =
+      absl::FormatTime(absl::RFC3339_sec, current.info.not_after, absl::UTCTimeZone());
+  if (!expiring) {
+    spdlog::info(
+        "certificate {}: version {} (fingerprint {}) is not close to expiry (not after {})",
+        entry.spec.name, current.version, current.info.fingerprint, not_after);
+    return;
+  }
+  const absl::Duration left = current.info.not_after - clock_->Now();
+  spdlog::warn(
+      "certificate {}: version {} (fingerprint {}) {} {} ({:.1f} days from now; --expiry-warning "
+      "is {:.1f} "
+      "days); still serving it until {} provides newer material",
+      entry.spec.name, current.version, current.info.fingerprint,
+      left > absl::ZeroDuration() ? "expires at" : "EXPIRED at", not_after,
+      absl::ToDoubleHours(left) / 24, absl::ToDoubleHours(options_.expiry_warning) / 24,
+      entry.spec.source->Describe());
 }
 
 bool Publisher::Ready(std::string* why) const {

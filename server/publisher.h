@@ -63,7 +63,16 @@ struct CertificateSnapshot {
   PinState pin;
   std::optional<Rejection> last_rejection;
   uint64_t rejections = 0;
-  uint64_t publications = 0;  // since start
+  std::map<std::string, uint64_t> rejections_by_reason;  // the same, by Rejection::reason
+  uint64_t publications = 0;                             // since start
+  bool source_present = false;  // the last settled read of the source succeeded
+  bool expiring_soon = false;   // the current version is within expiry_warning of not_after
+};
+
+struct PublisherOptions {
+  // A current version this close to its not_after (or past it) is "expiring soon": logged once
+  // and shown by inspection and metrics.
+  absl::Duration expiry_warning = absl::Hours(24 * 14);
 };
 
 struct RollbackResult {
@@ -74,7 +83,8 @@ struct RollbackResult {
 
 class Publisher {
  public:
-  Publisher(VersionStore* store, const Clock* clock, PublicationListener* listener);
+  Publisher(VersionStore* store, const Clock* clock, PublicationListener* listener,
+            PublisherOptions options = PublisherOptions());
 
   // Registers a certificate and loads its persisted state, which becomes the current version
   // until the source says otherwise. InvalidArgument for a duplicate or malformed name; the
@@ -84,6 +94,8 @@ class Publisher {
   // Reads the source of `name` and publishes its content as a new version when it is valid and
   // differs from the current one (or ends a rollback pin). Invalid or unreadable content is a
   // rejection only when `confirmed`; otherwise returns kUnsettled so the caller looks again.
+  // Also notes (and logs once per change) whether the source is present and whether the
+  // current version is close to expiry; watchers re-evaluate periodically, so that stays fresh.
   Verdict Evaluate(const std::string& name, bool confirmed);
 
   // Republishes the persisted material of `version` as a new version and pins it.
@@ -109,13 +121,23 @@ class Publisher {
     std::string source_digest;   // last settled valid-or-invalid source content, for pins
     std::optional<Rejection> last_rejection;
     uint64_t rejections = 0;
+    std::map<std::string, uint64_t> rejections_by_reason;
     uint64_t publications = 0;
+    bool source_present = false;  // the last settled read succeeded
+    bool read_failed = false;     // a settled read failed and the source has not come back
+    bool expiring_logged = false;
   };
 
   // PinState::version placeholder meaning "the version Commit is about to assign".
   static constexpr uint64_t kPinNewVersion = ~uint64_t{0};
 
   Entry* Find(const std::string& name) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Evaluate's decision on what the source read.
+  Verdict Settle(Entry& entry, absl::StatusOr<CertificateMaterial> material, bool confirmed)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool ExpiringSoon(const Entry& entry) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Logs when the current version starts (or stops) being close to expiry.
+  void NoteExpiry(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Reject(Entry& entry, const absl::Status& status, const std::string& settled_key,
               const std::string& fingerprint) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Appends `version` to the entry's state, persists it and publishes it.
@@ -125,6 +147,7 @@ class Publisher {
   VersionStore* const store_;
   const Clock* const clock_;
   PublicationListener* const listener_;
+  const PublisherOptions options_;
 
   mutable absl::Mutex mu_;
   std::map<std::string, std::unique_ptr<Entry>> entries_ ABSL_GUARDED_BY(mu_);

@@ -249,5 +249,55 @@ TEST_F(PublisherTest, MissingSourceKeepsServing) {
   EXPECT_EQ(CurrentVersion(), 1u);
 }
 
+// source_present follows settled reads: a transient failure does not flip it, a confirmed one
+// does, and a readable (even invalid) source sets it again.
+TEST_F(PublisherTest, SourcePresenceFollowsSettledReads) {
+  EXPECT_FALSE(publisher_->Snapshot("wildcard")->source_present) << "nothing read yet";
+  Chain good = MakeChain();
+  SetSource(good.material);
+  publisher_->Evaluate("wildcard", false);
+  EXPECT_TRUE(publisher_->Snapshot("wildcard")->source_present);
+  source_->Set(WithReason(absl::NotFoundError("source directory /x does not exist"), "missing"));
+  publisher_->Evaluate("wildcard", false);
+  EXPECT_TRUE(publisher_->Snapshot("wildcard")->source_present) << "not confirmed yet";
+  publisher_->Evaluate("wildcard", true);
+  EXPECT_FALSE(publisher_->Snapshot("wildcard")->source_present);
+  EXPECT_EQ(publisher_->Snapshot("wildcard")->rejections_by_reason.at("missing"), 1u);
+  CertificateMaterial mismatched = MakeChain().material;
+  mismatched.key_pem = good.material.key_pem;
+  SetSource(mismatched);
+  publisher_->Evaluate("wildcard", true);
+  CertificateSnapshot snapshot = *publisher_->Snapshot("wildcard");
+  EXPECT_TRUE(snapshot.source_present);
+  EXPECT_EQ(snapshot.rejections_by_reason.at("key_mismatch"), 1u);
+  EXPECT_EQ(snapshot.rejections, 2u);
+  EXPECT_EQ(CurrentVersion(), 1u);
+}
+
+// The current version counts as expiring soon within expiry_warning (14 days) of its not_after,
+// and is still served; a renewed version ends it.
+TEST_F(PublisherTest, ExpiringSoonFollowsTheClockAndNewVersions) {
+  Chain first = MakeChain();  // leaf valid for 90 days
+  SetSource(first.material);
+  publisher_->Evaluate("wildcard", true);
+  EXPECT_FALSE(publisher_->Snapshot("wildcard")->expiring_soon);
+  clock_.Advance(absl::Hours(24 * 80));
+  publisher_->Evaluate("wildcard", false);
+  EXPECT_TRUE(publisher_->Snapshot("wildcard")->expiring_soon);
+  EXPECT_EQ(CurrentVersion(), 1u);
+
+  fixtures::CertOptions leaf;
+  leaf.dns_names = {"*.example.test"};
+  leaf.not_after = absl::Now() + absl::Hours(24 * 300);
+  fixtures::Issued renewed = fixtures::MakeCert(first.intermediate, leaf);
+  CertificateMaterial material = first.material;
+  material.chain_pem = renewed.cert_pem + first.intermediate.cert_pem;
+  material.key_pem = SecretBytes(renewed.key_pem);
+  SetSource(material);
+  publisher_->Evaluate("wildcard", true);
+  EXPECT_EQ(CurrentVersion(), 2u);
+  EXPECT_FALSE(publisher_->Snapshot("wildcard")->expiring_soon);
+}
+
 }  // namespace
 }  // namespace certcast

@@ -104,6 +104,9 @@ absl::Status CheckOptions(const ServerOptions& options) {
   if (!options.client_ca.empty() && !tls) {
     return absl::InvalidArgumentError("--client-ca needs --tls-cert and --tls-key");
   }
+  if (options.publisher.expiry_warning < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--expiry-warning must not be negative");
+  }
   if (options.distribution.max_streams_per_identity < 1) {
     return absl::InvalidArgumentError("--max-streams-per-identity must be at least 1");
   }
@@ -175,8 +178,8 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
     server->policy_->Start();
   }
   server->readiness_ = std::make_unique<Readiness>(server->hub_.get(), names.size());
-  server->publisher_ =
-      std::make_unique<Publisher>(server->store_.get(), clock, server->readiness_.get());
+  server->publisher_ = std::make_unique<Publisher>(server->store_.get(), clock,
+                                                   server->readiness_.get(), options.publisher);
   for (const auto& certificate : options.certificates) {
     CertificateSpec spec;
     spec.name = certificate.name;
@@ -230,6 +233,8 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
   }
   server->readiness_->SetHealthService(server->grpc_server_->GetHealthCheckService());
   server->hub_->Start();
+  server->metrics_ = std::make_shared<ServerMetrics>(publisher, server->fleet_.get(),
+                                                     server->hub_.get(), server->authorizer_.get());
 
   if (!options.health_listen.empty()) {
     server->probes_.Handle("/healthz", [] { return absl::OkStatus(); });

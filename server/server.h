@@ -1,6 +1,7 @@
 // CertcastServer wires the server's parts together (the composition root used by main and by
 // in-process tests): version store, publisher, source watchers, distribution hub, gRPC services
-// with health and reflection, and the plain-HTTP probe endpoint.
+// with health and reflection, the plain-HTTP probe endpoint, and the metrics collectable (main
+// serves it).
 // Thread-safe accessors; Shutdown once. Does not own `fs` or `clock`.
 #ifndef CERTCAST_SERVER_SERVER_H_
 #define CERTCAST_SERVER_SERVER_H_
@@ -21,6 +22,7 @@
 #include "server/distribution.h"
 #include "server/fleet.h"
 #include "server/inspection.h"
+#include "server/metrics.h"
 #include "server/policy.h"
 #include "server/publisher.h"
 #include "server/source.h"
@@ -52,6 +54,7 @@ struct ServerOptions {
   absl::Duration tls_refresh_interval = absl::Seconds(10);
   absl::Duration client_retention = absl::Hours(1);
   DistributionHub::Options distribution;
+  PublisherOptions publisher;
   SourceWatcher::Options watcher;
   DirectorySource::Options directory;
 };
@@ -76,6 +79,8 @@ class CertcastServer {
   Publisher& publisher() { return *publisher_; }
   DistributionHub& hub() { return *hub_; }
   Fleet& fleet() { return *fleet_; }
+  // What /metrics exports; it reads this server's parts, so stop scraping before destroying it.
+  std::shared_ptr<prometheus::Collectable> metrics() const { return metrics_; }
   SourceWatcher& watcher(const std::string& name);
 
  private:
@@ -105,6 +110,7 @@ class CertcastServer {
   std::unique_ptr<InspectionService> inspection_service_;
   std::unique_ptr<AdminService> admin_service_;
   std::unique_ptr<grpc::Server> grpc_server_;
+  std::shared_ptr<ServerMetrics> metrics_;
   HttpProbeServer probes_;
   int port_ = 0;
   int health_port_ = 0;

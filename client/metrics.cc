@@ -1,0 +1,70 @@
+#include "client/metrics.h"
+
+#include <map>
+#include <string>
+
+#include "absl/time/time.h"
+#include "metrics/families.h"
+
+namespace certcast {
+
+using metrics::AddSample;
+using metrics::Family;
+using prometheus::MetricType;
+
+std::vector<prometheus::MetricFamily> ClientMetrics::Collect() const {
+  const SessionCounters counters = session_->counters();
+  const std::map<std::string, AppliedCertificate> applied = session_->applied();
+
+  auto version = Family("certcast_client_applied_version",
+                        "Version the sinks hold (0: nothing yet).", MetricType::Gauge);
+  auto not_after =
+      Family("certcast_client_not_after_seconds",
+             "Expiry (Unix time) of the leaf certificate the sinks hold.", MetricType::Gauge);
+  auto last_apply =
+      Family("certcast_client_last_apply_timestamp_seconds",
+             "When a version was last applied to every sink (Unix time).", MetricType::Gauge);
+  auto apply_failures = Family("certcast_client_apply_failures_total",
+                               "Failed applies by sink (validation: the material was refused); "
+                               "each retry counts.",
+                               MetricType::Counter);
+  auto hook_failures = Family("certcast_client_hook_failures_total",
+                              "Hooks that failed after an applied version.", MetricType::Counter);
+  for (const auto& [name, certificate] : applied) {
+    const metrics::Labels labels = {{"certificate", name}};
+    AddSample(version, labels, static_cast<double>(certificate.version));
+    if (certificate.not_after != absl::InfinitePast()) {
+      AddSample(not_after, labels, static_cast<double>(absl::ToUnixSeconds(certificate.not_after)));
+    }
+    if (certificate.applied_at != absl::InfinitePast()) {
+      AddSample(last_apply, labels,
+                absl::ToDoubleSeconds(certificate.applied_at - absl::UnixEpoch()));
+    }
+    if (auto failures = counters.apply_failures_by_sink.find(name);
+        failures != counters.apply_failures_by_sink.end()) {
+      for (const auto& [sink, count] : failures->second) {
+        AddSample(apply_failures, {{"certificate", name}, {"sink", sink}},
+                  static_cast<double>(count));
+      }
+    }
+    auto hooks = counters.hook_failures_by_certificate.find(name);
+    AddSample(hook_failures, labels,
+              hooks == counters.hook_failures_by_certificate.end()
+                  ? 0
+                  : static_cast<double>(hooks->second));
+  }
+  auto reconnects = Family("certcast_client_reconnects_total",
+                           "Connection attempts after the first.", MetricType::Counter);
+  AddSample(reconnects, {}, static_cast<double>(counters.reconnects));
+  auto heartbeat_misses =
+      Family("certcast_client_heartbeat_misses_total",
+             "Streams given up because no message arrived within two heartbeat intervals.",
+             MetricType::Counter);
+  AddSample(heartbeat_misses, {}, static_cast<double>(counters.heartbeat_misses));
+
+  return {metrics::BuildInfo(),  std::move(version),         std::move(not_after),
+          std::move(last_apply), std::move(apply_failures),  std::move(hook_failures),
+          std::move(reconnects), std::move(heartbeat_misses)};
+}
+
+}  // namespace certcast

@@ -1,0 +1,113 @@
+#include "server/metrics.h"
+
+#include <map>
+#include <optional>
+#include <string>
+
+#include "absl/time/time.h"
+#include "metrics/families.h"
+
+namespace certcast {
+
+using metrics::AddHistogram;
+using metrics::AddSample;
+using metrics::Family;
+using prometheus::MetricType;
+
+std::vector<prometheus::MetricFamily> ServerMetrics::Collect() const {
+  std::vector<CertificateSnapshot> snapshots;
+  std::map<std::string, uint64_t> current;
+  for (const std::string& name : publisher_->Names()) {
+    std::optional<CertificateSnapshot> snapshot = publisher_->Snapshot(name);
+    if (!snapshot.has_value()) continue;
+    current[name] = snapshot->current.has_value() ? snapshot->current->version : 0;
+    snapshots.push_back(*std::move(snapshot));
+  }
+  const std::map<std::string, CertificateFleetStats> fleet = fleet_->Stats(current);
+
+  auto version = Family("certcast_certificate_version",
+                        "Current version of the certificate (0: none yet).", MetricType::Gauge);
+  auto not_after =
+      Family("certcast_certificate_not_after_seconds",
+             "Expiry (Unix time) of the current version's leaf certificate.", MetricType::Gauge);
+  auto pinned = Family("certcast_certificate_pinned",
+                       "1 while the current version is pinned by a rollback.", MetricType::Gauge);
+  auto present =
+      Family("certcast_source_present",
+             "1 when the last read of the certificate's source succeeded.", MetricType::Gauge);
+  auto rejections =
+      Family("certcast_source_rejections_total",
+             "Source contents refused (invalid or unreadable), by reason.", MetricType::Counter);
+  auto publications =
+      Family("certcast_publications_total",
+             "Versions published since start (rotations and rollbacks).", MetricType::Counter);
+  auto connected = Family("certcast_clients_connected",
+                          "Connected clients subscribed to the certificate.", MetricType::Gauge);
+  auto behind = Family("certcast_clients_behind",
+                       "Connected clients that have not acknowledged the current version.",
+                       MetricType::Gauge);
+  auto oldest = Family("certcast_oldest_unacked_push_age_seconds",
+                       "Age of the oldest push a connected client has not acknowledged yet (0: "
+                       "none).",
+                       MetricType::Gauge);
+  auto acks = Family("certcast_acks_total", "ACKs recorded.", MetricType::Counter);
+  auto nacks =
+      Family("certcast_nacks_total", "NACKs recorded, by reason (validation, files, secret, sink).",
+             MetricType::Counter);
+  auto hook_warnings = Family("certcast_hook_warnings_total", "ACKs that carried hook warnings.",
+                              MetricType::Counter);
+  auto push_to_ack =
+      Family("certcast_push_to_ack_seconds", "Time from writing a version to a client to its ACK.",
+             MetricType::Histogram);
+  for (const CertificateSnapshot& snapshot : snapshots) {
+    const metrics::Labels labels = {{"certificate", snapshot.name}};
+    AddSample(version, labels, static_cast<double>(current[snapshot.name]));
+    if (snapshot.current.has_value()) {
+      AddSample(not_after, labels,
+                static_cast<double>(absl::ToUnixSeconds(snapshot.current->info.not_after)));
+    }
+    AddSample(
+        pinned, labels,
+        snapshot.current.has_value() && snapshot.pin.version == snapshot.current->version ? 1 : 0);
+    AddSample(present, labels, snapshot.source_present ? 1 : 0);
+    for (const auto& [reason, count] : snapshot.rejections_by_reason) {
+      AddSample(rejections, {{"certificate", snapshot.name}, {"reason", reason}},
+                static_cast<double>(count));
+    }
+    AddSample(publications, labels, static_cast<double>(snapshot.publications));
+
+    const CertificateFleetStats& stats = fleet.at(snapshot.name);
+    AddSample(connected, labels, stats.connected);
+    AddSample(behind, labels, stats.behind);
+    AddSample(oldest, labels, absl::ToDoubleSeconds(stats.oldest_unacked_push_age));
+    AddSample(acks, labels, static_cast<double>(stats.acks));
+    for (const auto& [reason, count] : stats.nacks) {
+      AddSample(nacks, {{"certificate", snapshot.name}, {"reason", reason}},
+                static_cast<double>(count));
+    }
+    AddSample(hook_warnings, labels, static_cast<double>(stats.hook_warnings));
+    AddHistogram(push_to_ack, labels, PushToAckBuckets(), stats.push_to_ack.counts,
+                 stats.push_to_ack.sum_seconds);
+  }
+
+  auto stream_errors = Family("certcast_stream_errors_total",
+                              "Subscribe streams the server ended with a non-OK status, by code.",
+                              MetricType::Counter);
+  for (const auto& [code, count] : hub_->counters().stream_errors) {
+    AddSample(stream_errors, {{"code", code}}, static_cast<double>(count));
+  }
+  auto denials = Family("certcast_auth_denials_total", "Calls denied by the authorizer, by reason.",
+                        MetricType::Counter);
+  for (const auto& [reason, count] : authorizer_->audit_counters().denials) {
+    AddSample(denials, {{"reason", reason}}, static_cast<double>(count));
+  }
+
+  return {metrics::BuildInfo(),     std::move(version),     std::move(not_after),
+          std::move(pinned),        std::move(present),     std::move(rejections),
+          std::move(publications),  std::move(connected),   std::move(behind),
+          std::move(oldest),        std::move(acks),        std::move(nacks),
+          std::move(hook_warnings), std::move(push_to_ack), std::move(stream_errors),
+          std::move(denials)};
+}
+
+}  // namespace certcast
