@@ -28,6 +28,7 @@
 #include "common/http_probe_server.h"
 #include "common/logging.h"
 #include "common/process.h"
+#include "kube/flags.h"
 #include "metrics/endpoint.h"
 #include "spdlog/spdlog.h"
 
@@ -51,13 +52,6 @@ ABSL_FLAG(std::string, health_listen, "",
 ABSL_FLAG(std::string, metrics_listen, "",
           "HOST:PORT for Prometheus metrics (plain HTTP, GET /metrics; port 0 picks one). Empty: "
           "disabled.");
-ABSL_FLAG(std::string, kube_api_url, "",
-          "Kubernetes API URL. Default: in-cluster (KUBERNETES_SERVICE_HOST).");
-ABSL_FLAG(std::string, kube_token_file, "",
-          "Bearer token file for the API, re-read on every request. Default: the ServiceAccount "
-          "token.");
-ABSL_FLAG(std::string, kube_ca_file, "",
-          "CA bundle that verifies the API server. Default: the ServiceAccount ca.crt.");
 ABSL_FLAG(std::string, state_dir, "./certcast-client-state",
           "Where the client records which versions it applied (0700).");
 ABSL_FLAG(std::string, ca, "", "CA bundle (PEM) that verifies the server's certificate.");
@@ -153,9 +147,7 @@ int main(int argc, char** argv) {
   }
   std::unique_ptr<certcast::kube::KubeApi> kube;
   if (!secret_name.empty() || !rollouts.empty()) {
-    absl::StatusOr<certcast::kube::KubeConfig> config = certcast::kube::KubeConfig::Resolve(
-        absl::GetFlag(FLAGS_kube_api_url), absl::GetFlag(FLAGS_kube_token_file),
-        absl::GetFlag(FLAGS_kube_ca_file));
+    absl::StatusOr<certcast::kube::KubeConfig> config = certcast::kube::KubeConfigFromFlags();
     if (!config.ok()) return Fail(std::string(config.status().message()));
     kube = std::make_unique<certcast::kube::CurlKubeApi>(*std::move(config), &fs);
   }

@@ -16,6 +16,7 @@
 #include "common/flags_util.h"
 #include "common/logging.h"
 #include "common/process.h"
+#include "kube/flags.h"
 #include "metrics/endpoint.h"
 #include "server/server.h"
 #include "spdlog/spdlog.h"
@@ -26,13 +27,6 @@ ABSL_FLAG(std::vector<std::string>, certificate, {},
           "NAME=DIR or NAME=secret:NAMESPACE/SECRET, repeatable: distribute under NAME the "
           "certificate in DIR (a mounted kubernetes.io/tls Secret: tls.crt, tls.key, optional "
           "ca.crt) or in that Secret, read and watched through the Kubernetes API.");
-ABSL_FLAG(std::string, kube_api_url, "",
-          "Kubernetes API URL for secret: sources. Default: in-cluster (KUBERNETES_SERVICE_HOST).");
-ABSL_FLAG(std::string, kube_token_file, "",
-          "Bearer token file for the API, re-read on every request. Default: the ServiceAccount "
-          "token.");
-ABSL_FLAG(std::string, kube_ca_file, "",
-          "CA bundle that verifies the API server. Default: the ServiceAccount ca.crt.");
 ABSL_FLAG(std::vector<std::string>, require_san, {},
           "NAME=DNSNAME, repeatable: refuse material for NAME whose leaf "
           "does not cover DNSNAME.");
