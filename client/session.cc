@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/certificate.h"
+#include "common/protocol.h"
 #include "common/secret.h"
 #include "spdlog/spdlog.h"
 
@@ -229,7 +230,13 @@ void Session::RunConnection() {
     }
     if (event.has_value()) {
       if (!event->message.has_value()) {
-        LogStreamEnd(event->status);
+        // The reader called Finish before queueing this event: the trailers are in.
+        std::string denial_reason;
+        const auto& trailers = context.GetServerTrailingMetadata();
+        if (auto it = trailers.find(kDenialReasonMetadata); it != trailers.end()) {
+          denial_reason.assign(it->second.data(), it->second.size());
+        }
+        LogStreamEnd(event->status, denial_reason);
         break;
       }
       if (!got_first) {
@@ -289,7 +296,7 @@ bool Session::Send(const v1::SubscribeRequest& request) {
   return stream_ != nullptr && stream_->Write(request);
 }
 
-void Session::LogStreamEnd(const grpc::Status& status) {
+void Session::LogStreamEnd(const grpc::Status& status, const std::string& denial_reason) {
   std::string message;
   bool denied = false;
   switch (status.error_code()) {
@@ -316,7 +323,8 @@ void Session::LogStreamEnd(const grpc::Status& status) {
     absl::MutexLock lock(&mu_);
     ++counters_.denials;
   }
-  if (options_.delete_on_revoke && status.error_code() == grpc::StatusCode::PERMISSION_DENIED) {
+  if (options_.delete_on_revoke && status.error_code() == grpc::StatusCode::PERMISSION_DENIED &&
+      denial_reason == kDenialNotAllowed) {
     RemoveEverything();
   }
   // A repeated failure logs once at warn (error for denials), then at debug.
@@ -335,10 +343,9 @@ void Session::LogStreamEnd(const grpc::Status& status) {
 void Session::RemoveEverything() {
   pending_.clear();
   for (const std::string& name : options_.certificates) {
-    {
-      absl::MutexLock lock(&mu_);
-      if (held_[name].fingerprint.empty()) continue;  // nothing held: nothing to remove
-    }
+    // Even when nothing is recorded as held: a sink may hold something the others do not (a
+    // half-applied first version). Once removed, repeated denials have nothing more to do.
+    if (removed_.count(name) > 0) continue;
     bool removed = true;
     for (Sink* sink : sinks_) {
       absl::Status status = sink->Remove(name);
@@ -351,6 +358,7 @@ void Session::RemoveEverything() {
     if (!removed) continue;  // try again after the next denial
     store_->Clear(name).IgnoreError();
     recorded_.erase(name);
+    removed_.insert(name);
     spdlog::warn("certificate {}: access revoked; removed from every sink (--delete-on-revoke)",
                  name);
     absl::MutexLock lock(&mu_);
@@ -558,6 +566,7 @@ v1::SubscribeRequest Session::Apply(const VersionedMaterial& version, absl::Time
   ack->set_version(version.version);
   ack->set_nonce(nonce);
   for (std::string& warning : warnings) ack->add_warnings(std::move(warning));
+  removed_.erase(version.name);
   absl::MutexLock lock(&mu_);
   held_[version.name] = done;
   applied_at_[version.name] = clock_->Now();

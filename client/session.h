@@ -13,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -124,7 +125,8 @@ class Session {
   v1::SubscribeRequest Apply(const VersionedMaterial& version, absl::Time not_after,
                              const std::string& nonce, bool* failed);
   bool Send(const v1::SubscribeRequest& request);
-  void LogStreamEnd(const grpc::Status& status);
+  // `denial_reason` is the server's kDenialReasonMetadata trailer (empty when none).
+  void LogStreamEnd(const grpc::Status& status, const std::string& denial_reason = "");
   // --delete-on-revoke: empties every sink and forgets what was held.
   void RemoveEverything();
 
@@ -144,6 +146,7 @@ class Session {
   absl::Duration heartbeat_timeout_;
   std::map<std::string, PendingApply> pending_;
   std::map<std::string, HeldVersion> recorded_;  // what the state store says was completed
+  std::set<std::string> removed_;                // removed after a revocation and not applied since
   grpc::ClientReaderWriter<v1::SubscribeRequest, v1::SubscribeResponse>* stream_
       ABSL_GUARDED_BY(stream_mu_) = nullptr;
   std::string last_end_message_;

@@ -11,6 +11,7 @@
 #include "absl/strings/strip.h"
 #include "common/secret.h"
 #include "common/status_macros.h"
+#include "kube/secret.h"
 
 namespace certcast::kube {
 namespace {
@@ -75,7 +76,8 @@ absl::StatusOr<CurlHandle> NewHandle(const KubeConfig& config, const std::string
   curl_easy_setopt(curl.get(), CURLOPT_SSL_VERIFYHOST, 2L);
   if (!config.ca_file.empty()) curl_easy_setopt(curl.get(), CURLOPT_CAINFO, config.ca_file.c_str());
   curl_easy_setopt(curl.get(), CURLOPT_CONNECTTIMEOUT_MS, 10'000L);
-  curl_easy_setopt(curl.get(), CURLOPT_PROTOCOLS_STR, "https,http");
+  // HTTPS only: the bearer token must never cross the network in plaintext.
+  curl_easy_setopt(curl.get(), CURLOPT_PROTOCOLS_STR, "https");
   std::string authorization = "Authorization: Bearer " + token;
   curl_slist* list = curl_slist_append(nullptr, authorization.c_str());
   CleanseString(&authorization);
@@ -237,6 +239,7 @@ size_t OnWatchData(char* data, size_t size, size_t count, void* opaque) {
   size_t newline;
   while ((newline = state->buffer.find('\n')) != std::string::npos) {
     std::string line = state->buffer.substr(0, newline);
+    CleanseMemory(state->buffer.data(), newline + 1);  // events may carry Secret data
     state->buffer.erase(0, newline + 1);
     if (absl::StripAsciiWhitespace(line).empty()) continue;
     Json parsed = Json::parse(line, nullptr, /*allow_exceptions=*/false);
@@ -246,12 +249,15 @@ size_t OnWatchData(char* data, size_t size, size_t count, void* opaque) {
       return 0;  // aborts the transfer
     }
     WatchEvent event{parsed.value("type", ""), parsed.value("object", Json::object())};
+    WipeSecretData(&parsed["object"]);
     if (event.type == "ERROR") {
       state->result =
           StatusFromHttp(event.object.value("code", 500L), event.object.dump(), state->request);
       return 0;
     }
-    if (!(*state->on_event)(event)) {
+    const bool go_on = (*state->on_event)(event);
+    WipeSecretData(&event.object);
+    if (!go_on) {
       state->ended_by_callback = true;
       return 0;
     }

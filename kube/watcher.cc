@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/backoff.h"
+#include "kube/secret.h"
 #include "spdlog/spdlog.h"
 
 namespace certcast::kube {
@@ -63,15 +64,9 @@ void NamedObjectWatcher::Run() {
         continue;
       }
       resource_version = list->value("metadata", Json::object()).value("resourceVersion", "");
-      if (list->contains("items")) {
+      if (list->contains("items") && (*list)["items"].is_array()) {
         // Items may be Secrets: wipe what they carry before the list is dropped.
-        for (auto& item : (*list)["items"]) {
-          if (item.contains("data") && item["data"].is_object()) {
-            for (auto& [key, value] : item["data"].items()) {
-              if (value.is_string()) value = "";
-            }
-          }
-        }
+        for (auto& item : (*list)["items"]) WipeSecretData(&item);
       }
       on_event_("RESYNC");
     }

@@ -41,20 +41,34 @@ absl::StatusOr<std::string> KubeTokenReviewer::Review(const std::string& token) 
     return absl::UnavailableError(
         absl::StrCat("cannot verify the token now: ", answer.status().message()));
   }
-  const kube::Json status = answer->value("status", kube::Json::object());
-  if (!status.value("authenticated", false)) {
-    return absl::UnauthenticatedError(absl::StrCat(
-        "the token was not accepted for audience \"", audience_, "\"",
-        status.contains("error") ? absl::StrCat(": ", status.value("error", "")) : ""));
+  // Types are checked before use: a malformed answer is a refusal, never an exception.
+  const kube::Json empty = kube::Json::object();
+  const kube::Json& status =
+      answer->contains("status") && (*answer)["status"].is_object() ? (*answer)["status"] : empty;
+  const bool authenticated = status.contains("authenticated") &&
+                             status["authenticated"].is_boolean() &&
+                             status["authenticated"].get<bool>();
+  if (!authenticated) {
+    std::string error;
+    if (status.contains("error") && status["error"].is_string()) error = status["error"];
+    return absl::UnauthenticatedError(absl::StrCat("the token was not accepted for audience \"",
+                                                   audience_, "\"",
+                                                   error.empty() ? "" : absl::StrCat(": ", error)));
   }
-  const kube::Json audiences = status.value("audiences", kube::Json::array());
-  bool audience_ok = audiences.empty();  // an API without audience support echoes none
-  for (const auto& audience : audiences) audience_ok |= audience == audience_;
+  // An empty audience list means "valid for the API server", not for certcast: require ours.
+  bool audience_ok = false;
+  if (status.contains("audiences") && status["audiences"].is_array()) {
+    for (const auto& audience : status["audiences"]) audience_ok |= audience == audience_;
+  }
   if (!audience_ok) {
     return absl::UnauthenticatedError(
         absl::StrCat("the token is not meant for audience \"", audience_, "\""));
   }
-  return status.value("user", kube::Json::object()).value("username", "");
+  if (!status.contains("user") || !status["user"].is_object() ||
+      !status["user"].contains("username") || !status["user"]["username"].is_string()) {
+    return absl::UnauthenticatedError("the TokenReview names no user");
+  }
+  return status["user"]["username"].get<std::string>();
 }
 
 Authenticator::Authenticator(TokenReviewer* reviewer, const TokenMap* static_tokens,
@@ -90,10 +104,15 @@ std::optional<absl::StatusOr<PeerIdentity>> Authenticator::Quick(const PeerIdent
         "the bearer token is not a known static token and this server checks no ServiceAccount "
         "tokens (--token-audience)"));
   }
+  const std::string hash = Sha256Hex(token);
   absl::MutexLock lock(&mu_);
-  auto cached = cache_.find(Sha256Hex(token));
+  auto cached = cache_.find(hash);
   if (cached != cache_.end() && cached->second.first > clock_->Now()) {
     return FromUsername(transport, cached->second.second);
+  }
+  auto refused = refused_.find(hash);
+  if (refused != refused_.end() && refused->second.first > clock_->Now()) {
+    return absl::StatusOr<PeerIdentity>(absl::UnauthenticatedError(refused->second.second));
   }
   return std::nullopt;
 }
@@ -105,7 +124,15 @@ absl::StatusOr<PeerIdentity> Authenticator::Review(const PeerIdentity& transport
     absl::MutexLock lock(&mu_);
     ++reviews_;
   }
-  if (!username.ok()) return username.status();
+  if (!username.ok()) {
+    if (absl::IsUnauthenticated(username.status())) {
+      absl::MutexLock lock(&mu_);
+      if (refused_.size() >= options_.cache_max) refused_.clear();  // a shortcut, not a record
+      refused_[Sha256Hex(token)] = {clock_->Now() + options_.negative_ttl,
+                                    std::string(username.status().message())};
+    }
+    return username.status();
+  }
   absl::StatusOr<PeerIdentity> identity = FromUsername(transport, *username);
   if (identity.ok()) {
     absl::MutexLock lock(&mu_);
@@ -129,8 +156,16 @@ void Authenticator::Authenticate(PeerIdentity transport, std::string bearer_toke
     done(*std::move(quick));
     return;
   }
-  absl::MutexLock lock(&mu_);
-  jobs_.push_back(Job{std::move(transport), std::move(bearer_token), std::move(done)});
+  {
+    absl::MutexLock lock(&mu_);
+    if (jobs_.size() < options_.max_pending) {
+      jobs_.push_back(Job{std::move(transport), std::move(bearer_token), std::move(done)});
+      return;
+    }
+  }
+  // Too many reviews waiting (a flood of unknown tokens): refuse now rather than queue forever.
+  CleanseString(&bearer_token);
+  done(absl::UnavailableError("too many token reviews pending; retry later"));
 }
 
 absl::StatusOr<PeerIdentity> Authenticator::AuthenticateNow(PeerIdentity transport,

@@ -54,6 +54,8 @@ class Authenticator {
     absl::Duration cache_ttl = absl::Minutes(1);
     size_t cache_max = 10'000;
     int workers = 2;  // threads for TokenReview calls, so gRPC threads never block on the API
+    size_t max_pending = 1'000;  // reviews waiting; beyond it callers get Unavailable at once
+    absl::Duration negative_ttl = absl::Seconds(10);  // a refused token is not asked again soon
   };
   // `reviewer` and `static_tokens` may be null (that kind of token is then refused).
   // Does not own them or `clock`.
@@ -95,6 +97,8 @@ class Authenticator {
   absl::Mutex mu_;
   // Positive results by SHA-256 of the token (the tokens themselves are not kept).
   std::map<std::string, std::pair<absl::Time, std::string>> cache_ ABSL_GUARDED_BY(mu_);
+  // Refusals by SHA-256, so a flood of one bad token costs one review per negative_ttl.
+  std::map<std::string, std::pair<absl::Time, std::string>> refused_ ABSL_GUARDED_BY(mu_);
   std::deque<Job> jobs_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t reviews_ ABSL_GUARDED_BY(mu_) = 0;

@@ -122,5 +122,20 @@ TEST(AuthenticatorTest, StaticTokens) {
             absl::StatusCode::kUnauthenticated);
 }
 
+// A refused token is remembered briefly, so a flood of one bad token costs one review.
+TEST(AuthenticatorTest, RefusalsAreCachedBriefly) {
+  FakeReviewer reviewer;
+  FakeClock clock;
+  Authenticator authenticator(&reviewer, nullptr, &clock, {});
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(authenticator.AuthenticateNow(Transport(), "bad").status().code(),
+              absl::StatusCode::kUnauthenticated);
+  }
+  EXPECT_EQ(reviewer.calls(), 1);
+  clock.Advance(absl::Seconds(11));
+  authenticator.AuthenticateNow(Transport(), "bad").IgnoreError();
+  EXPECT_EQ(reviewer.calls(), 2);
+}
+
 }  // namespace
 }  // namespace certcast

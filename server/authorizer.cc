@@ -6,6 +6,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/protocol.h"
 #include "grpc/grpc_security_constants.h"
 #include "server/policy.h"
 #include "spdlog/spdlog.h"
@@ -118,7 +119,7 @@ absl::Status PolicyAuthorizer::AuthorizeSubscribe(const PeerIdentity& peer,
                   "this server has no policy (--policy) and hands out no key material");
   }
   if (!policy->Allows(certificate, namespace_)) {
-    return Denied(absl::StatusCode::kPermissionDenied, "not_allowed",
+    return Denied(absl::StatusCode::kPermissionDenied, kDenialNotAllowed,
                   absl::StrCat("namespace \"", namespace_, "\" may not receive certificate \"",
                                certificate, "\""));
   }

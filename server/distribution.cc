@@ -7,6 +7,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/protocol.h"
 #include "common/secret.h"
 #include "grpcpp/support/proto_buffer_reader.h"
 #include "spdlog/spdlog.h"
@@ -50,7 +51,10 @@ std::string NackReason(const v1::Nack& nack) {
 class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   SubscribeStream(DistributionHub* hub, grpc::CallbackServerContext* context)
-      : hub_(hub), identity_(TransportIdentity(*context)), bearer_token_(BearerToken(*context)) {
+      : hub_(hub),
+        context_(context),
+        identity_(TransportIdentity(*context)),
+        bearer_token_(BearerToken(*context)) {
     StartRead(&read_buffer_);
   }
   ~SubscribeStream() override { CleanseString(&bearer_token_); }
@@ -79,7 +83,9 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
     }
   }
 
-  void FinishWith(const grpc::Status& status) {
+  // `denial_reason` (from DenialReason) travels to the client as trailing metadata, so a client
+  // can tell a revocation from other refusals.
+  void FinishWith(const grpc::Status& status, const std::string& denial_reason = "") {
     bool finish_now = false;
     std::string who;
     {
@@ -88,6 +94,9 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
       who = absl::StrCat(namespace_, "/", client_id_);
       finish_requested_ = true;
       finish_status_ = status;
+      if (!denial_reason.empty()) {
+        context_->AddTrailingMetadata(std::string(kDenialReasonMetadata), denial_reason);
+      }
       pending_.clear();
       finish_now = !write_in_flight_;
     }
@@ -132,7 +141,8 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
       if (allowed.ok()) continue;
       hub_->authorizer_->Audit(identity, "Subscribe (policy reload)", name, allowed);
       FinishWith(grpc::Status(static_cast<grpc::StatusCode>(allowed.code()),
-                              absl::StrCat(allowed.message(), " (access revoked)")));
+                              absl::StrCat(allowed.message(), " (access revoked)")),
+                 DenialReason(allowed));
       return;
     }
   }
@@ -257,11 +267,12 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
     // worker thread). The continuation restarts reading.
     Ref();
     auto continuation = [this, hello, names](absl::StatusOr<PeerIdentity> identity) {
-      grpc::Status status = ContinueHello(hello, names, std::move(identity));
+      std::string denial_reason;
+      grpc::Status status = ContinueHello(hello, names, std::move(identity), &denial_reason);
       if (status.ok()) {
         ReadNext();
       } else {
-        FinishWith(status);
+        FinishWith(status, denial_reason);
       }
       Unref();
     };
@@ -276,20 +287,12 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
   // The hello's second half, once the identity is known: authorization, then registration and
   // the initial messages.
   grpc::Status ContinueHello(const v1::Hello& hello, const std::vector<std::string>& names,
-                             absl::StatusOr<PeerIdentity> identity) {
+                             absl::StatusOr<PeerIdentity> identity, std::string* denial_reason) {
     if (!identity.ok()) {
       hub_->authorizer_->Audit(identity_, "Subscribe", "", identity.status());
+      *denial_reason = DenialReason(identity.status());
       return grpc::Status(static_cast<grpc::StatusCode>(identity.status().code()),
                           std::string(identity.status().message()));
-    }
-    for (const std::string& name : names) {
-      absl::Status allowed =
-          hub_->authorizer_->AuthorizeSubscribe(*identity, hello.namespace_(), name);
-      if (!allowed.ok()) {
-        hub_->authorizer_->Audit(*identity, "Subscribe", name, allowed);
-        return grpc::Status(static_cast<grpc::StatusCode>(allowed.code()),
-                            std::string(allowed.message()));
-      }
     }
     ClientRecord record;
     record.client_id = hello.client_id();
@@ -304,6 +307,18 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
     absl::MutexLock lock(&mu_);
     // The hello deadline may have ended the stream while this hello was being read.
     if (finish_requested_) return grpc::Status::OK;
+    // Authorized under mu_: a policy change either finds this stream registered (Reauthorize
+    // waits for mu_) or is already what this check sees. Never a stream that slips through.
+    for (const std::string& name : names) {
+      absl::Status allowed =
+          hub_->authorizer_->AuthorizeSubscribe(*identity, hello.namespace_(), name);
+      if (!allowed.ok()) {
+        hub_->authorizer_->Audit(*identity, "Subscribe", name, allowed);
+        *denial_reason = DenialReason(allowed);
+        return grpc::Status(static_cast<grpc::StatusCode>(allowed.code()),
+                            std::string(allowed.message()));
+      }
+    }
     grpc::ByteBuffer heartbeat;
     absl::StatusOr<std::vector<std::shared_ptr<const Publication>>> registered =
         hub_->Register(this, identity->identity, names, &heartbeat);
@@ -435,6 +450,7 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
   }
 
   DistributionHub* const hub_;
+  grpc::CallbackServerContext* const context_;  // valid until OnDone
   // The peer address is fixed at construction; the proven identity is filled in under mu_ by
   // ContinueHello. The read path owns the bearer token until it is handed to authentication.
   PeerIdentity identity_;

@@ -2,6 +2,7 @@
 // the files under SIGKILL at random moments during hundreds of rotations.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -354,6 +355,67 @@ INSTANTIATE_TEST_SUITE_P(SilentAndDenying, MisbehavingServerTest,
                            return param_info.param == MisbehavingServer::Mode::kSilent ? "Silent"
                                                                                        : "Deny";
                          });
+
+// A server that hands out version 1, then ends every stream with PERMISSION_DENIED and the
+// given denial reason in the trailers.
+class RevokingServer final : public v1::Distribution::Service {
+ public:
+  RevokingServer(Chain chain, std::string reason) : chain_(std::move(chain)), reason_(reason) {}
+  grpc::Status Subscribe(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<v1::SubscribeResponse, v1::SubscribeRequest>* stream) override {
+    v1::SubscribeRequest request;
+    if (!stream->Read(&request)) return grpc::Status::CANCELLED;
+    if (subscriptions_.fetch_add(1) == 0) {
+      stream->Write(Update(1, chain_, std::string(chain_.material.key_pem.reveal())));
+      stream->Read(&request);  // the ACK
+    }
+    context->AddTrailingMetadata("certcast-denial-reason", reason_);
+    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, "denied (" + reason_ + ")");
+  }
+  int subscriptions() const { return subscriptions_.load(); }
+
+ private:
+  const Chain chain_;
+  const std::string reason_;
+  std::atomic<int> subscriptions_{0};
+};
+
+class DeleteOnRevokeTest : public ::testing::TestWithParam<std::string> {};
+
+// --delete-on-revoke removes the files when the policy no longer allows the namespace
+// ("not_allowed"), and only then: a server refusing for another reason (no policy configured,
+// a namespace mismatch) must not make a fleet delete its certificates.
+TEST_P(DeleteOnRevokeTest, DeletesOnlyOnRevocation) {
+  TempDir tmp;
+  RevokingServer service(MakeChain(), GetParam());
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  ChildProcess client(CERTCAST_CLIENT_BINARY,
+                      {absl::StrCat("--server=127.0.0.1:", port), "--insecure",
+                       "--namespace=tenant-a", "--certificate=wildcard", "--delete-on-revoke",
+                       "--output-dir=" + tmp.Join("out"), "--state-dir=" + tmp.Join("state")},
+                      tmp.Join("client.log"));
+  auto holds = [&] {
+    struct stat st;
+    return stat(tmp.Join("out/wildcard/tls.key").c_str(), &st) == 0;
+  };
+  ASSERT_TRUE(WaitFor([&] { return service.subscriptions() >= 3; }, absl::Seconds(60)))
+      << client.log();
+  if (GetParam() == "not_allowed") {
+    EXPECT_TRUE(WaitFor([&] { return !holds(); })) << client.log();
+  } else {
+    EXPECT_TRUE(holds()) << client.log();
+    EXPECT_THAT(client.log(), ::testing::Not(HasSubstr("removed from every sink")));
+  }
+  server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
+}
+
+INSTANTIATE_TEST_SUITE_P(Reasons, DeleteOnRevokeTest,
+                         ::testing::Values("not_allowed", "no_policy", "namespace_mismatch"));
 
 }  // namespace
 }  // namespace certcast
