@@ -34,7 +34,8 @@ absl::Status CredentialsProvider::Reload() {
 }
 
 absl::StatusOr<std::string> CredentialsProvider::BearerToken() {
-  if (options_.token_file.empty()) return std::string();
+  // Never send a token in plaintext (an --insecure server needs none anyway).
+  if (options_.token_file.empty() || options_.insecure) return std::string();
   ASSIGN_OR_RETURN(std::string token, fs_->ReadFile(options_.token_file));
   std::string trimmed(absl::StripAsciiWhitespace(token));
   CleanseString(&token);

@@ -98,10 +98,21 @@ AuditCounters Authorizer::audit_counters() {
   return counters_;
 }
 
+absl::Status PolicyAuthorizer::RequireTrustedIdentity(const PeerIdentity& peer) const {
+  if (absl::Status proven = RequireIdentity(peer); !proven.ok()) return proven;
+  if (peer.kind == "mtls" && !trust_domain_.empty() &&
+      !absl::StartsWith(peer.identity, absl::StrCat("spiffe://", trust_domain_, "/"))) {
+    return Denied(absl::StatusCode::kPermissionDenied, "foreign_trust_domain",
+                  absl::StrCat("identity ", peer.identity, " is not in trust domain \"",
+                               trust_domain_, "\""));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status PolicyAuthorizer::AuthorizeSubscribe(const PeerIdentity& peer,
                                                   const std::string& namespace_,
                                                   const std::string& certificate) {
-  if (absl::Status proven = RequireIdentity(peer); !proven.ok()) return proven;
+  if (absl::Status proven = RequireTrustedIdentity(peer); !proven.ok()) return proven;
   if (peer.namespace_.empty()) {
     return Denied(absl::StatusCode::kPermissionDenied, "no_namespace",
                   absl::StrCat("identity ", peer.identity,
@@ -127,7 +138,7 @@ absl::Status PolicyAuthorizer::AuthorizeSubscribe(const PeerIdentity& peer,
 }
 
 absl::Status PolicyAuthorizer::AuthorizeAdmin(const PeerIdentity& peer) {
-  if (absl::Status proven = RequireIdentity(peer); !proven.ok()) return proven;
+  if (absl::Status proven = RequireTrustedIdentity(peer); !proven.ok()) return proven;
   std::shared_ptr<const Policy> policy = policy_ == nullptr ? nullptr : policy_->current();
   if (policy != nullptr && policy->IsAdmin(peer.identity)) return absl::OkStatus();
   return Denied(absl::StatusCode::kPermissionDenied, "not_admin",
@@ -135,7 +146,7 @@ absl::Status PolicyAuthorizer::AuthorizeAdmin(const PeerIdentity& peer) {
 }
 
 absl::StatusOr<InspectionScope> PolicyAuthorizer::AuthorizeInspection(const PeerIdentity& peer) {
-  if (absl::Status proven = RequireIdentity(peer); !proven.ok()) return proven;
+  if (absl::Status proven = RequireTrustedIdentity(peer); !proven.ok()) return proven;
   std::shared_ptr<const Policy> policy = policy_ == nullptr ? nullptr : policy_->current();
   if (policy != nullptr && policy->IsAdmin(peer.identity)) return InspectionScope{true, ""};
   // A non-admin sees its own namespace; an identity without one has nothing to see (an empty

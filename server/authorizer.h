@@ -88,14 +88,21 @@ class AllowAllAuthorizer final : public Authorizer {
 // is handed out. Does not own `policy`.
 class PolicyAuthorizer final : public Authorizer {
  public:
-  explicit PolicyAuthorizer(PolicyFile* policy) : policy_(policy) {}
+  // With a `trust_domain`, client certificates from another SPIFFE trust domain are refused
+  // (a client CA bundle shared across clusters must not let cluster B's "shop" be A's "shop").
+  explicit PolicyAuthorizer(PolicyFile* policy, std::string trust_domain = "")
+      : policy_(policy), trust_domain_(std::move(trust_domain)) {}
   absl::Status AuthorizeSubscribe(const PeerIdentity& peer, const std::string& namespace_,
                                   const std::string& certificate) override;
   absl::Status AuthorizeAdmin(const PeerIdentity& peer) override;
   absl::StatusOr<InspectionScope> AuthorizeInspection(const PeerIdentity& peer) override;
 
  private:
+  // The identity proven and, for mTLS, from the configured trust domain.
+  absl::Status RequireTrustedIdentity(const PeerIdentity& peer) const;
+
   PolicyFile* const policy_;
+  const std::string trust_domain_;
 };
 
 // Short reason code of a denial, for counters: carried as a payload by the authorizers.

@@ -46,6 +46,9 @@ ABSL_FLAG(std::string, token_audience, "",
 ABSL_FLAG(std::string, token_map, "",
           "File mapping SHA-256 hashes of static tokens to a namespace and name, for hosts "
           "outside Kubernetes (the file never holds the tokens).");
+ABSL_FLAG(std::string, trust_domain, "",
+          "SPIFFE trust domain of client certificates (e.g. cluster.local): certificates from "
+          "other domains are refused. Empty: any domain the --client-ca verifies.");
 ABSL_FLAG(int, max_streams_per_identity, 16,
           "Concurrent Subscribe streams one identity may hold (RESOURCE_EXHAUSTED beyond).");
 ABSL_FLAG(bool, insecure, false,
@@ -135,6 +138,7 @@ int main(int argc, char** argv) {
   options.policy_file = absl::GetFlag(FLAGS_policy);
   options.token_audience = absl::GetFlag(FLAGS_token_audience);
   options.token_map_file = absl::GetFlag(FLAGS_token_map);
+  options.trust_domain = absl::GetFlag(FLAGS_trust_domain);
   options.distribution.max_streams_per_identity = absl::GetFlag(FLAGS_max_streams_per_identity);
   options.insecure = absl::GetFlag(FLAGS_insecure);
   options.health_listen = absl::GetFlag(FLAGS_health_listen);

@@ -286,7 +286,7 @@ absl::Status CertcastServer::SetUpIdentities(Filesystem* fs, const Clock* clock,
         "no --policy: this server hands out NO key material (every Subscribe is "
         "PERMISSION_DENIED) until a policy names who may receive what");
   }
-  authorizer_ = std::make_unique<PolicyAuthorizer>(policy_.get());
+  authorizer_ = std::make_unique<PolicyAuthorizer>(policy_.get(), options_.trust_domain);
   if (!options_.token_map_file.empty()) {
     ASSIGN_OR_RETURN(std::string text, fs->ReadFile(options_.token_map_file));
     ASSIGN_OR_RETURN(TokenMap map, TokenMap::Parse(text, options_.token_map_file));

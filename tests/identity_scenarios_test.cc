@@ -100,7 +100,8 @@ class IdentityScenarioTest : public ::testing::Test {
             "--tls-key=" + tmp_.Join("server.key"), "--client-ca=" + tmp_.Join("client-ca.pem"),
             "--policy=" + tmp_.Join("policy.yaml"), "--token-audience=certcast",
             "--token-map=" + tmp_.Join("tokens.yaml"), "--max-streams-per-identity=2",
-            "--certificate=wildcard=" + tmp_.Join("source"), "--state-dir=" + tmp_.Join("state"),
+            "--trust-domain=cluster.local", "--certificate=wildcard=" + tmp_.Join("source"),
+            "--state-dir=" + tmp_.Join("state"),
             absl::StrCat("--kube-api-url=https://localhost:", kube_port_),
             "--kube-token-file=" + tmp_.Join("server-sa.token"),
             "--kube-ca-file=" + tmp_.Join("server-ca.pem"), "--quiet-period=20ms"},
@@ -204,6 +205,10 @@ TEST_F(IdentityScenarioTest, DenialMatrix) {
   Issued workload = Spiffe("spiffe://cluster.local/workload/batch");
   ExpectDenied(Subscribe(Channel(&workload), "tenant-a"), grpc::StatusCode::PERMISSION_DENIED,
                "names no namespace");
+  // 6b. A well-formed SPIFFE ID from another trust domain (a shared client CA).
+  Issued foreign = Spiffe("spiffe://other.example/ns/tenant-a/sa/certcast-client");
+  ExpectDenied(Subscribe(Channel(&foreign), "tenant-a"), grpc::StatusCode::PERMISSION_DENIED,
+               "is not in trust domain \"cluster.local\"");
   // 7. A ServiceAccount token for the right audience.
   EXPECT_TRUE(Subscribe(Channel(), "tenant-a", "sa-tenant-a").got_update);
   // 8. A ServiceAccount token for another audience.
