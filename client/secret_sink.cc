@@ -160,9 +160,20 @@ absl::Status SecretSink::Remove(const std::string& /*name*/) {
   if (absl::IsNotFound(existing.status())) return absl::OkStatus();
   if (!existing.ok()) return existing.status();
   const bool managed = kube::IsManagedByCertcast(*existing);
+  const kube::Json metadata = existing->value("metadata", kube::Json::object());
   kube::WipeSecretData(&*existing);
   if (!managed) return absl::OkStatus();
-  absl::StatusOr<kube::Json> deleted = api_->Request("DELETE", path);
+  // Delete exactly the Secret that was checked: a foreign one swapped in meanwhile has another
+  // uid, and the API refuses the delete (409) instead of removing it.
+  kube::Json options = {{"apiVersion", "v1"},
+                        {"kind", "DeleteOptions"},
+                        {"preconditions",
+                         {{"uid", metadata.value("uid", "")},
+                          {"resourceVersion", metadata.value("resourceVersion", "")}}}};
+  absl::StatusOr<kube::Json> deleted = api_->Request("DELETE", path, &options);
+  if (kube::IsConflict(deleted.status())) {
+    return absl::AbortedError(absl::StrCat(Describe(), " changed while being removed; retrying"));
+  }
   if (!deleted.ok() && !absl::IsNotFound(deleted.status())) {
     return absl::Status(deleted.status().code(),
                         absl::StrCat(Describe(), ": ", deleted.status().message(),

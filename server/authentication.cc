@@ -149,7 +149,8 @@ absl::StatusOr<PeerIdentity> Authenticator::Review(const PeerIdentity& transport
   return identity;
 }
 
-void Authenticator::Authenticate(PeerIdentity transport, std::string bearer_token, Done done) {
+void Authenticator::Authenticate(PeerIdentity transport, std::string bearer_token, Done done,
+                                 StillWanted still_wanted) {
   std::optional<absl::StatusOr<PeerIdentity>> quick = Quick(transport, bearer_token);
   if (quick.has_value()) {
     CleanseString(&bearer_token);
@@ -159,7 +160,8 @@ void Authenticator::Authenticate(PeerIdentity transport, std::string bearer_toke
   {
     absl::MutexLock lock(&mu_);
     if (jobs_.size() < options_.max_pending) {
-      jobs_.push_back(Job{std::move(transport), std::move(bearer_token), std::move(done)});
+      jobs_.push_back(Job{std::move(transport), std::move(bearer_token), std::move(done),
+                          std::move(still_wanted)});
       return;
     }
   }
@@ -188,6 +190,11 @@ void Authenticator::Work() {
       if (jobs_.empty()) return;  // stopping
       job = std::move(jobs_.front());
       jobs_.pop_front();
+    }
+    if (job.still_wanted != nullptr && !job.still_wanted()) {
+      CleanseString(&job.token);
+      job.done(absl::CancelledError("the caller went away before its token was reviewed"));
+      continue;
     }
     absl::StatusOr<PeerIdentity> identity = Review(job.transport, job.token);
     CleanseString(&job.token);

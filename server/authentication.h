@@ -64,11 +64,15 @@ class Authenticator {
   ~Authenticator();
 
   using Done = std::function<void(absl::StatusOr<PeerIdentity>)>;
+  // Asked just before a queued review runs: false skips it (the caller's stream already ended,
+  // e.g. at its hello deadline), and `done` gets Cancelled.
+  using StillWanted = std::function<bool()>;
   // Completes `transport` (from TransportIdentity) with what `bearer_token` proves. A verified
   // client certificate wins; without a token the identity is what the transport proved (maybe
   // nothing: authorization decides). Static and cached tokens finish inline; others on a worker
   // thread. An invalid token is Unauthenticated; an API outage Unavailable.
-  void Authenticate(PeerIdentity transport, std::string bearer_token, Done done);
+  void Authenticate(PeerIdentity transport, std::string bearer_token, Done done,
+                    StillWanted still_wanted = nullptr);
   // The same, blocking (for unary calls).
   absl::StatusOr<PeerIdentity> AuthenticateNow(PeerIdentity transport, std::string bearer_token);
 
@@ -82,6 +86,7 @@ class Authenticator {
     PeerIdentity transport;
     std::string token;
     Done done;
+    StillWanted still_wanted;
   };
   // Static map or cache; nullopt when a TokenReview is needed.
   std::optional<absl::StatusOr<PeerIdentity>> Quick(const PeerIdentity& transport,

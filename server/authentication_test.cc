@@ -137,5 +137,24 @@ TEST(AuthenticatorTest, RefusalsAreCachedBriefly) {
   EXPECT_EQ(reviewer.calls(), 2);
 }
 
+// A queued review whose caller has gone away is skipped, not sent to the API.
+TEST(AuthenticatorTest, SkipsReviewsNoLongerWanted) {
+  FakeReviewer reviewer;
+  FakeClock clock;
+  Authenticator authenticator(&reviewer, nullptr, &clock, {});
+  absl::Notification done;
+  absl::Status result;
+  authenticator.Authenticate(
+      Transport(), "good",
+      [&](absl::StatusOr<PeerIdentity> identity) {
+        result = identity.status();
+        done.Notify();
+      },
+      [] { return false; });
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  EXPECT_EQ(result.code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(reviewer.calls(), 0);
+}
+
 }  // namespace
 }  // namespace certcast

@@ -279,7 +279,10 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
     if (hub_->authenticator_ == nullptr) {
       continuation(identity_);
     } else {
-      hub_->authenticator_->Authenticate(identity_, std::move(bearer_token_), continuation);
+      hub_->authenticator_->Authenticate(identity_, std::move(bearer_token_), continuation, [this] {
+        absl::MutexLock lock(&mu_);
+        return !finish_requested_;
+      });
     }
     return grpc::Status::OK;
   }
