@@ -127,8 +127,17 @@ openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 
 SECURITY=(--insecure)
 BENCH_TLS=()
 if [[ $TLS == 1 ]]; then
-  SECURITY=(--tls-cert="$WORK/server.crt" --tls-key="$WORK/server.key")
-  BENCH_TLS=(--tls-ca="$WORK/ca.crt")
+  # The server is secure by default: a policy lets namespace "bench" receive "bench", and every
+  # bench stream proves itself with one static token (so the per-identity stream limit is
+  # lifted: this measures fan-out, not that limit).
+  head -c 32 /dev/urandom | base64 | tr -d '\n' > "$WORK/bench.token"
+  printf 'certificates:\n  bench:\n    namespaces: ["bench"]\nadmins: ["static:bench/bench"]\n' \
+    > "$WORK/policy.yaml"
+  printf 'tokens:\n  - sha256: %s\n    namespace: bench\n    name: bench\n' \
+    "$(sha256sum < "$WORK/bench.token" | cut -d' ' -f1)" > "$WORK/tokens.yaml"
+  SECURITY=(--tls-cert="$WORK/server.crt" --tls-key="$WORK/server.key" --policy="$WORK/policy.yaml"
+            --token-map="$WORK/tokens.yaml" --max-streams-per-identity=1000000)
+  BENCH_TLS=(--tls-ca="$WORK/ca.crt" --token-file="$WORK/bench.token")
 fi
 # Heartbeats every 10 minutes, so no heartbeat fan-out lands inside a measured round.
 # shellcheck disable=SC2086
