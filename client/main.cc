@@ -76,8 +76,6 @@ ABSL_FLAG(bool, delete_on_revoke, false,
           "of keeping the last material (which is the default, so the tenant's TLS keeps "
           "working).");
 ABSL_FLAG(bool, combined_pem, false, "Also write tls.pem: the key, then the chain, in one file.");
-ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn or error.");
-ABSL_FLAG(std::string, log_format, "text", "text or json (one object per line).");
 
 namespace {
 
@@ -111,9 +109,7 @@ int main(int argc, char** argv) {
   const std::vector<std::string> rollouts =
       certcast::TakeRepeatedFlag(&argc, argv, "rollout_restart");
   absl::ParseCommandLine(argc, argv);
-  if (absl::Status logging = certcast::ConfigureLogging(absl::GetFlag(FLAGS_log_level),
-                                                        absl::GetFlag(FLAGS_log_format));
-      !logging.ok()) {
+  if (absl::Status logging = certcast::ConfigureLoggingFromFlags(); !logging.ok()) {
     return Fail(std::string(logging.message()));
   }
 

@@ -2,11 +2,15 @@
 
 #include <memory>
 
+#include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "spdlog/pattern_formatter.h"
 #include "spdlog/sinks/stdout_sinks.h"
 #include "spdlog/spdlog.h"
+
+ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn or error.");
+ABSL_FLAG(std::string, log_format, "text", "text or json (one object per line).");
 
 namespace certcast {
 namespace {
@@ -80,6 +84,10 @@ absl::Status ConfigureLogging(const std::string& level, const std::string& forma
   logger->flush_on(spdlog::level::info);
   spdlog::set_default_logger(std::move(logger));
   return absl::OkStatus();
+}
+
+absl::Status ConfigureLoggingFromFlags() {
+  return ConfigureLogging(absl::GetFlag(FLAGS_log_level), absl::GetFlag(FLAGS_log_format));
 }
 
 }  // namespace certcast

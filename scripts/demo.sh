@@ -120,23 +120,12 @@ for name in operator "${TENANTS[@]/#/client-}" client-intruder; do
     "$(openssl x509 -noout -ext subjectAltName -in "$DEMO/$name.pem" | sed -n 's/^ *URI://p')"
 done
 
-# publish LEAF: lays the chain out like kubelet does for a mounted Secret: a new ..TIMESTAMP
-# directory, then a ..data_tmp symlink renamed over ..data in one step.
+# publish LEAF: the wildcard chain of LEAF, laid out like kubelet updates a mounted Secret.
 SOURCE="$DEMO/wildcard"
+# shellcheck source=scripts/lib/kubelet.sh
+source "$ROOT/scripts/lib/kubelet.sh"
 publish() {
-  local leaf=$1 stamp old
-  stamp="..$(date -u +%Y_%m_%d_%H_%M_%S.%N)"
-  mkdir -p "$SOURCE/$stamp"
-  cat "$DEMO/$leaf.pem" "$DEMO/intermediate.pem" >"$SOURCE/$stamp/tls.crt"
-  install -m 0600 "$DEMO/$leaf.key" "$SOURCE/$stamp/tls.key"
-  cp "$DEMO/root.pem" "$SOURCE/$stamp/ca.crt"
-  old=$(readlink "$SOURCE/..data" || true)
-  ln -s "$stamp" "$SOURCE/..data_tmp"
-  mv -T "$SOURCE/..data_tmp" "$SOURCE/..data"
-  for file in tls.crt tls.key ca.crt; do
-    [[ -L $SOURCE/$file ]] || ln -s "..data/$file" "$SOURCE/$file"
-  done
-  if [[ -n $old ]]; then rm -rf "${SOURCE:?}/$old"; fi
+  kubelet_publish "$SOURCE" "$DEMO/$1.key" "$DEMO/root.pem" "$DEMO/$1.pem" "$DEMO/intermediate.pem"
 }
 mkdir -p "$SOURCE"
 publish wildcard-1

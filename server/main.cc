@@ -76,8 +76,6 @@ ABSL_FLAG(absl::Duration, client_retention, absl::Hours(1),
           "How long ListClients keeps showing clients after they disconnect.");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
           "On SIGTERM, how long open streams may take to finish before they are cancelled.");
-ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn or error.");
-ABSL_FLAG(std::string, log_format, "text", "text or json (one object per line).");
 
 namespace {
 
@@ -98,9 +96,7 @@ int main(int argc, char** argv) {
   const std::vector<std::string> sans = certcast::TakeRepeatedFlag(&argc, argv, "require_san");
   absl::ParseCommandLine(argc, argv);
 
-  if (absl::Status logging = certcast::ConfigureLogging(absl::GetFlag(FLAGS_log_level),
-                                                        absl::GetFlag(FLAGS_log_format));
-      !logging.ok()) {
+  if (absl::Status logging = certcast::ConfigureLoggingFromFlags(); !logging.ok()) {
     return Fail(std::string(logging.message()));
   }
 

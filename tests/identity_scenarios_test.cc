@@ -367,5 +367,25 @@ TEST_F(IdentityScenarioTest, BadPolicyIsAStartupError) {
   EXPECT_THAT(server.log(), HasSubstr("\"nope\""));
 }
 
+// The client's --token-file is its identity and is read again on every connect: a token that
+// is refused keeps the client retrying; once the file holds a valid token it gets the
+// certificate without a restart.
+TEST_F(IdentityScenarioTest, ClientTokenFileIsReadOnEveryConnect) {
+  WriteText(tmp_.Join("edge.token"), "not-a-token\n");
+  ChildProcess client(
+      CERTCAST_CLIENT_BINARY,
+      {absl::StrCat("--server=127.0.0.1:", port_), "--tls-server-name=localhost",
+       "--ca=" + tmp_.Join("server-ca.pem"), "--token-file=" + tmp_.Join("edge.token"),
+       "--namespace=edge", "--certificate=wildcard", "--output-dir=" + tmp_.Join("out-edge"),
+       "--state-dir=" + tmp_.Join("state-edge")},
+      tmp_.Join("client-edge.log"));
+  ASSERT_FALSE(client.WaitForLog("the server refused this client").empty()) << client.log();
+  WriteText(tmp_.Join("edge.token"), "static-edge-secret\n");
+  ASSERT_FALSE(client.WaitForLog("version 1 applied", absl::Seconds(60)).empty()) << client.log();
+  struct stat st;
+  EXPECT_EQ(stat(tmp_.Join("out-edge/wildcard/tls.key").c_str(), &st), 0);
+  EXPECT_THAT(client.log(), ::testing::Not(HasSubstr("static-edge-secret")));
+}
+
 }  // namespace
 }  // namespace certcast

@@ -483,5 +483,26 @@ TEST_F(KubeScenarioTest, RevokedSecretSinkDeletesOnlyItsManagedSecret) {
   EXPECT_EQ(TenantSecret("tenant-b")["data"]["password"], absl::Base64Escape("hunter2"));
 }
 
+// The API token is read for every request (the kubelet rotates projected tokens): a token file
+// that turns invalid gives NACKs naming the 401, a valid one again lets the client ACK.
+TEST_F(KubeScenarioTest, ApiTokenFileIsReReadOnEveryRequest) {
+  fixtures::WriteKubeletDir(tmp_.Join("source"), chain_.material);
+  StartServer(tmp_.Join("source"));
+  auto client = StartClient("tenant-a", "client-a");
+  ASSERT_TRUE(WaitFor([&] { return ClientState("tenant-a").acknowledged_version() == 1; }))
+      << client->log();
+  WriteText(tmp_.Join("client-a.token"), "revoked-token\n");
+  Chain next = MakeChain();
+  fixtures::WriteKubeletDir(tmp_.Join("source"), next.material);
+  ASSERT_TRUE(WaitFor([&] {
+    return ClientState("tenant-a").last_error().find("HTTP 401") != std::string::npos;
+  })) << client->log();
+  WriteText(tmp_.Join("client-a.token"), "client-a-token\n");
+  ASSERT_TRUE(WaitFor([&] { return ClientState("tenant-a").acknowledged_version() == 2; },
+                      absl::Seconds(60)))
+      << client->log();
+  EXPECT_TRUE(TenantHolds("tenant-a", next));
+}
+
 }  // namespace
 }  // namespace certcast

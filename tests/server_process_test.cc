@@ -9,7 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/child_process.h"
@@ -115,6 +117,28 @@ TEST_F(ServerProcessTest, CorruptStateFileIsAStartupError) {
   ASSERT_NE(status, -1);
   EXPECT_NE(WEXITSTATUS(status), 0);
   EXPECT_THAT(server.log(), HasSubstr(state_file));
+}
+
+// --log-format=json writes one JSON object per line, quotes inside messages escaped (the
+// rejection of a bad source names the certificate in quotes).
+TEST_F(ServerProcessTest, JsonLogsAreOneObjectPerLine) {
+  CertificateMaterial broken = fixtures::MakeChain().material;
+  broken.key_pem = chain_.material.key_pem;
+  fixtures::WriteKubeletDir(tmp_.Join("broken"), broken);
+  ServerProcess server(
+      {"--listen=127.0.0.1:0", "--insecure", "--log-format=json",
+       "--certificate=wildcard=" + tmp_.Join("broken"), "--state-dir=" + tmp_.Join("state")},
+      tmp_.Join("server.log"));
+  ASSERT_NE(server.WaitForPort(), 0) << server.log();
+  const std::string log = server.log();
+  int lines = 0;
+  for (absl::string_view line : absl::StrSplit(log, '\n', absl::SkipEmpty())) {
+    ++lines;
+    EXPECT_TRUE(absl::StartsWith(line, "{\"time\":\"") && absl::EndsWith(line, "\"}")) << line;
+    EXPECT_THAT(std::string(line), HasSubstr("\"level\":\""));
+  }
+  EXPECT_GE(lines, 2);
+  EXPECT_THAT(log, HasSubstr("certificate \\\"wildcard\\\"")) << "quotes must be escaped";
 }
 
 // Bad flags fail fast with a message that names the flag.

@@ -120,23 +120,11 @@ fingerprint() {
 FP1=$(fingerprint leaf1)
 FP2=$(fingerprint leaf2)
 
-# publish LEAF: the kubelet way: new ..TIMESTAMP dir, ..data_tmp symlink renamed over ..data.
+# publish LEAF: the chain of LEAF, laid out the way kubelet updates a mounted Secret.
 SOURCE=$W/source
-publish() {
-  local leaf=$1 stamp old
-  stamp="..$(date -u +%Y_%m_%d_%H_%M_%S.%N)"
-  mkdir -p "$SOURCE/$stamp"
-  cat "$W/$leaf.pem" "$W/int.pem" >"$SOURCE/$stamp/tls.crt"
-  install -m 0600 "$W/$leaf.key" "$SOURCE/$stamp/tls.key"
-  cp "$W/root.pem" "$SOURCE/$stamp/ca.crt"
-  old=$(readlink "$SOURCE/..data" || true)
-  ln -s "$stamp" "$SOURCE/..data_tmp"
-  mv -T "$SOURCE/..data_tmp" "$SOURCE/..data"
-  for file in tls.crt tls.key ca.crt; do
-    [[ -L $SOURCE/$file ]] || ln -s "..data/$file" "$SOURCE/$file"
-  done
-  if [[ -n $old ]]; then rm -rf "${SOURCE:?}/$old"; fi
-}
+# shellcheck source=scripts/lib/kubelet.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib/kubelet.sh"
+publish() { kubelet_publish "$SOURCE" "$W/$1.key" "$W/root.pem" "$W/$1.pem" "$W/int.pem"; }
 mkdir -p "$SOURCE"
 publish leaf1
 
