@@ -8,8 +8,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
+#include <list>
+#include <string>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -53,7 +58,7 @@ absl::StatusOr<int> HttpProbeServer::Start(const std::string& host_port) {
   int fd = -1;
   int err = 0;
   for (struct addrinfo* a = addresses; a != nullptr && fd < 0; a = a->ai_next) {
-    fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+    fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol);
     if (fd < 0) continue;
     const int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
@@ -94,32 +99,108 @@ void HttpProbeServer::Stop() {
   listen_fd_ = wake_fd_ = -1;
 }
 
-void HttpProbeServer::Serve() {
-  while (!stopping_.load()) {
-    struct pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
-    if (poll(fds, 2, -1) < 0 && errno != EINTR) return;
-    if (stopping_.load()) return;
-    if (!(fds[0].revents & POLLIN)) continue;
-    const int client = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-    if (client < 0) continue;
-    Respond(client);
-    close(client);
+namespace {
+
+// A probe request is one short line plus a few headers; more is not a probe.
+constexpr size_t kMaxRequestBytes = 8 * 1024;
+
+using SteadyClock = std::chrono::steady_clock;
+
+}  // namespace
+
+struct HttpProbeServer::Connection {
+  int fd = -1;
+  SteadyClock::time_point deadline;
+  std::string request;   // bytes read so far
+  std::string response;  // set once the request head is complete; then only writing remains
+  size_t written = 0;
+};
+
+void HttpProbeServer::AcceptAll(std::list<Connection>& connections) {
+  while (true) {
+    const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0) {
+      // EAGAIN: nothing more pending. EMFILE and friends: retry on the next poll round.
+      return;
+    }
+    // Oldest first: a slow or idle connection gives way to the newest, which is likely a probe.
+    while (!connections.empty() &&
+           static_cast<int>(connections.size()) >= std::max(1, options_.max_connections)) {
+      close(connections.front().fd);
+      connections.pop_front();
+    }
+    Connection connection;
+    connection.fd = fd;
+    connection.deadline = SteadyClock::now() + options_.request_deadline;
+    connections.push_back(std::move(connection));
   }
 }
 
-void HttpProbeServer::Respond(int fd) {
-  // A probe request fits in one small read; wait at most 2 s for it.
-  struct timeval timeout = {2, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
-  char buffer[2048];
-  std::string request;
-  while (request.find("\r\n\r\n") == std::string::npos && request.size() < sizeof(buffer) * 4) {
-    const ssize_t n = read(fd, buffer, sizeof(buffer));
-    if (n <= 0) break;
-    request.append(buffer, static_cast<size_t>(n));
+void HttpProbeServer::Serve() {
+  std::list<Connection> connections;
+  std::vector<struct pollfd> fds;
+  while (!stopping_.load()) {
+    fds.clear();
+    fds.push_back({listen_fd_, POLLIN, 0});
+    fds.push_back({wake_fd_, POLLIN, 0});
+    SteadyClock::time_point next_deadline = SteadyClock::time_point::max();
+    for (const Connection& c : connections) {
+      fds.push_back({c.fd, static_cast<short>(c.response.empty() ? POLLIN : POLLOUT), 0});
+      next_deadline = std::min(next_deadline, c.deadline);
+    }
+    int timeout_ms = -1;
+    if (!connections.empty()) {
+      const auto left =
+          std::chrono::ceil<std::chrono::milliseconds>(next_deadline - SteadyClock::now());
+      timeout_ms = static_cast<int>(std::max<int64_t>(0, left.count()));
+    }
+    if (poll(fds.data(), fds.size(), timeout_ms) < 0 && errno != EINTR) break;
+    if (stopping_.load()) break;
+
+    // Serve the connections polled above (fds[2...] in list order) before accepting new ones.
+    const SteadyClock::time_point now = SteadyClock::now();
+    size_t i = 2;
+    for (auto it = connections.begin(); it != connections.end(); ++i) {
+      Connection& c = *it;
+      const short revents = fds[i].revents;
+      bool done = false;
+      if (c.response.empty() && (revents & (POLLIN | POLLHUP | POLLERR))) {
+        char buffer[2048];
+        const ssize_t n = read(c.fd, buffer, sizeof(buffer));
+        if (n > 0) c.request.append(buffer, static_cast<size_t>(n));
+        const bool complete = c.request.find("\r\n\r\n") != std::string::npos ||
+                              c.request.find("\n\n") != std::string::npos;
+        if (complete || c.request.size() >= kMaxRequestBytes) {
+          c.response = Respond(c.request);
+        } else if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+          done = true;  // the peer went away before finishing its request
+        }
+      }
+      if (!done && !c.response.empty()) {
+        // Usually the whole response fits the socket buffer and goes out right away.
+        const ssize_t n =
+            send(c.fd, c.response.data() + c.written, c.response.size() - c.written, MSG_NOSIGNAL);
+        if (n > 0) c.written += static_cast<size_t>(n);
+        if (c.written == c.response.size() || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+          done = true;
+        }
+      }
+      if (!done && now >= c.deadline) done = true;  // the whole exchange took too long
+      if (done) {
+        close(c.fd);
+        it = connections.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (fds[0].revents & POLLIN) AcceptAll(connections);
   }
-  std::vector<std::string> parts = absl::StrSplit(request.substr(0, request.find("\r\n")), ' ');
+  for (const Connection& c : connections) close(c.fd);
+}
+
+std::string HttpProbeServer::Respond(const std::string& request) {
+  const size_t line_end = request.find_first_of("\r\n");
+  std::vector<std::string> parts = absl::StrSplit(request.substr(0, line_end), ' ');
   int code = 404;
   std::string body = "not found\n";
   if (parts.size() < 2 || (parts[0] != "GET" && parts[0] != "HEAD")) {
@@ -143,12 +224,7 @@ void HttpProbeServer::Respond(int fd) {
                    "\r\nContent-Type: text/plain\r\nContent-Length: ", body.size(),
                    "\r\nConnection: close\r\n\r\n");
   if (parts.empty() || parts[0] != "HEAD") response += body;
-  size_t written = 0;
-  while (written < response.size()) {
-    const ssize_t n = write(fd, response.data() + written, response.size() - written);
-    if (n <= 0) return;
-    written += static_cast<size_t>(n);
-  }
+  return response;
 }
 
 }  // namespace certcast

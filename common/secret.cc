@@ -8,10 +8,4 @@ void CleanseMemory(void* p, std::size_t n) {
   if (p != nullptr && n > 0) OPENSSL_cleanse(p, n);
 }
 
-void CleanseString(std::string* s) {
-  CleanseMemory(s->data(), s->size());
-  s->clear();
-  s->shrink_to_fit();
-}
-
 }  // namespace certcast

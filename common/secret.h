@@ -34,8 +34,19 @@ void CleansingAllocator<T>::deallocate(T* p, std::size_t n) {
   std::allocator<T>().deallocate(p, n);
 }
 
-// Wipes a std::string that held key material (e.g. a protobuf field) and empties it.
-void CleanseString(std::string* s);
+// Wipes a string that held key material (e.g. a protobuf field) and empties it, releasing its
+// buffer. The whole capacity is wiped, not just size(): a string that once held a longer key and
+// was shortened still has those bytes behind its end. A template so tests can watch the buffer
+// being released through their own allocator; callers pass a std::string*.
+template <typename Traits, typename Alloc>
+void CleanseString(std::basic_string<char, Traits, Alloc>* s) {
+  // resize() zero-fills [size, capacity) through the string's own interface (writing past size()
+  // through data() would be undefined), then the cleanse covers every byte of the buffer.
+  s->resize(s->capacity());
+  CleanseMemory(s->data(), s->size());
+  s->clear();
+  s->shrink_to_fit();
+}
 
 class SecretBytes {
  public:
