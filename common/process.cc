@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "absl/synchronization/mutex.h"
+#include "common/logging.h"
 
 namespace certcast {
 
@@ -24,8 +25,14 @@ sigset_t BlockControlSignals() {
   return signals;
 }
 
-int FailStartup(const char* program, const std::string& message) {
-  std::fprintf(stderr, "%s: %s\n", program, message.c_str());
+int FailStartup(absl::string_view program, absl::string_view message) {
+  if (LogsAsJson()) {
+    LogError(message, {{"program", program}, {"event", "startup_failed"}});
+  } else {
+    const std::string line = EscapeAndCap(message, kMaxMessageBytes);
+    std::fprintf(stderr, "%.*s: %s\n", static_cast<int>(program.size()), program.data(),
+                 line.c_str());
+  }
   return 2;
 }
 

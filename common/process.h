@@ -5,7 +5,7 @@
 
 #include <signal.h>
 
-#include <string>
+#include "absl/strings/string_view.h"
 
 namespace certcast {
 
@@ -18,9 +18,10 @@ void HardenKeyHoldingProcess();
 // and returns the set, for main() to sigwait on.
 sigset_t BlockControlSignals();
 
-// Prints "PROGRAM: MESSAGE" to stderr and returns the exit status for a local permanent error
-// (bad flags, unreadable files), so a supervisor shows why the process did not start.
-int FailStartup(const char* program, const std::string& message);
+// Prints "PROGRAM: MESSAGE" to stderr (a JSON line once --log-format=json is configured) and
+// returns the exit status (2) for a local permanent error (bad flags, unreadable files), so a
+// supervisor shows why the process did not start.
+int FailStartup(absl::string_view program, absl::string_view message);
 
 }  // namespace certcast
 

@@ -66,7 +66,9 @@ TEST(MetricsEndpointTest, ServesCollectablesOnTheBoundPort) {
   (*endpoint)->Register(std::make_shared<CountingCollectable>());
   const std::string first = Get((*endpoint)->port(), "/metrics");
   EXPECT_EQ(MetricValue(first, "certcast_test_scrapes_total"), 1) << first;
-  EXPECT_EQ(MetricValue(first, "certcast_build_info", {{"version", std::string(BuildVersion())}}),
+  EXPECT_EQ(MetricValue(
+                first, "certcast_build_info",
+                {{"version", std::string(BuildVersion())}, {"commit", std::string(BuildCommit())}}),
             1);
   EXPECT_EQ(MetricValue(Get((*endpoint)->port(), "/metrics"), "certcast_test_scrapes_total"), 2);
 }

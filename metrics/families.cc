@@ -7,11 +7,15 @@ namespace certcast::metrics {
 
 std::string_view BuildVersion() { return CERTCAST_VERSION; }
 
+std::string_view BuildCommit() { return CERTCAST_GIT_COMMIT; }
+
 prometheus::MetricFamily BuildInfo() {
   prometheus::MetricFamily family =
-      Family("certcast_build_info", "Always 1; the version label names the certcast release.",
+      Family("certcast_build_info",
+             "Always 1; the labels name the certcast release and the commit it was built from.",
              prometheus::MetricType::Gauge);
-  AddSample(family, {{"version", std::string(BuildVersion())}}, 1);
+  AddSample(family,
+            {{"version", std::string(BuildVersion())}, {"commit", std::string(BuildCommit())}}, 1);
   return family;
 }
 

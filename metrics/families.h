@@ -26,7 +26,11 @@ using Labels = std::vector<prometheus::ClientMetric::Label>;
 // The version of this build: the CMake project version.
 std::string_view BuildVersion();
 
-// certcast_build_info{version="..."} 1.
+// The git commit this build comes from (`git describe --always --dirty`), "unknown" outside a
+// git checkout.
+std::string_view BuildCommit();
+
+// certcast_build_info{version="...",commit="..."} 1.
 prometheus::MetricFamily BuildInfo();
 
 // An empty family. `type` is Counter, Gauge or Histogram.

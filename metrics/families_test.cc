@@ -59,8 +59,11 @@ TEST(FamiliesTest, HistogramBucketsAreCumulative) {
 // Build info names the CMake project version.
 TEST(FamiliesTest, BuildInfoNamesTheVersion) {
   ASSERT_FALSE(BuildVersion().empty());
+  ASSERT_FALSE(BuildCommit().empty());
   const std::string text = Text({BuildInfo()});
-  EXPECT_EQ(MetricValue(text, "certcast_build_info", {{"version", std::string(BuildVersion())}}),
+  EXPECT_EQ(MetricValue(
+                text, "certcast_build_info",
+                {{"version", std::string(BuildVersion())}, {"commit", std::string(BuildCommit())}}),
             1);
   EXPECT_EQ(MetricSamples(text, "certcast_build_info"), 1);
 }
