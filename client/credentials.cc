@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "common/credential_files.h"
 #include "common/secret.h"
 #include "common/status_macros.h"
 
@@ -20,6 +21,12 @@ absl::Status CredentialsProvider::Reload() {
   if (options_.cert_file.empty() != options_.key_file.empty()) {
     return absl::FailedPreconditionError("--tls-cert and --tls-key must be given together");
   }
+  // gRPC takes any bytes here and fails every handshake later: check the files first.
+  RETURN_IF_ERROR(CheckCertificateFile(*fs_, "--ca", options_.ca_file));
+  if (!options_.cert_file.empty()) {
+    RETURN_IF_ERROR(
+        CheckKeyPairFiles(*fs_, "--tls-cert", options_.cert_file, "--tls-key", options_.key_file));
+  }
   grpc::SslCredentialsOptions ssl;
   ASSIGN_OR_RETURN(ssl.pem_root_certs, fs_->ReadFile(options_.ca_file));
   if (!options_.cert_file.empty()) {
@@ -36,7 +43,9 @@ absl::Status CredentialsProvider::Reload() {
 absl::StatusOr<std::string> CredentialsProvider::BearerToken() {
   // Never send a token in plaintext (an --insecure server needs none anyway).
   if (options_.token_file.empty() || options_.insecure) return std::string();
-  ASSIGN_OR_RETURN(std::string token, fs_->ReadFile(options_.token_file));
+  absl::StatusOr<std::string> read = fs_->ReadFile(options_.token_file);
+  if (!read.ok()) return Annotate(read.status(), "--token-file");
+  std::string token = *std::move(read);
   std::string trimmed(absl::StripAsciiWhitespace(token));
   CleanseString(&token);
   if (trimmed.empty()) {

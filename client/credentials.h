@@ -25,9 +25,10 @@ class CredentialsProvider {
   // Does not own `fs`.
   CredentialsProvider(Filesystem* fs, Options options) : fs_(fs), options_(std::move(options)) {}
 
-  // (Re)reads the files. On error the previously loaded credentials stay in use. Errors name the
-  // file: FailedPrecondition for a missing --ca or an incomplete --tls-cert/--tls-key pair,
-  // otherwise the read error.
+  // (Re)reads and checks the files. On error the previously loaded credentials stay in use.
+  // Errors name the flag and the file: FailedPrecondition for a missing --ca or an incomplete
+  // --tls-cert/--tls-key pair, InvalidArgument for an empty or non-PEM file or a key that does
+  // not match the certificate, otherwise the read error.
   absl::Status Reload();
 
   // The credentials of the last successful Reload (insecure ones with --insecure).

@@ -23,8 +23,8 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "common/filesystem.h"
+#include "common/logging.h"
 #include "common/status_macros.h"
-#include "spdlog/spdlog.h"
 
 extern char** environ;
 
@@ -119,7 +119,7 @@ class OutputCollector {
 
  private:
   void LogLine() {
-    spdlog::debug("on-update command for certificate {}: {}", certificate_, Printable(line_));
+    LogDebug("on-update command output", {{"certificate", certificate_}, {"line", line_}});
     line_.clear();
   }
 
@@ -361,8 +361,9 @@ absl::Status SignalHook::Run(const HookContext& context) {
     }
     return ErrnoToStatus(err, absl::StrCat("kill ", pid, " from"), pid_file_);
   }
-  spdlog::debug("certificate {}: sent signal {} to process {} from {}", context.name, signal_, pid,
-                pid_file_);
+  LogDebug(
+      "signal sent",
+      {{"certificate", context.name}, {"signal", signal_}, {"pid", pid}, {"pid_file", pid_file_}});
   return absl::OkStatus();
 }
 

@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <iostream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -10,7 +11,6 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
@@ -22,7 +22,9 @@
 #include "client/secret_sink.h"
 #include "client/session.h"
 #include "client/state_store.h"
+#include "common/build_info.h"
 #include "common/clock.h"
+#include "common/directories.h"
 #include "common/filesystem.h"
 #include "common/flags_util.h"
 #include "common/http_probe_server.h"
@@ -30,7 +32,6 @@
 #include "common/process.h"
 #include "kube/flags.h"
 #include "metrics/endpoint.h"
-#include "spdlog/spdlog.h"
 
 ABSL_FLAG(std::string, server, "", "certcast-server address, HOST:PORT.");
 ABSL_FLAG(std::string, namespace, "",
@@ -82,7 +83,39 @@ namespace {
 constexpr char kServiceAccountNamespace[] =
     "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
-int Fail(const std::string& message) { return certcast::FailStartup("certcast-client", message); }
+constexpr char kProgram[] = "certcast-client";
+
+int Fail(absl::string_view message) { return certcast::FailStartup(kProgram, message); }
+
+// --help: the README's flag table, from the flag registry.
+std::string Help() {
+  return certcast::HelpText(
+      absl::StrCat(certcast::VersionLine(kProgram),
+                   "\nReceives certificates from certcast-server and writes them as files "
+                   "(kubelet layout) and/or a kubernetes.io/tls Secret.\n\n"
+                   "Usage:\n"
+                   "  certcast-client --server=HOST:PORT --ca=FILE [--token-file=FILE | "
+                   "--tls-cert=FILE --tls-key=FILE] --certificate=NAME --output-dir=DIR [flags]\n"
+                   "  e.g. certcast-client --server=certcast.certcast-system:8443 --ca=ca.crt "
+                   "--token-file=/var/run/secrets/tokens/certcast --certificate=wildcard "
+                   "--output-dir=/etc/tls"),
+      {
+          {"Server and identity",
+           {"server", "namespace", "client_id", "ca", "tls_cert", "tls_key", "token_file",
+            "tls_server_name", "insecure"}},
+          {"What to receive and where to write it",
+           {"certificate", "output_dir", "secret_name", "combined_pem", "state_dir",
+            "delete_on_revoke"}},
+          {"After each applied version", {"on_update", "signal", "pid_file", "rollout_restart"}},
+          {"Kubernetes API (--secret-name, --rollout-restart)",
+           {"kube_api_url", "kube_token_file", "kube_ca_file"}},
+          {"Probes, metrics and logs",
+           {"health_listen", "metrics_listen", "log_level", "log_format"}},
+      },
+      "Flags may be spelled with dashes or underscores (--output-dir, --output_dir). SIGHUP "
+      "re-reads the TLS files and reconnects.\n"
+      "--version prints the version and commit; --helpfull lists abseil's own flags too.");
+}
 
 std::string Hostname() {
   char name[256] = {};
@@ -98,19 +131,25 @@ std::string Hostname() {
 
 int main(int argc, char** argv) {
   certcast::HardenKeyHoldingProcess();
-  absl::SetProgramUsageMessage(
-      "Receives certificates from certcast-server and writes them as files and/or a Secret.\n"
-      "Flags may be spelled with dashes or underscores (--output-dir, --output_dir).\n"
-      "  certcast-client --server=certcast.certcast-system:8443 --ca=ca.crt "
-      "--certificate=wildcard --output-dir=/etc/tls");
   certcast::NormalizeFlagNames(argc, argv);
+  if (certcast::WantsHelp(argc, argv)) {
+    std::cout << Help();
+    return 0;
+  }
+  if (certcast::WantsVersion(argc, argv)) {
+    std::cout << certcast::VersionLine(kProgram) << "\n";
+    return 0;
+  }
+  if (absl::Status durations = certcast::CheckDurationFlags(argc, argv); !durations.ok()) {
+    return Fail(durations.message());
+  }
   const std::vector<std::string> certificates =
       certcast::TakeRepeatedFlag(&argc, argv, "certificate");
   const std::vector<std::string> rollouts =
       certcast::TakeRepeatedFlag(&argc, argv, "rollout_restart");
   absl::ParseCommandLine(argc, argv);
   if (absl::Status logging = certcast::ConfigureLoggingFromFlags(); !logging.ok()) {
-    return Fail(std::string(logging.message()));
+    return Fail(logging.message());
   }
 
   certcast::PosixFilesystem fs;
@@ -144,7 +183,7 @@ int main(int argc, char** argv) {
   std::unique_ptr<certcast::kube::KubeApi> kube;
   if (!secret_name.empty() || !rollouts.empty()) {
     absl::StatusOr<certcast::kube::KubeConfig> config = certcast::kube::KubeConfigFromFlags();
-    if (!config.ok()) return Fail(std::string(config.status().message()));
+    if (!config.ok()) return Fail(config.status().message());
     kube = std::make_unique<certcast::kube::CurlKubeApi>(*std::move(config), &fs);
   }
   std::vector<std::unique_ptr<certcast::Sink>> sinks;
@@ -180,8 +219,17 @@ int main(int argc, char** argv) {
                                                                    *deployment));
   }
 
+  // The stores create the leaf directories with their modes; missing parents are created here.
+  for (const auto& [flag, path] :
+       {std::pair<const char*, std::string>{"--state-dir", absl::GetFlag(FLAGS_state_dir)},
+        {"--output-dir", output_dir}}) {
+    if (path.empty()) continue;
+    if (absl::Status parents = certcast::CreateParentDirectories(fs, flag, path); !parents.ok()) {
+      return Fail(parents.message());
+    }
+  }
   certcast::ClientStateStore store(&fs, absl::GetFlag(FLAGS_state_dir));
-  if (absl::Status ready = store.Init(); !ready.ok()) return Fail(std::string(ready.message()));
+  if (absl::Status ready = store.Init(); !ready.ok()) return Fail(ready.message());
 
   certcast::CredentialsProvider credentials(
       &fs, {absl::GetFlag(FLAGS_insecure), absl::GetFlag(FLAGS_ca), absl::GetFlag(FLAGS_tls_cert),
@@ -190,16 +238,27 @@ int main(int argc, char** argv) {
     return Fail("--insecure cannot be combined with --ca");
   }
   if (absl::Status loaded = credentials.Reload(); !loaded.ok()) {
-    return Fail(std::string(loaded.message()));
+    return Fail(loaded.message());
   }
   if (absl::StatusOr<std::string> token = credentials.BearerToken(); !token.ok()) {
-    return Fail(absl::StrCat("--token-file: ", token.status().message()));
+    return Fail(token.status().message());
+  }
+  // A TLS server hands nothing to a client it cannot identify: say so now, not as a refusal on
+  // every reconnect.
+  if (!absl::GetFlag(FLAGS_insecure) && absl::GetFlag(FLAGS_token_file).empty() &&
+      absl::GetFlag(FLAGS_tls_cert).empty()) {
+    return Fail(
+        "no identity: a TLS server refuses clients it cannot identify (UNAUTHENTICATED). Pass "
+        "--token-file=FILE (a projected ServiceAccount token or a static token) or "
+        "--tls-cert=FILE --tls-key=FILE (a client certificate), or --insecure for a plaintext "
+        "development server");
   }
   options.delete_on_revoke = absl::GetFlag(FLAGS_delete_on_revoke);
   if (absl::GetFlag(FLAGS_insecure)) {
-    spdlog::warn(
-        "*** --insecure: connecting WITHOUT TLS; private keys cross the network in "
-        "plaintext. Use only for local development. ***");
+    certcast::LogWarn(
+        "*** --insecure: connecting WITHOUT TLS; private keys cross the network in plaintext. "
+        "Use only for local development. ***",
+        {{"server", options.server}});
   }
 
   // Signals are taken synchronously by this thread; threads started later inherit the mask.
@@ -226,7 +285,7 @@ int main(int argc, char** argv) {
     });
     absl::StatusOr<int> port = probes.Start(health);
     if (!port.ok()) return Fail(absl::StrCat("--health-listen: ", port.status().message()));
-    spdlog::info("health endpoints on port {}", *port);
+    certcast::LogInfo(absl::StrCat("health endpoints on port ", *port), {{"port", *port}});
   }
   // Declared after the session, so it stops (no scrape runs) before the session goes.
   std::unique_ptr<certcast::metrics::MetricsEndpoint> metrics;
@@ -238,7 +297,8 @@ int main(int argc, char** argv) {
     }
     metrics = *std::move(started);
     metrics->Register(std::make_shared<certcast::ClientMetrics>(&session));
-    spdlog::info("metrics on port {}", metrics->port());
+    certcast::LogInfo(absl::StrCat("metrics on port ", metrics->port()),
+                      {{"port", metrics->port()}});
   }
   std::thread runner([&session] { session.Run(); });
 
@@ -248,15 +308,15 @@ int main(int argc, char** argv) {
     if (signal_number == SIGHUP) {
       absl::Status reloaded = credentials.Reload();
       if (reloaded.ok()) {
-        spdlog::info("SIGHUP: TLS files re-read; reconnecting");
+        certcast::LogInfo("SIGHUP: TLS files re-read; reconnecting");
         session.Reconnect();
       } else {
-        spdlog::error("SIGHUP: cannot re-read the TLS files, keeping the previous ones: {}",
-                      std::string(reloaded.message()));
+        certcast::LogError("SIGHUP: cannot re-read the TLS files, keeping the previous ones",
+                           {{"error", reloaded}});
       }
       continue;
     }
-    spdlog::info("received signal {}; stopping", signal_number);
+    certcast::LogInfo("signal received; stopping", {{"signal", signal_number}});
     break;
   }
   session.Stop();
@@ -264,6 +324,6 @@ int main(int argc, char** argv) {
   probes.Stop();
   metrics.reset();
   if (secret_sink != nullptr) secret_sink->Stop();
-  spdlog::info("certcast-client stopped");
+  certcast::LogInfo("certcast-client stopped");
   return 0;
 }

@@ -143,7 +143,8 @@ TEST(ClientMetricsTest, NothingHeldYet) {
   EXPECT_EQ(fixtures::MetricValue(text, "certcast_client_reconnects_total"), 0);
   EXPECT_EQ(fixtures::MetricValue(text, "certcast_client_heartbeat_misses_total"), 0);
   EXPECT_EQ(fixtures::MetricValue(text, "certcast_build_info",
-                                  {{"version", std::string(metrics::BuildVersion())}}),
+                                  {{"version", std::string(metrics::BuildVersion())},
+                                   {"commit", std::string(metrics::BuildCommit())}}),
             1);
 }
 

@@ -2,7 +2,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "spdlog/spdlog.h"
+#include "common/logging.h"
 
 namespace certcast {
 
@@ -22,8 +22,9 @@ absl::Status RolloutRestartHook::Run(const HookContext& context) {
     }
     return patched.status();
   }
-  spdlog::info("deployment {}/{}: rollout restarted for version {} of {}", namespace_, deployment_,
-               context.version, context.name);
+  LogInfo("rollout restarted", {{"deployment", absl::StrCat(namespace_, "/", deployment_)},
+                                {"certificate", context.name},
+                                {"version", context.version}});
   return absl::OkStatus();
 }
 

@@ -1,9 +1,9 @@
 #include "client/secret_sink.h"
 
 #include "absl/strings/str_cat.h"
+#include "common/logging.h"
 #include "common/status_macros.h"
 #include "kube/secret.h"
-#include "spdlog/spdlog.h"
 
 namespace certcast {
 namespace {
@@ -25,6 +25,10 @@ bool Matches(const kube::Json& secret, const VersionedMaterial& version) {
 }
 
 }  // namespace
+
+std::string SecretSink::SecretRef() const {
+  return absl::StrCat(options_.namespace_, "/", options_.secret_name);
+}
 
 std::string SecretSink::Describe() const {
   return absl::StrCat("Secret ", options_.namespace_, "/", options_.secret_name);
@@ -59,7 +63,9 @@ absl::StatusOr<ApplyResult> SecretSink::ApplyLocked(const VersionedMaterial& ver
       if (!created.ok()) return annotate(created.status());
       kube::WipeSecretData(&*created);
       ++counters_.writes;
-      spdlog::info("{}: created with version {} of {}", Describe(), version.version, version.name);
+      LogInfo(
+          "Secret created",
+          {{"secret", SecretRef()}, {"certificate", version.name}, {"version", version.version}});
       return ApplyResult::kWritten;
     }
     if (!existing.ok()) return annotate(existing.status());
@@ -87,13 +93,14 @@ absl::StatusOr<ApplyResult> SecretSink::ApplyLocked(const VersionedMaterial& ver
     kube::WipeSecretData(&*existing);
     if (kube::IsConflict(updated.status())) {
       ++counters_.conflicts;
-      spdlog::debug("{}: conflict on update, reading it again", Describe());
+      LogDebug("Secret: conflict on update, reading it again", {{"secret", SecretRef()}});
       continue;
     }
     if (!updated.ok()) return annotate(updated.status());
     kube::WipeSecretData(&*updated);
     ++counters_.writes;
-    spdlog::info("{}: updated to version {} of {}", Describe(), version.version, version.name);
+    LogInfo("Secret updated",
+            {{"secret", SecretRef()}, {"certificate", version.name}, {"version", version.version}});
     return ApplyResult::kWritten;
   }
   return absl::AbortedError(absl::StrCat(Describe(), ": still conflicting after ",
@@ -141,14 +148,18 @@ void SecretSink::RestoreIfChanged(const std::string& why) {
   if (!applied_.has_value()) return;
   absl::StatusOr<ApplyResult> result = ApplyLocked(*applied_);
   if (!result.ok()) {
-    spdlog::warn("{} was {}; restoring version {} failed: {}", Describe(), why, applied_->version,
-                 std::string(result.status().message()));
+    LogWarn(absl::StrCat("Secret was ", why, "; restoring it failed"),
+            {{"secret", SecretRef()},
+             {"certificate", applied_->name},
+             {"version", applied_->version},
+             {"error", result.status()}});
     return;
   }
   if (*result == ApplyResult::kWritten) {
     ++counters_.restores;
-    spdlog::warn("{} was {} by someone else; restored version {}", Describe(), why,
-                 applied_->version);
+    LogWarn(
+        absl::StrCat("Secret was ", why, " by someone else; restored version ", applied_->version),
+        {{"secret", SecretRef()}, {"certificate", applied_->name}, {"version", applied_->version}});
   }
 }
 
@@ -181,7 +192,7 @@ absl::Status SecretSink::Remove(const std::string& /*name*/) {
                                          ? "; --delete-on-revoke needs delete on this Secret"
                                          : ""));
   }
-  spdlog::warn("{}: deleted (access revoked, --delete-on-revoke)", Describe());
+  LogWarn("Secret deleted (access revoked, --delete-on-revoke)", {{"secret", SecretRef()}});
   return absl::OkStatus();
 }
 

@@ -59,6 +59,8 @@ class SecretSink final : public Sink {
   // Re-applies the last applied version when the Secret no longer matches it.
   void RestoreIfChanged(const std::string& why);
   std::string Describe() const;
+  // "NAMESPACE/NAME" of the Secret, for log fields.
+  std::string SecretRef() const;
 
   kube::KubeApi* const api_;
   const Options options_;

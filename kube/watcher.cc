@@ -2,8 +2,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/backoff.h"
+#include "common/logging.h"
 #include "kube/secret.h"
-#include "spdlog/spdlog.h"
 
 namespace certcast::kube {
 
@@ -58,7 +58,7 @@ void NamedObjectWatcher::Run() {
       if (!list.ok()) {
         Count(&WatcherCounters::errors);
         const std::string error(list.status().message());
-        if (error != last_error) spdlog::warn("watching {}: {}", what, error);
+        if (error != last_error) LogWarn("watch failed", {{"watch", what}, {"error", error}});
         last_error = error;
         WaitUnlessStopping(backoff.Next());
         continue;
@@ -91,8 +91,8 @@ void NamedObjectWatcher::Run() {
     if (watched.ok()) continue;  // the server ended the watch: resume from resource_version
     if (IsExpired(watched)) {
       Count(&WatcherCounters::expired);
-      spdlog::debug("watching {}: resourceVersion {} expired; listing again", what,
-                    resource_version);
+      LogDebug("watch: resourceVersion expired; listing again",
+               {{"watch", what}, {"resource_version", resource_version}});
       resource_version.clear();
       // A fresh list's version expiring at once again means something is wrong: don't spin.
       if (expired_before && !got_event) WaitUnlessStopping(backoff.Next());
@@ -102,7 +102,7 @@ void NamedObjectWatcher::Run() {
     expired_before = false;
     Count(&WatcherCounters::errors);
     const std::string error(watched.message());
-    if (error != last_error) spdlog::warn("watching {}: {}", what, error);
+    if (error != last_error) LogWarn("watch failed", {{"watch", what}, {"error", error}});
     last_error = error;
     resource_version.clear();
     WaitUnlessStopping(backoff.Next());

@@ -6,10 +6,10 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/logging.h"
 #include "common/protocol.h"
 #include "grpc/grpc_security_constants.h"
 #include "server/policy.h"
-#include "spdlog/spdlog.h"
 
 namespace certcast {
 namespace {
@@ -85,12 +85,26 @@ void Authorizer::Audit(const PeerIdentity& peer, const std::string& method,
     if (admin_action && decision.ok()) ++counters_.admin_actions;
   }
   if (decision.ok() && !admin_action) return;  // routine allowed calls are not audit events
-  spdlog::info(
-      "audit: identity={} peer={} method={} certificate={} decision={}{}", Who(peer), peer.peer,
-      method, certificate.empty() ? "-" : certificate, decision.ok() ? "allowed" : "denied",
-      decision.ok()
-          ? ""
-          : absl::StrCat(" reason=", DenialReason(decision), " (", decision.message(), ")"));
+  // Identity, peer address and certificate name come from the peer: Peer() escapes and caps
+  // them, so a name can neither forge a line nor flood the log.
+  const std::string who = Who(peer);
+  const std::string name = certificate.empty() ? "-" : certificate;
+  if (decision.ok()) {
+    LogInfo("audit", {{"identity", Peer(who)},
+                      {"peer", Peer(peer.peer)},
+                      {"method", method},
+                      {"certificate", Peer(name)},
+                      {"decision", "allowed"}});
+    return;
+  }
+  LogInfo("audit", {{"identity", Peer(who)},
+                    {"peer", Peer(peer.peer)},
+                    {"method", method},
+                    {"certificate", Peer(name)},
+                    {"decision", "denied"},
+                    {"reason", DenialReason(decision)},
+                    {"code", StatusCodeName(decision.code())},
+                    {"detail", Peer(decision.message())}});
 }
 
 AuditCounters Authorizer::audit_counters() {

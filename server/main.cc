@@ -2,16 +2,19 @@
 // CertcastServer and waits for SIGTERM/SIGINT.
 #include <signal.h>
 
+#include <iostream>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "common/build_info.h"
 #include "common/clock.h"
+#include "common/credential_files.h"
+#include "common/directories.h"
 #include "common/filesystem.h"
 #include "common/flags_util.h"
 #include "common/logging.h"
@@ -19,7 +22,6 @@
 #include "kube/flags.h"
 #include "metrics/endpoint.h"
 #include "server/server.h"
-#include "spdlog/spdlog.h"
 
 ABSL_FLAG(std::string, listen, "0.0.0.0:8443",
           "HOST:PORT for the gRPC API (TLS unless --insecure).");
@@ -79,25 +81,61 @@ ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
 
 namespace {
 
-int Fail(const std::string& message) { return certcast::FailStartup("certcast-server", message); }
+constexpr char kProgram[] = "certcast-server";
+
+int Fail(absl::string_view message) { return certcast::FailStartup(kProgram, message); }
+
+// --help: the README's flag tables, from the flag registry.
+std::string Help() {
+  return certcast::HelpText(
+      absl::StrCat(certcast::VersionLine(kProgram),
+                   "\nDistributes TLS certificates to certcast clients over gRPC.\n\n"
+                   "Usage:\n"
+                   "  certcast-server --certificate=NAME=DIR --tls-cert=FILE --tls-key=FILE "
+                   "--policy=FILE [--client-ca=FILE] [--token-audience=AUD] [flags]\n"
+                   "  certcast-server --certificate=NAME=DIR --insecure   (local development)"),
+      {
+          {"Certificates",
+           {"certificate", "require_san", "state_dir", "expiry_warning", "quiet_period",
+            "confirm_delay"}},
+          {"Serving and identities",
+           {"listen", "tls_cert", "tls_key", "client_ca", "trust_domain", "token_audience",
+            "token_map", "policy", "max_streams_per_identity", "insecure"}},
+          {"Streams",
+           {"heartbeat_interval", "hello_timeout", "client_retention", "shutdown_grace"}},
+          {"Kubernetes API (secret: sources, TokenReview)",
+           {"kube_api_url", "kube_token_file", "kube_ca_file"}},
+          {"Probes, metrics and logs",
+           {"health_listen", "metrics_listen", "log_level", "log_format"}},
+      },
+      "Flags may be spelled with dashes or underscores (--state-dir, --state_dir). Durations "
+      "take a unit: 500ms, 30s, 5m, 1h30m. SIGHUP re-reads the policy; SIGTERM drains streams.\n"
+      "--version prints the version and commit; --helpfull lists abseil's own flags too.");
+}
 
 }  // namespace
 
 int main(int argc, char** argv) {
   certcast::HardenKeyHoldingProcess();
-  absl::SetProgramUsageMessage(
-      "Distributes TLS certificates to certcast clients over gRPC.\n"
-      "Flags may be spelled with dashes or underscores (--state-dir, --state_dir).\n"
-      "  certcast-server --certificate=wildcard=/etc/certcast/wildcard "
-      "--tls-cert=tls.crt --tls-key=tls.key");
   certcast::NormalizeFlagNames(argc, argv);
+  if (certcast::WantsHelp(argc, argv)) {
+    std::cout << Help();
+    return 0;
+  }
+  if (certcast::WantsVersion(argc, argv)) {
+    std::cout << certcast::VersionLine(kProgram) << "\n";
+    return 0;
+  }
+  if (absl::Status durations = certcast::CheckDurationFlags(argc, argv); !durations.ok()) {
+    return Fail(durations.message());
+  }
   const std::vector<std::string> certificates =
       certcast::TakeRepeatedFlag(&argc, argv, "certificate");
   const std::vector<std::string> sans = certcast::TakeRepeatedFlag(&argc, argv, "require_san");
   absl::ParseCommandLine(argc, argv);
 
   if (absl::Status logging = certcast::ConfigureLoggingFromFlags(); !logging.ok()) {
-    return Fail(std::string(logging.message()));
+    return Fail(logging.message());
   }
 
   certcast::ServerOptions options;
@@ -145,14 +183,34 @@ int main(int argc, char** argv) {
   options.client_retention = absl::GetFlag(FLAGS_client_retention);
   options.publisher.expiry_warning = absl::GetFlag(FLAGS_expiry_warning);
 
+  certcast::PosixFilesystem fs;
+  // Credential files fail at start with the flag and the file named, not as failed handshakes.
+  if (!options.tls_cert.empty() && !options.tls_key.empty()) {
+    if (absl::Status checked = certcast::CheckKeyPairFiles(fs, "--tls-cert", options.tls_cert,
+                                                           "--tls-key", options.tls_key);
+        !checked.ok()) {
+      return Fail(checked.message());
+    }
+  }
+  if (!options.client_ca.empty()) {
+    if (absl::Status checked = certcast::CheckCertificateFile(fs, "--client-ca", options.client_ca);
+        !checked.ok()) {
+      return Fail(checked.message());
+    }
+  }
+
   // Signals are taken synchronously by this thread; every thread started later inherits the mask.
   sigset_t signals = certcast::BlockControlSignals();
 
-  certcast::PosixFilesystem fs;
+  if (absl::Status parents =
+          certcast::CreateParentDirectories(fs, "--state-dir", options.state_dir);
+      !parents.ok()) {
+    return Fail(parents.message());
+  }
   certcast::RealClock clock;
   absl::StatusOr<std::unique_ptr<certcast::CertcastServer>> server =
       certcast::CertcastServer::Start(options, &fs, &clock);
-  if (!server.ok()) return Fail(std::string(server.status().message()));
+  if (!server.ok()) return Fail(server.status().message());
   // Declared after the server, so it stops (no scrape runs) before the server goes.
   std::unique_ptr<certcast::metrics::MetricsEndpoint> metrics;
   if (const std::string listen = absl::GetFlag(FLAGS_metrics_listen); !listen.empty()) {
@@ -163,22 +221,24 @@ int main(int argc, char** argv) {
     }
     metrics = *std::move(started);
     metrics->Register((*server)->metrics());
-    spdlog::info("metrics on port {}", metrics->port());
+    certcast::LogInfo(absl::StrCat("metrics on port ", metrics->port()),
+                      {{"port", metrics->port()}});
   }
 
   int signal_number = 0;
   while (sigwait(&signals, &signal_number) == 0 && signal_number == SIGHUP) {
     absl::Status reloaded = (*server)->ReloadPolicy();
     if (reloaded.ok()) {
-      spdlog::info("SIGHUP: policy re-read");
+      certcast::LogInfo("SIGHUP: policy re-read", {{"policy", options.policy_file}});
     } else {
-      spdlog::error("SIGHUP: {}; the previous policy stays", std::string(reloaded.message()));
+      certcast::LogError("SIGHUP: the policy does not load; the previous policy stays",
+                         {{"policy", options.policy_file}, {"error", reloaded}});
     }
   }
-  spdlog::info("received signal {}; draining streams for up to {}", signal_number,
-               absl::FormatDuration(absl::GetFlag(FLAGS_shutdown_grace)));
+  certcast::LogInfo("signal received; draining streams",
+                    {{"signal", signal_number}, {"grace", absl::GetFlag(FLAGS_shutdown_grace)}});
   (*server)->Shutdown(absl::GetFlag(FLAGS_shutdown_grace));
   metrics.reset();
-  spdlog::info("certcast-server stopped");
+  certcast::LogInfo("certcast-server stopped");
   return 0;
 }

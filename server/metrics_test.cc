@@ -100,7 +100,8 @@ TEST_F(ServerMetricsTest, CertificateWithoutVersion) {
   EXPECT_EQ(fixtures::MetricValue(text, "certcast_source_present", kWildcard), 0);
   EXPECT_EQ(fixtures::MetricValue(text, "certcast_clients_connected", kWildcard), 0);
   EXPECT_EQ(fixtures::MetricValue(text, "certcast_build_info",
-                                  {{"version", std::string(metrics::BuildVersion())}}),
+                                  {{"version", std::string(metrics::BuildVersion())},
+                                   {"commit", std::string(metrics::BuildCommit())}}),
             1);
 }
 

@@ -10,8 +10,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/certificate.h"
+#include "common/logging.h"
 #include "common/status_macros.h"
-#include "spdlog/spdlog.h"
 
 namespace certcast {
 namespace {
@@ -327,11 +327,11 @@ absl::Status PolicyFile::Check() {
       // seen on every poll, so only a new error is logged at warn.
       const bool repeated = read_failed_ && result == status_;
       if (repeated) {
-        spdlog::debug("policy {} not reloaded, keeping the previous one: {}", path_,
-                      std::string(result.message()));
+        LogDebug("policy not reloaded, keeping the previous one",
+                 {{"policy", path_}, {"error", result}});
       } else {
-        spdlog::warn("policy {} not reloaded, keeping the previous one: {}", path_,
-                     std::string(result.message()));
+        LogWarn("policy not reloaded, keeping the previous one",
+                {{"policy", path_}, {"error", result}});
       }
       status_ = result;
       last_error_ = std::string(result.message());
@@ -341,13 +341,14 @@ absl::Status PolicyFile::Check() {
     last_error_.clear();
     if (parsed == nullptr) {
       // Back to the text the current policy came from (after an error): nothing changed.
-      spdlog::info("policy {} loads again, unchanged", path_);
+      LogInfo("policy loads again, unchanged", {{"policy", path_}});
       return result;
     }
     policy_ = std::move(parsed);
     policy_content_ = content_;
-    spdlog::info("policy {} reloaded: {} certificates, {} admins", path_,
-                 policy_->certificate_count(), policy_->admin_count());
+    LogInfo("policy reloaded", {{"policy", path_},
+                                {"certificates", policy_->certificate_count()},
+                                {"admins", policy_->admin_count()}});
     notify = on_change_;
   }
   if (notify) notify();

@@ -11,6 +11,8 @@ Checks:
     tests/monitoring/alerts_test.yaml, which must test every alert of alerts.yaml firing;
   - the alerts the issue asks for exist, each with a severity label (warning or critical) and
     summary and description annotations;
+  - every alert has a runbook_url annotation ending in deploy/monitoring/README.md#ALERTNAME
+    (lower case), and README.md has that section;
   - prometheusrule.yaml is a PrometheusRule whose spec equals alerts.yaml;
   - servicemonitor.yaml and scrape-config.yaml scrape port `metrics` as the jobs the alerts
     name (certcast-server, certcast-client); `promtool check config` on scrape-config.yaml
@@ -86,7 +88,7 @@ SERVER_METRICS = {
     "certcast_push_to_ack_seconds": {"certificate"},  # histogram
     "certcast_stream_errors_total": {"code"},
     "certcast_auth_denials_total": {"reason"},
-    "certcast_build_info": {"version"},
+    "certcast_build_info": {"version", "commit"},
 }
 CLIENT_METRICS = {
     "certcast_client_applied_version": {"certificate"},
@@ -96,7 +98,7 @@ CLIENT_METRICS = {
     "certcast_client_hook_failures_total": {"certificate"},
     "certcast_client_reconnects_total": set(),
     "certcast_client_heartbeat_misses_total": set(),
-    "certcast_build_info": {"version"},
+    "certcast_build_info": {"version", "commit"},
 }
 ISSUE_METRICS = set(SERVER_METRICS) | set(CLIENT_METRICS)
 
@@ -229,6 +231,41 @@ def check_alerts_tested(alerts):
     names = {rule["alert"] for _, rule in alert_rules(alerts)}
     return [f"alert {n} is never shown firing in {os.path.relpath(ALERTS_TEST, ROOT)}"
             for n in sorted(names - fired)]
+
+
+RUNBOOK_URL = re.compile(r"^https://\S+/deploy/monitoring/README\.md#([a-z0-9-]+)$")
+
+
+def github_anchors(markdown):
+    """The anchors GitHub gives the headings of `markdown` (lower case, punctuation dropped,
+    spaces to dashes), plus explicit <a id="..."> anchors."""
+    anchors = set(re.findall(r'<a id="([^"]+)"', markdown))
+    for heading in re.findall(r"^#{1,6} (.+)$", markdown, re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        anchors.add(slug)
+    return anchors
+
+
+def check_runbook_urls(alerts):
+    """Every alert links to its own runbook section, and that section exists."""
+    problems = []
+    with open(README, encoding="utf-8") as f:
+        anchors = github_anchors(f.read())
+    for group, rule in alert_rules(alerts):
+        name = rule["alert"]
+        url = str((rule.get("annotations") or {}).get("runbook_url", ""))
+        match = RUNBOOK_URL.match(url)
+        if not match:
+            problems.append(f"{group}/{name}: runbook_url {url!r} is not "
+                            ".../deploy/monitoring/README.md#ANCHOR")
+            continue
+        if match.group(1) != name.lower():
+            problems.append(f"{group}/{name}: runbook_url anchor #{match.group(1)} is not the "
+                            f"alert's own (#{name.lower()})")
+        if match.group(1) not in anchors:
+            problems.append(f"{group}/{name}: deploy/monitoring/README.md has no section "
+                            f"#{match.group(1)}")
+    return problems
 
 
 def check_alert_conventions(alerts):
@@ -925,6 +962,8 @@ def main(argv):
     results.check("every alert is tested firing", check_alerts_tested(alerts))
     results.check("alerts: required, severity, summary, description",
                   check_alert_conventions(alerts))
+    results.check("alerts: runbook_url of each links to its section of the runbook",
+                  check_runbook_urls(alerts))
     results.check("prometheusrule.yaml spec equals alerts.yaml", check_prometheus_rule(alerts))
     results.check("ServiceMonitor, PodMonitor and scrape config jobs", check_scrape_objects())
     results.check("promtool check config scrape-config.yaml", check_scrape_config(promtool))
