@@ -323,7 +323,7 @@ wait_until 20 grep -q 'refused' "$INTRUDER_LOG"
 echo "$INTRUDER_LOG (code 7 is PERMISSION_DENIED; the client retries with backoff):"
 grep -m 1 'refused' "$INTRUDER_LOG" | sed 's/^/  /'
 echo "server audit log:"
-grep -m 1 'audit: .*method=Subscribe .*intruder' "$LOG" | sed 's/^/  /'
+grep -m 1 'audit .*method=Subscribe .*intruder' "$LOG" | sed 's/^/  /'
 stop "$INTRUDER_PID"
 INTRUDER_PID=""
 if [[ -e $DEMO/intruder ]]; then
@@ -343,7 +343,7 @@ wait_until 20 grep -q 'SIGHUP' "$LOG"
 echo "$DEMO/client-tenant-c.log:"
 grep -m 1 'refused' "$DEMO/client-tenant-c.log" | sed 's/^/  /'
 echo "server log:"
-for pattern in 'policy .* reloaded' 'audit: .*tenant-c' 'SIGHUP'; do
+for pattern in 'policy reloaded' 'audit .*tenant-c' 'SIGHUP'; do
   grep -E "$pattern" "$LOG" | tail -n 1 | sed 's/^/  /'
 done
 echo "tenant-c keeps its last files (no --delete-on-revoke), so its TLS keeps working:"

@@ -244,10 +244,10 @@ TEST_F(IdentityScenarioTest, DenialMatrix) {
   // Every denial is in the audit log with identity, peer, method and decision.
   const std::string log = server_->log();
   EXPECT_THAT(log,
-              HasSubstr("audit: identity=spiffe://cluster.local/ns/intruder/sa/certcast-client"));
+              HasSubstr("audit identity=spiffe://cluster.local/ns/intruder/sa/certcast-client"));
   EXPECT_THAT(log, HasSubstr("decision=denied reason=not_allowed"));
   EXPECT_THAT(log, HasSubstr("decision=denied reason=namespace_mismatch"));
-  EXPECT_THAT(log, HasSubstr("identity=an unauthenticated peer"));
+  EXPECT_THAT(log, HasSubstr("identity=\"an unauthenticated peer\""));
   EXPECT_THAT(log, ::testing::Not(HasSubstr("PRIVATE KEY")));
 }
 

@@ -404,7 +404,7 @@ fi
 call tenant certcast.v1.Admin/Rollback '{"name":"wildcard","version":"1"}'
 if denied; then pass "Admin/Rollback by a tenant is permission_denied"
 else fail "Admin/Rollback by a tenant (exit $RC, expected 56 / permission_denied)"; show; fi
-if grep -q 'audit: .*method=Admin/Rollback .*decision=denied reason=not_admin' "$LOG"; then
+if grep -q 'audit .*method=Admin/Rollback .*decision=denied reason=not_admin' "$LOG"; then
   pass "the refused Admin/Rollback is in the audit log"
 else
   fail "no audit line for the refused Admin/Rollback"; grep audit "$LOG" || true
