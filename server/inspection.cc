@@ -136,6 +136,7 @@ grpc::ServerUnaryReactor* InspectionService::GetCertificate(
   }
   response->set_rejections(snapshot->rejections);
   response->set_source_present(snapshot->source_present);
+  response->set_source_read_error(snapshot->read_error);
   response->set_expiring_soon(snapshot->expiring_soon);
   return Done(context, grpc::Status::OK);
 }

@@ -74,6 +74,9 @@ ABSL_FLAG(absl::Duration, quiet_period, absl::Milliseconds(200),
           "After a change in a source directory, wait until it has been quiet this long.");
 ABSL_FLAG(absl::Duration, confirm_delay, absl::Seconds(2),
           "Invalid source content counts as a rejection only if it persists this long.");
+ABSL_FLAG(absl::Duration, source_resync_interval, absl::Minutes(2),
+          "Read every source again this often even without a change notification, so a missed "
+          "watch event or inotify event delays a renewal by at most this long.");
 ABSL_FLAG(absl::Duration, client_retention, absl::Hours(1),
           "How long ListClients keeps showing clients after they disconnect.");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
@@ -97,7 +100,7 @@ std::string Help() {
       {
           {"Certificates",
            {"certificate", "require_san", "state_dir", "expiry_warning", "quiet_period",
-            "confirm_delay"}},
+            "confirm_delay", "source_resync_interval"}},
           {"Serving and identities",
            {"listen", "tls_cert", "tls_key", "client_ca", "trust_domain", "token_audience",
             "token_map", "policy", "max_streams_per_identity", "insecure"}},
@@ -180,6 +183,7 @@ int main(int argc, char** argv) {
   options.distribution.hello_timeout = absl::GetFlag(FLAGS_hello_timeout);
   options.watcher.quiet_period = absl::GetFlag(FLAGS_quiet_period);
   options.watcher.confirm_delay = absl::GetFlag(FLAGS_confirm_delay);
+  options.watcher.resync_interval = absl::GetFlag(FLAGS_source_resync_interval);
   options.client_retention = absl::GetFlag(FLAGS_client_retention);
   options.publisher.expiry_warning = absl::GetFlag(FLAGS_expiry_warning);
 

@@ -37,7 +37,11 @@ std::vector<prometheus::MetricFamily> ServerMetrics::Collect() const {
              "1 when the last read of the certificate's source succeeded.", MetricType::Gauge);
   auto rejections =
       Family("certcast_source_rejections_total",
-             "Source contents refused (invalid or unreadable), by reason.", MetricType::Counter);
+             "Source contents refused (invalid or missing), by reason.", MetricType::Counter);
+  auto read_failures = Family("certcast_source_read_failures_total",
+                              "Reads of the certificate's source that failed (retried with "
+                              "backoff; not a rejection).",
+                              MetricType::Counter);
   auto publications =
       Family("certcast_publications_total",
              "Versions published since start (rotations and rollbacks).", MetricType::Counter);
@@ -74,6 +78,7 @@ std::vector<prometheus::MetricFamily> ServerMetrics::Collect() const {
       AddSample(rejections, {{"certificate", snapshot.name}, {"reason", reason}},
                 static_cast<double>(count));
     }
+    AddSample(read_failures, labels, static_cast<double>(snapshot.read_failures));
     AddSample(publications, labels, static_cast<double>(snapshot.publications));
 
     const CertificateFleetStats& stats = fleet.at(snapshot.name);
@@ -102,12 +107,12 @@ std::vector<prometheus::MetricFamily> ServerMetrics::Collect() const {
     AddSample(denials, {{"reason", reason}}, static_cast<double>(count));
   }
 
-  return {metrics::BuildInfo(),     std::move(version),     std::move(not_after),
-          std::move(pinned),        std::move(present),     std::move(rejections),
-          std::move(publications),  std::move(connected),   std::move(behind),
-          std::move(oldest),        std::move(acks),        std::move(nacks),
-          std::move(hook_warnings), std::move(push_to_ack), std::move(stream_errors),
-          std::move(denials)};
+  return {metrics::BuildInfo(),     std::move(version),       std::move(not_after),
+          std::move(pinned),        std::move(present),       std::move(rejections),
+          std::move(read_failures), std::move(publications),  std::move(connected),
+          std::move(behind),        std::move(oldest),        std::move(acks),
+          std::move(nacks),         std::move(hook_warnings), std::move(push_to_ack),
+          std::move(stream_errors), std::move(denials)};
 }
 
 }  // namespace certcast

@@ -86,9 +86,33 @@ Verdict Publisher::Evaluate(const std::string& name, bool confirmed) {
   return verdict;
 }
 
+Verdict Publisher::ReadFailed(Entry& entry, const absl::Status& status) {
+  ++entry.read_failures;
+  ++entry.consecutive_read_failures;
+  entry.read_error = std::string(status.message());
+  // One failed read can be a blip; two in a row mean the source is gone for now (metrics,
+  // inspection and the source-missing alert see it). Either way nothing is settled: the watcher
+  // reads again with backoff, so a renewal that arrives during an outage is not lost.
+  if (entry.consecutive_read_failures >= 2) entry.source_present = false;
+  const std::string serving = entry.current
+                                  ? absl::StrCat("keeps serving version ", entry.current->version)
+                                  : std::string("has no version to serve yet");
+  if (entry.consecutive_read_failures == 1) {
+    spdlog::warn("certificate {}: cannot read source {} ({}); reading it again with backoff; {}",
+                 entry.spec.name, entry.spec.source->Describe(), entry.read_error, serving);
+  } else {
+    spdlog::debug("certificate {}: source {} still unreadable after {} reads: {}", entry.spec.name,
+                  entry.spec.source->Describe(), entry.consecutive_read_failures, entry.read_error);
+  }
+  return Verdict::kRetry;
+}
+
 Verdict Publisher::Settle(Entry& entry, absl::StatusOr<CertificateMaterial> material,
                           bool confirmed) {
   const std::string& name = entry.spec.name;
+  if (!material.ok() && RejectionReason(material.status()) == "unreadable") {
+    return ReadFailed(entry, material.status());
+  }
   if (!material.ok()) {
     const std::string key = absl::StrCat("error:", material.status().message());
     if (entry.settled_digest == key) return Verdict::kSettled;
@@ -101,10 +125,12 @@ Verdict Publisher::Settle(Entry& entry, absl::StatusOr<CertificateMaterial> mate
     return Verdict::kSettled;
   }
   entry.source_present = true;
-  if (entry.read_failed) {
+  if (entry.read_failed || entry.consecutive_read_failures > 0) {
+    spdlog::info("certificate {}: source {} is readable again after {} failed reads", name,
+                 entry.spec.source->Describe(), entry.consecutive_read_failures);
     entry.read_failed = false;
-    spdlog::info("certificate {}: source {} is readable again", name,
-                 entry.spec.source->Describe());
+    entry.consecutive_read_failures = 0;
+    entry.read_error.clear();
   }
 
   const std::string digest = ContentDigest(*material);
@@ -292,6 +318,9 @@ std::optional<CertificateSnapshot> Publisher::Snapshot(const std::string& name) 
   snapshot.rejections_by_reason = entry->rejections_by_reason;
   snapshot.publications = entry->publications;
   snapshot.source_present = entry->source_present;
+  snapshot.read_error = entry->read_error;
+  snapshot.consecutive_read_failures = entry->consecutive_read_failures;
+  snapshot.read_failures = entry->read_failures;
   snapshot.expiring_soon = ExpiringSoon(*entry);
   return snapshot;
 }

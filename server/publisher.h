@@ -67,6 +67,11 @@ struct CertificateSnapshot {
   uint64_t publications = 0;                             // since start
   bool source_present = false;  // the last settled read of the source succeeded
   bool expiring_soon = false;   // the current version is within expiry_warning of not_after
+  // While the source cannot be read (it is read again with backoff): the latest error, and how
+  // many reads failed in a row. Empty/0 once a read succeeds.
+  std::string read_error;
+  uint64_t consecutive_read_failures = 0;
+  uint64_t read_failures = 0;  // failed reads since start
 };
 
 struct PublisherOptions {
@@ -92,8 +97,10 @@ class Publisher {
   absl::Status AddCertificate(CertificateSpec spec);
 
   // Reads the source of `name` and publishes its content as a new version when it is valid and
-  // differs from the current one (or ends a rollback pin). Invalid or unreadable content is a
-  // rejection only when `confirmed`; otherwise returns kUnsettled so the caller looks again.
+  // differs from the current one (or ends a rollback pin). Invalid or missing content is a
+  // rejection only when `confirmed`; otherwise returns kUnsettled so the caller looks again. A
+  // source that cannot be read (reason "unreadable") is never a rejection: returns kRetry, and
+  // the caller reads again with backoff.
   // Also notes (and logs once per change) whether the source is present and whether the
   // current version is close to expiry; watchers re-evaluate periodically, so that stays fresh.
   Verdict Evaluate(const std::string& name, bool confirmed);
@@ -125,6 +132,9 @@ class Publisher {
     uint64_t publications = 0;
     bool source_present = false;  // the last settled read succeeded
     bool read_failed = false;     // a settled read failed and the source has not come back
+    std::string read_error;       // while reads fail: the latest error
+    uint64_t consecutive_read_failures = 0;
+    uint64_t read_failures = 0;
     bool expiring_logged = false;
   };
 
@@ -135,6 +145,8 @@ class Publisher {
   // Evaluate's decision on what the source read.
   Verdict Settle(Entry& entry, absl::StatusOr<CertificateMaterial> material, bool confirmed)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Evaluate's decision on a source that could not be read: kRetry, never a rejection.
+  Verdict ReadFailed(Entry& entry, const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool ExpiringSoon(const Entry& entry) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Logs when the current version starts (or stops) being close to expiry.
   void NoteExpiry(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

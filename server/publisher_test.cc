@@ -274,6 +274,45 @@ TEST_F(PublisherTest, SourcePresenceFollowsSettledReads) {
   EXPECT_EQ(CurrentVersion(), 1u);
 }
 
+// A source that cannot be read (an API error, EIO) is retried, never judged: no rejection, no
+// settled verdict, the current version keeps being served, and the first good read publishes.
+TEST_F(PublisherTest, UnreadableSourceIsRetriedNeverRejected) {
+  SetSource(MakeChain().material);
+  publisher_->Evaluate("wildcard", true);
+  source_->Set(
+      WithReason(absl::UnavailableError("GET secret: 503 Service Unavailable"), "unreadable"));
+  EXPECT_EQ(publisher_->Evaluate("wildcard", false), Verdict::kRetry);
+  EXPECT_TRUE(publisher_->Snapshot("wildcard")->source_present) << "one failed read is a blip";
+  EXPECT_EQ(publisher_->Evaluate("wildcard", true), Verdict::kRetry) << "even when confirmed";
+  CertificateSnapshot failing = *publisher_->Snapshot("wildcard");
+  EXPECT_EQ(failing.rejections, 0u);
+  EXPECT_FALSE(failing.last_rejection.has_value());
+  EXPECT_FALSE(failing.source_present);
+  EXPECT_EQ(failing.consecutive_read_failures, 2u);
+  EXPECT_THAT(failing.read_error, HasSubstr("503"));
+  EXPECT_EQ(CurrentVersion(), 1u);
+
+  Chain renewed = MakeChain();
+  SetSource(renewed.material);
+  EXPECT_EQ(publisher_->Evaluate("wildcard", false), Verdict::kSettled);
+  EXPECT_EQ(CurrentVersion(), 2u);
+  CertificateSnapshot recovered = *publisher_->Snapshot("wildcard");
+  EXPECT_TRUE(recovered.source_present);
+  EXPECT_EQ(recovered.read_error, "");
+  EXPECT_EQ(recovered.consecutive_read_failures, 0u);
+  EXPECT_EQ(recovered.read_failures, 2u);
+  EXPECT_EQ(recovered.rejections, 0u);
+}
+
+// The same failure twice in a row is still retried (a repeated error must not settle).
+TEST_F(PublisherTest, RepeatedReadErrorIsStillRetried) {
+  source_->Set(WithReason(absl::UnavailableError("connection refused"), "unreadable"));
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(publisher_->Evaluate("wildcard", true), Verdict::kRetry) << "read " << i;
+  }
+  EXPECT_EQ(publisher_->Snapshot("wildcard")->rejections, 0u);
+}
+
 // The current version counts as expiring soon within expiry_warning (14 days) of its not_after,
 // and is still served; a renewed version ends it.
 TEST_F(PublisherTest, ExpiringSoonFollowsTheClockAndNewVersions) {

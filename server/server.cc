@@ -69,6 +69,9 @@ absl::Status CheckOptions(const ServerOptions& options) {
     return absl::InvalidArgumentError(
         "--quiet-period must not be negative and --confirm-delay must be positive");
   }
+  if (options.watcher.resync_interval <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--source-resync-interval must be positive");
+  }
   if (options.certificates.empty()) {
     return absl::InvalidArgumentError("no certificate configured: pass --certificate=NAME=DIR");
   }

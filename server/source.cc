@@ -183,16 +183,30 @@ void SourceWatcher::Stop() {
 }
 
 void SourceWatcher::Run() {
+  Backoff retry_backoff(options_.retry);
   bool dirty = false;
   absl::Time quiet_until = absl::InfiniteFuture();
   absl::Time settle_by = absl::InfiniteFuture();  // a source that never goes quiet
   absl::Time recheck_at = absl::InfiniteFuture();
+  bool recheck_is_retry = false;  // recheck_at re-reads after a failed read, unconfirmed
   absl::Time resync_at = absl::Now() + options_.resync_interval;
   auto evaluate = [&](bool confirmed) {
     ++evaluations_;
     const Verdict verdict = evaluate_(confirmed);
-    recheck_at = verdict == Verdict::kUnsettled ? absl::Now() + options_.confirm_delay
-                                                : absl::InfiniteFuture();
+    recheck_is_retry = verdict == Verdict::kRetry;
+    switch (verdict) {
+      case Verdict::kSettled:
+        retry_backoff.Reset();
+        recheck_at = absl::InfiniteFuture();
+        break;
+      case Verdict::kUnsettled:
+        retry_backoff.Reset();
+        recheck_at = absl::Now() + options_.confirm_delay;
+        break;
+      case Verdict::kRetry:
+        recheck_at = absl::Now() + retry_backoff.Next();
+        break;
+    }
   };
   while (!stopping_.load()) {
     const absl::Time deadline =
@@ -211,7 +225,9 @@ void SourceWatcher::Run() {
       dirty = false;
       evaluate(/*confirmed=*/false);
     } else if (now >= recheck_at) {
-      evaluate(/*confirmed=*/true);
+      if (recheck_is_retry) ++retries_;
+      // A retry reads content seen for the first time: it still needs confirming if invalid.
+      evaluate(/*confirmed=*/!recheck_is_retry);
     } else if (now >= resync_at) {
       resync_at = now + options_.resync_interval;
       evaluate(/*confirmed=*/false);

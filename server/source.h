@@ -16,6 +16,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/backoff.h"
 #include "common/certificate.h"
 #include "common/filesystem.h"
 
@@ -77,21 +78,25 @@ class DirectorySource final : public CertificateSource {
 // What the Publisher concluded about the source's current content.
 enum class Verdict {
   kSettled,    // nothing more to do until the next change
-  kUnsettled,  // invalid or unreadable: look again after the confirmation delay
+  kUnsettled,  // invalid content: look again after the confirmation delay
+  kRetry,      // the source could not be read: read again with backoff until it can be
 };
 
 // Runs one thread per source (the owner evaluates once at start before Start()): evaluates
 // after each change once the source has been quiet for `quiet_period` (or, for a source that
 // never stops changing, `max_settle` after the first change); re-evaluates unsettled content
-// after `confirm_delay` (with confirmed=true, so only a persisting problem is a rejection), and
-// every `resync_interval` in case a notification was missed. Thread-safe; Stop() is idempotent.
+// after `confirm_delay` (with confirmed=true, so only a persisting problem is a rejection);
+// reads again with exponential backoff (`retry`) after a read that failed, until one succeeds;
+// and re-reads every `resync_interval` in case a notification was missed. Thread-safe; Stop() is
+// idempotent.
 class SourceWatcher {
  public:
   struct Options {
     absl::Duration quiet_period = absl::Milliseconds(200);
     absl::Duration confirm_delay = absl::Seconds(2);
-    absl::Duration resync_interval = absl::Minutes(1);
+    absl::Duration resync_interval = absl::Minutes(2);
     absl::Duration max_settle = absl::Seconds(10);
+    Backoff::Options retry = {absl::Milliseconds(500), absl::Seconds(30), 2.0, 0.2};
   };
   // `evaluate(confirmed)` is the Publisher's entry point for this source.
   using Evaluate = std::function<Verdict(bool confirmed)>;
@@ -105,6 +110,8 @@ class SourceWatcher {
   int changes_seen() const { return changes_seen_.load(); }
   // Evaluations run so far.
   int evaluations() const { return evaluations_.load(); }
+  // Evaluations that were retries after a failed read.
+  int retries() const { return retries_.load(); }
 
  private:
   void Run();
@@ -115,6 +122,7 @@ class SourceWatcher {
   std::atomic<bool> stopping_{false};
   std::atomic<int> changes_seen_{0};
   std::atomic<int> evaluations_{0};
+  std::atomic<int> retries_{0};
   std::thread thread_;
 };
 

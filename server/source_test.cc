@@ -178,5 +178,33 @@ TEST(SourceWatcherTest, DebouncesAndConfirms) {
   EXPECT_THAT(evaluations.confirmed, ::testing::ElementsAre(false, true));
 }
 
+// A failed read is retried with backoff, unconfirmed (the content is new each time), without a
+// change notification, until a read settles.
+TEST(SourceWatcherTest, RetriesFailedReadsWithBackoffUntilSettled) {
+  TriggeredSource source;
+  absl::Mutex mu;
+  std::vector<bool> confirmed;
+  SourceWatcher::Options options;
+  options.quiet_period = absl::Milliseconds(5);
+  options.retry = {absl::Milliseconds(5), absl::Milliseconds(40), 2.0, 0.2};
+  SourceWatcher watcher(
+      &source,
+      [&](bool was_confirmed) {
+        absl::MutexLock lock(&mu);
+        confirmed.push_back(was_confirmed);
+        return confirmed.size() <= 4 ? Verdict::kRetry : Verdict::kSettled;
+      },
+      options);
+  watcher.Start();
+  source.Trigger();
+  ASSERT_TRUE(Eventually([&] { return watcher.evaluations() >= 5; }));
+  watcher.Stop();
+  EXPECT_EQ(watcher.retries(), 4);
+  EXPECT_EQ(watcher.changes_seen(), 1);
+  absl::MutexLock lock(&mu);
+  ASSERT_EQ(confirmed.size(), 5u) << "settled: no further evaluation";
+  EXPECT_THAT(confirmed, ::testing::Each(false));
+}
+
 }  // namespace
 }  // namespace certcast

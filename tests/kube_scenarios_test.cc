@@ -3,12 +3,18 @@
 // case of the Kubernetes issue. Real binaries, real HTTPS, real RBAC checks in the fake.
 #include <signal.h>
 
+#include <functional>
+#include <iostream>
 #include <memory>
+#include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
 #include "client/secret_sink.h"
 #include "common/filesystem.h"
 #include "gmock/gmock.h"
@@ -66,6 +72,82 @@ Json ClientRole(const std::string& ns, const std::string& subject, bool can_dele
   }
   return role;
 }
+
+// Polls tenant Secrets on its own thread and checks every managed one it sees: the pair matches
+// one published chain exactly, and the annotations name that chain's version and fingerprint.
+// "Never a wrong Secret": a mix of two versions, a stale annotation or a foreign pair all count.
+class SecretChecker {
+ public:
+  SecretChecker(std::unique_ptr<kube::KubeApi> api, std::vector<std::string> namespaces)
+      : api_(std::move(api)), namespaces_(std::move(namespaces)) {
+    thread_ = std::thread([this] { Run(); });
+  }
+  ~SecretChecker() { Stop(); }
+
+  // Chain i is version i + 1. Add a chain before it can be published.
+  void AddChain(const Chain& chain) {
+    absl::MutexLock lock(&mu_);
+    chains_.push_back(chain);
+  }
+  void Stop() {
+    {
+      absl::MutexLock lock(&mu_);
+      stopping_ = true;
+    }
+    if (thread_.joinable()) thread_.join();
+  }
+  int observed() {
+    absl::MutexLock lock(&mu_);
+    return observed_;
+  }
+  // What was wrong: the count and the first few, to keep a failure readable.
+  std::string wrong() {
+    absl::MutexLock lock(&mu_);
+    if (wrong_.empty()) return "";
+    std::vector<std::string> first(wrong_.begin(),
+                                   wrong_.begin() + std::min<size_t>(5, wrong_.size()));
+    return absl::StrCat(wrong_.size(), " wrong Secrets seen, first: ", absl::StrJoin(first, "; "));
+  }
+
+ private:
+  void Run() {
+    for (;;) {
+      for (const std::string& ns : namespaces_) {
+        absl::StatusOr<Json> secret = api_->Request("GET", kube::SecretPath(ns, "wildcard-tls"));
+        if (secret.ok() && kube::IsManagedByCertcast(*secret)) Check(ns, *secret);
+      }
+      absl::MutexLock lock(&mu_);
+      auto stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; };
+      // Pace the polls; a Stop() wakes it at once.
+      if (mu_.AwaitWithTimeout(absl::Condition(&stopping), absl::Milliseconds(10))) return;
+    }
+  }
+  void Check(const std::string& ns, const Json& secret) {
+    absl::StatusOr<CertificateMaterial> material = kube::MaterialFromSecret(secret);
+    const Json annotations = secret["metadata"].value("annotations", Json::object());
+    const std::string version = annotations.value(kube::kVersionAnnotation, "");
+    const std::string fingerprint = annotations.value(kube::kFingerprintAnnotation, "");
+    absl::MutexLock lock(&mu_);
+    ++observed_;
+    for (size_t i = 0; i < chains_.size(); ++i) {
+      if (material.ok() && *material == chains_[i].material) {
+        if (version == std::to_string(i + 1) && fingerprint == chains_[i].leaf.fingerprint) return;
+        break;
+      }
+    }
+    wrong_.push_back(absl::StrCat(ns, ": version annotation ", version, ", fingerprint ",
+                                  fingerprint, material.ok() ? "" : " (unparsable material)"));
+  }
+
+  std::unique_ptr<kube::KubeApi> api_;
+  const std::vector<std::string> namespaces_;
+  absl::Mutex mu_;
+  std::vector<Chain> chains_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  int observed_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<std::string> wrong_ ABSL_GUARDED_BY(mu_);
+  std::thread thread_;
+};
 
 class KubeScenarioTest : public ::testing::Test {
  protected:
@@ -262,6 +344,23 @@ TEST_F(KubeScenarioTest, ServerFollowsSourceSecret) {
   ASSERT_TRUE(WaitFor([&] { return GetCertificate().last_rejection().reason() == "missing"; }))
       << server_->log();
   EXPECT_EQ(GetCertificate().current().version(), 4u);
+}
+
+// A renewal whose read fails (the API answers 503 just when cert-manager renewed) is read again
+// with backoff until it succeeds. The failure is not a verdict on the content: no rejection.
+TEST_F(KubeScenarioTest, RenewalIsReadAgainAfterApiErrors) {
+  StartServer();
+  ASSERT_TRUE(WaitFor([&] { return GetCertificate().current().version() == 1; })) << server_->log();
+  const std::string source_path = kube::SecretPath("certcast-system", "wildcard-tls");
+  Control("POST", "fail",
+          {{"status", 503}, {"count", 4}, {"method", "GET"}, {"path_prefix", source_path}});
+  Chain renewed = MakeChain();
+  RotateSource(renewed);
+  ASSERT_TRUE(WaitFor([&] { return GetCertificate().current().version() == 2; })) << server_->log();
+  EXPECT_EQ(GetCertificate().current().fingerprint(), renewed.leaf.fingerprint);
+  EXPECT_EQ(CountRequests("GET", source_path, 503), 4) << "every injected failure was hit";
+  EXPECT_EQ(GetCertificate().rejections(), 0u) << "an unreadable source is not a rejection";
+  EXPECT_TRUE(GetCertificate().source_present());
 }
 
 // Clients create their namespace's Secret, update it on rotation, and leave it alone when
@@ -502,6 +601,140 @@ TEST_F(KubeScenarioTest, ApiTokenFileIsReReadOnEveryRequest) {
                       absl::Seconds(60)))
       << client->log();
   EXPECT_TRUE(TenantHolds("tenant-a", next));
+}
+
+// Fault 8: the API misbehaves at the moment of each rotation (slow answers, 500s and 503s on
+// the source read and the tenant writes, truncated watch streams, expired resourceVersions, a
+// conflict flood). The server's source and both clients' Secret sinks recover by themselves,
+// and no tenant Secret is ever wrong (a mixed pair or annotations of another version).
+TEST_F(KubeScenarioTest, MisbehavingApiNeverLeavesAWrongOrStaleSecret) {
+  StartServer();
+  auto a = StartClient("tenant-a", "client-a");
+  auto b = StartClient("tenant-b", "client-b");
+  SecretChecker checker(Api("admin"), {"tenant-a", "tenant-b"});
+  checker.AddChain(chain_);
+  ASSERT_TRUE(WaitFor([&] {
+    return TenantHolds("tenant-a", chain_) && TenantHolds("tenant-b", chain_);
+  })) << a->log();
+  const std::string source_path = kube::SecretPath("certcast-system", "wildcard-tls");
+  const std::string source_collection = kube::SecretsPath("certcast-system");
+  struct Fault {
+    std::string name;
+    std::function<void()> before;  // before the rotation
+    std::function<void()> after;   // right after it
+  };
+  const std::vector<Fault> faults = {
+      {"slow answers",
+       [&] {
+         Control("POST", "fail",
+                 {{"status", 0},
+                  {"delay_seconds", 1.5},
+                  {"count", 8},
+                  {"path_prefix", "/api/v1/namespaces/"}});
+       },
+       [] {}},
+      {"500 and 503 on the source read and the tenant writes",
+       [&] {
+         Control("POST", "fail",
+                 {{"status", 500}, {"count", 3}, {"method", "GET"}, {"path_prefix", source_path}});
+         Control("POST", "fail",
+                 {{"status", 503},
+                  {"count", 3},
+                  {"method", "PUT"},
+                  {"path_prefix", "/api/v1/namespaces/tenant-"}});
+       },
+       [] {}},
+      {"truncated watch streams",
+       [&] {
+         Control("POST", "fail",
+                 {{"status", 0},
+                  {"close", true},
+                  {"count", 3},
+                  {"verb", "watch"},
+                  {"path_prefix", source_collection}});
+       },
+       [&] { Control("POST", "drop_watches"); }},
+      {"expired resourceVersions",
+       [&] {
+         Control("POST", "expire", {{"on", true}});
+       },
+       [&] { Control("POST", "drop_watches"); }},
+      {"conflict flood",
+       [&] {
+         Control("POST", "conflict",
+                 {{"count", 12}, {"path_prefix", "/api/v1/namespaces/tenant-"}});
+       },
+       [] {}},
+  };
+  for (const Fault& fault : faults) {
+    SCOPED_TRACE(fault.name);
+    Chain next = MakeChain();
+    checker.AddChain(next);
+    fault.before();
+    RotateSource(next);
+    fault.after();
+    EXPECT_TRUE(
+        WaitFor([&] { return TenantHolds("tenant-a", next) && TenantHolds("tenant-b", next); },
+                absl::Seconds(90)))
+        << fault.name << "\n"
+        << server_->log() << a->log() << b->log();
+    Control("DELETE", "fail");
+    Control("DELETE", "conflict");
+    Control("POST", "expire", {{"on", false}});
+  }
+  const uint64_t last = faults.size() + 1;
+  EXPECT_TRUE(WaitFor([&] { return ClientState("tenant-a").acknowledged_version() == last; }));
+  EXPECT_TRUE(WaitFor([&] { return ClientState("tenant-b").acknowledged_version() == last; }));
+  checker.Stop();
+  EXPECT_GT(checker.observed(), 0);
+  EXPECT_EQ(checker.wrong(), "");
+  // The server's history is exactly one version per rotation, in order.
+  v1::Certificate certificate = GetCertificate();
+  EXPECT_EQ(certificate.current().version(), last);
+  EXPECT_EQ(certificate.rejections(), 0u);
+}
+
+// Fault 2: the client is killed (SIGKILL) at random moments while rotations flow through its
+// Secret sink. The tenant Secret is always exactly one version (never a mix), and the
+// restarted client converges. CERTCAST_LONG=1 runs 1,000 rotations instead of 20.
+TEST_F(KubeScenarioTest, ClientKilledDuringRotationsNeverLeavesAMixedSecret) {
+  const bool long_variant = getenv("CERTCAST_LONG") != nullptr;
+  const int rotations = long_variant ? 1000 : 20;
+  StartServer();
+  auto client = StartClient("tenant-a", "client-a");
+  SecretChecker checker(Api("admin"), {"tenant-a"});
+  checker.AddChain(chain_);
+  ASSERT_TRUE(WaitFor([&] { return TenantHolds("tenant-a", chain_); })) << client->log();
+  std::mt19937 random(42);
+  int kills = 0;
+  Chain last = chain_;
+  for (int i = 0; i < rotations; ++i) {
+    Chain next = MakeChain();
+    checker.AddChain(next);
+    RotateSource(next);
+    last = next;
+    if (random() % 3 == 0) {
+      // A random kill moment somewhere between the push and the write (this chooses when to
+      // kill; it does not wait for anything).
+      absl::SleepFor(absl::Milliseconds(random() % 120));
+      client->Signal(SIGKILL);
+      client->Wait(absl::Seconds(10));
+      ++kills;
+      client = StartClient("tenant-a", "client-a");
+    } else {
+      // Let the rotation land before the next one (a server test publishes faster than the
+      // kubelet ever would).
+      ASSERT_TRUE(WaitFor([&] { return TenantHolds("tenant-a", next); })) << client->log();
+    }
+  }
+  ASSERT_TRUE(WaitFor([&] { return TenantHolds("tenant-a", last); }, absl::Seconds(60)))
+      << client->log();
+  checker.Stop();
+  EXPECT_GT(kills, 0);
+  EXPECT_GT(checker.observed(), rotations / 2);
+  EXPECT_EQ(checker.wrong(), "");
+  std::cout << "rotations " << rotations << ", client kills " << kills << ", Secret reads "
+            << checker.observed() << std::endl;
 }
 
 }  // namespace

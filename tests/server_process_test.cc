@@ -1,6 +1,7 @@
 // The real certcast-server binary as a child process: versions survive kill -9, SIGTERM drains
 // and exits cleanly, bad flags fail with a clear message.
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -117,6 +118,49 @@ TEST_F(ServerProcessTest, CorruptStateFileIsAStartupError) {
   ASSERT_NE(status, -1);
   EXPECT_NE(WEXITSTATUS(status), 0);
   EXPECT_THAT(server.log(), HasSubstr(state_file));
+}
+
+// A directory source that changes while it cannot be read (here the key is a symlink to a path
+// outside the watched directory that is briefly a symlink loop: ELOOP, as an EIO or EACCES
+// would be) is read again with backoff, although nothing in the watched directory changes when
+// it becomes readable. Before, the unreadable read was settled as a rejection and the renewal
+// waited for the next change.
+TEST_F(ServerProcessTest, UnreadableDirectorySourceIsRetried) {
+  const std::string source = tmp_.Join("plain");
+  const std::string outside = tmp_.Join("outside");
+  ASSERT_EQ(mkdir(outside.c_str(), 0700), 0);
+  CertificateMaterial without_ca = chain_.material;
+  without_ca.ca_pem.clear();  // each renewal below comes from a new test CA
+  fixtures::WritePlainDir(source, without_ca);
+  const std::string key = outside + "/tls.key";
+  std::ofstream(key) << chain_.material.key_pem.reveal();
+  ASSERT_EQ(unlink((source + "/tls.key").c_str()), 0);
+  ASSERT_EQ(symlink(key.c_str(), (source + "/tls.key").c_str()), 0);
+  std::vector<std::string> args = Args();
+  args[3] = "--certificate=wildcard=" + source;
+  ServerProcess server(args, tmp_.Join("server.log"));
+  const int port = server.WaitForPort();
+  ASSERT_NE(port, 0) << server.log();
+  ASSERT_TRUE(WaitFor([&] { return CurrentVersion(port) == 1; })) << server.log();
+
+  // The key becomes unreadable, then the renewed certificate lands in the watched directory.
+  ASSERT_EQ(unlink(key.c_str()), 0);
+  ASSERT_EQ(symlink(key.c_str(), key.c_str()), 0);
+  fixtures::Chain renewed = fixtures::MakeChain();
+  const std::string staged = source + "/.tls.crt.new";
+  std::ofstream(staged) << renewed.material.chain_pem;
+  ASSERT_EQ(rename(staged.c_str(), (source + "/tls.crt").c_str()), 0);
+  // The server tried to read it (today's message, or the rejection older versions logged).
+  ASSERT_FALSE(server.WaitForLog("cannot read source|rejected \\(unreadable\\)").empty())
+      << server.log();
+
+  // Readable again, outside the watched directory: no inotify event reaches the server.
+  ASSERT_EQ(unlink(key.c_str()), 0);
+  std::ofstream(key) << renewed.material.key_pem.reveal();
+  std::string fingerprint;
+  ASSERT_TRUE(WaitFor([&] { return CurrentVersion(port, &fingerprint) == 2; })) << server.log();
+  EXPECT_EQ(fingerprint, renewed.leaf.fingerprint);
+  EXPECT_THAT(server.log(), ::testing::Not(HasSubstr("rejected")));
 }
 
 // --log-format=json writes one JSON object per line, quotes inside messages escaped (the
