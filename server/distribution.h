@@ -1,9 +1,10 @@
 // certcast.v1.Distribution: one callback reactor per Subscribe stream (no thread per stream),
 // fed by the DistributionHub with publications serialized once and shared by every stream.
 //
-// Per stream: one read and one write in flight; a newer version of a certificate replaces the
-// one still waiting to be written (latest wins), so a client that stops reading costs bounded
-// memory. Malformed input ends only that stream.
+// Per stream: the protocol state lives in SubscriptionState (server/subscription.h); the reactor
+// in distribution.cc is only its transport. One read and one write in flight; a newer version of a
+// certificate replaces the one still waiting to be written (latest wins), so a client that stops
+// reading costs bounded memory. Malformed input ends only that stream.
 //
 // Lock order: Publisher::mu_ → DistributionHub::mu_; SubscribeStream::mu_ → DistributionHub::mu_
 // → (nothing); SubscribeStream::mu_ → Fleet. The hub never holds its lock while calling into a
@@ -30,6 +31,7 @@
 #include "server/authorizer.h"
 #include "server/fleet.h"
 #include "server/publisher.h"
+#include "server/subscription.h"
 
 namespace certcast {
 
@@ -107,13 +109,7 @@ class DistributionHub final : public PublicationListener {
   struct AtomicCounters {
     std::atomic<uint64_t> streams_opened{0};
     std::atomic<uint64_t> streams_rejected{0};
-    std::atomic<uint64_t> updates_written{0};
-    std::atomic<uint64_t> in_sync_written{0};
-    std::atomic<uint64_t> heartbeats_written{0};
-    std::atomic<uint64_t> updates_replaced{0};
-    std::atomic<uint64_t> acks{0};
-    std::atomic<uint64_t> nacks{0};
-    std::atomic<uint64_t> stale_acks{0};
+    StreamCounters stream;  // bumped by each stream's SubscriptionState
     std::array<std::atomic<uint64_t>, kStatusCodes> stream_errors{};
   };
   void Count(std::atomic<uint64_t> AtomicCounters::*field) {

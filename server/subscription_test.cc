@@ -1,0 +1,212 @@
+#include "server/subscription.h"
+
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "common/clock.h"
+#include "gtest/gtest.h"
+
+namespace certcast {
+namespace {
+
+// Grants the names in `allowed` to namespace tenant-a's identities.
+class FakeAuthorizer final : public Authorizer {
+ public:
+  absl::Status AuthorizeSubscribe(const PeerIdentity& peer, const std::string& namespace_,
+                                  const std::string& certificate) override {
+    if (!peer.proven()) return absl::UnauthenticatedError("no identity");
+    if (namespace_ == peer.namespace_ && allowed.count(certificate) > 0) return absl::OkStatus();
+    return absl::PermissionDeniedError("namespace \"" + namespace_ +
+                                       "\" may not receive certificate \"" + certificate + "\"");
+  }
+  absl::Status AuthorizeAdmin(const PeerIdentity&) override {
+    return absl::PermissionDeniedError("no");
+  }
+  absl::StatusOr<InspectionScope> AuthorizeInspection(const PeerIdentity&) override {
+    return absl::PermissionDeniedError("no");
+  }
+  std::set<std::string> allowed = {"web", "api"};
+};
+
+std::shared_ptr<const Publication> Version(const std::string& name, uint64_t version) {
+  CertificateInfo info;
+  info.fingerprint = name + "-fp-" + std::to_string(version);
+  CertificateMaterial material;
+  material.chain_pem = "chain";
+  material.key_pem = SecretBytes("key");
+  return MakePublication(name, version, false, info, material);
+}
+
+PeerIdentity Transport() {
+  PeerIdentity identity;
+  identity.peer = "ipv4:127.0.0.1:5000";
+  return identity;
+}
+
+PeerIdentity TenantA() {
+  PeerIdentity identity;
+  identity.peer = "ipv4:127.0.0.1:5000";
+  identity.identity = "spiffe://example.org/ns/tenant-a/sa/client";
+  identity.kind = "mtls";
+  identity.namespace_ = "tenant-a";
+  identity.name = "client";
+  return identity;
+}
+
+v1::SubscribeRequest Hello(const std::vector<std::string>& names, uint64_t held_version = 0,
+                           const std::string& held_fingerprint = "") {
+  v1::SubscribeRequest request;
+  v1::Hello* hello = request.mutable_hello();
+  hello->set_namespace_("tenant-a");
+  hello->set_client_id("node-1");
+  for (const std::string& name : names) {
+    v1::HeldCertificate* held = hello->add_certificates();
+    held->set_name(name);
+    held->set_version(held_version);
+    held->set_fingerprint(held_fingerprint);
+  }
+  return request;
+}
+
+v1::SubscribeRequest Ack(const std::string& name, uint64_t version, const std::string& nonce) {
+  v1::SubscribeRequest request;
+  request.mutable_ack()->set_name(name);
+  request.mutable_ack()->set_version(version);
+  request.mutable_ack()->set_nonce(nonce);
+  return request;
+}
+
+class SubscriptionStateTest : public ::testing::Test {
+ protected:
+  SubscriptionStateTest()
+      : fleet_(&clock_, absl::Hours(1)),
+        state_(
+            SubscriptionState::Options(), Transport(),
+            [](const std::string& name) { return name == "web" || name == "api"; }, &fleet_,
+            &authorizer_, &counters_) {}
+
+  // Hello for `names`, authenticated as tenant-a, subscribed with `current`.
+  void Subscribe(const std::vector<std::string>& names,
+                 const std::vector<std::shared_ptr<const Publication>>& current) {
+    ASSERT_EQ(*state_.Receive(Hello(names)), SubscriptionState::Next::kAuthenticate);
+    std::string denial;
+    absl::StatusOr<std::vector<std::string>> admitted = state_.Admit(TenantA(), &denial);
+    ASSERT_TRUE(admitted.ok()) << admitted.status();
+    state_.Subscribe(current, grpc::ByteBuffer());
+  }
+
+  // Takes writes until none is due, completing each; returns their kinds.
+  std::vector<Outgoing::Kind> Drain() {
+    std::vector<Outgoing::Kind> kinds;
+    while (std::optional<Outgoing> next = state_.TakeWrite()) {
+      kinds.push_back(next->kind);
+      state_.WriteDone(true);
+    }
+    return kinds;
+  }
+
+  FakeClock clock_;
+  Fleet fleet_;
+  FakeAuthorizer authorizer_;
+  StreamCounters counters_;
+  SubscriptionState state_;
+};
+
+// The first messages after an admitted hello: a heartbeat, then one update per certificate that
+// has a version; one write at a time.
+TEST_F(SubscriptionStateTest, WritesHeartbeatThenUpdatesOneAtATime) {
+  Subscribe({"web", "api"}, {Version("web", 3), nullptr});
+  std::optional<Outgoing> first = state_.TakeWrite();
+  ASSERT_TRUE(first.has_value());
+  EXPECT_EQ(first->kind, Outgoing::kHeartbeat);
+  EXPECT_FALSE(state_.TakeWrite().has_value()) << "a second write while one is in flight";
+  state_.WriteDone(true);
+  std::optional<Outgoing> second = state_.TakeWrite();
+  ASSERT_TRUE(second.has_value());
+  EXPECT_EQ(second->kind, Outgoing::kUpdate);
+  EXPECT_EQ(second->publication->version, 3u);
+  state_.WriteDone(true);
+  EXPECT_FALSE(state_.TakeWrite().has_value());
+  EXPECT_EQ(counters_.updates_written.load(), 1u);
+}
+
+// A client that already holds the current version gets an in-sync, not the key again.
+TEST_F(SubscriptionStateTest, ClientHoldingTheCurrentVersionGetsInSync) {
+  std::shared_ptr<const Publication> web = Version("web", 3);
+  ASSERT_EQ(*state_.Receive(Hello({"web"}, 3, web->info.fingerprint)),
+            SubscriptionState::Next::kAuthenticate);
+  std::string denial;
+  ASSERT_TRUE(state_.Admit(TenantA(), &denial).ok());
+  state_.Subscribe({web}, grpc::ByteBuffer());
+  EXPECT_EQ(Drain(), (std::vector<Outgoing::Kind>{Outgoing::kHeartbeat, Outgoing::kInSync}));
+  EXPECT_EQ(counters_.updates_written.load(), 0u);
+}
+
+// Versions offered behind a slow write replace each other: only the newest is written.
+TEST_F(SubscriptionStateTest, LatestVersionWinsWhileAWriteIsInFlight) {
+  Subscribe({"web"}, {nullptr});
+  ASSERT_TRUE(state_.TakeWrite().has_value());  // the heartbeat, in flight
+  for (uint64_t version = 1; version <= 5; ++version) state_.OfferUpdate(Version("web", version));
+  state_.OfferUpdate(Version("web", 2));  // older than queued: ignored
+  EXPECT_EQ(state_.pending_writes(), 1u);
+  state_.WriteDone(true);
+  std::optional<Outgoing> next = state_.TakeWrite();
+  ASSERT_TRUE(next.has_value());
+  EXPECT_EQ(next->publication->version, 5u);
+  EXPECT_EQ(counters_.updates_replaced.load(), 4u);
+}
+
+// The protocol's order: a hello first, exactly once; ACKs only for what was subscribed.
+TEST_F(SubscriptionStateTest, RefusesMessagesOutOfOrder) {
+  EXPECT_EQ(state_.Receive(Ack("web", 1, "n")).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(state_.Receive(v1::SubscribeRequest()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  Subscribe({"web"}, {Version("web", 1)});
+  EXPECT_EQ(state_.Receive(Hello({"web"})).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(state_.Receive(Ack("api", 1, "n")).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// An ACK with the nonce sent is recorded; one with an old nonce is counted as stale.
+TEST_F(SubscriptionStateTest, RecordsAcksByNonce) {
+  std::shared_ptr<const Publication> web = Version("web", 1);
+  Subscribe({"web"}, {web});
+  Drain();
+  ASSERT_EQ(*state_.Receive(Ack("web", 1, web->nonce)), SubscriptionState::Next::kRead);
+  EXPECT_EQ(counters_.acks.load(), 1u);
+  ASSERT_TRUE(state_.Receive(Ack("web", 1, "another-nonce")).ok());
+  EXPECT_EQ(counters_.stale_acks.load(), 1u);
+}
+
+// Malformed hellos never reach authentication.
+TEST_F(SubscriptionStateTest, RefusesMalformedHellos) {
+  v1::SubscribeRequest bad_namespace = Hello({"web"});
+  bad_namespace.mutable_hello()->set_namespace_("Tenant_A");
+  EXPECT_EQ(state_.Receive(bad_namespace).status().code(), absl::StatusCode::kInvalidArgument);
+  v1::SubscribeRequest twice = Hello({"web", "web"});
+  EXPECT_EQ(state_.Receive(twice).status().code(), absl::StatusCode::kInvalidArgument);
+  v1::SubscribeRequest none = Hello({});
+  EXPECT_EQ(state_.Receive(none).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// A policy change that takes a certificate away ends the stream as a revocation.
+TEST_F(SubscriptionStateTest, ReauthorizeReportsRevocation) {
+  Subscribe({"web"}, {Version("web", 1)});
+  EXPECT_FALSE(state_.Reauthorize().has_value());
+  authorizer_.allowed.erase("web");
+  std::optional<StreamEnd> end = state_.Reauthorize();
+  ASSERT_TRUE(end.has_value());
+  EXPECT_EQ(end->status.code(), absl::StatusCode::kPermissionDenied);
+}
+
+// Once finished, nothing more is handed out for writing.
+TEST_F(SubscriptionStateTest, NothingIsWrittenAfterFinish) {
+  Subscribe({"web"}, {Version("web", 1)});
+  state_.Finish();
+  state_.OfferUpdate(Version("web", 2));
+  EXPECT_FALSE(state_.TakeWrite().has_value());
+}
+
+}  // namespace
+}  // namespace certcast
