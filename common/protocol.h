@@ -10,6 +10,9 @@ namespace certcast {
 // certificate. Other refusals (a misconfigured server without policy) must not wipe a fleet.
 inline constexpr char kDenialReasonMetadata[] = "certcast-denial-reason";
 inline constexpr char kDenialNotAllowed[] = "not_allowed";
+// The client certificate or token that proved the stream's identity expired: reconnect with a
+// fresh one (the client re-reads its token file on every connect). Never a revocation.
+inline constexpr char kDenialCredentialExpired[] = "credential_expired";
 
 }  // namespace certcast
 

@@ -154,7 +154,7 @@ sed 's/^/  /' "$POLICY"
 heading "Starting certcast-server over mTLS with the policy (state in .demo/state)"
 LOG="$DEMO/server.log"
 SERVER_ARGS=(--listen=127.0.0.1:0 --tls-cert="$DEMO/serving.pem" --tls-key="$DEMO/serving.key"
-  --client-ca="$DEMO/client-ca.pem" --policy="$POLICY"
+  --client-ca="$DEMO/client-ca.pem" --trust-domain=cluster.local --policy="$POLICY"
   --certificate=wildcard="$SOURCE" --state-dir="$DEMO/state")
 echo "\$ $SERVER ${SERVER_ARGS[*]} 2>$LOG &"
 "$SERVER" "${SERVER_ARGS[@]}" >"$LOG" 2>&1 &

@@ -1,5 +1,6 @@
 #include "server/authentication.h"
 
+#include <algorithm>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -7,6 +8,7 @@
 #include "absl/strings/str_split.h"
 #include "common/certificate.h"
 #include "common/secret.h"
+#include "server/jwt_precheck.h"
 #include "spdlog/spdlog.h"
 
 namespace certcast {
@@ -87,7 +89,9 @@ Authenticator::~Authenticator() {
 }
 
 std::optional<absl::StatusOr<PeerIdentity>> Authenticator::Quick(const PeerIdentity& transport,
-                                                                 const std::string& token) {
+                                                                 const std::string& token,
+                                                                 absl::Time* token_expires) {
+  *token_expires = absl::InfiniteFuture();
   if (transport.proven() || token.empty()) return absl::StatusOr<PeerIdentity>(transport);
   if (static_tokens_ != nullptr) {
     if (const StaticIdentity* found = static_tokens_->Find(token); found != nullptr) {
@@ -104,11 +108,23 @@ std::optional<absl::StatusOr<PeerIdentity>> Authenticator::Quick(const PeerIdent
         "the bearer token is not a known static token and this server checks no ServiceAccount "
         "tokens (--token-audience)"));
   }
+  if (!options_.jwt_audience.empty()) {
+    // What cannot pass a TokenReview is not sent to one: a flood of made-up tokens stays here.
+    absl::StatusOr<JwtClaims> claims = PrecheckJwt(token, options_.jwt_audience, clock_->Now());
+    if (!claims.ok()) {
+      absl::MutexLock lock(&mu_);
+      ++precheck_refusals_;
+      return absl::StatusOr<PeerIdentity>(claims.status());
+    }
+    *token_expires = claims->expires;
+  }
   const std::string hash = Sha256Hex(token);
   absl::MutexLock lock(&mu_);
   auto cached = cache_.find(hash);
   if (cached != cache_.end() && cached->second.first > clock_->Now()) {
-    return FromUsername(transport, cached->second.second);
+    absl::StatusOr<PeerIdentity> identity = FromUsername(transport, cached->second.second);
+    if (identity.ok()) identity->expires = std::min(transport.expires, *token_expires);
+    return identity;
   }
   auto refused = refused_.find(hash);
   if (refused != refused_.end() && refused->second.first > clock_->Now()) {
@@ -118,7 +134,8 @@ std::optional<absl::StatusOr<PeerIdentity>> Authenticator::Quick(const PeerIdent
 }
 
 absl::StatusOr<PeerIdentity> Authenticator::Review(const PeerIdentity& transport,
-                                                   const std::string& token) {
+                                                   const std::string& token,
+                                                   absl::Time token_expires) {
   absl::StatusOr<std::string> username = reviewer_->Review(token);
   {
     absl::MutexLock lock(&mu_);
@@ -135,6 +152,7 @@ absl::StatusOr<PeerIdentity> Authenticator::Review(const PeerIdentity& transport
   }
   absl::StatusOr<PeerIdentity> identity = FromUsername(transport, *username);
   if (identity.ok()) {
+    identity->expires = std::min(transport.expires, token_expires);
     absl::MutexLock lock(&mu_);
     if (cache_.size() >= options_.cache_max) {
       // Drop expired entries; if none, drop one arbitrary entry: the cache is only a shortcut.
@@ -151,30 +169,45 @@ absl::StatusOr<PeerIdentity> Authenticator::Review(const PeerIdentity& transport
 
 void Authenticator::Authenticate(PeerIdentity transport, std::string bearer_token, Done done,
                                  StillWanted still_wanted) {
-  std::optional<absl::StatusOr<PeerIdentity>> quick = Quick(transport, bearer_token);
+  absl::Time token_expires;
+  std::optional<absl::StatusOr<PeerIdentity>> quick =
+      Quick(transport, bearer_token, &token_expires);
   if (quick.has_value()) {
     CleanseString(&bearer_token);
     done(*std::move(quick));
     return;
   }
+  const std::string address = PeerAddress(transport.peer);
+  absl::Status refusal;
   {
     absl::MutexLock lock(&mu_);
-    if (jobs_.size() < options_.max_pending) {
-      jobs_.push_back(Job{std::move(transport), std::move(bearer_token), std::move(done),
-                          std::move(still_wanted)});
+    std::deque<Job>& queue = jobs_[address];
+    if (pending_ >= options_.max_pending) {
+      // A flood of unknown tokens: refuse now rather than queue forever.
+      refusal = absl::UnavailableError("too many token reviews pending; retry later");
+    } else if (queue.size() >= options_.max_pending_per_address) {
+      refusal =
+          absl::UnavailableError("too many token reviews pending from this address; retry later");
+    } else {
+      if (queue.empty()) turns_.push_back(address);
+      queue.push_back(Job{std::move(transport), std::move(bearer_token), token_expires,
+                          std::move(done), std::move(still_wanted)});
+      ++pending_;
       return;
     }
+    if (queue.empty()) jobs_.erase(address);
   }
-  // Too many reviews waiting (a flood of unknown tokens): refuse now rather than queue forever.
   CleanseString(&bearer_token);
-  done(absl::UnavailableError("too many token reviews pending; retry later"));
+  done(refusal);
 }
 
 absl::StatusOr<PeerIdentity> Authenticator::AuthenticateNow(PeerIdentity transport,
                                                             std::string bearer_token) {
-  std::optional<absl::StatusOr<PeerIdentity>> quick = Quick(transport, bearer_token);
+  absl::Time token_expires;
+  std::optional<absl::StatusOr<PeerIdentity>> quick =
+      Quick(transport, bearer_token, &token_expires);
   absl::StatusOr<PeerIdentity> result =
-      quick.has_value() ? *std::move(quick) : Review(transport, bearer_token);
+      quick.has_value() ? *std::move(quick) : Review(transport, bearer_token, token_expires);
   CleanseString(&bearer_token);
   return result;
 }
@@ -185,18 +218,28 @@ void Authenticator::Work() {
     {
       absl::MutexLock lock(&mu_);
       auto ready = [this]()
-                       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || !jobs_.empty(); };
+                       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || !turns_.empty(); };
       mu_.Await(absl::Condition(&ready));
-      if (jobs_.empty()) return;  // stopping
-      job = std::move(jobs_.front());
-      jobs_.pop_front();
+      if (turns_.empty()) return;  // stopping
+      // Round robin over addresses: each address with work waiting gets one review per turn.
+      const std::string address = std::move(turns_.front());
+      turns_.pop_front();
+      auto queue = jobs_.find(address);
+      job = std::move(queue->second.front());
+      queue->second.pop_front();
+      --pending_;
+      if (queue->second.empty()) {
+        jobs_.erase(queue);
+      } else {
+        turns_.push_back(address);
+      }
     }
     if (job.still_wanted != nullptr && !job.still_wanted()) {
       CleanseString(&job.token);
       job.done(absl::CancelledError("the caller went away before its token was reviewed"));
       continue;
     }
-    absl::StatusOr<PeerIdentity> identity = Review(job.transport, job.token);
+    absl::StatusOr<PeerIdentity> identity = Review(job.transport, job.token, job.token_expires);
     CleanseString(&job.token);
     job.done(std::move(identity));
   }

@@ -1,8 +1,8 @@
 // Authentication of callers that present a bearer token: Kubernetes ServiceAccount tokens
-// checked with the TokenReview API (audience checked, positive results cached for a short,
-// bounded time, fail closed when the API cannot be asked), and static tokens for hosts outside
-// Kubernetes. mTLS identities need no work here: TransportIdentity() reads them.
-// Thread-safe.
+// checked with the TokenReview API (a JWT precheck first, audience checked, positive results
+// cached for a short, bounded time, reviews queued fairly between peers, fail closed when the
+// API cannot be asked), and static tokens for hosts outside Kubernetes. mTLS identities need no
+// work here: TransportIdentity() reads them. Thread-safe.
 #ifndef CERTCAST_SERVER_AUTHENTICATION_H_
 #define CERTCAST_SERVER_AUTHENTICATION_H_
 
@@ -56,6 +56,12 @@ class Authenticator {
     int workers = 2;  // threads for TokenReview calls, so gRPC threads never block on the API
     size_t max_pending = 1'000;  // reviews waiting; beyond it callers get Unavailable at once
     absl::Duration negative_ttl = absl::Seconds(10);  // a refused token is not asked again soon
+    // Reviews waiting from one peer address; beyond it that peer gets Unavailable at once. The
+    // workers take one review per address in turn, so one peer cannot take the queue.
+    size_t max_pending_per_address = 16;
+    // When set, a token must look like a JWT for this audience that has not expired (see
+    // PrecheckJwt) before the API is asked; its exp becomes the identity's expiry.
+    std::string jwt_audience;
   };
   // `reviewer` and `static_tokens` may be null (that kind of token is then refused).
   // Does not own them or `clock`.
@@ -69,29 +75,40 @@ class Authenticator {
   using StillWanted = std::function<bool()>;
   // Completes `transport` (from TransportIdentity) with what `bearer_token` proves. A verified
   // client certificate wins; without a token the identity is what the transport proved (maybe
-  // nothing: authorization decides). Static and cached tokens finish inline; others on a worker
-  // thread. An invalid token is Unauthenticated; an API outage Unavailable.
+  // nothing: authorization decides). Static and cached tokens, and tokens refused by the JWT
+  // precheck, finish inline; others on a worker thread, so gRPC threads never wait for the API.
+  // An invalid token is Unauthenticated; an API outage or a full queue Unavailable.
   void Authenticate(PeerIdentity transport, std::string bearer_token, Done done,
                     StillWanted still_wanted = nullptr);
-  // The same, blocking (for unary calls).
+  // The same, blocking the calling thread: for tests and tools, never on a gRPC thread.
   absl::StatusOr<PeerIdentity> AuthenticateNow(PeerIdentity transport, std::string bearer_token);
 
+  // TokenReviews sent.
   uint64_t reviews() {
     absl::MutexLock lock(&mu_);
     return reviews_;
+  }
+  // Tokens refused by the JWT precheck (no review sent).
+  uint64_t precheck_refusals() {
+    absl::MutexLock lock(&mu_);
+    return precheck_refusals_;
   }
 
  private:
   struct Job {
     PeerIdentity transport;
     std::string token;
+    absl::Time token_expires;
     Done done;
     StillWanted still_wanted;
   };
-  // Static map or cache; nullopt when a TokenReview is needed.
+  // Static map, JWT precheck or cache; nullopt when a TokenReview is needed (then
+  // `*token_expires` is the token's exp, InfiniteFuture when unknown).
   std::optional<absl::StatusOr<PeerIdentity>> Quick(const PeerIdentity& transport,
-                                                    const std::string& token);
-  absl::StatusOr<PeerIdentity> Review(const PeerIdentity& transport, const std::string& token);
+                                                    const std::string& token,
+                                                    absl::Time* token_expires);
+  absl::StatusOr<PeerIdentity> Review(const PeerIdentity& transport, const std::string& token,
+                                      absl::Time token_expires);
   void Work();
 
   TokenReviewer* const reviewer_;
@@ -104,9 +121,13 @@ class Authenticator {
   std::map<std::string, std::pair<absl::Time, std::string>> cache_ ABSL_GUARDED_BY(mu_);
   // Refusals by SHA-256, so a flood of one bad token costs one review per negative_ttl.
   std::map<std::string, std::pair<absl::Time, std::string>> refused_ ABSL_GUARDED_BY(mu_);
-  std::deque<Job> jobs_ ABSL_GUARDED_BY(mu_);
+  // Waiting reviews by peer address, and the addresses in the order they get a worker.
+  std::map<std::string, std::deque<Job>> jobs_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::string> turns_ ABSL_GUARDED_BY(mu_);
+  size_t pending_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t reviews_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t precheck_refusals_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<std::thread> workers_;
 };
 

@@ -1,5 +1,7 @@
 #include "server/authorizer.h"
 
+#include <algorithm>
+#include <ctime>
 #include <optional>
 #include <vector>
 
@@ -9,6 +11,10 @@
 #include "common/logging.h"
 #include "common/protocol.h"
 #include "grpc/grpc_security_constants.h"
+#include "openssl/asn1.h"
+#include "openssl/bio.h"
+#include "openssl/pem.h"
+#include "openssl/x509.h"
 #include "server/policy.h"
 
 namespace certcast {
@@ -32,6 +38,20 @@ absl::Status RequireIdentity(const PeerIdentity& peer) {
                 "no client identity: present a client certificate (mTLS) or a bearer token");
 }
 
+// notAfter of a PEM certificate; nullopt when it cannot be read.
+std::optional<absl::Time> NotAfter(absl::string_view pem) {
+  BIO* bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
+  if (bio == nullptr) return std::nullopt;
+  X509* cert = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr);
+  BIO_free(bio);
+  if (cert == nullptr) return std::nullopt;
+  std::tm tm{};
+  const bool ok = ASN1_TIME_to_tm(X509_get0_notAfter(cert), &tm) == 1;
+  X509_free(cert);
+  if (!ok) return std::nullopt;
+  return absl::FromTM(tm, absl::UTCTimeZone());
+}
+
 }  // namespace
 
 std::string DenialReason(const absl::Status& status) {
@@ -53,6 +73,16 @@ bool ParseSpiffeId(const std::string& id, PeerIdentity* identity) {
   return true;
 }
 
+std::string PeerAddress(const std::string& peer) {
+  const size_t colon = peer.rfind(':');
+  const size_t bracket = peer.rfind(']');
+  if (colon == std::string::npos || colon < 5 ||
+      (bracket != std::string::npos && colon < bracket)) {
+    return peer;  // no port (e.g. "unix:/path")
+  }
+  return peer.substr(0, colon);
+}
+
 PeerIdentity TransportIdentity(const grpc::ServerContextBase& context) {
   PeerIdentity identity;
   identity.peer = context.peer();
@@ -63,7 +93,17 @@ PeerIdentity TransportIdentity(const grpc::ServerContextBase& context) {
     identity.identity.assign(value.data(), value.size());
     identity.kind = "mtls";
   }
-  if (!identity.identity.empty()) ParseSpiffeId(identity.identity, &identity);
+  if (identity.identity.empty()) return identity;
+  ParseSpiffeId(identity.identity, &identity);
+  // The identity lasts as long as the client certificate: a stream must not outlive it.
+  for (const grpc::string_ref& pem : auth->FindPropertyValues(GRPC_X509_PEM_CERT_PROPERTY_NAME)) {
+    if (std::optional<absl::Time> not_after = NotAfter(absl::string_view(pem.data(), pem.size()));
+        not_after.has_value()) {
+      identity.expires = std::min(identity.expires, *not_after);
+    } else {
+      identity.expires = absl::InfinitePast();  // unreadable: treat as expired, never as eternal
+    }
+  }
   return identity;
 }
 

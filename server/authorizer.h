@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "grpcpp/server_context.h"
 
 namespace certcast {
@@ -28,12 +29,18 @@ struct PeerIdentity {
   std::string kind;        // "mtls", "serviceaccount", "static" or empty
   std::string namespace_;  // from the identity; empty when it names none
   std::string name;        // service account or static name
+  // When the credential that proved `identity` stops being valid (a client certificate's
+  // notAfter, a token's exp); InfiniteFuture for static tokens and unproven peers.
+  absl::Time expires = absl::InfiniteFuture();
   bool proven() const { return !identity.empty(); }
 };
 
 // The transport part of a call's identity: peer address and a verified client certificate's
 // SPIFFE ID (with namespace and service account when it has the certcast form).
 PeerIdentity TransportIdentity(const grpc::ServerContextBase& context);
+// The address part of a peer string ("ipv4:10.0.0.7:51234" → "ipv4:10.0.0.7",
+// "ipv6:[::1]:5000" → "ipv6:[::1]"): one per host, whatever its ports.
+std::string PeerAddress(const std::string& peer);
 // The bearer token of a call (`authorization: Bearer T`), empty when none.
 std::string BearerToken(const grpc::ServerContextBase& context);
 // Fills namespace_ and name from spiffe://TD/ns/NS/sa/SA; false when the ID has another form.

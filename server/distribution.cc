@@ -45,9 +45,9 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
   }
 
   // Writes a heartbeat when nothing else is waiting (any message proves liveness).
-  void OfferHeartbeat(const grpc::ByteBuffer& heartbeat) {
+  void OfferHeartbeat() {
     absl::MutexLock lock(&mu_);
-    state_.OfferHeartbeat(heartbeat);
+    state_.OfferHeartbeat();
     StartWriteLocked();
   }
 
@@ -71,11 +71,14 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
       finish_now = !write_in_flight_;
     }
     if (!status.ok()) hub_->CountStreamError(status.error_code());
-    // Shutdown (UNAVAILABLE) is not the client's fault and is not worth a line per stream.
+    // Shutdown (UNAVAILABLE) is not the client's fault and is not worth a line per stream; nor
+    // is a flood refused for its numbers (counted, and each one would be a line).
     if (!status.ok() && status.error_code() != grpc::StatusCode::UNAVAILABLE) {
       hub_->Count(&DistributionHub::AtomicCounters::streams_rejected);
-      spdlog::info("stream from {} ({}) ended with code {}: {}", peer, who,
-                   static_cast<int>(status.error_code()), status.error_message());
+      spdlog::log(status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED ? spdlog::level::debug
+                                                                              : spdlog::level::info,
+                  "stream from {} ({}) ended with code {}: {}", peer, who,
+                  static_cast<int>(status.error_code()), status.error_message());
     }
     if (finish_now) Finish(status);
   }
@@ -209,14 +212,13 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
     absl::StatusOr<std::vector<std::string>> names =
         state_.Admit(std::move(identity), denial_reason);
     if (!names.ok()) return ToGrpc(names.status());
-    grpc::ByteBuffer heartbeat;
     absl::StatusOr<std::vector<std::shared_ptr<const Publication>>> registered =
-        hub_->Register(this, state_.identity().identity, *names, &heartbeat);
+        hub_->Register(this, state_.identity(), *names);
     if (!registered.ok()) {
       hub_->authorizer_->Audit(state_.identity(), "Subscribe", "", registered.status());
       return ToGrpc(registered.status());
     }
-    state_.Subscribe(*registered, std::move(heartbeat));
+    state_.Subscribe(*registered);
     StartWriteLocked();
     return grpc::Status::OK;
   }
@@ -251,26 +253,9 @@ DistributionHub::DistributionHub(std::vector<std::string> names, Options options
     : options_(options), fleet_(fleet), authorizer_(authorizer), authenticator_(authenticator) {
   absl::MutexLock lock(&mu_);
   for (std::string& name : names) topics_[std::move(name)];
-  RebuildHeartbeatLocked();
 }
 
 DistributionHub::~DistributionHub() { Stop(); }
-
-void DistributionHub::RebuildHeartbeatLocked() {
-  v1::SubscribeResponse response;
-  v1::Heartbeat* heartbeat = response.mutable_heartbeat();
-  heartbeat->set_interval_seconds(static_cast<uint32_t>(
-      std::max<int64_t>(1, absl::ToInt64Seconds(options_.heartbeat_interval))));
-  for (const auto& [name, topic] : topics_) {
-    v1::CertificateVersion* version = heartbeat->add_versions();
-    version->set_name(name);
-    if (topic.current != nullptr) {
-      version->set_version(topic.current->version);
-      version->set_fingerprint(topic.current->info.fingerprint);
-    }
-  }
-  heartbeat_ = Serialize(response);
-}
 
 void DistributionHub::OnPublish(std::shared_ptr<const Publication> publication) {
   std::vector<SubscribeStream*> subscribers;
@@ -278,7 +263,6 @@ void DistributionHub::OnPublish(std::shared_ptr<const Publication> publication) 
     absl::MutexLock lock(&mu_);
     Topic& topic = topics_[publication->name];
     topic.current = publication;
-    RebuildHeartbeatLocked();
     subscribers.assign(topic.subscribers.begin(), topic.subscribers.end());
     for (SubscribeStream* stream : subscribers) stream->Ref();
   }
@@ -289,10 +273,10 @@ void DistributionHub::OnPublish(std::shared_ptr<const Publication> publication) 
 }
 
 absl::StatusOr<std::vector<std::shared_ptr<const Publication>>> DistributionHub::Register(
-    SubscribeStream* stream, const std::string& identity, const std::vector<std::string>& names,
-    grpc::ByteBuffer* heartbeat) {
+    SubscribeStream* stream, const PeerIdentity& peer, const std::vector<std::string>& names) {
   absl::MutexLock lock(&mu_);
-  awaiting_hello_.erase(stream);
+  LeaveAwaitingHelloLocked(stream);
+  const std::string& identity = peer.identity;
   if (!identity.empty()) {
     int& streams = streams_per_identity_[identity];
     if (streams >= options_.max_streams_per_identity) {
@@ -304,19 +288,34 @@ absl::StatusOr<std::vector<std::shared_ptr<const Publication>>> DistributionHub:
     ++streams;
     identity_of_[stream] = identity;
   }
+  if (peer.expires != absl::InfiniteFuture()) {
+    expiries_[stream] = Expiry{peer.expires, peer.kind == "mtls" ? "client certificate" : "token"};
+    ++wakeups_;
+  }
   std::vector<std::shared_ptr<const Publication>> current;
   for (const std::string& name : names) {
     Topic& topic = topics_[name];
     topic.subscribers.insert(stream);
     current.push_back(topic.current);
   }
-  *heartbeat = heartbeat_;
   return current;
+}
+
+void DistributionHub::LeaveAwaitingHelloLocked(SubscribeStream* stream) {
+  auto it = awaiting_hello_.find(stream);
+  if (it == awaiting_hello_.end()) return;
+  for (auto [counts, key] : {std::pair(&awaiting_per_connection_, &it->second.connection),
+                             std::pair(&awaiting_per_address_, &it->second.address)}) {
+    auto count = counts->find(*key);
+    if (count != counts->end() && --count->second <= 0) counts->erase(count);
+  }
+  awaiting_hello_.erase(it);
 }
 
 void DistributionHub::Unregister(SubscribeStream* stream) {
   absl::MutexLock lock(&mu_);
-  awaiting_hello_.erase(stream);
+  LeaveAwaitingHelloLocked(stream);
+  expiries_.erase(stream);
   if (auto it = identity_of_.find(stream); it != identity_of_.end()) {
     if (--streams_per_identity_[it->second] == 0) streams_per_identity_.erase(it->second);
     identity_of_.erase(it);
@@ -341,6 +340,8 @@ HubCounters DistributionHub::counters() {
   snapshot.acks = counters_.stream.acks.load();
   snapshot.nacks = counters_.stream.nacks.load();
   snapshot.stale_acks = counters_.stream.stale_acks.load();
+  snapshot.streams_expired = counters_.streams_expired.load();
+  snapshot.hellos_over_limit = counters_.hellos_over_limit.load();
   for (size_t code = 0; code < counters_.stream_errors.size(); ++code) {
     const uint64_t count = counters_.stream_errors[code].load();
     if (count == 0) continue;
@@ -358,9 +359,37 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* DistributionHub::Ne
     grpc::CallbackServerContext* context) {
   auto* stream = new SubscribeStream(this, context);
   Count(&AtomicCounters::streams_opened);
-  absl::MutexLock lock(&mu_);
-  streams_.insert(stream);
-  awaiting_hello_[stream] = absl::Now() + options_.hello_timeout;
+  std::string refusal;
+  {
+    absl::MutexLock lock(&mu_);
+    streams_.insert(stream);
+    // Streams that have not said hello cost memory and maybe a token review, and prove nothing:
+    // a bounded number per connection (the peer's port) and per address.
+    AwaitingHello awaiting{absl::Now() + options_.hello_timeout, context->peer(),
+                           PeerAddress(context->peer())};
+    int& per_connection = awaiting_per_connection_[awaiting.connection];
+    int& per_address = awaiting_per_address_[awaiting.address];
+    if (per_connection >= options_.max_awaiting_hello_per_connection) {
+      refusal = absl::StrCat("this connection already has ", per_connection,
+                             " streams waiting for their hello (the limit per connection)");
+    } else if (per_address >= options_.max_awaiting_hello_per_address) {
+      refusal = absl::StrCat("this address already has ", per_address,
+                             " streams waiting for their hello (the limit per address)");
+    }
+    if (refusal.empty()) {
+      ++per_connection;
+      ++per_address;
+      awaiting_hello_.emplace(stream, std::move(awaiting));
+      ++wakeups_;
+    } else {
+      if (per_connection == 0) awaiting_per_connection_.erase(awaiting.connection);
+      if (per_address == 0) awaiting_per_address_.erase(awaiting.address);
+    }
+  }
+  if (!refusal.empty()) {
+    Count(&AtomicCounters::hellos_over_limit);
+    stream->FinishWith(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, refusal));
+  }
   return stream;
 }
 
@@ -410,32 +439,42 @@ void DistributionHub::Housekeep() {
   absl::Time next_heartbeat = absl::Now() + options_.heartbeat_interval;
   while (true) {
     std::vector<SubscribeStream*> late;
+    std::vector<std::pair<SubscribeStream*, Expiry>> expired;
     std::vector<SubscribeStream*> all;
-    grpc::ByteBuffer heartbeat;
     {
       absl::MutexLock lock(&mu_);
       absl::Time wake = next_heartbeat;
-      for (const auto& [stream, deadline] : awaiting_hello_) wake = std::min(wake, deadline);
-      // Wakes early when stopping or when a new stream may have an earlier deadline.
-      const size_t awaiting = awaiting_hello_.size();
+      for (const auto& [stream, awaiting] : awaiting_hello_) {
+        wake = std::min(wake, awaiting.deadline);
+      }
+      for (const auto& [stream, expiry] : expiries_) wake = std::min(wake, expiry.at);
+      // Wakes early when stopping or when a new deadline may be earlier.
+      const uint64_t seen = wakeups_;
       auto wake_condition = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return stopping_ || awaiting_hello_.size() > awaiting;
+        return stopping_ || wakeups_ != seen;
       };
       mu_.AwaitWithDeadline(absl::Condition(&wake_condition), wake);
       if (stopping_) return;
       const absl::Time now = absl::Now();
       for (auto it = awaiting_hello_.begin(); it != awaiting_hello_.end();) {
-        if (it->second <= now) {
+        SubscribeStream* stream = it->first;
+        ++it;
+        if (awaiting_hello_.at(stream).deadline > now) continue;
+        stream->Ref();
+        late.push_back(stream);
+        LeaveAwaitingHelloLocked(stream);
+      }
+      for (auto it = expiries_.begin(); it != expiries_.end();) {
+        if (it->second.at <= now) {
           it->first->Ref();
-          late.push_back(it->first);
-          it = awaiting_hello_.erase(it);
+          expired.emplace_back(it->first, it->second);
+          it = expiries_.erase(it);
         } else {
           ++it;
         }
       }
       if (now >= next_heartbeat) {
         next_heartbeat = now + options_.heartbeat_interval;
-        heartbeat = heartbeat_;
         for (SubscribeStream* stream : streams_) {
           if (awaiting_hello_.count(stream) > 0) continue;
           stream->Ref();
@@ -449,8 +488,21 @@ void DistributionHub::Housekeep() {
           absl::StrCat("no hello within ", absl::FormatDuration(options_.hello_timeout))));
       stream->Unref();
     }
+    for (auto& [stream, expiry] : expired) {
+      // UNAUTHENTICATED with its own reason: the client reconnects with a fresh credential and
+      // never mistakes this for a revocation (--delete-on-revoke acts on not_allowed only).
+      Count(&AtomicCounters::streams_expired);
+      stream->FinishWith(
+          grpc::Status(
+              grpc::StatusCode::UNAUTHENTICATED,
+              absl::StrCat("the ", expiry.credential, " of this stream expired at ",
+                           absl::FormatTime(absl::RFC3339_sec, expiry.at, absl::UTCTimeZone()),
+                           "; reconnect with a fresh one")),
+          std::string(kDenialCredentialExpired));
+      stream->Unref();
+    }
     for (SubscribeStream* stream : all) {
-      stream->OfferHeartbeat(heartbeat);
+      stream->OfferHeartbeat();
       stream->Unref();
     }
   }

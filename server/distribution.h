@@ -7,8 +7,8 @@
 // reading costs bounded memory. Malformed input ends only that stream.
 //
 // Lock order: Publisher::mu_ → DistributionHub::mu_; SubscribeStream::mu_ → DistributionHub::mu_
-// → (nothing); SubscribeStream::mu_ → Fleet. The hub never holds its lock while calling into a
-// stream: it takes references, unlocks, then calls.
+// → (nothing); SubscribeStream::mu_ → Fleet, Authorizer. The hub never holds its lock while calling
+// into a stream: it takes references, unlocks, then calls.
 #ifndef CERTCAST_SERVER_DISTRIBUTION_H_
 #define CERTCAST_SERVER_DISTRIBUTION_H_
 
@@ -47,6 +47,8 @@ struct HubCounters {
   uint64_t acks = 0;
   uint64_t nacks = 0;
   uint64_t stale_acks = 0;
+  uint64_t streams_expired = 0;    // ended when their certificate or token expired
+  uint64_t hellos_over_limit = 0;  // refused: too many streams awaiting a hello
   // Streams the server ended with a non-OK status, by code name (e.g. "PERMISSION_DENIED").
   std::map<std::string, uint64_t> stream_errors;
 };
@@ -60,6 +62,10 @@ class DistributionHub final : public PublicationListener {
     size_t max_message_bytes = 64 * 1024;
     size_t max_certificates_per_hello = 64;
     int max_streams_per_identity = 16;  // RESOURCE_EXHAUSTED beyond it
+    // Streams that have not sent their hello yet (RESOURCE_EXHAUSTED beyond these): per
+    // connection, and per peer address across its connections. About 10 KiB each.
+    int max_awaiting_hello_per_connection = 64;
+    int max_awaiting_hello_per_address = 512;
   };
 
   // `authenticator` may be null: then only the transport (mTLS) identity counts.
@@ -74,6 +80,10 @@ class DistributionHub final : public PublicationListener {
   // Starts and stops the housekeeping thread (heartbeats, hello deadlines).
   void Start();
   void Stop();
+
+  // Ends each stream when the credential that proved its identity expires (a client
+  // certificate's notAfter, a token's exp) with UNAUTHENTICATED and the denial reason
+  // kDenialCredentialExpired, so its client reconnects with a fresh one.
 
   // Checks every stream against the authorizer again (after a policy change) and ends those that
   // lost their permission with PERMISSION_DENIED.
@@ -97,18 +107,29 @@ class DistributionHub final : public PublicationListener {
     std::set<SubscribeStream*> subscribers;
   };
 
-  // Subscribes `stream` (of `identity`, empty when unproven) to `names` (all known) and returns
-  // their current publications (null when a certificate has no version yet), plus the latest
-  // heartbeat. ResourceExhausted when the identity has too many streams.
+  struct AwaitingHello {
+    absl::Time deadline;
+    std::string connection;  // the peer string (address and port)
+    std::string address;     // PeerAddress of it
+  };
+  struct Expiry {
+    absl::Time at;
+    std::string credential;  // "client certificate" or "token", for the client's message
+  };
+  // Subscribes `stream` (of `peer`, unproven when its identity is empty) to `names` and returns
+  // their current publications (null when a certificate has no version yet). ResourceExhausted
+  // when the identity has too many streams.
   absl::StatusOr<std::vector<std::shared_ptr<const Publication>>> Register(
-      SubscribeStream* stream, const std::string& identity, const std::vector<std::string>& names,
-      grpc::ByteBuffer* heartbeat);
+      SubscribeStream* stream, const PeerIdentity& peer, const std::vector<std::string>& names);
   void Unregister(SubscribeStream* stream);
+  void LeaveAwaitingHelloLocked(SubscribeStream* stream) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool Known(const std::string& name);
   // Lock-free counters: streams bump them on the write path.
   struct AtomicCounters {
     std::atomic<uint64_t> streams_opened{0};
     std::atomic<uint64_t> streams_rejected{0};
+    std::atomic<uint64_t> streams_expired{0};
+    std::atomic<uint64_t> hellos_over_limit{0};
     StreamCounters stream;  // bumped by each stream's SubscriptionState
     std::array<std::atomic<uint64_t>, kStatusCodes> stream_errors{};
   };
@@ -121,7 +142,6 @@ class DistributionHub final : public PublicationListener {
       counters_.stream_errors[index].fetch_add(1, std::memory_order_relaxed);
     }
   }
-  void RebuildHeartbeatLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Housekeep();
 
   const Options options_;
@@ -132,10 +152,13 @@ class DistributionHub final : public PublicationListener {
   absl::Mutex mu_;
   std::map<std::string, Topic> topics_ ABSL_GUARDED_BY(mu_);
   std::set<SubscribeStream*> streams_ ABSL_GUARDED_BY(mu_);  // every live stream
-  std::map<SubscribeStream*, absl::Time> awaiting_hello_ ABSL_GUARDED_BY(mu_);
+  std::map<SubscribeStream*, AwaitingHello> awaiting_hello_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int> awaiting_per_connection_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int> awaiting_per_address_ ABSL_GUARDED_BY(mu_);
+  std::map<SubscribeStream*, Expiry> expiries_ ABSL_GUARDED_BY(mu_);
+  uint64_t wakeups_ ABSL_GUARDED_BY(mu_) = 0;  // bumped when the housekeeper may wake earlier
   std::map<std::string, int> streams_per_identity_ ABSL_GUARDED_BY(mu_);
   std::map<SubscribeStream*, std::string> identity_of_ ABSL_GUARDED_BY(mu_);
-  grpc::ByteBuffer heartbeat_ ABSL_GUARDED_BY(mu_);
   AtomicCounters counters_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread housekeeper_;

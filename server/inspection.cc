@@ -1,5 +1,6 @@
 #include "server/inspection.h"
 
+#include <functional>
 #include <string>
 
 #include "absl/strings/numbers.h"
@@ -10,33 +11,38 @@
 namespace certcast {
 namespace {
 
-grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* context, const grpc::Status& status) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(status);
-  return reactor;
-}
-
 grpc::Status ToGrpc(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
-// The caller's identity: transport, completed by its bearer token (may block on a TokenReview;
-// inspection calls are rare).
-absl::StatusOr<PeerIdentity> CallerOf(grpc::CallbackServerContext* context,
-                                      Authenticator* authenticator) {
-  PeerIdentity transport = TransportIdentity(*context);
-  if (authenticator == nullptr) return transport;
-  return authenticator->AuthenticateNow(std::move(transport), BearerToken(*context));
-}
-
 }  // namespace
 
-absl::StatusOr<InspectionScope> InspectionService::Scope(grpc::CallbackServerContext* context,
+grpc::ServerUnaryReactor* WithCaller(
+    grpc::CallbackServerContext* context, Authenticator* authenticator,
+    std::function<grpc::Status(const PeerIdentity& transport, absl::StatusOr<PeerIdentity> caller)>
+        handle) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  PeerIdentity transport = TransportIdentity(*context);
+  if (authenticator == nullptr) {
+    reactor->Finish(handle(transport, transport));
+    return reactor;
+  }
+  // A TokenReview runs on the authenticator's workers; this gRPC thread returns at once.
+  authenticator->Authenticate(
+      transport, BearerToken(*context),
+      [reactor, transport, handle = std::move(handle)](absl::StatusOr<PeerIdentity> caller) {
+        reactor->Finish(handle(transport, std::move(caller)));
+      },
+      [context] { return !context->IsCancelled(); });
+  return reactor;
+}
+
+absl::StatusOr<InspectionScope> InspectionService::Scope(const PeerIdentity& transport,
+                                                         absl::StatusOr<PeerIdentity> caller,
                                                          const std::string& method,
                                                          PeerIdentity* peer) {
-  absl::StatusOr<PeerIdentity> caller = CallerOf(context, authenticator_);
   if (!caller.ok()) {
-    authorizer_->Audit(TransportIdentity(*context), method, "", caller.status());
+    authorizer_->Audit(transport, method, "", caller.status());
     return caller.status();
   }
   *peer = *caller;
@@ -70,9 +76,20 @@ void FillVersionInfo(const VersionSummary& summary, v1::CertificateVersionInfo* 
 grpc::ServerUnaryReactor* InspectionService::ListCertificates(
     grpc::CallbackServerContext* context, const v1::ListCertificatesRequest* /*request*/,
     v1::ListCertificatesResponse* response) {
+  return WithCaller(
+      context, authenticator_,
+      [this, response](const PeerIdentity& transport, absl::StatusOr<PeerIdentity> caller) {
+        return ListCertificatesAs(transport, std::move(caller), response);
+      });
+}
+
+grpc::Status InspectionService::ListCertificatesAs(const PeerIdentity& transport,
+                                                   absl::StatusOr<PeerIdentity> caller,
+                                                   v1::ListCertificatesResponse* response) {
   PeerIdentity peer;
-  absl::StatusOr<InspectionScope> scope = Scope(context, "Inspection/ListCertificates", &peer);
-  if (!scope.ok()) return Done(context, ToGrpc(scope.status()));
+  absl::StatusOr<InspectionScope> scope =
+      Scope(transport, std::move(caller), "Inspection/ListCertificates", &peer);
+  if (!scope.ok()) return ToGrpc(scope.status());
   for (const std::string& name : publisher_->Names()) {
     if (!Visible(*scope, peer, name)) continue;
     std::optional<CertificateSnapshot> snapshot = publisher_->Snapshot(name);
@@ -93,24 +110,36 @@ grpc::ServerUnaryReactor* InspectionService::ListCertificates(
     summary->set_clients(counts.clients);
     summary->set_clients_acknowledged(counts.acknowledged);
   }
-  return Done(context, grpc::Status::OK);
+  return grpc::Status::OK;
 }
 
 grpc::ServerUnaryReactor* InspectionService::GetCertificate(
     grpc::CallbackServerContext* context, const v1::GetCertificateRequest* request,
     v1::Certificate* response) {
+  return WithCaller(context, authenticator_,
+                    [this, request, response](const PeerIdentity& transport,
+                                              absl::StatusOr<PeerIdentity> caller) {
+                      return GetCertificateAs(transport, std::move(caller), *request, response);
+                    });
+}
+
+grpc::Status InspectionService::GetCertificateAs(const PeerIdentity& transport,
+                                                 absl::StatusOr<PeerIdentity> caller,
+                                                 const v1::GetCertificateRequest& request,
+                                                 v1::Certificate* response) {
   PeerIdentity peer;
-  absl::StatusOr<InspectionScope> scope = Scope(context, "Inspection/GetCertificate", &peer);
-  if (!scope.ok()) return Done(context, ToGrpc(scope.status()));
-  if (request->name().empty()) {
-    return Done(context, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "name is required"));
+  absl::StatusOr<InspectionScope> scope =
+      Scope(transport, std::move(caller), "Inspection/GetCertificate", &peer);
+  if (!scope.ok()) return ToGrpc(scope.status());
+  if (request.name().empty()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "name is required");
   }
-  std::optional<CertificateSnapshot> snapshot = publisher_->Snapshot(request->name());
+  std::optional<CertificateSnapshot> snapshot = publisher_->Snapshot(request.name());
   // A certificate the caller may not receive is reported like one that does not exist.
-  if (!snapshot.has_value() || !Visible(*scope, peer, request->name())) {
-    return Done(context, grpc::Status(grpc::StatusCode::NOT_FOUND,
-                                      absl::StrCat("certificate \"", request->name(),
-                                                   "\" is not distributed by this server")));
+  if (!snapshot.has_value() || !Visible(*scope, peer, request.name())) {
+    return grpc::Status(
+        grpc::StatusCode::NOT_FOUND,
+        absl::StrCat("certificate \"", request.name(), "\" is not distributed by this server"));
   }
   response->set_name(snapshot->name);
   response->set_source(snapshot->source);
@@ -138,31 +167,43 @@ grpc::ServerUnaryReactor* InspectionService::GetCertificate(
   response->set_source_present(snapshot->source_present);
   response->set_source_read_error(snapshot->read_error);
   response->set_expiring_soon(snapshot->expiring_soon);
-  return Done(context, grpc::Status::OK);
+  return grpc::Status::OK;
 }
 
 grpc::ServerUnaryReactor* InspectionService::ListClients(grpc::CallbackServerContext* context,
                                                          const v1::ListClientsRequest* request,
                                                          v1::ListClientsResponse* response) {
+  return WithCaller(context, authenticator_,
+                    [this, request, response](const PeerIdentity& transport,
+                                              absl::StatusOr<PeerIdentity> caller) {
+                      return ListClientsAs(transport, std::move(caller), *request, response);
+                    });
+}
+
+grpc::Status InspectionService::ListClientsAs(const PeerIdentity& transport,
+                                              absl::StatusOr<PeerIdentity> caller,
+                                              const v1::ListClientsRequest& request,
+                                              v1::ListClientsResponse* response) {
   PeerIdentity peer;
-  absl::StatusOr<InspectionScope> scope = Scope(context, "Inspection/ListClients", &peer);
-  if (!scope.ok()) return Done(context, ToGrpc(scope.status()));
-  std::string namespace_filter = request->namespace_();
+  absl::StatusOr<InspectionScope> scope =
+      Scope(transport, std::move(caller), "Inspection/ListClients", &peer);
+  if (!scope.ok()) return ToGrpc(scope.status());
+  std::string namespace_filter = request.namespace_();
   if (!scope->everything) {
     if (!namespace_filter.empty() && namespace_filter != scope->namespace_) {
-      return Done(context, grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
-                                        "only admins may list clients of other namespaces"));
+      return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                          "only admins may list clients of other namespaces");
     }
     namespace_filter = scope->namespace_;
   }
   uint64_t after = 0;
-  if (!request->page_token().empty() && !absl::SimpleAtoi(request->page_token(), &after)) {
-    return Done(context, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                      "page_token is not a token returned by ListClients"));
+  if (!request.page_token().empty() && !absl::SimpleAtoi(request.page_token(), &after)) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "page_token is not a token returned by ListClients");
   }
-  uint32_t page_size = request->page_size() == 0 ? kDefaultPageSize : request->page_size();
+  uint32_t page_size = request.page_size() == 0 ? kDefaultPageSize : request.page_size();
   page_size = std::min(page_size, kMaxPageSize);
-  Fleet::Page page = fleet_->List(namespace_filter, request->name(), page_size, after);
+  Fleet::Page page = fleet_->List(namespace_filter, request.name(), page_size, after);
   for (const ClientRecord& record : page.clients) {
     v1::ClientInfo* info = response->add_clients();
     info->set_client_id(record.client_id);
@@ -189,37 +230,45 @@ grpc::ServerUnaryReactor* InspectionService::ListClients(grpc::CallbackServerCon
     }
   }
   response->set_next_page_token(page.next_page_token);
-  return Done(context, grpc::Status::OK);
+  return grpc::Status::OK;
 }
 
 grpc::ServerUnaryReactor* AdminService::Rollback(grpc::CallbackServerContext* context,
                                                  const v1::RollbackRequest* request,
                                                  v1::RollbackResponse* response) {
-  absl::StatusOr<PeerIdentity> caller = CallerOf(context, authenticator_);
+  return WithCaller(context, authenticator_,
+                    [this, request, response](const PeerIdentity& transport,
+                                              absl::StatusOr<PeerIdentity> caller) {
+                      return RollbackAs(transport, std::move(caller), *request, response);
+                    });
+}
+
+grpc::Status AdminService::RollbackAs(const PeerIdentity& transport,
+                                      absl::StatusOr<PeerIdentity> caller,
+                                      const v1::RollbackRequest& request,
+                                      v1::RollbackResponse* response) {
   if (!caller.ok()) {
-    authorizer_->Audit(TransportIdentity(*context), "Admin/Rollback", request->name(),
-                       caller.status());
-    return Done(context, ToGrpc(caller.status()));
+    authorizer_->Audit(transport, "Admin/Rollback", request.name(), caller.status());
+    return ToGrpc(caller.status());
   }
   const PeerIdentity& peer = *caller;
   absl::Status allowed = authorizer_->AuthorizeAdmin(peer);
   if (!allowed.ok()) {
-    authorizer_->Audit(peer, "Admin/Rollback", request->name(), allowed);
-    return Done(context, ToGrpc(allowed));
+    authorizer_->Audit(peer, "Admin/Rollback", request.name(), allowed);
+    return ToGrpc(allowed);
   }
-  if (request->name().empty() || request->version() == 0) {
-    return Done(context,
-                grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "name and version are required"));
+  if (request.name().empty() || request.version() == 0) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "name and version are required");
   }
-  absl::StatusOr<RollbackResult> result = publisher_->Rollback(request->name(), request->version());
-  authorizer_->Audit(peer, "Admin/Rollback", request->name(),
+  absl::StatusOr<RollbackResult> result = publisher_->Rollback(request.name(), request.version());
+  authorizer_->Audit(peer, "Admin/Rollback", request.name(),
                      result.ok() ? absl::OkStatus() : result.status());
-  if (!result.ok()) return Done(context, ToGrpc(result.status()));
-  response->set_name(request->name());
+  if (!result.ok()) return ToGrpc(result.status());
+  response->set_name(request.name());
   response->set_version(result->version);
   response->set_rolled_back_from(result->rolled_back_from);
   response->set_fingerprint(result->fingerprint);
-  return Done(context, grpc::Status::OK);
+  return grpc::Status::OK;
 }
 
 }  // namespace certcast

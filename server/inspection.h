@@ -1,8 +1,12 @@
 // certcast.v1.Inspection (read-only; never returns key material) and certcast.v1.Admin.
+// Callers are authenticated without blocking a gRPC thread: a TokenReview runs on the
+// authenticator's workers and the call finishes from there.
 // Thread-safe; does not own what it is given. `authenticator` may be null (transport identity
 // only).
 #ifndef CERTCAST_SERVER_INSPECTION_H_
 #define CERTCAST_SERVER_INSPECTION_H_
+
+#include <functional>
 
 #include "certcast/v1/certcast.grpc.pb.h"
 #include "server/authentication.h"
@@ -37,8 +41,19 @@ class InspectionService final : public v1::Inspection::CallbackService {
   static constexpr uint32_t kMaxPageSize = 1000;
 
  private:
+  // The calls, once the caller is authenticated (or its authentication failed).
+  grpc::Status ListCertificatesAs(const PeerIdentity& transport,
+                                  absl::StatusOr<PeerIdentity> caller,
+                                  v1::ListCertificatesResponse* response);
+  grpc::Status GetCertificateAs(const PeerIdentity& transport, absl::StatusOr<PeerIdentity> caller,
+                                const v1::GetCertificateRequest& request,
+                                v1::Certificate* response);
+  grpc::Status ListClientsAs(const PeerIdentity& transport, absl::StatusOr<PeerIdentity> caller,
+                             const v1::ListClientsRequest& request,
+                             v1::ListClientsResponse* response);
   // The caller's scope, or the (audited) denial.
-  absl::StatusOr<InspectionScope> Scope(grpc::CallbackServerContext* context,
+  absl::StatusOr<InspectionScope> Scope(const PeerIdentity& transport,
+                                        absl::StatusOr<PeerIdentity> caller,
                                         const std::string& method, PeerIdentity* peer);
   // Whether a scoped caller may see certificate `name`.
   bool Visible(const InspectionScope& scope, const PeerIdentity& peer, const std::string& name);
@@ -59,10 +74,22 @@ class AdminService final : public v1::Admin::CallbackService {
                                      v1::RollbackResponse* response) override;
 
  private:
+  grpc::Status RollbackAs(const PeerIdentity& transport, absl::StatusOr<PeerIdentity> caller,
+                          const v1::RollbackRequest& request, v1::RollbackResponse* response);
+
   Publisher* const publisher_;
   Authorizer* const authorizer_;
   Authenticator* const authenticator_;
 };
+
+// Starts a unary call: authenticates the caller (inline when no TokenReview is needed, else on
+// the authenticator's workers), then finishes the call with what `handle` returns. `handle` runs
+// exactly once, on whichever thread has the identity; it may use the request and response,
+// which live until the call finishes.
+grpc::ServerUnaryReactor* WithCaller(
+    grpc::CallbackServerContext* context, Authenticator* authenticator,
+    std::function<grpc::Status(const PeerIdentity& transport, absl::StatusOr<PeerIdentity> caller)>
+        handle);
 
 // Fills `info` from a version summary (no key material exists in a summary).
 void FillVersionInfo(const VersionSummary& summary, v1::CertificateVersionInfo* info);

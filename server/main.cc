@@ -50,9 +50,16 @@ ABSL_FLAG(std::string, token_map, "",
           "outside Kubernetes (the file never holds the tokens).");
 ABSL_FLAG(std::string, trust_domain, "",
           "SPIFFE trust domain of client certificates (e.g. cluster.local): certificates from "
-          "other domains are refused. Empty: any domain the --client-ca verifies.");
+          "other domains are refused. Required with --client-ca; \"*\" accepts any domain the "
+          "--client-ca verifies (with a warning).");
 ABSL_FLAG(int, max_streams_per_identity, 16,
           "Concurrent Subscribe streams one identity may hold (RESOURCE_EXHAUSTED beyond).");
+ABSL_FLAG(int, max_hello_pending_per_connection, 64,
+          "Streams one connection may hold open before their hello is authenticated "
+          "(RESOURCE_EXHAUSTED beyond).");
+ABSL_FLAG(int, max_hello_pending_per_address, 512,
+          "Streams one peer address may hold open, over all its connections, before their hello "
+          "is authenticated (RESOURCE_EXHAUSTED beyond).");
 ABSL_FLAG(bool, insecure, false,
           "Serve without TLS. Private keys then cross the network in plaintext: local "
           "development only.");
@@ -177,6 +184,10 @@ int main(int argc, char** argv) {
   options.token_map_file = absl::GetFlag(FLAGS_token_map);
   options.trust_domain = absl::GetFlag(FLAGS_trust_domain);
   options.distribution.max_streams_per_identity = absl::GetFlag(FLAGS_max_streams_per_identity);
+  options.distribution.max_awaiting_hello_per_connection =
+      absl::GetFlag(FLAGS_max_hello_pending_per_connection);
+  options.distribution.max_awaiting_hello_per_address =
+      absl::GetFlag(FLAGS_max_hello_pending_per_address);
   options.insecure = absl::GetFlag(FLAGS_insecure);
   options.health_listen = absl::GetFlag(FLAGS_health_listen);
   options.distribution.heartbeat_interval = absl::GetFlag(FLAGS_heartbeat_interval);

@@ -107,11 +107,24 @@ absl::Status CheckOptions(const ServerOptions& options) {
   if (!options.client_ca.empty() && !tls) {
     return absl::InvalidArgumentError("--client-ca needs --tls-cert and --tls-key");
   }
+  // A client CA may sign for several SPIFFE trust domains (clusters sharing a CA): without a
+  // domain, cluster B's ns/tenant-a would be handed cluster A's tenant-a material.
+  if (!options.client_ca.empty() && options.trust_domain.empty()) {
+    return absl::InvalidArgumentError(
+        "--client-ca needs --trust-domain (the SPIFFE trust domain of client certificates, e.g. "
+        "cluster.local); --trust-domain=* accepts any domain the CA signs for (not recommended)");
+  }
   if (options.publisher.expiry_warning < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("--expiry-warning must not be negative");
   }
   if (options.distribution.max_streams_per_identity < 1) {
     return absl::InvalidArgumentError("--max-streams-per-identity must be at least 1");
+  }
+  if (options.distribution.max_awaiting_hello_per_connection < 1 ||
+      options.distribution.max_awaiting_hello_per_address < 1) {
+    return absl::InvalidArgumentError(
+        "--max-hello-pending-per-connection and --max-hello-pending-per-address must be at "
+        "least 1");
   }
   return absl::OkStatus();
 }
@@ -289,7 +302,14 @@ absl::Status CertcastServer::SetUpIdentities(Filesystem* fs, const Clock* clock,
         "no --policy: this server hands out NO key material (every Subscribe is "
         "PERMISSION_DENIED) until a policy names who may receive what");
   }
-  authorizer_ = std::make_unique<PolicyAuthorizer>(policy_.get(), options_.trust_domain);
+  std::string trust_domain = options_.trust_domain;
+  if (trust_domain == "*") {
+    spdlog::warn(
+        "--trust-domain=*: client certificates from ANY SPIFFE trust domain the --client-ca signs "
+        "for are accepted; spiffe://other-cluster/ns/NS/... receives what NS may receive");
+    trust_domain.clear();
+  }
+  authorizer_ = std::make_unique<PolicyAuthorizer>(policy_.get(), trust_domain);
   if (!options_.token_map_file.empty()) {
     ASSIGN_OR_RETURN(std::string text, fs->ReadFile(options_.token_map_file));
     ASSIGN_OR_RETURN(TokenMap map, TokenMap::Parse(text, options_.token_map_file));
@@ -299,8 +319,10 @@ absl::Status CertcastServer::SetUpIdentities(Filesystem* fs, const Clock* clock,
     ASSIGN_OR_RETURN(kube::KubeApi * api, Kube(fs));
     token_reviewer_ = std::make_unique<KubeTokenReviewer>(api, options_.token_audience);
   }
+  Authenticator::Options authentication;
+  authentication.jwt_audience = options_.token_audience;  // refuse non-JWTs before any review
   authenticator_ = std::make_unique<Authenticator>(token_reviewer_.get(), token_map_.get(), clock,
-                                                   Authenticator::Options());
+                                                   authentication);
   return absl::OkStatus();
 }
 

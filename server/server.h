@@ -49,7 +49,7 @@ struct ServerOptions {
   std::string policy_file;     // who may receive what; without it a TLS server hands out nothing
   std::string token_audience;  // accept ServiceAccount tokens for this audience (TokenReview)
   std::string token_map_file;  // accept static tokens listed (by hash) in this file
-  std::string trust_domain;    // when set, client certificates must be from this SPIFFE domain
+  std::string trust_domain;    // client certificates must be from this SPIFFE domain ("*": any)
   bool insecure = false;
   std::string health_listen;  // empty: no plain-HTTP probe endpoint
   absl::Duration tls_refresh_interval = absl::Seconds(10);

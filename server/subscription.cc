@@ -104,10 +104,6 @@ absl::StatusOr<SubscriptionState::Next> SubscriptionState::ReceiveHello(const v1
       return absl::InvalidArgumentError(
           absl::StrCat("hello names certificate \"", held.name(), "\" twice"));
     }
-    if (!known_(held.name())) {
-      return absl::NotFoundError(
-          absl::StrCat("certificate \"", held.name(), "\" is not distributed by this server"));
-    }
     names.push_back(held.name());
   }
   hello_ = hello;
@@ -125,6 +121,12 @@ absl::StatusOr<std::vector<std::string>> SubscriptionState::Admit(
   }
   for (const std::string& name : names_) {
     absl::Status allowed = authorizer_->AuthorizeSubscribe(*identity, hello_->namespace_(), name);
+    // Only a name granted to this identity can be unknown: the policy grants certificates by
+    // name, so a name nobody distributes is refused above like any name not granted.
+    if (allowed.ok() && !known_(name)) {
+      allowed = absl::NotFoundError(
+          absl::StrCat("certificate \"", name, "\" is not distributed by this server"));
+    }
     if (!allowed.ok()) {
       authorizer_->Audit(*identity, "Subscribe", name, allowed);
       *denial_reason = DenialReason(allowed);
@@ -135,11 +137,11 @@ absl::StatusOr<std::vector<std::string>> SubscriptionState::Admit(
   identity_.kind = identity->kind;
   identity_.namespace_ = identity->namespace_;
   identity_.name = identity->name;
+  identity_.expires = identity->expires;  // the stream ends when the credential does
   return names_;
 }
 
-void SubscriptionState::Subscribe(const std::vector<std::shared_ptr<const Publication>>& current,
-                                  grpc::ByteBuffer heartbeat) {
+void SubscriptionState::Subscribe(const std::vector<std::shared_ptr<const Publication>>& current) {
   if (!hello_.has_value() || finished_ || current.size() != names_.size()) return;
   const v1::Hello hello = *std::move(hello_);
   hello_.reset();
@@ -155,12 +157,13 @@ void SubscriptionState::Subscribe(const std::vector<std::shared_ptr<const Public
   namespace_ = hello.namespace_();
   client_id_ = hello.client_id();
   fleet_id_ = fleet_->Connect(std::move(record));
-  for (const std::string& name : names_) subscriptions_.push_back(Subscription{name, 0, nullptr});
-  pending_.push_back(Outgoing{Outgoing::kHeartbeat, 0, nullptr, std::move(heartbeat)});
+  for (size_t i = 0; i < names_.size(); ++i) {
+    subscriptions_.push_back(Subscription{names_[i], 0, current[i]});
+  }
+  pending_.push_back(Outgoing{Outgoing::kHeartbeat, 0, nullptr, Serialize(Heartbeat())});
   for (size_t i = 0; i < names_.size(); ++i) {
     const std::shared_ptr<const Publication>& publication = current[i];
     if (publication == nullptr) continue;  // pushed when its first version appears
-    subscriptions_[i].current = publication;
     const v1::HeldCertificate& held = hello.certificates(static_cast<int>(i));
     if (held.fingerprint() == publication->info.fingerprint &&
         held.version() == publication->version) {
@@ -194,9 +197,26 @@ void SubscriptionState::OfferUpdate(const std::shared_ptr<const Publication>& pu
   }
 }
 
-void SubscriptionState::OfferHeartbeat(const grpc::ByteBuffer& heartbeat) {
+void SubscriptionState::OfferHeartbeat() {
   if (finished_ || !subscribed() || !pending_.empty()) return;
-  pending_.push_back(Outgoing{Outgoing::kHeartbeat, 0, nullptr, heartbeat});
+  pending_.push_back(Outgoing{Outgoing::kHeartbeat, 0, nullptr, Serialize(Heartbeat())});
+}
+
+v1::SubscribeResponse SubscriptionState::Heartbeat() const {
+  v1::SubscribeResponse response;
+  v1::Heartbeat* heartbeat = response.mutable_heartbeat();
+  heartbeat->set_interval_seconds(static_cast<uint32_t>(
+      std::max<int64_t>(1, absl::ToInt64Seconds(options_.heartbeat_interval))));
+  // Only this stream's certificates: a tenant must not hear of what it was not granted.
+  for (const Subscription& subscription : subscriptions_) {
+    v1::CertificateVersion* version = heartbeat->add_versions();
+    version->set_name(subscription.name);
+    if (subscription.current != nullptr) {
+      version->set_version(subscription.current->version);
+      version->set_fingerprint(subscription.current->info.fingerprint);
+    }
+  }
+  return response;
 }
 
 void SubscriptionState::EnqueueUpdate(size_t index,

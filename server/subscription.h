@@ -81,22 +81,28 @@ class SubscriptionState {
   absl::StatusOr<Next> Receive(const v1::SubscribeRequest& request);
 
   // The hello's second half, once the peer's identity is known (or its authentication failed):
-  // every named certificate must be granted to the identity. On success returns the names to
-  // register with the hub, in hello order; otherwise how the stream ends.
+  // every named certificate must be granted to the identity, then distributed by this server
+  // (NotFound only for a granted name). Nothing about names is said before authentication, and
+  // the authorizer refuses a name that is not distributed like one that is not granted, so
+  // nobody learns which names exist. On
+  // success returns the names to register with the hub, in hello order; otherwise how the stream
+  // ends.
   absl::StatusOr<std::vector<std::string>> Admit(absl::StatusOr<PeerIdentity> identity,
                                                  std::string* denial_reason);
 
   // Registration succeeded: `current` holds the current publication of each admitted name (null
   // when it has none yet), in the order Admit() returned. Records the client with the fleet and
   // queues the first messages (a heartbeat, then an in-sync or update per certificate).
-  void Subscribe(const std::vector<std::shared_ptr<const Publication>>& current,
-                 grpc::ByteBuffer heartbeat);
+  void Subscribe(const std::vector<std::shared_ptr<const Publication>>& current);
 
   // A new version of a subscribed certificate: queued unless this version or a newer one was
   // already queued; it replaces a queued, unwritten one (latest wins). Ignored for other names.
   void OfferUpdate(const std::shared_ptr<const Publication>& publication);
-  // Queues a heartbeat unless something else is waiting (any message proves liveness).
-  void OfferHeartbeat(const grpc::ByteBuffer& heartbeat);
+  // Queues a heartbeat unless something else is waiting (any message proves liveness). A
+  // heartbeat names only this stream's certificates, each with the newest version offered.
+  void OfferHeartbeat();
+  // The heartbeat OfferHeartbeat would queue.
+  v1::SubscribeResponse Heartbeat() const;
 
   // The next message to write, when none is in flight; marks it in flight and records it as
   // sent. nullopt when nothing is due or a write is in flight.

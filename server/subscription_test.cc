@@ -84,8 +84,10 @@ class SubscriptionStateTest : public ::testing::Test {
       : fleet_(&clock_, absl::Hours(1)),
         state_(
             SubscriptionState::Options(), Transport(),
-            [](const std::string& name) { return name == "web" || name == "api"; }, &fleet_,
-            &authorizer_, &counters_) {}
+            [](const std::string& name) {
+              return name == "web" || name == "api" || name == "secret-b";
+            },
+            &fleet_, &authorizer_, &counters_) {}
 
   // Hello for `names`, authenticated as tenant-a, subscribed with `current`.
   void Subscribe(const std::vector<std::string>& names,
@@ -94,7 +96,7 @@ class SubscriptionStateTest : public ::testing::Test {
     std::string denial;
     absl::StatusOr<std::vector<std::string>> admitted = state_.Admit(TenantA(), &denial);
     ASSERT_TRUE(admitted.ok()) << admitted.status();
-    state_.Subscribe(current, grpc::ByteBuffer());
+    state_.Subscribe(current);
   }
 
   // Takes writes until none is due, completing each; returns their kinds.
@@ -139,7 +141,7 @@ TEST_F(SubscriptionStateTest, ClientHoldingTheCurrentVersionGetsInSync) {
             SubscriptionState::Next::kAuthenticate);
   std::string denial;
   ASSERT_TRUE(state_.Admit(TenantA(), &denial).ok());
-  state_.Subscribe({web}, grpc::ByteBuffer());
+  state_.Subscribe({web});
   EXPECT_EQ(Drain(), (std::vector<Outgoing::Kind>{Outgoing::kHeartbeat, Outgoing::kInSync}));
   EXPECT_EQ(counters_.updates_written.load(), 0u);
 }
@@ -206,6 +208,58 @@ TEST_F(SubscriptionStateTest, NothingIsWrittenAfterFinish) {
   state_.Finish();
   state_.OfferUpdate(Version("web", 2));
   EXPECT_FALSE(state_.TakeWrite().has_value());
+}
+
+// A heartbeat names only the stream's own certificates (with their newest versions), never the
+// other certificates the server distributes (issue 10, item 6).
+TEST_F(SubscriptionStateTest, HeartbeatNamesOnlySubscribedCertificates) {
+  Subscribe({"web"}, {Version("web", 1)});
+  state_.OfferUpdate(Version("secret-b", 7));  // another tenant's certificate
+  state_.OfferUpdate(Version("web", 2));
+  const v1::SubscribeResponse heartbeat = state_.Heartbeat();
+  ASSERT_EQ(heartbeat.heartbeat().versions_size(), 1);
+  EXPECT_EQ(heartbeat.heartbeat().versions(0).name(), "web");
+  EXPECT_EQ(heartbeat.heartbeat().versions(0).version(), 2u);
+  EXPECT_EQ(heartbeat.heartbeat().versions(0).fingerprint(), "web-fp-2");
+}
+
+// Before authentication nothing is said about names; afterwards a name this server does not
+// distribute gets exactly the answer of a name not granted (issue 10, item 7).
+TEST_F(SubscriptionStateTest, UnknownAndNotGrantedNamesGetTheSameAnswer) {
+  auto answer = [&](const std::string& name) {
+    SubscriptionState state(
+        SubscriptionState::Options(), Transport(),
+        [](const std::string& known) { return known == "secret-b"; }, &fleet_, &authorizer_,
+        &counters_);
+    absl::StatusOr<SubscriptionState::Next> next = state.Receive(Hello({name}));
+    EXPECT_TRUE(next.ok()) << "refused before authentication: " << next.status();
+    std::string denial;
+    absl::StatusOr<std::vector<std::string>> admitted = state.Admit(TenantA(), &denial);
+    EXPECT_FALSE(admitted.ok());
+    std::string message(admitted.status().message());
+    message.replace(message.find(name), name.size(), "NAME");
+    return std::make_pair(admitted.status().code(), message);
+  };
+  EXPECT_EQ(answer("does-not-exist"), answer("secret-b"));
+  EXPECT_EQ(answer("secret-b").first, absl::StatusCode::kPermissionDenied);
+}
+
+// An unauthenticated peer learns nothing about names either: its hello is refused for its
+// identity, whatever it names.
+TEST_F(SubscriptionStateTest, UnauthenticatedPeerLearnsNothingAboutNames) {
+  ASSERT_TRUE(state_.Receive(Hello({"does-not-exist"})).ok());
+  std::string denial;
+  absl::StatusOr<std::vector<std::string>> admitted =
+      state_.Admit(absl::UnauthenticatedError("no client identity"), &denial);
+  EXPECT_EQ(admitted.status().code(), absl::StatusCode::kUnauthenticated);
+}
+
+// A name granted (by the policy) but not distributed here is NotFound: only its grantee learns.
+TEST_F(SubscriptionStateTest, GrantedButUnknownNameIsNotFound) {
+  authorizer_.allowed.insert("retired");
+  ASSERT_TRUE(state_.Receive(Hello({"retired"})).ok());
+  std::string denial;
+  EXPECT_EQ(state_.Admit(TenantA(), &denial).status().code(), absl::StatusCode::kNotFound);
 }
 
 }  // namespace

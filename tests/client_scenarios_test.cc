@@ -80,7 +80,7 @@ class ClientScenarioTest : public ::testing::Test {
         std::vector<std::string>{
             absl::StrCat("--listen=127.0.0.1:", port_), "--tls-cert=" + tmp_.Join("server.crt"),
             "--tls-key=" + tmp_.Join("server.key"), "--client-ca=" + tmp_.Join("client-ca.pem"),
-            "--policy=" + tmp_.Join("policy.yaml"), "--certificate=wildcard=" + tmp_.Join("source"),
+            "--trust-domain=cluster.local", "--policy=" + tmp_.Join("policy.yaml"), "--certificate=wildcard=" + tmp_.Join("source"),
             "--state-dir=" + tmp_.Join("server-state"), "--quiet-period=20ms"},
         tmp_.Join(absl::StrCat("server", ++server_starts_, ".log")));
     ASSERT_NE(server_->WaitForPort(), 0) << server_->log();

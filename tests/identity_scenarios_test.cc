@@ -9,7 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "common/certificate.h"
 #include "common/filesystem.h"
 #include "gmock/gmock.h"
@@ -40,6 +42,20 @@ admins:
 void WriteText(const std::string& path, const std::string& text) {
   PosixFilesystem fs;
   ASSERT_TRUE(WriteFileAtomically(fs, path, text, 0600).ok());
+}
+
+// A token shaped like a projected ServiceAccount token (a JWT; the fake API does not check the
+// signature, the real one would) for `audience`, expiring at `exp`, unique by `id`.
+std::string Jwt(const std::string& audience, absl::Time exp, const std::string& id) {
+  auto b64 = [](const std::string& text) {
+    std::string out;
+    absl::WebSafeBase64Escape(text, &out);
+    return out;
+  };
+  return absl::StrCat(b64(R"({"alg":"RS256","kid":"test"})"), ".",
+                      b64(absl::StrCat(R"({"aud":[")", audience, R"("],"exp":)",
+                                       absl::ToUnixSeconds(exp), R"(,"jti":")", id, R"("})")),
+                      ".", b64("signature-" + id));
 }
 
 class IdentityScenarioTest : public ::testing::Test {
@@ -77,11 +93,14 @@ class IdentityScenarioTest : public ::testing::Test {
       "cluster_roles": [{"subjects": ["system:serviceaccount:certcast-system:certcast-server"],
                          "rules": [{"apiGroups": ["authentication.k8s.io"],
                                     "resources": ["tokenreviews"], "verbs": ["create"]}]}],
-      "reviewable_tokens": {
-        "sa-tenant-a": {"username": "system:serviceaccount:tenant-a:certcast-client",
-                        "audiences": ["certcast"]},
-        "sa-for-vault": {"username": "system:serviceaccount:tenant-a:certcast-client",
-                         "audiences": ["vault"]}}})");
+      "reviewable_tokens": {}})");
+    const Json tenant_a = {{"username", "system:serviceaccount:tenant-a:certcast-client"},
+                           {"audiences", {"certcast"}}};
+    config["reviewable_tokens"][sa_tenant_a_] = tenant_a;
+    config["reviewable_tokens"][sa_short_lived_] = tenant_a;
+    config["reviewable_tokens"][sa_renewed_] = tenant_a;
+    config["reviewable_tokens"][sa_for_vault_] = {
+        {"username", "system:serviceaccount:tenant-a:certcast-client"}, {"audiences", {"vault"}}};
     WriteText(tmp_.Join("kube.json"), config.dump());
     kube_ = std::make_unique<ChildProcess>(
         CERTCAST_PYTHON,
@@ -174,6 +193,11 @@ class IdentityScenarioTest : public ::testing::Test {
   Issued server_ca_;
   Issued client_ca_;
   Issued operator_;
+  // ServiceAccount tokens the fake API knows (JWT-shaped, as the server's precheck requires).
+  const std::string sa_tenant_a_ = Jwt("certcast", absl::Now() + absl::Hours(1), "tenant-a");
+  const std::string sa_for_vault_ = Jwt("vault", absl::Now() + absl::Hours(1), "vault");
+  const std::string sa_short_lived_ = Jwt("certcast", absl::Now() + absl::Seconds(10), "short");
+  const std::string sa_renewed_ = Jwt("certcast", absl::Now() + absl::Hours(1), "renewed");
   std::unique_ptr<ChildProcess> kube_;
   int kube_port_ = 0;
   std::unique_ptr<ChildProcess> server_;
@@ -210,15 +234,18 @@ TEST_F(IdentityScenarioTest, DenialMatrix) {
   ExpectDenied(Subscribe(Channel(&foreign), "tenant-a"), grpc::StatusCode::PERMISSION_DENIED,
                "is not in trust domain \"cluster.local\"");
   // 7. A ServiceAccount token for the right audience.
-  EXPECT_TRUE(Subscribe(Channel(), "tenant-a", "sa-tenant-a").got_update);
+  EXPECT_TRUE(Subscribe(Channel(), "tenant-a", sa_tenant_a_).got_update);
   // 8. A ServiceAccount token for another audience.
-  ExpectDenied(Subscribe(Channel(), "tenant-a", "sa-for-vault"), grpc::StatusCode::UNAUTHENTICATED,
+  ExpectDenied(Subscribe(Channel(), "tenant-a", sa_for_vault_), grpc::StatusCode::UNAUTHENTICATED,
                "audience \"certcast\"");
-  // 9. A token nobody knows.
+  // 9. A token that is not even a JWT (refused before any TokenReview).
   ExpectDenied(Subscribe(Channel(), "tenant-a", "made-up"), grpc::StatusCode::UNAUTHENTICATED,
-               "not accepted");
+               "not a usable JWT");
+  // 9b. A JWT for the right audience that the API does not know.
+  ExpectDenied(Subscribe(Channel(), "tenant-a", Jwt("certcast", absl::Now() + absl::Hours(1), "x")),
+               grpc::StatusCode::UNAUTHENTICATED, "not accepted");
   // 10. A valid token whose namespace differs from the hello's.
-  ExpectDenied(Subscribe(Channel(), "tenant-c", "sa-tenant-a"), grpc::StatusCode::PERMISSION_DENIED,
+  ExpectDenied(Subscribe(Channel(), "tenant-c", sa_tenant_a_), grpc::StatusCode::PERMISSION_DENIED,
                "belongs to namespace \"tenant-a\"");
   // 11. A static token for an allowed namespace (a host outside Kubernetes).
   EXPECT_TRUE(Subscribe(Channel(), "edge", "static-edge-secret").got_update);
@@ -385,6 +412,143 @@ TEST_F(IdentityScenarioTest, ClientTokenFileIsReadOnEveryConnect) {
   struct stat st;
   EXPECT_EQ(stat(tmp_.Join("out-edge/wildcard/tls.key").c_str(), &st), 0);
   EXPECT_THAT(client.log(), ::testing::Not(HasSubstr("static-edge-secret")));
+}
+
+// The fake API's control endpoint (no authentication).
+class FakeApiControl {
+ public:
+  FakeApiControl(int port, const std::string& ca_file, const std::string& token_file)
+      : api_(kube::KubeConfig{absl::StrCat("https://localhost:", port), token_file, ca_file},
+             &fs_) {}
+  Json Call(const std::string& method, const std::string& path, const Json& body = Json()) {
+    absl::StatusOr<Json> result = api_.Request(
+        method, "/_control/" + path, body.is_null() ? nullptr : &body, "application/json");
+    EXPECT_TRUE(result.ok()) << result.status();
+    return result.ok() ? *result : Json();
+  }
+  // TokenReviews the API received since the last Clear.
+  int TokenReviews() {
+    int reviews = 0;
+    for (const Json& request : Call("GET", "requests")) {
+      if (request.value("path", "").find("tokenreviews") != std::string::npos) ++reviews;
+    }
+    return reviews;
+  }
+
+ private:
+  PosixFilesystem fs_;
+  kube::CurlKubeApi api_;
+};
+
+// Item 2: a flood of made-up bearer tokens over one connection sends no TokenReview at all
+// (they cannot be JWTs for our audience), and legitimate ServiceAccount clients are served
+// meanwhile.
+TEST_F(IdentityScenarioTest, TokenFloodSendsNoReviewsAndLegitimateClientsAreServed) {
+  FakeApiControl control(kube_port_, tmp_.Join("server-ca.pem"), tmp_.Join("server-sa.token"));
+  control.Call("DELETE", "requests");
+  auto flood_channel = Channel();
+  std::vector<std::unique_ptr<TestSubscriber>> flood;
+  v1::HeldCertificate held;
+  held.set_name("wildcard");
+  for (int i = 0; i < 300; ++i) {
+    flood.push_back(
+        std::make_unique<TestSubscriber>(flood_channel, true, absl::StrCat("made-up-", i)));
+    flood.back()->SendHello("tenant-a", absl::StrCat("flood-", i), {held});
+    if (i % 100 == 99) {
+      // Legitimate clients, each on its own connection, during the flood.
+      EXPECT_TRUE(Subscribe(Channel(), "tenant-a", sa_tenant_a_).got_update) << "at " << i;
+    }
+  }
+  int unauthenticated = 0;
+  for (auto& subscriber : flood) {
+    const grpc::Status status = subscriber->Finish();
+    if (status.error_code() == grpc::StatusCode::UNAUTHENTICATED) ++unauthenticated;
+    EXPECT_TRUE(subscriber->received().empty());
+  }
+  EXPECT_GT(unauthenticated, 0);
+  // One review for the legitimate token (then cached), none for the flood.
+  EXPECT_LE(control.TokenReviews(), 1) << "made-up tokens were sent to the TokenReview API";
+}
+
+// Item 1: Inspection calls with made-up tokens while the API answers slowly do not hold gRPC
+// threads: a static-token caller is served while every one of them still waits for its review.
+TEST_F(IdentityScenarioTest, SlowTokenReviewsDoNotStallOtherCallers) {
+  FakeApiControl control(kube_port_, tmp_.Join("server-ca.pem"), tmp_.Join("server-sa.token"));
+  // Every TokenReview is answered only after 20 s (then normally).
+  control.Call("POST", "fail",
+               Json{{"status", 0},
+                    {"count", -1},
+                    {"path_prefix", "/apis/authentication.k8s.io/v1/tokenreviews"},
+                    {"delay_seconds", 20}});
+  constexpr int kCallers = 16;
+  absl::Mutex mu;
+  int finished = 0;
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<std::unique_ptr<v1::ListCertificatesResponse>> responses;
+  std::vector<std::unique_ptr<v1::Inspection::Stub>> stubs;
+  const v1::ListCertificatesRequest request;
+  for (int i = 0; i < kCallers; ++i) {
+    stubs.push_back(v1::Inspection::NewStub(Channel()));
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    contexts.back()->AddMetadata(
+        "authorization",
+        "Bearer " + Jwt("certcast", absl::Now() + absl::Hours(1), absl::StrCat("random-", i)));
+    responses.push_back(std::make_unique<v1::ListCertificatesResponse>());
+    stubs.back()->async()->ListCertificates(contexts.back().get(), &request, responses.back().get(),
+                                            [&](grpc::Status) {
+                                              absl::MutexLock lock(&mu);
+                                              ++finished;
+                                            });
+  }
+  // The legitimate caller, with a static token, on its own connection.
+  grpc::ClientContext context;
+  context.AddMetadata("authorization", "Bearer static-edge-secret");
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(15)));
+  v1::ListCertificatesResponse response;
+  const grpc::Status status =
+      v1::Inspection::NewStub(Channel())->ListCertificates(&context, {}, &response);
+  EXPECT_TRUE(status.ok()) << status.error_code() << ": " << status.error_message();
+  {
+    absl::MutexLock lock(&mu);
+    EXPECT_EQ(finished, 0) << "the reviews were not slow: the test proves nothing";
+  }
+  control.Call("DELETE", "fail");
+  for (auto& pending : contexts) pending->TryCancel();
+  absl::MutexLock lock(&mu);
+  auto all_done = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return finished == kCallers; };
+  EXPECT_TRUE(mu.AwaitWithTimeout(absl::Condition(&all_done), absl::Seconds(60)));
+}
+
+// Item 5: a stream authenticated with a ServiceAccount token ends when the token expires, with a
+// status the client reconnects on (re-reading --token-file), and --delete-on-revoke does not
+// treat it as a revocation: the files stay.
+TEST_F(IdentityScenarioTest, StreamEndsWhenItsTokenExpiresAndTheClientReconnects) {
+  WriteText(tmp_.Join("sa.token"), sa_short_lived_);
+  ChildProcess client(
+      CERTCAST_CLIENT_BINARY,
+      {absl::StrCat("--server=127.0.0.1:", port_), "--tls-server-name=localhost",
+       "--ca=" + tmp_.Join("server-ca.pem"), "--token-file=" + tmp_.Join("sa.token"),
+       "--namespace=tenant-a", "--certificate=wildcard", "--delete-on-revoke",
+       "--output-dir=" + tmp_.Join("out-sa"), "--state-dir=" + tmp_.Join("state-sa")},
+      tmp_.Join("client-sa.log"));
+  ASSERT_FALSE(client.WaitForLog("version 1 applied").empty()) << client.log();
+  WriteText(tmp_.Join("sa.token"), sa_renewed_);  // what the kubelet does before exp
+  ASSERT_FALSE(client.WaitForLog("token of this stream expired", absl::Seconds(30)).empty())
+      << client.log() << server_->log();
+  // Reconnected with the renewed token: subscribed a second time.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        const std::string log = client.log();
+        size_t first = log.find("subscribed to");
+        return first != std::string::npos &&
+               log.find("subscribed to", first + 1) != std::string::npos;
+      },
+      absl::Seconds(60)))
+      << client.log();
+  struct stat st;
+  EXPECT_EQ(stat(tmp_.Join("out-sa/wildcard/tls.key").c_str(), &st), 0);
+  EXPECT_THAT(client.log(), ::testing::Not(HasSubstr("removed from every sink")));
+  EXPECT_THAT(server_->log(), HasSubstr("expired at"));
 }
 
 }  // namespace

@@ -265,7 +265,7 @@ TEST_F(MetricsScenarioTest, DenialsAreCounted) {
       std::vector<std::string>{
           "--listen=127.0.0.1:0", "--tls-cert=" + tmp_.Join("server.crt"),
           "--tls-key=" + tmp_.Join("server.key"), "--client-ca=" + tmp_.Join("client-ca.pem"),
-          "--policy=" + tmp_.Join("policy.yaml"), "--certificate=wildcard=" + Source(),
+          "--trust-domain=cluster.local", "--policy=" + tmp_.Join("policy.yaml"), "--certificate=wildcard=" + Source(),
           "--state-dir=" + tmp_.Join("server-state"), "--metrics-listen=127.0.0.1:0"},
       tmp_.Join("server-tls.log"));
   port_ = server_->WaitForPort();

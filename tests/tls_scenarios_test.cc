@@ -3,6 +3,7 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/filesystem.h"
@@ -124,6 +125,7 @@ TEST_F(TlsScenarioTest, ReloadsRotatedServingCertificate) {
 // With --client-ca, a client certificate is required and its SPIFFE ID is shown in ListClients.
 TEST_F(TlsScenarioTest, MutualTlsRecordsSpiffeIdentity) {
   options_.client_ca = tmp_.Join("client-ca.pem");
+  options_.trust_domain = "cluster.local";
   WriteText(tmp_.Join("policy.yaml"), "certificates:\n  wildcard:\n    namespaces: [tenant-a]\n");
   options_.policy_file = tmp_.Join("policy.yaml");
   Start();
@@ -157,6 +159,7 @@ TEST_F(TlsScenarioTest, MutualTlsRecordsSpiffeIdentity) {
 // Secure by default: a TLS server without a policy hands out nothing, even to a proven client.
 TEST_F(TlsScenarioTest, WithoutPolicyNothingIsHandedOut) {
   options_.client_ca = tmp_.Join("client-ca.pem");
+  options_.trust_domain = "cluster.local";
   options_.health_listen = "127.0.0.1:0";
   Start();
   std::string body;
@@ -174,6 +177,150 @@ TEST_F(TlsScenarioTest, WithoutPolicyNothingIsHandedOut) {
   grpc::Status status = subscriber.Finish();
   EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
   EXPECT_THAT(status.error_message(), ::testing::HasSubstr("no policy"));
+}
+
+// The hardening scenarios of issue 10 over mTLS: two certificates, tenant-a granted only
+// "wildcard", tenant-b only "secret-b".
+class HardenedServerTest : public TlsScenarioTest {
+ protected:
+  void SetUp() override {
+    TlsScenarioTest::SetUp();
+    fixtures::WriteKubeletDir(tmp_.Join("source-b"), fixtures::MakeChain().material);
+    options_.certificates.push_back({"secret-b", tmp_.Join("source-b"), {}});
+    options_.client_ca = tmp_.Join("client-ca.pem");
+    options_.trust_domain = "cluster.local";
+    WriteText(tmp_.Join("policy.yaml"),
+              "certificates:\n  wildcard:\n    namespaces: [tenant-a]\n"
+              "  secret-b:\n    namespaces: [tenant-b]\n");
+    options_.policy_file = tmp_.Join("policy.yaml");
+  }
+
+  Issued Client(const std::string& ns, absl::Time not_after = absl::Now() + absl::Hours(24)) {
+    CertOptions options;
+    options.uri_sans = {absl::StrCat("spiffe://cluster.local/ns/", ns, "/sa/certcast-client")};
+    options.client_auth = true;
+    options.not_after = not_after;
+    return fixtures::MakeCert(client_ca_, options);
+  }
+
+  static v1::HeldCertificate Held(const std::string& name) {
+    v1::HeldCertificate held;
+    held.set_name(name);
+    return held;
+  }
+};
+
+// Item 6: a stream's heartbeats name only the certificates it subscribed to and is granted,
+// never another tenant's certificate (its name, version or fingerprint).
+TEST_F(HardenedServerTest, HeartbeatsNameOnlyTheStreamsCertificates) {
+  options_.distribution.heartbeat_interval = absl::Milliseconds(200);
+  Start();
+  Issued tenant_a = Client("tenant-a");
+  TestSubscriber subscriber(Channel(server_ca_, &tenant_a));
+  ASSERT_TRUE(subscriber.SendHello("tenant-a", "pod-1", {Held("wildcard")}));
+  int heartbeats = 0;
+  while (heartbeats < 3) {  // the first one, and periodic ones
+    std::optional<v1::SubscribeResponse> message = subscriber.Next();
+    ASSERT_TRUE(message.has_value()) << "stream ended";
+    if (!message->has_heartbeat()) continue;
+    ++heartbeats;
+    ASSERT_EQ(message->heartbeat().versions_size(), 1) << message->ShortDebugString();
+    EXPECT_EQ(message->heartbeat().versions(0).name(), "wildcard");
+    EXPECT_EQ(message->heartbeat().versions(0).version(), 1u);
+  }
+}
+
+// Item 7: the hello is answered only after authentication, and a name that does not exist gets
+// the same answer as a name that exists but is granted to another tenant.
+TEST_F(HardenedServerTest, UnknownAndNotGrantedNamesGetTheSameAnswer) {
+  Start();
+  Issued tenant_a = Client("tenant-a");
+  auto channel = Channel(server_ca_, &tenant_a);
+  auto answer = [&](const std::string& name) {
+    TestSubscriber subscriber(channel);
+    subscriber.SendHello("tenant-a", "prober", {Held(name)});
+    const grpc::Status status = subscriber.Finish();
+    EXPECT_TRUE(subscriber.received().empty());
+    std::string message = status.error_message();
+    if (size_t at = message.find(name); at != std::string::npos)
+      message.replace(at, name.size(), "N");
+    return std::make_pair(status.error_code(), message);
+  };
+  const auto not_granted = answer("secret-b");
+  EXPECT_EQ(not_granted.first, grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(answer("no-such-name"), not_granted);
+}
+
+// Item 5: a stream ends when its client certificate expires, with UNAUTHENTICATED and the
+// credential_expired reason (a reconnect, never a revocation); the key is not sent after it.
+TEST_F(HardenedServerTest, StreamEndsWhenItsClientCertificateExpires) {
+  Start();
+  const absl::Time not_after = absl::Now() + absl::Seconds(3);
+  Issued short_lived = Client("tenant-a", not_after);
+  TestSubscriber subscriber(Channel(server_ca_, &short_lived));
+  ASSERT_TRUE(subscriber.SendHello("tenant-a", "pod-1", {Held("wildcard")}));
+  std::optional<v1::SubscribeResponse> update = subscriber.NextNonHeartbeat();
+  ASSERT_TRUE(update.has_value() && update->has_update());
+  const grpc::Status status = subscriber.Finish(absl::Seconds(30));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << status.error_message();
+  EXPECT_THAT(status.error_message(),
+              ::testing::HasSubstr("client certificate of this stream expired"));
+  // notAfter has whole seconds.
+  EXPECT_GE(absl::Now(), not_after - absl::Seconds(1)) << "ended before the certificate expired";
+  EXPECT_EQ(server_->hub().counters().streams_expired, 1u);
+}
+
+// Item 4: streams that have not said hello are limited per connection and per address; streams
+// beyond get RESOURCE_EXHAUSTED at once, and a client that says hello is still served.
+TEST_F(HardenedServerTest, LimitsStreamsAwaitingTheirHello) {
+  options_.distribution.max_awaiting_hello_per_connection = 3;
+  options_.distribution.max_awaiting_hello_per_address = 5;
+  Start();
+  Issued tenant_a = Client("tenant-a");
+  auto first_connection = Channel(server_ca_, &tenant_a);
+  std::vector<std::unique_ptr<TestSubscriber>> silent;
+  for (int i = 0; i < 3; ++i) silent.push_back(std::make_unique<TestSubscriber>(first_connection));
+  ASSERT_TRUE(WaitFor([&] { return server_->hub().live_streams() == 3; }));
+  TestSubscriber over_connection(first_connection);
+  EXPECT_EQ(over_connection.Finish().error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+
+  auto second_connection = Channel(server_ca_, &tenant_a);
+  for (int i = 0; i < 2; ++i) silent.push_back(std::make_unique<TestSubscriber>(second_connection));
+  ASSERT_TRUE(WaitFor([&] { return server_->hub().live_streams() == 5; }));
+  TestSubscriber over_address(second_connection);
+  const grpc::Status refused = over_address.Finish();
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(refused.error_message(), ::testing::HasSubstr("limit per address"));
+  EXPECT_EQ(server_->hub().counters().hellos_over_limit, 2u);
+
+  // A silent stream that says hello leaves the count: a new stream is accepted and served.
+  ASSERT_TRUE(silent[0]->SendHello("tenant-a", "pod-1", {Held("wildcard")}));
+  ASSERT_TRUE(silent[0]->NextNonHeartbeat().has_value());
+  TestSubscriber served(second_connection);
+  ASSERT_TRUE(served.SendHello("tenant-a", "pod-2", {Held("wildcard")}));
+  std::optional<v1::SubscribeResponse> update = served.NextNonHeartbeat();
+  EXPECT_TRUE(update.has_value() && update->has_update());
+}
+
+// Item 11: with --client-ca the server does not start without --trust-domain; "*" keeps the old
+// behaviour (any domain the CA signs for) on purpose.
+TEST_F(HardenedServerTest, ClientCaRequiresTrustDomain) {
+  options_.trust_domain.clear();
+  auto refused = CertcastServer::Start(options_, &fs_, &clock_);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(refused.status().message()), ::testing::HasSubstr("--trust-domain"));
+
+  options_.trust_domain = "*";
+  Start();
+  CertOptions foreign_options;
+  foreign_options.uri_sans = {"spiffe://evil.example/ns/tenant-a/sa/certcast-client"};
+  foreign_options.client_auth = true;
+  Issued foreign = fixtures::MakeCert(client_ca_, foreign_options);
+  TestSubscriber subscriber(Channel(server_ca_, &foreign));
+  ASSERT_TRUE(subscriber.SendHello("tenant-a", "pod-1", {Held("wildcard")}));
+  std::optional<v1::SubscribeResponse> update = subscriber.NextNonHeartbeat();
+  EXPECT_TRUE(update.has_value() && update->has_update()) << "--trust-domain=* accepts any domain";
 }
 
 }  // namespace

@@ -168,7 +168,7 @@ stop_server() {
 # TLS server with client certificates (no token options: the handshake requires one) and a policy.
 LOG=$W/server.log
 start_server "$LOG" --tls-cert="$W/serving.pem" --tls-key="$W/serving.key" --state-dir="$W/state" \
-  --client-ca="$W/clientca.pem" --policy="$POLICY"
+  --client-ca="$W/clientca.pem" --trust-domain=cluster.local --policy="$POLICY"
 TLS_PID=$LAST_PID
 URL=https://127.0.0.1:$PORT
 echo "certcast-server (TLS) listening on port $PORT"
@@ -436,7 +436,7 @@ stop_server "$TLS_PID" "TLS server"
 # TLS server without --policy: it hands out nothing.
 NOPOLICY_LOG=$W/no-policy.log
 start_server "$NOPOLICY_LOG" --tls-cert="$W/serving.pem" --tls-key="$W/serving.key" \
-  --state-dir="$W/state-no-policy" --client-ca="$W/clientca.pem"
+  --state-dir="$W/state-no-policy" --client-ca="$W/clientca.pem" --trust-domain=cluster.local
 NOPOLICY_PID=$LAST_PID
 URL=https://127.0.0.1:$PORT
 echo "certcast-server (TLS, no --policy) listening on port $PORT"
