@@ -6,10 +6,10 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/logging.h"
 #include "common/protocol.h"
 #include "common/secret.h"
 #include "grpcpp/support/proto_buffer_reader.h"
-#include "spdlog/spdlog.h"
 
 namespace certcast {
 
@@ -75,10 +75,13 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
     // is a flood refused for its numbers (counted, and each one would be a line).
     if (!status.ok() && status.error_code() != grpc::StatusCode::UNAVAILABLE) {
       hub_->Count(&DistributionHub::AtomicCounters::streams_rejected);
-      spdlog::log(status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED ? spdlog::level::debug
-                                                                              : spdlog::level::info,
-                  "stream from {} ({}) ended with code {}: {}", peer, who,
-                  static_cast<int>(status.error_code()), status.error_message());
+      LogAt(status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED ? spdlog::level::debug
+                                                                        : spdlog::level::info,
+            "stream ended",
+            {{"peer", Peer(peer)},
+             {"client", Peer(who)},
+             {"code", StatusCodeName(static_cast<int>(status.error_code()))},
+             {"error", Peer(status.error_message())}});
     }
     if (finish_now) Finish(status);
   }

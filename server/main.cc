@@ -98,12 +98,13 @@ int Fail(absl::string_view message) { return certcast::FailStartup(kProgram, mes
 // --help: the README's flag tables, from the flag registry.
 std::string Help() {
   return certcast::HelpText(
-      absl::StrCat(certcast::VersionLine(kProgram),
-                   "\nDistributes TLS certificates to certcast clients over gRPC.\n\n"
-                   "Usage:\n"
-                   "  certcast-server --certificate=NAME=DIR --tls-cert=FILE --tls-key=FILE "
-                   "--policy=FILE [--client-ca=FILE] [--token-audience=AUD] [flags]\n"
-                   "  certcast-server --certificate=NAME=DIR --insecure   (local development)"),
+      absl::StrCat(
+          certcast::VersionLine(kProgram),
+          "\nDistributes TLS certificates to certcast clients over gRPC.\n\n"
+          "Usage:\n"
+          "  certcast-server --certificate=NAME=DIR --tls-cert=FILE --tls-key=FILE "
+          "--policy=FILE [--client-ca=FILE --trust-domain=TD] [--token-audience=AUD] [flags]\n"
+          "  certcast-server --certificate=NAME=DIR --insecure   (local development)"),
       {
           {"Certificates",
            {"certificate", "require_san", "state_dir", "expiry_warning", "quiet_period",
@@ -112,7 +113,8 @@ std::string Help() {
            {"listen", "tls_cert", "tls_key", "client_ca", "trust_domain", "token_audience",
             "token_map", "policy", "max_streams_per_identity", "insecure"}},
           {"Streams",
-           {"heartbeat_interval", "hello_timeout", "client_retention", "shutdown_grace"}},
+           {"heartbeat_interval", "hello_timeout", "max_hello_pending_per_connection",
+            "max_hello_pending_per_address", "client_retention", "shutdown_grace"}},
           {"Kubernetes API (secret: sources, TokenReview)",
            {"kube_api_url", "kube_token_file", "kube_ca_file"}},
           {"Probes, metrics and logs",

@@ -7,6 +7,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "common/logging.h"
 #include "common/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -304,7 +305,7 @@ absl::Status CertcastServer::SetUpIdentities(Filesystem* fs, const Clock* clock,
   }
   std::string trust_domain = options_.trust_domain;
   if (trust_domain == "*") {
-    spdlog::warn(
+    LogWarn(
         "--trust-domain=*: client certificates from ANY SPIFFE trust domain the --client-ca signs "
         "for are accepted; spiffe://other-cluster/ns/NS/... receives what NS may receive");
     trust_domain.clear();

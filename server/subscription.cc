@@ -6,7 +6,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "spdlog/spdlog.h"
+#include "common/logging.h"
 
 namespace certcast {
 namespace {
@@ -177,16 +177,20 @@ void SubscriptionState::Subscribe(const std::vector<std::shared_ptr<const Public
       pending_.push_back(Outgoing{Outgoing::kInSync, i, publication, Serialize(response)});
     } else {
       if (held.version() > publication->version && !held.fingerprint().empty()) {
-        spdlog::warn(
-            "client {}/{} holds version {} of {} but the server is at version {}; "
-            "the server's version wins",
-            namespace_, client_id_, held.version(), publication->name, publication->version);
+        LogWarn("client holds a newer version than the server; the server's version wins",
+                {{"namespace", Peer(namespace_)},
+                 {"client", Peer(client_id_)},
+                 {"certificate", publication->name},
+                 {"held_version", held.version()},
+                 {"version", publication->version}});
       }
       EnqueueUpdate(i, publication);
     }
   }
-  spdlog::debug("stream from {} subscribed {}/{} to {}", identity_.peer, namespace_, client_id_,
-                absl::StrJoin(names_, ","));
+  LogDebug("stream subscribed", {{"peer", Peer(identity_.peer)},
+                                 {"namespace", Peer(namespace_)},
+                                 {"client", Peer(client_id_)},
+                                 {"certificates", Peer(absl::StrJoin(names_, ","))}});
 }
 
 void SubscriptionState::OfferUpdate(const std::shared_ptr<const Publication>& publication) {
@@ -279,8 +283,11 @@ absl::Status SubscriptionState::ReceiveNack(const v1::Nack& nack) {
   const AckOutcome outcome = fleet_->RecordNack(fleet_id_, nack.name(), nack.version(),
                                                 nack.nonce(), joined, NackReason(nack));
   if (outcome == AckOutcome::kRecorded) {
-    spdlog::warn("client {}/{} refused version {} of {}: {}", namespace_, client_id_,
-                 nack.version(), nack.name(), joined);
+    LogWarn("client refused a version", {{"namespace", Peer(namespace_)},
+                                         {"client", Peer(client_id_)},
+                                         {"certificate", Peer(nack.name())},
+                                         {"version", nack.version()},
+                                         {"errors", Peer(joined)}});
   }
   return CountOutcome(outcome, nack.name(), &StreamCounters::nacks);
 }
