@@ -131,6 +131,10 @@ std::string Hostname() {
 
 int main(int argc, char** argv) {
   certcast::HardenKeyHoldingProcess();
+  // Block the control signals before anything can start a thread (gRPC starts its own while
+  // credentials and channels are built): every thread inherits the mask, and this thread takes
+  // them synchronously with sigwait once it is serving.
+  const sigset_t signals = certcast::BlockControlSignals();
   certcast::NormalizeFlagNames(argc, argv);
   if (certcast::WantsHelp(argc, argv)) {
     std::cout << Help();
@@ -261,8 +265,6 @@ int main(int argc, char** argv) {
         {{"server", options.server}});
   }
 
-  // Signals are taken synchronously by this thread; threads started later inherit the mask.
-  sigset_t signals = certcast::BlockControlSignals();
 
   std::vector<certcast::Hook*> hook_pointers;
   for (const auto& hook : hooks) hook_pointers.push_back(hook.get());

@@ -129,6 +129,10 @@ std::string Help() {
 
 int main(int argc, char** argv) {
   certcast::HardenKeyHoldingProcess();
+  // Block the control signals before anything can start a thread (gRPC starts its own while
+  // credentials and channels are built): every thread inherits the mask, and this thread takes
+  // them synchronously with sigwait once it is serving.
+  const sigset_t signals = certcast::BlockControlSignals();
   certcast::NormalizeFlagNames(argc, argv);
   if (certcast::WantsHelp(argc, argv)) {
     std::cout << Help();
@@ -216,8 +220,6 @@ int main(int argc, char** argv) {
     }
   }
 
-  // Signals are taken synchronously by this thread; every thread started later inherits the mask.
-  sigset_t signals = certcast::BlockControlSignals();
 
   if (absl::Status parents =
           certcast::CreateParentDirectories(fs, "--state-dir", options.state_dir);
