@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/certificate.h"
+#include "common/logging.h"
 #include "common/protocol.h"
 #include "common/secret.h"
 #include "spdlog/spdlog.h"
@@ -510,10 +511,11 @@ v1::SubscribeRequest Session::Apply(const VersionedMaterial& version, absl::Time
     std::vector<std::string> texts;
     for (const auto& error : errors)
       texts.push_back(absl::StrCat(error.sink(), ": ", error.error()));
-    spdlog::warn(
-        "certificate {}: version {} not applied ({}); keeping the last good version and "
-        "retrying",
-        version.name, version.version, absl::StrJoin(texts, "; "));
+    // Not "keeping the last good version": a sink may already show this one (Sink::Apply).
+    LogWarn("version not applied to every sink; not counted as held until all succeed; retrying",
+            {{"certificate", version.name},
+             {"version", version.version},
+             {"errors", absl::StrJoin(texts, "; ")}});
     v1::Nack* nack = reply.mutable_nack();
     nack->set_name(version.name);
     nack->set_version(version.version);

@@ -1,6 +1,5 @@
-// A sink is one place where the client puts a certificate version: files (this folder) or a
-// Kubernetes Secret (later). The session applies every version to every sink and acknowledges
-// only when all of them hold it.
+// A sink is one place where the client puts a certificate version: files or a Kubernetes Secret.
+// The session applies every version to every sink and acknowledges only when all of them hold it.
 #ifndef CERTCAST_CLIENT_SINK_H_
 #define CERTCAST_CLIENT_SINK_H_
 
@@ -33,9 +32,14 @@ class Sink {
   // Short name used in NACK errors and logs, e.g. "files".
   virtual std::string name() const = 0;
 
-  // Makes the sink hold `version`. On error the sink keeps what it held before (never a torn or
-  // mismatched state); the session retries later, so errors should describe the cause
-  // (path, errno text) and never contain key bytes.
+  // Makes the sink hold `version`: OK once it holds it completely and durably. An error never
+  // leaves a torn or mismatched state, but it does not promise that nothing changed: readers see
+  // what the sink held before or, when the failure came after the switch (FileSink: `..data`
+  // already names the new version and a link or fsync failed), `version` itself, not settled.
+  // Either way the version does not count as applied: the session NACKs it, keeps reporting the
+  // previous version as held, runs no hook, and calls Apply again until it succeeds (the sink
+  // then finishes the work, also when the content is already visible). Errors describe the
+  // cause (path, errno text, and that the switch happened) and never contain key bytes.
   virtual absl::StatusOr<ApplyResult> Apply(const VersionedMaterial& version) = 0;
 
   // Leaf fingerprint of what the sink holds for certificate `name`; NotFound when it holds

@@ -1,6 +1,5 @@
 // Client robustness against scripted and misbehaving (fake) servers, and crash consistency of
 // the files under SIGKILL at random moments during hundreds of rotations.
-#include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -13,14 +12,20 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "client/credentials.h"
 #include "client/file_sink.h"
+#include "client/hooks.h"
+#include "client/session.h"
+#include "client/state_store.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "tests/child_process.h"
 #include "tests/fixtures/cert_factory.h"
+#include "tests/pair_checker.h"
 #include "tests/test_subscriber.h"
 
 namespace certcast {
@@ -30,6 +35,7 @@ using ::certcast::fixtures::Chain;
 using ::certcast::fixtures::MakeChain;
 using ::certcast::fixtures::TempDir;
 using ::certcast::scenario::ChildProcess;
+using ::certcast::scenario::PairChecker;
 using ::certcast::scenario::WaitFor;
 using ::testing::HasSubstr;
 
@@ -147,6 +153,31 @@ TEST_F(ScriptedServerTest, NackOnBadMaterialKeepsFiles) {
   EXPECT_THAT(client_->log(), ::testing::Not(HasSubstr("PRIVATE KEY")));
 }
 
+// An update whose fingerprint is not its certificate's (a server bug or a tampered message) is
+// refused: NACK naming both fingerprints, the files keep the last good pair untouched.
+TEST_F(ScriptedServerTest, NackWhenFingerprintDoesNotMatchCertificate) {
+  Chain good = MakeChain();
+  Chain next = MakeChain();
+  v1::SubscribeResponse lying = Update(2, next, std::string(next.material.key_pem.reveal()));
+  const std::string claimed = MakeChain().leaf.fingerprint;
+  lying.mutable_update()->set_fingerprint(claimed);
+  std::vector<v1::SubscribeRequest> received =
+      Run({Update(1, good, std::string(good.material.key_pem.reveal())), lying});
+  ASSERT_EQ(received.size(), 3u);
+  ASSERT_TRUE(received[1].has_ack()) << received[1].DebugString();
+  ASSERT_TRUE(received[2].has_nack()) << "the update with a wrong fingerprint was acknowledged";
+  const v1::Nack& nack = received[2].nack();
+  EXPECT_EQ(nack.version(), 2u);
+  ASSERT_EQ(nack.errors_size(), 1);
+  EXPECT_EQ(nack.errors(0).sink(), "validation");
+  EXPECT_FALSE(nack.errors(0).transient());
+  EXPECT_THAT(nack.errors(0).error(), HasSubstr(claimed));
+  EXPECT_THAT(nack.errors(0).error(), HasSubstr(next.leaf.fingerprint));
+  absl::StatusOr<CertificateMaterial> held = Files();
+  ASSERT_TRUE(held.ok()) << held.status();
+  EXPECT_EQ(*held, good.material);
+}
+
 // The server wins: a different fingerprint with a lower version number is applied, with a warning.
 TEST_F(ScriptedServerTest, ServerWinsWhenVersionGoesBackwards) {
   Chain newer = MakeChain();
@@ -161,64 +192,201 @@ TEST_F(ScriptedServerTest, ServerWinsWhenVersionGoesBackwards) {
   EXPECT_THAT(client_->log(), HasSubstr("went backwards (held 5, got 3)"));
 }
 
-// Reads pairs the way an application does (resolve ..data once, open both files from there)
-// and checks every pair it sees is complete and matching.
-class PairChecker {
+// A real filesystem whose directory fsync fails (EIO) while `..data` of that directory names a
+// version other than the first one ever swapped in: a failure after the swap, as Sink::Apply's
+// contract describes it. Thread-safe.
+class FailAfterSwapFilesystem final : public Filesystem {
  public:
-  PairChecker(std::string dir, std::map<std::string, std::string> pairs)
-      : dir_(std::move(dir)), pairs_(std::move(pairs)) {
-    thread_ = std::thread([this] { Run(); });
+  void set_failing(bool failing) { failing_.store(failing); }
+
+  absl::StatusOr<std::string> ReadFile(const std::string& path) override {
+    return fs_.ReadFile(path);
   }
-  ~PairChecker() { Stop(); }
-  void Stop() {
-    stop_.store(true);
-    if (thread_.joinable()) thread_.join();
+  absl::Status WriteFile(const std::string& path, absl::string_view data, mode_t mode) override {
+    return fs_.WriteFile(path, data, mode);
   }
-  int reads() const { return reads_.load(); }
-  std::vector<std::string> failures() {
+  absl::Status Rename(const std::string& from, const std::string& to) override {
+    absl::Status status = fs_.Rename(from, to);
+    if (status.ok() && absl::EndsWith(to, "/..data")) {
+      absl::MutexLock lock(&mu_);
+      if (first_version_.empty()) first_version_ = fs_.ReadLink(to).value_or("");
+    }
+    return status;
+  }
+  absl::Status SyncDir(const std::string& path) override {
+    if (failing_.load()) {
+      absl::StatusOr<std::string> current = fs_.ReadLink(JoinPath(path, "..data"));
+      absl::MutexLock lock(&mu_);
+      if (current.ok() && !first_version_.empty() && *current != first_version_) {
+        return absl::InternalError(absl::StrCat("fsync ", path, ": Input/output error"));
+      }
+    }
+    return fs_.SyncDir(path);
+  }
+  absl::Status CreateDir(const std::string& path, mode_t mode) override {
+    return fs_.CreateDir(path, mode);
+  }
+  absl::Status Remove(const std::string& path) override { return fs_.Remove(path); }
+  absl::Status RemoveAll(const std::string& path) override { return fs_.RemoveAll(path); }
+  absl::StatusOr<std::vector<std::string>> ListDir(const std::string& path) override {
+    return fs_.ListDir(path);
+  }
+  absl::Status Symlink(const std::string& target, const std::string& path) override {
+    return fs_.Symlink(target, path);
+  }
+  absl::StatusOr<std::string> ReadLink(const std::string& path) override {
+    return fs_.ReadLink(path);
+  }
+  bool Exists(const std::string& path) override { return fs_.Exists(path); }
+
+ private:
+  PosixFilesystem fs_;
+  std::atomic<bool> failing_{false};
+  absl::Mutex mu_;
+  std::string first_version_ ABSL_GUARDED_BY(mu_);
+};
+
+// Records the versions it ran for.
+class RecordingHook final : public Hook {
+ public:
+  std::string name() const override { return "recording"; }
+  absl::Status Run(const HookContext& context) override {
     absl::MutexLock lock(&mu_);
-    return failures_;
+    versions_.push_back(context.version);
+    return absl::OkStatus();
+  }
+  std::vector<uint64_t> versions() {
+    absl::MutexLock lock(&mu_);
+    return versions_;
   }
 
  private:
-  static bool ReadWhole(const std::string& path, std::string* out) {
-    const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return false;
-    char buffer[8192];
-    ssize_t n;
-    out->clear();
-    while ((n = read(fd, buffer, sizeof(buffer))) > 0) out->append(buffer, static_cast<size_t>(n));
-    close(fd);
-    return n == 0;
-  }
-
-  void Run() {
-    while (!stop_.load()) {
-      char target[4096];
-      const ssize_t n = readlink((dir_ + "/..data").c_str(), target, sizeof(target));
-      if (n <= 0) continue;  // nothing written yet
-      const std::string base = dir_ + "/" + std::string(target, static_cast<size_t>(n));
-      std::string chain, key;
-      // A version directory that vanished between readlink and open is a retry, not a tear.
-      if (!ReadWhole(base + "/tls.crt", &chain) || !ReadWhole(base + "/tls.key", &key)) continue;
-      ++reads_;
-      auto it = pairs_.find(chain);
-      if (it == pairs_.end() || it->second != key) {
-        absl::MutexLock lock(&mu_);
-        failures_.push_back(absl::StrCat("torn or mismatched pair in ", base, " (chain ",
-                                         chain.size(), " bytes, key ", key.size(), " bytes)"));
-      }
-    }
-  }
-
-  const std::string dir_;
-  const std::map<std::string, std::string> pairs_;
-  std::atomic<bool> stop_{false};
-  std::atomic<int> reads_{0};
   absl::Mutex mu_;
-  std::vector<std::string> failures_ ABSL_GUARDED_BY(mu_);
-  std::thread thread_;
+  std::vector<uint64_t> versions_ ABSL_GUARDED_BY(mu_);
 };
+
+// Sink::Apply's contract for an error after the switch (FileSink: `..data` already names the new
+// version, the fsync after it failed): readers may see the new version, but it does not count as
+// applied. The client NACKs it naming the sink, keeps reporting the previous version as held (in
+// its hello, metrics and readiness), runs no hook, and retries until the sink settles; then it
+// ACKs and runs the hooks once, without the server resending.
+TEST(SinkContractTest, FailureAfterTheSwapIsNackedNotCountedAndRetried) {
+  TempDir tmp;
+  Chain first = MakeChain();
+  Chain second = MakeChain();
+  ScriptedServer service({Update(1, first, std::string(first.material.key_pem.reveal())),
+                          Update(2, second, std::string(second.material.key_pem.reveal()))});
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+
+  FailAfterSwapFilesystem fs;
+  fs.set_failing(true);
+  RealClock clock;
+  FileSink files(&fs, &clock, {tmp.Join("out"), false});
+  PosixFilesystem state_fs;
+  ASSERT_TRUE(state_fs.CreateDir(tmp.Join("state"), 0700).ok());
+  ClientStateStore store(&state_fs, tmp.Join("state"));
+  CredentialsProvider::Options insecure;
+  insecure.insecure = true;
+  CredentialsProvider credentials(&state_fs, insecure);
+  ASSERT_TRUE(credentials.Reload().ok());
+  RecordingHook hook;
+  SessionOptions options;
+  options.server = absl::StrCat("127.0.0.1:", port);
+  options.namespace_ = "tenant-a";
+  options.client_id = "client-a";
+  options.certificates = {"wildcard"};
+  options.retry = {absl::Milliseconds(100), absl::Milliseconds(500), 2.0, 0.2};
+  Session session(options, {&files}, {&hook}, &store, &credentials, &clock);
+  session.Init();
+  std::thread runner([&session] { session.Run(); });
+
+  // hello, ACK 1, NACK 2 (and the NACKs of retries, which the script does not count)
+  ASSERT_TRUE(WaitFor([&] { return service.received().size() >= 3; }));
+  std::vector<v1::SubscribeRequest> received = service.received();
+  ASSERT_TRUE(received[1].has_ack()) << received[1].DebugString();
+  ASSERT_TRUE(received[2].has_nack()) << received[2].DebugString();
+  const v1::Nack& nack = received[2].nack();
+  EXPECT_EQ(nack.version(), 2u);
+  ASSERT_EQ(nack.errors_size(), 1);
+  EXPECT_EQ(nack.errors(0).sink(), "files");
+  EXPECT_TRUE(nack.errors(0).transient());
+  EXPECT_THAT(nack.errors(0).error(), HasSubstr("Input/output error"));
+  EXPECT_THAT(nack.errors(0).error(), HasSubstr("already points at"));
+  // Visible to readers, but not applied as far as the client reports.
+  EXPECT_EQ(files.Read("wildcard").value(), second.material);
+  HeldVersion held = session.held()["wildcard"];
+  EXPECT_EQ(held.version, 1u);
+  EXPECT_EQ(held.fingerprint, first.leaf.fingerprint);
+  EXPECT_EQ(session.applied()["wildcard"].version, 1u);
+  std::string why;
+  EXPECT_FALSE(session.Ready(&why));
+  EXPECT_THAT(why, HasSubstr("already points at"));
+  EXPECT_EQ(hook.versions(), std::vector<uint64_t>{1});
+  EXPECT_EQ(store.Load("wildcard").value_or(HeldVersion{}).version, 1u);
+
+  fs.set_failing(false);
+  auto acked_2 = [&] {
+    for (const v1::SubscribeRequest& request : service.received()) {
+      if (request.has_ack() && request.ack().version() == 2) return true;
+    }
+    return false;
+  };
+  ASSERT_TRUE(WaitFor(acked_2));
+  EXPECT_EQ(session.held()["wildcard"].version, 2u);
+  EXPECT_TRUE(session.Ready(&why)) << why;
+  EXPECT_EQ(hook.versions(), (std::vector<uint64_t>{1, 2}));
+  EXPECT_EQ(store.Load("wildcard").value_or(HeldVersion{}).version, 2u);
+  EXPECT_EQ(files.Read("wildcard").value(), second.material);
+  int version_dirs = 0;
+  absl::StatusOr<std::vector<std::string>> entries = state_fs.ListDir(tmp.Join("out/wildcard"));
+  ASSERT_TRUE(entries.ok()) << entries.status();
+  for (const std::string& entry : *entries) {
+    if (absl::StartsWith(entry, "..2")) ++version_dirs;
+  }
+  EXPECT_EQ(version_dirs, 1) << "the first version is cleaned up once the second settled";
+
+  session.Stop();
+  runner.join();
+  server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
+}
+
+// The checker itself: it reports a `..data` that names an incomplete version directory (instead
+// of taking it for a version removed after a swap), and a mismatched pair; it passes a good one.
+TEST(PairCheckerTest, ReportsIncompleteAndMismatchedVersionsAndPassesGoodOnes) {
+  TempDir tmp;
+  Chain chain = MakeChain();
+  const std::string key(chain.material.key_pem.reveal());
+  const std::map<std::string, std::string> pairs = {{chain.material.chain_pem, key}};
+  auto make_version = [&](const std::string& dir, const std::string& version,
+                          const std::string& chain_pem, const std::string* key_pem) {
+    PosixFilesystem fs;
+    ASSERT_TRUE(fs.CreateDir(tmp.Join(dir), 0755).ok() || fs.Exists(tmp.Join(dir)));
+    ASSERT_TRUE(fs.CreateDir(tmp.Join(dir + "/" + version), 0755).ok());
+    ASSERT_TRUE(fs.WriteFile(tmp.Join(dir + "/" + version + "/tls.crt"), chain_pem, 0644).ok());
+    if (key_pem != nullptr) {
+      ASSERT_TRUE(fs.WriteFile(tmp.Join(dir + "/" + version + "/tls.key"), *key_pem, 0600).ok());
+    }
+    ASSERT_EQ(symlink(version.c_str(), tmp.Join(dir + "/..data").c_str()), 0);
+  };
+  make_version("good", "..1", chain.material.chain_pem, &key);
+  make_version("incomplete", "..1", chain.material.chain_pem, nullptr);
+  const std::string other_key(MakeChain().material.key_pem.reveal());
+  make_version("mismatched", "..1", chain.material.chain_pem, &other_key);
+
+  PairChecker good(tmp.Join("good"), pairs);
+  PairChecker incomplete(tmp.Join("incomplete"), pairs);
+  PairChecker mismatched(tmp.Join("mismatched"), pairs);
+  ASSERT_TRUE(WaitFor([&] {
+    return good.reads() > 10 && !incomplete.failures().empty() && !mismatched.failures().empty();
+  }));
+  EXPECT_THAT(good.failures(), ::testing::IsEmpty());
+  EXPECT_THAT(incomplete.failures().front(), HasSubstr("..data points at ..1, which lacks"));
+  EXPECT_THAT(mismatched.failures().front(), HasSubstr("torn or mismatched pair"));
+}
 
 // SIGKILL of the client at random moments during 200 rotations never exposes a torn, empty or
 // mismatched pair, and the client converges on the last version.

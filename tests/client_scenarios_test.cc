@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <random>
@@ -227,6 +228,50 @@ TEST_F(ClientScenarioTest, ClientsConvergeAfterServerRestart) {
   ASSERT_TRUE(WaitFor([&] { return Acked() == v2; }, absl::Seconds(60))) << a->log();
   EXPECT_EQ(*Files("tenant-a"), next.material);
   EXPECT_FALSE(a->Exited());
+}
+
+// The server wins on an equal version with a different fingerprint: a server that lost its state
+// restarts at version 1 with a new key while the client holds version 1 with the old one. The
+// fleet view does not call the client in sync while it cannot write the new pair, and the client
+// ends up with the new key.
+TEST_F(ClientScenarioTest, EqualVersionWithNewKeyReplacesTheOldOne) {
+  StartServer();
+  auto client = StartClient("tenant-a");
+  ASSERT_TRUE(WaitFor([&] { return Acked()["tenant-a"] == 1; })) << client->log();
+  ASSERT_EQ(*Files("tenant-a"), chain_.material);
+
+  server_->Signal(SIGKILL);
+  server_->Wait(absl::Seconds(10));
+  std::filesystem::remove_all(tmp_.Join("server-state"));
+  Chain rekeyed = MakeChain();
+  fixtures::WriteKubeletDir(tmp_.Join("source"), rekeyed.material);
+  // The client cannot write until the directory is back: what it holds is still the old key.
+  const std::string out = OutputDir("tenant-a");
+  ASSERT_EQ(rename(out.c_str(), (out + ".moved").c_str()), 0);
+  WriteText(out, "not a directory", 0644);
+  StartServer();
+  ASSERT_TRUE(WaitFor([&] {
+    const v1::ClientCertificate state = ClientState("tenant-a");
+    return state.last_error_version() == 1 || state.acknowledged_version() == 1;
+  })) << client->log();
+  v1::ClientCertificate state = ClientState("tenant-a");
+  EXPECT_NE(state.acknowledged_version(), 1u)
+      << "the fleet calls the client in sync before it holds the new key";
+  EXPECT_THAT(state.last_error(), HasSubstr("files: "));
+  grpc::ClientContext context;
+  v1::ListCertificatesResponse certificates;
+  ASSERT_TRUE(inspection_->ListCertificates(&context, {}, &certificates).ok());
+  ASSERT_EQ(certificates.certificates_size(), 1);
+  EXPECT_EQ(certificates.certificates(0).version(), 1u);
+  EXPECT_EQ(certificates.certificates(0).fingerprint(), rekeyed.leaf.fingerprint);
+  EXPECT_EQ(certificates.certificates(0).clients(), 1u);
+  EXPECT_EQ(certificates.certificates(0).clients_acknowledged(), 0u);
+
+  ASSERT_EQ(unlink(out.c_str()), 0);
+  ASSERT_EQ(rename((out + ".moved").c_str(), out.c_str()), 0);
+  ASSERT_TRUE(WaitFor([&] { return Acked()["tenant-a"] == 1; }, absl::Seconds(60)))
+      << client->log();
+  EXPECT_EQ(*Files("tenant-a"), rekeyed.material);
 }
 
 // --combined-pem writes tls.pem (key, then chain) next to the pair; hooks get the environment;

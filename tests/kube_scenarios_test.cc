@@ -2,6 +2,8 @@
 // the source Secret through the API, clients writing their namespace's Secret, and every failure
 // case of the Kubernetes issue. Real binaries, real HTTPS, real RBAC checks in the fake.
 #include <signal.h>
+#include <stdio.h>
+#include <unistd.h>
 
 #include <functional>
 #include <iostream>
@@ -15,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
+#include "client/file_sink.h"
 #include "client/secret_sink.h"
 #include "common/filesystem.h"
 #include "gmock/gmock.h"
@@ -413,6 +416,118 @@ TEST_F(KubeScenarioTest, ForeignSecretIsUntouchedAndNacked) {
   EXPECT_THAT(ClientState("tenant-a").last_error(), HasSubstr("tenant-a/wildcard-tls"));
   EXPECT_EQ(TenantSecret("tenant-a")["data"]["password"], absl::Base64Escape("hunter2"));
   EXPECT_EQ(CountRequests("PUT", "/namespaces/tenant-a/secrets"), 0);
+}
+
+// cert-manager's own kubernetes.io/tls Secret with the same name: same type and keys as certcast's,
+// but not labelled as certcast's. It is never overwritten, whether it was there before the client
+// started (tenant-a) or replaced certcast's Secret later, where the restoring watch sees it
+// (tenant-b); the client NACKs naming it.
+TEST_F(KubeScenarioTest, ForeignTlsSecretIsNeverOverwritten) {
+  auto cert_manager_secret = [](const std::string& ns, const Chain& chain) {
+    Json secret = Json::object();
+    kube::SetTlsSecret(&secret, ns, "wildcard-tls", "wildcard", 0, chain.leaf.fingerprint,
+                       chain.material);
+    secret["metadata"].erase("labels");
+    secret["metadata"]["annotations"] = {{"cert-manager.io/certificate-name", "wildcard"},
+                                         {"cert-manager.io/issuer-name", "letsencrypt"}};
+    return secret;
+  };
+  auto untouched = [&](const std::string& ns, const Json& before) {
+    Json now = TenantSecret(ns);
+    return !now.is_null() &&
+           now["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"] &&
+           now["data"] == before["data"] && !kube::IsManagedByCertcast(now);
+  };
+  Chain own_a = MakeChain();
+  Json created = cert_manager_secret("tenant-a", own_a);
+  ASSERT_TRUE(admin_->Request("POST", kube::SecretsPath("tenant-a"), &created).ok());
+  const Json before_a = TenantSecret("tenant-a");
+  StartServer();
+  auto a = StartClient("tenant-a", "client-a");
+  auto b = StartClient("tenant-b", "client-b");
+  ASSERT_TRUE(WaitFor([&] { return !ClientState("tenant-a").last_error().empty(); })) << a->log();
+  EXPECT_THAT(ClientState("tenant-a").last_error(), HasSubstr("not managed by certcast"));
+  EXPECT_THAT(ClientState("tenant-a").last_error(), HasSubstr("tenant-a/wildcard-tls"));
+  EXPECT_TRUE(untouched("tenant-a", before_a));
+
+  // tenant-b: certcast's Secret, then deleted and replaced by cert-manager's.
+  ASSERT_TRUE(WaitFor([&] { return ClientState("tenant-b").acknowledged_version() == 1; }))
+      << b->log();
+  ASSERT_TRUE(WaitFor([&] { return !Control("GET", "watches").empty(); }));
+  ASSERT_TRUE(admin_->Request("DELETE", kube::SecretPath("tenant-b", "wildcard-tls")).ok());
+  created = cert_manager_secret("tenant-b", MakeChain());
+  // The client may restore its own Secret first; cert-manager then takes the name over.
+  ASSERT_TRUE(WaitFor([&] {
+    admin_->Request("DELETE", kube::SecretPath("tenant-b", "wildcard-tls")).IgnoreError();
+    return admin_->Request("POST", kube::SecretsPath("tenant-b"), &created).ok();
+  }));
+  const Json before_b = TenantSecret("tenant-b");
+  ASSERT_FALSE(kube::IsManagedByCertcast(before_b));
+
+  // A rotation reaches both clients; neither writes over the foreign Secrets.
+  RotateSource(MakeChain());
+  ASSERT_TRUE(WaitFor([&] {
+    const v1::ClientCertificate state = ClientState("tenant-b");
+    return state.last_error_version() == 2 &&
+           state.last_error().find("not managed by certcast") != std::string::npos;
+  })) << b->log();
+  ASSERT_TRUE(WaitFor([&] { return ClientState("tenant-a").last_error_version() == 2; }))
+      << a->log();
+  EXPECT_TRUE(untouched("tenant-a", before_a));
+  EXPECT_TRUE(untouched("tenant-b", before_b));
+  EXPECT_EQ(CountRequests("PUT", "/namespaces/tenant-a/secrets"), 0);
+  EXPECT_EQ(CountRequests("PATCH", "/namespaces/tenant-a/secrets"), 0);
+  EXPECT_EQ(CountRequests("DELETE", "/namespaces/tenant-a/secrets"), 0);
+  EXPECT_EQ(ClientState("tenant-a").acknowledged_version(), 0u);
+  EXPECT_EQ(ClientState("tenant-b").acknowledged_version(), 1u);
+}
+
+// With --output-dir and --secret-name together, a version is acknowledged only when both sinks
+// hold it: the failing sink (the Secret, then the files) is named in the NACK, the other one
+// already holds the version, and the ACK follows by itself once the failing one recovers.
+TEST_F(KubeScenarioTest, TwoSinksAckOnlyWhenBothHoldTheVersion) {
+  const std::string out = tmp_.Join("out-tenant-a");
+  auto files_hold = [&](const Chain& chain) {
+    RealClock clock;
+    FileSink files(&fs_, &clock, {out, false});
+    absl::StatusOr<CertificateMaterial> held = files.Read("wildcard");
+    return held.ok() && *held == chain.material;
+  };
+  Control("POST", "fail",
+          {{"status", 500}, {"count", -1}, {"path_prefix", "/api/v1/namespaces/tenant-a/secrets"}});
+  StartServer();
+  auto client = StartClient("tenant-a", "client-a", {"--output-dir=" + out});
+  ASSERT_TRUE(WaitFor([&] { return !ClientState("tenant-a").last_error().empty(); }))
+      << client->log();
+  EXPECT_THAT(ClientState("tenant-a").last_error(), ::testing::StartsWith("secret: "));
+  EXPECT_THAT(ClientState("tenant-a").last_error(), ::testing::Not(HasSubstr("files: ")));
+  EXPECT_TRUE(WaitFor([&] { return files_hold(chain_); })) << "the healthy sink got it";
+  EXPECT_EQ(ClientState("tenant-a").acknowledged_version(), 0u);
+  Control("DELETE", "fail");
+  ASSERT_TRUE(WaitFor([&] { return ClientState("tenant-a").acknowledged_version() == 1; },
+                      absl::Seconds(60)))
+      << client->log();
+  EXPECT_EQ(ClientState("tenant-a").last_error(), "");
+  EXPECT_TRUE(TenantHolds("tenant-a", chain_));
+
+  // Now the files fail (a plain file where the output directory was) and the Secret works.
+  ASSERT_EQ(rename(out.c_str(), (out + ".moved").c_str()), 0);
+  WriteText(out, "not a directory");
+  Chain next = MakeChain();
+  RotateSource(next);
+  ASSERT_TRUE(WaitFor([&] { return ClientState("tenant-a").last_error_version() == 2; }))
+      << client->log();
+  EXPECT_THAT(ClientState("tenant-a").last_error(), ::testing::StartsWith("files: "));
+  EXPECT_THAT(ClientState("tenant-a").last_error(), ::testing::Not(HasSubstr("secret: ")));
+  EXPECT_TRUE(WaitFor([&] { return TenantHolds("tenant-a", next); })) << "the healthy sink got it";
+  EXPECT_EQ(ClientState("tenant-a").acknowledged_version(), 1u);
+  ASSERT_EQ(unlink(out.c_str()), 0);
+  ASSERT_EQ(rename((out + ".moved").c_str(), out.c_str()), 0);
+  ASSERT_TRUE(WaitFor([&] { return ClientState("tenant-a").acknowledged_version() == 2; },
+                      absl::Seconds(60)))
+      << client->log();
+  EXPECT_TRUE(files_hold(next));
+  EXPECT_TRUE(TenantHolds("tenant-a", next));
 }
 
 // A 409 conflict on update is re-read and retried.

@@ -1,5 +1,6 @@
 // End-to-end checks of /metrics on the real certcast-server and certcast-client binaries: the
 // values move with rotations, ACKs, NACKs, source rejections, source removal and denials.
+#include <signal.h>
 #include <sys/stat.h>
 
 #include <filesystem>
@@ -199,6 +200,42 @@ TEST_F(MetricsScenarioTest, NackShowsOnServerAndClient) {
   EXPECT_EQ(server_metrics_.Value("certcast_acks_total"), 0);
   EXPECT_TRUE(server_metrics_.WaitUntil("certcast_oldest_unacked_push_age_seconds", kWildcard,
                                         [](double age) { return age > 0; }));
+}
+
+// certcast_client_reconnects_total counts connections after the first, and
+// certcast_client_heartbeat_misses_total streams given up because the server fell silent: a
+// server restart moves only the first; a stopped (SIGSTOP) server moves both.
+TEST_F(MetricsScenarioTest, ReconnectsAndHeartbeatMissesAreCounted) {
+  // A fixed port, so the restarted server is found again; heartbeats every 2 s (silence: 4 s).
+  const std::vector<std::string> flags = {
+      absl::StrCat("--listen=127.0.0.1:", scenario::PickFreePort()), "--heartbeat-interval=2s"};
+  StartServer(flags);
+  Scraper client_metrics;
+  auto client = StartClient("tenant-a", &client_metrics);
+  ASSERT_TRUE(server_metrics_.WaitForValue("certcast_acks_total", kWildcard, 1)) << client->log();
+  EXPECT_EQ(client_metrics.Value("certcast_client_reconnects_total", {}), 0);
+  EXPECT_EQ(client_metrics.Value("certcast_client_heartbeat_misses_total", {}), 0);
+
+  server_->Signal(SIGKILL);
+  server_->Wait(absl::Seconds(10));
+  StartServer(flags);
+  ASSERT_TRUE(client_metrics.WaitUntil("certcast_client_reconnects_total", {}, AtLeast(1)))
+      << client->log();
+  ASSERT_TRUE(server_metrics_.WaitUntil("certcast_clients_connected", kWildcard, AtLeast(1)))
+      << client->log();
+  EXPECT_EQ(client_metrics.Value("certcast_client_heartbeat_misses_total", {}), 0)
+      << "a stream that ended is not a missed heartbeat";
+  const double reconnects = client_metrics.Value("certcast_client_reconnects_total", {});
+
+  // Stopped, the server holds the connection open but says nothing: only heartbeats tell.
+  server_->Signal(SIGSTOP);
+  const bool missed = client_metrics.WaitUntil("certcast_client_heartbeat_misses_total", {},
+                                               AtLeast(1), absl::Seconds(30));
+  server_->Signal(SIGCONT);
+  ASSERT_TRUE(missed) << client->log();
+  EXPECT_TRUE(
+      client_metrics.WaitUntil("certcast_client_reconnects_total", {}, AtLeast(reconnects + 1)))
+      << "the client connects again after giving up on the silent stream";
 }
 
 // Invalid source content is counted by reason; a removed source reads as absent while the last

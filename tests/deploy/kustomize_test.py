@@ -33,7 +33,7 @@ After the real tree passes, each rule is shown to fail: known violations are pla
 copy of the rendered objects and each must be reported.
 
 Without PyYAML (Debian: python3-yaml) or a kubectl with kustomize v5 the test prints SKIP and
-exits 0.
+exits 77, which ctest reports as skipped; with CI=true it fails instead.
 """
 
 import copy
@@ -736,6 +736,20 @@ def kustomization_dirs(root):
     return found
 
 
+# ctest reports a test that exits with this code as skipped (SKIP_RETURN_CODE in
+# tests/CMakeLists.txt), not passed.
+SKIP_EXIT = 77
+
+
+def missing_tool(what):
+    """A tool the test needs is missing: a skip ctest reports as such, a failure under CI=true."""
+    if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
+        print(f"FAIL: {what}; with CI=true a missing tool is a failure, not a skip")
+        return 1
+    print(f"SKIP: {what}")
+    return SKIP_EXIT
+
+
 def main(argv):
     if len(argv) != 2:
         print(f"usage: {argv[0]} DEPLOY_DIR", file=sys.stderr)
@@ -745,12 +759,10 @@ def main(argv):
         # CMake may have found another interpreter (pyenv, a venv); python3-yaml serves Debian's.
         os.execv(DEBIAN_PYTHON, [DEBIAN_PYTHON] + argv)
     if yaml is None:
-        print("SKIP: PyYAML is not installed (Debian: apt-get install python3-yaml)")
-        return 0
+        return missing_tool("PyYAML is not installed (Debian: apt-get install python3-yaml)")
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        print("SKIP: kubectl is not on PATH (needs kubectl >= 1.27 with kustomize v5)")
-        return 0
+        return missing_tool("kubectl is not on PATH (needs kubectl >= 1.27 with kustomize v5)")
 
     version = subprocess.run([kubectl, "version", "--client", "-o", "json"], capture_output=True,
                              text=True, check=False)
@@ -760,9 +772,9 @@ def main(argv):
         kustomize = ""
     major = kustomize.lstrip("v").split(".", 1)[0]
     if not major.isdigit() or int(major) < 5:
-        print(f"SKIP: {kubectl} has kustomize {kustomize or 'of unknown version'}; components and "
-              "`labels:` need kustomize v5 (kubectl >= 1.27; Debian's kubernetes-client is too old)")
-        return 0
+        return missing_tool(
+            f"{kubectl} has kustomize {kustomize or 'of unknown version'}; components and "
+            "`labels:` need kustomize v5 (kubectl >= 1.27; Debian's kubernetes-client is too old)")
 
     dirs = kustomization_dirs(root)
     if not dirs:

@@ -38,7 +38,9 @@ it exists, so counters of events that did not happen may be absent). A binary wi
 --metrics-listen fails this part, naming the flag.
 
 Needs Python 3, PyYAML (Debian: python3-yaml) and promtool (Debian: prometheus); prints SKIP and
-exits 0 without them. Ends with "N passed, N failed"; exits 1 when a check failed.
+exits 77 (ctest: skipped) without them, or fails with CI=true. Without a kubectl with kustomize
+v5 the components check alone is skipped (a failure with CI=true). Ends with "N passed, N
+failed"; exits 1 when a check failed.
 """
 
 import argparse
@@ -920,6 +922,24 @@ def write_prometheus_rule():
 
 # ---- main --------------------------------------------------------------------------------
 
+# ctest reports a test that exits with this code as skipped (SKIP_RETURN_CODE in
+# tests/CMakeLists.txt), not passed.
+SKIP_EXIT = 77
+
+
+def ci():
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def missing_tool(what):
+    """A tool the test needs is missing: a skip ctest reports as such, a failure under CI=true."""
+    if ci():
+        print(f"FAIL: {what}; with CI=true a missing tool is a failure, not a skip")
+        return 1
+    print(f"SKIP: {what}")
+    return SKIP_EXIT
+
+
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--metrics-from", metavar="BINARY_DIR",
@@ -936,12 +956,10 @@ def main(argv):
         write_prometheus_rule()
         return 0
     if yaml is None:
-        print("SKIP: PyYAML is not installed (Debian: apt-get install python3-yaml)")
-        return 0
+        return missing_tool("PyYAML is not installed (Debian: apt-get install python3-yaml)")
     promtool = shutil.which("promtool")
     if promtool is None:
-        print("SKIP: promtool is not on PATH (Debian: apt-get install prometheus)")
-        return 0
+        return missing_tool("promtool is not on PATH (Debian: apt-get install prometheus)")
 
     results = Results()
     problems = check_yaml_parses()
@@ -970,6 +988,9 @@ def main(argv):
     kubectl = kustomize_v5()
     if kubectl:
         results.check("metrics components render and are selected", check_components(kubectl))
+    elif ci():
+        results.check("metrics components render (CI=true: a missing tool is a failure)",
+                      ["no kubectl with kustomize v5 on PATH"])
     else:
         print("skip metrics components render (no kubectl with kustomize v5)")
     results.check("dashboard.json structure",
