@@ -634,8 +634,11 @@ TEST_F(KubeScenarioTest, DeletedOrEditedSecretIsRestored) {
   edited["data"]["tls.crt"] = absl::Base64Escape(MakeChain().material.chain_pem);
   ASSERT_TRUE(admin_->Request("PUT", kube::SecretPath("tenant-a", "wildcard-tls"), &edited).ok());
   ASSERT_TRUE(WaitFor([&] { return TenantHolds("tenant-a", chain_); })) << client->log();
-  EXPECT_THAT(client->log(), HasSubstr("was deleted by someone else; restored version 1"));
-  EXPECT_THAT(client->log(), HasSubstr("was edited by someone else; restored version 1"));
+  // The log line follows the write the test saw: wait for it rather than race it.
+  EXPECT_FALSE(client->WaitForLog("was deleted by someone else; restored version 1").empty())
+      << client->log();
+  EXPECT_FALSE(client->WaitForLog("was edited by someone else; restored version 1").empty())
+      << client->log();
 }
 
 // --rollout-restart patches the Deployment's pod template after every applied version.
