@@ -112,13 +112,25 @@ absl::StatusOr<KubeConfig> KubeConfig::Resolve(const std::string& api_url,
   return config;
 }
 
+const Json& Member(const Json& object, const char* key) {
+  static const Json kNull;
+  if (!object.is_object()) return kNull;
+  auto it = object.find(key);
+  return it == object.end() ? kNull : *it;
+}
+
+std::string StringMember(const Json& object, const char* key, const std::string& fallback) {
+  const Json& member = Member(object, key);
+  return member.is_string() ? member.get<std::string>() : fallback;
+}
+
 absl::Status StatusFromHttp(long http_code, const std::string& body, const std::string& request) {
   std::string message;
   std::string reason;
   Json parsed = Json::parse(body, nullptr, /*allow_exceptions=*/false);
-  if (parsed.is_object() && parsed.value("kind", "") == "Status") {
-    message = parsed.value("message", "");
-    reason = parsed.value("reason", "");
+  if (StringMember(parsed, "kind") == "Status") {
+    message = StringMember(parsed, "message");
+    reason = StringMember(parsed, "reason");
   }
   if (message.empty()) message = body.size() > 200 ? body.substr(0, 200) + "..." : body;
   const std::string text = absl::StrCat(request, ": ", message, " (HTTP ", http_code,
@@ -146,6 +158,26 @@ absl::Status StatusFromHttp(long http_code, const std::string& body, const std::
       if (http_code == 429 || http_code >= 500) return absl::UnavailableError(text);
       return absl::UnknownError(text);
   }
+}
+
+absl::StatusOr<WatchEvent> ParseWatchEvent(const std::string& line, const std::string& request) {
+  Json parsed = Json::parse(line, nullptr, /*allow_exceptions=*/false);
+  if (!Member(parsed, "type").is_string()) {
+    if (Member(parsed, "object").is_object()) WipeSecretData(&parsed["object"]);
+    return absl::UnavailableError(request + ": undecodable watch event");
+  }
+  WatchEvent event{StringMember(parsed, "type"), Json::object()};
+  // Moved, not copied: a Secret's data must not linger in a copy nobody wipes.
+  if (Member(parsed, "object").is_object()) event.object = std::move(parsed["object"]);
+  if (event.type == "ERROR") {
+    const Json& code = Member(event.object, "code");
+    absl::Status error =
+        StatusFromHttp(code.is_number_integer() ? code.get<long>() : 500L,
+                       event.object.dump(-1, ' ', false, Json::error_handler_t::replace), request);
+    WipeSecretData(&event.object);
+    return error;
+  }
+  return event;
 }
 
 bool IsExpired(const absl::Status& status) {
@@ -242,21 +274,14 @@ size_t OnWatchData(char* data, size_t size, size_t count, void* opaque) {
     CleanseMemory(state->buffer.data(), newline + 1);  // events may carry Secret data
     state->buffer.erase(0, newline + 1);
     if (absl::StripAsciiWhitespace(line).empty()) continue;
-    Json parsed = Json::parse(line, nullptr, /*allow_exceptions=*/false);
+    absl::StatusOr<WatchEvent> event = ParseWatchEvent(line, state->request);
     CleanseString(&line);
-    if (!parsed.is_object() || !parsed.contains("type")) {
-      state->result = absl::UnavailableError(state->request + ": undecodable watch event");
+    if (!event.ok()) {
+      state->result = event.status();
       return 0;  // aborts the transfer
     }
-    WatchEvent event{parsed.value("type", ""), parsed.value("object", Json::object())};
-    WipeSecretData(&parsed["object"]);
-    if (event.type == "ERROR") {
-      state->result =
-          StatusFromHttp(event.object.value("code", 500L), event.object.dump(), state->request);
-      return 0;
-    }
-    const bool go_on = (*state->on_event)(event);
-    WipeSecretData(&event.object);
+    const bool go_on = (*state->on_event)(*event);
+    WipeSecretData(&event->object);
     if (!go_on) {
       state->ended_by_callback = true;
       return 0;

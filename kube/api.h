@@ -35,6 +35,13 @@ struct KubeConfig {
                                             const std::string& ca_file);
 };
 
+// Reads of API objects that never throw: nlohmann's value() throws when the object is not an
+// object or the member has another type, and no answer from the API may crash a binary.
+// The member `key` of `object`, or null when `object` is not an object or has no such member.
+const Json& Member(const Json& object, const char* key);
+// The string member `key` of `object`, or `fallback` when absent or not a string.
+std::string StringMember(const Json& object, const char* key, const std::string& fallback = "");
+
 struct WatchEvent {
   std::string type;  // ADDED, MODIFIED, DELETED, BOOKMARK (ERROR events become the result)
   Json object;
@@ -82,6 +89,11 @@ class CurlKubeApi final : public KubeApi {
 // AlreadyExists) or Aborted (a resourceVersion conflict), 410 FailedPrecondition (expired), 429
 // and 5xx Unavailable. The message is "REQUEST: API MESSAGE (HTTP CODE REASON)".
 absl::Status StatusFromHttp(long http_code, const std::string& body, const std::string& request);
+
+// Decodes one line of a watch stream; `request` names the watch in errors. Unavailable when the
+// line is not a JSON object with a "type"; an ERROR event becomes the error it carries
+// (StatusFromHttp of its code and body, so a 410 gives an error for which IsExpired() is true).
+absl::StatusOr<WatchEvent> ParseWatchEvent(const std::string& line, const std::string& request);
 
 // True for a 410 Gone / Expired resourceVersion error: re-list, then watch again.
 bool IsExpired(const absl::Status& status);

@@ -74,5 +74,41 @@ TEST(TlsSecretTest, RoundTripsMaterialLabelAndAnnotations) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// Found by tests/fuzz (fuzz_kube_json): objects of the wrong shape (an array, members of other
+// types) read as absent instead of throwing nlohmann::json's type_error, which ended the process.
+TEST(TlsSecretTest, MalformedObjectsReadAsAbsentNotAsExceptions) {
+  const Json array = Json::parse("[]");
+  EXPECT_EQ(ObjectName(array), "/");
+  EXPECT_EQ(ResourceVersion(array, "7"), "7");
+  EXPECT_FALSE(IsManagedByCertcast(array));
+  EXPECT_TRUE(absl::IsInvalidArgument(MaterialFromSecret(array).status()));
+  const Json odd = Json::parse(
+      R"({"metadata":{"resourceVersion":5,"name":[1],"labels":{"app.kubernetes.io/managed-by":1}},)"
+      R"("data":{"tls.crt":1,"tls.key":"eA=="}})");
+  EXPECT_EQ(ObjectName(odd), "/");
+  EXPECT_EQ(ResourceVersion(odd), "");
+  EXPECT_FALSE(IsManagedByCertcast(odd));
+  EXPECT_TRUE(absl::IsInvalidArgument(MaterialFromSecret(odd).status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(
+      StatusFromHttp(400, R"({"kind":"Status","message":5,"reason":[]})", "GET x")));
+}
+
+// Watch lines: a type that is not a string is undecodable; an ERROR event's code of the wrong
+// type counts as 500; a 410 is expired.
+TEST(WatchEventTest, ParsesLinesAndRefusesMalformedOnes) {
+  absl::StatusOr<WatchEvent> event =
+      ParseWatchEvent(R"({"type":"MODIFIED","object":{"metadata":{"resourceVersion":"9"}}})", "w");
+  ASSERT_TRUE(event.ok()) << event.status();
+  EXPECT_EQ(event->type, "MODIFIED");
+  EXPECT_EQ(ResourceVersion(event->object), "9");
+  EXPECT_TRUE(absl::IsUnavailable(ParseWatchEvent(R"({"type":7,"object":{}})", "w").status()));
+  EXPECT_TRUE(absl::IsUnavailable(ParseWatchEvent("not json", "w").status()));
+  EXPECT_TRUE(absl::IsUnavailable(
+      ParseWatchEvent(R"({"type":"ERROR","object":{"code":"410"}})", "w").status()));
+  EXPECT_TRUE(
+      IsExpired(ParseWatchEvent(R"({"type":"ERROR","object":{"code":410,"reason":"Expired"}})", "w")
+                    .status()));
+}
+
 }  // namespace
 }  // namespace certcast::kube

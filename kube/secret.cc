@@ -15,8 +15,12 @@ std::string SecretPath(const std::string& ns, const std::string& name) {
 }
 
 std::string ObjectName(const Json& object) {
-  const Json metadata = object.value("metadata", Json::object());
-  return absl::StrCat(metadata.value("namespace", ""), "/", metadata.value("name", ""));
+  const Json& metadata = Member(object, "metadata");
+  return absl::StrCat(StringMember(metadata, "namespace"), "/", StringMember(metadata, "name"));
+}
+
+std::string ResourceVersion(const Json& object, const std::string& fallback) {
+  return StringMember(Member(object, "metadata"), "resourceVersion", fallback);
 }
 
 void SetTlsSecret(Json* secret, const std::string& ns, const std::string& name,
@@ -42,14 +46,15 @@ void SetTlsSecret(Json* secret, const std::string& ns, const std::string& name,
 }
 
 absl::StatusOr<CertificateMaterial> MaterialFromSecret(const Json& secret) {
-  const Json data = secret.value("data", Json::object());
+  // A reference, not a copy: the data holds the key.
+  const Json& data = Member(secret, "data");
   auto decode = [&](const char* key, bool required, std::string* out) -> absl::Status {
-    if (!data.contains(key) || !data[key].is_string()) {
+    if (!Member(data, key).is_string()) {
       if (!required) return absl::OkStatus();
       return absl::InvalidArgumentError(
           absl::StrCat("Secret ", ObjectName(secret), " has no ", key));
     }
-    if (!absl::Base64Unescape(data[key].get_ref<const std::string&>(), out)) {
+    if (!absl::Base64Unescape(Member(data, key).get_ref<const std::string&>(), out)) {
       return absl::InvalidArgumentError(
           absl::StrCat("Secret ", ObjectName(secret), ": ", key, " is not valid base64"));
     }
@@ -67,9 +72,8 @@ absl::StatusOr<CertificateMaterial> MaterialFromSecret(const Json& secret) {
 }
 
 bool IsManagedByCertcast(const Json& secret) {
-  const Json metadata = secret.value("metadata", Json::object());
-  const Json labels = metadata.value("labels", Json::object());
-  return labels.is_object() && labels.value(kManagedByLabel, "") == kManagedByValue;
+  return StringMember(Member(Member(secret, "metadata"), "labels"), kManagedByLabel) ==
+         kManagedByValue;
 }
 
 void WipeSecretData(Json* secret) {

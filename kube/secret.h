@@ -37,6 +37,9 @@ bool IsManagedByCertcast(const Json& secret);
 // Overwrites the data values of a Secret object (base64 key material) before it is dropped.
 void WipeSecretData(Json* secret);
 
+// metadata.resourceVersion of an object; `fallback` when it has none.
+std::string ResourceVersion(const Json& object, const std::string& fallback = "");
+
 // "NAMESPACE/NAME" of an object, for messages.
 std::string ObjectName(const Json& object);
 

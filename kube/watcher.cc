@@ -63,7 +63,7 @@ void NamedObjectWatcher::Run() {
         WaitUnlessStopping(backoff.Next());
         continue;
       }
-      resource_version = list->value("metadata", Json::object()).value("resourceVersion", "");
+      resource_version = ResourceVersion(*list);
       if (list->contains("items") && (*list)["items"].is_array()) {
         // Items may be Secrets: wipe what they carry before the list is dropped.
         for (auto& item : (*list)["items"]) WipeSecretData(&item);
@@ -81,8 +81,7 @@ void NamedObjectWatcher::Run() {
           got_event = true;
           backoff.Reset();
           last_error.clear();
-          resource_version = event.object.value("metadata", Json::object())
-                                 .value("resourceVersion", resource_version);
+          resource_version = ResourceVersion(event.object, resource_version);
           if (event.type != "BOOKMARK") on_event_(event.type);
           return !stopping_.load();
         },

@@ -16,6 +16,12 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 echo "== build (-j2)"
 cmake --build build -j2
 
+# Fuzzing (tests/fuzz): a separate clang build in build-fuzz/, each target for a few seconds over
+# its committed corpus. Before the tests, so ctest's summary stays the closing line. Long runs:
+# scripts/fuzz.sh --hours=N (docs/SECURITY.md).
+echo "== fuzz (build-fuzz/, 5 s per target)"
+"$ROOT/scripts/fuzz.sh" --seconds=5
+
 echo "== test"
 ctest --test-dir build --output-on-failure -j2 --timeout 600
 

@@ -1,7 +1,9 @@
 #include "server/policy.h"
 
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
+#include <sstream>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -28,25 +30,59 @@ absl::Status Problem(const std::string& label, const YAML::Mark& mark, absl::str
   return absl::InvalidArgumentError(absl::StrCat(label, Where(mark), ": ", what));
 }
 
+// Counts the documents a parser reports and keeps where the second one starts; builds no nodes.
+class DocumentCounter final : public YAML::EventHandler {
+ public:
+  void OnDocumentStart(const YAML::Mark& mark) override {
+    if (++documents_ == 2) second_ = mark;
+  }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+
+  int documents() const { return documents_; }
+  const YAML::Mark& second() const { return second_; }
+
+ private:
+  int documents_ = 0;
+  YAML::Mark second_ = YAML::Mark::null_mark();
+};
+
 // The documents of `yaml`: exactly one, which is a map. Anything else is InvalidArgument.
 absl::StatusOr<YAML::Node> LoadSingleMap(const std::string& yaml, const std::string& label) {
-  std::vector<YAML::Node> documents;
+  // Not YAML::LoadAll: in yaml-cpp 0.7 it never returns for some malformed input ("," alone,
+  // found by tests/fuzz: jbeder/yaml-cpp#1040, fixed upstream after 0.7), allocating a document
+  // per turn until memory runs out. Load reads one document; the counter stops after two.
+  YAML::Node first;
+  DocumentCounter counter;
   try {
-    documents = YAML::LoadAll(yaml);
+    first = YAML::Load(yaml);
+    std::istringstream stream(yaml);
+    YAML::Parser parser(stream);
+    while (counter.documents() < 2 && parser.HandleNextDocument(counter)) {
+    }
   } catch (const YAML::Exception& e) {
     return Problem(label, e.mark, absl::StrCat("not valid YAML: ", e.msg));
   }
-  if (documents.empty() || documents[0].IsNull()) {
+  if (!first.IsDefined() || first.IsNull()) {
     return absl::InvalidArgumentError(absl::StrCat(label, " is empty"));
   }
-  if (documents.size() > 1) {
-    return Problem(label, documents[1].Mark(),
+  if (counter.documents() > 1) {
+    return Problem(label, counter.second(),
                    "holds more than one YAML document; expected exactly one");
   }
-  if (!documents[0].IsMap()) {
-    return Problem(label, documents[0].Mark(), "expected a map at the top level");
+  if (!first.IsMap()) {
+    return Problem(label, first.Mark(), "expected a map at the top level");
   }
-  return documents[0];
+  return first;
 }
 
 // A map's entries with scalar keys, rejecting duplicate and unknown keys (`allowed` empty:

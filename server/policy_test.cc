@@ -89,6 +89,9 @@ INSTANTIATE_TEST_SUITE_P(
         BadPolicy{"NotAMap", "- wildcard\n", "expected a map at the top level"},
         BadPolicy{"EmptyFile", "", "is empty"},
         BadPolicy{"OnlyComments", "# nothing yet\n", "is empty"},
+        // Found by tests/fuzz: yaml-cpp 0.7's LoadAll never returned for these.
+        BadPolicy{"LoneComma", ",", "is empty"},
+        BadPolicy{"CommasAndBytes", ",\x82M,\x82", "is empty"},
         BadPolicy{"UnknownTopLevelKey",
                   "certificates:\n  wildcard:\n    namespaces: [a]\nadmin: [x]\n",
                   "line 4, column 1: top level: unknown key \"admin\""},
@@ -459,7 +462,7 @@ INSTANTIATE_TEST_SUITE_P(
     TokenMap, TokenMapRejectsTest,
     ::testing::Values(
         BadTokenMap{"NotYaml", "tokens: [", "not valid YAML"},
-        BadTokenMap{"EmptyFile", "", "is empty"},
+        BadTokenMap{"EmptyFile", "", "is empty"}, BadTokenMap{"LoneComma", "\n,\n", "is empty"},
         BadTokenMap{"UnknownTopLevelKey", "token: []\n", "unknown key \"token\""},
         BadTokenMap{"TokensNotAList", "tokens: {a: b}\n", "tokens must be a list"},
         BadTokenMap{"EntryNotAMap", "tokens: [abc]\n", "tokens entry 1 must be a map"},
