@@ -45,6 +45,34 @@ absl::Status CheckName(const std::string& name) {
   return absl::OkStatus();
 }
 
+// OUTPUT_DIR/NAME must be a real directory only we (or root) can change: a symlink planted there,
+// or a directory others can write to, would send the private key where someone else chose.
+// OK when it does not exist yet (Apply creates it).
+absl::Status CheckCertificateDir(Filesystem& fs, const std::string& dir) {
+  if (absl::IsNotFound(fs.Stat(dir).status())) return absl::OkStatus();
+  return SecureDirectory(fs, dir, "output directory", 07755);
+}
+
+// A version directory must be a directory Apply created (a name of its own, not a symlink);
+// FailedPrecondition naming it otherwise.
+absl::Status CheckVersionDir(Filesystem& fs, const std::string& dir, const std::string& version) {
+  if (!IsVersionDirName(version) || absl::StrContains(version, '/')) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(JoinPath(dir, kDataLink), " points at \"", absl::CEscape(version),
+                     "\", which is not a version directory certcast writes: refusing to use it"));
+  }
+  const std::string path = JoinPath(dir, version);
+  absl::StatusOr<FileInfo> info = fs.Stat(path);
+  if (!info.ok()) return info.status();
+  if (info->type != FileInfo::Type::kDirectory) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "version directory ", path,
+        info->type == FileInfo::Type::kSymlink ? " is a symlink" : " is not a directory",
+        ": refusing to use it (certcast writes keys only into directories it created)"));
+  }
+  return absl::OkStatus();
+}
+
 // Files a version exposes at the top level, given its material.
 std::vector<std::string> ExposedFiles(const CertificateMaterial& material, bool combined_pem) {
   std::vector<std::string> files = {kChainFile, kKeyFile};
@@ -77,6 +105,12 @@ absl::Status ForCertificate(const std::string& name, const absl::Status& status)
 absl::Status WriteVersionDir(Filesystem& fs, const std::string& version_dir,
                              const CertificateMaterial& material, bool combined_pem) {
   RETURN_IF_ERROR(fs.CreateDir(version_dir, 0755));
+  // CreateDir accepts an existing directory, or a symlink to one: make sure it made a new one.
+  ASSIGN_OR_RETURN(FileInfo created, fs.Stat(version_dir));
+  if (created.type != FileInfo::Type::kDirectory) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("version directory ", version_dir, " is not a directory certcast created"));
+  }
   RETURN_IF_ERROR(fs.WriteFile(JoinPath(version_dir, kChainFile), material.chain_pem, 0644));
   RETURN_IF_ERROR(fs.WriteFile(JoinPath(version_dir, kKeyFile), material.key_pem.reveal(), 0600));
   if (!material.ca_pem.empty()) {
@@ -166,10 +200,11 @@ absl::Status Settle(Filesystem& fs, const std::string& dir, const std::string& v
   return absl::OkStatus();
 }
 
-// Reads the material in version directory `version` (relative to `dir`, or absolute).
+// Reads the material in version directory `version` of `dir` (checked with CheckVersionDir).
 absl::StatusOr<CertificateMaterial> ReadVersionDir(Filesystem& fs, const std::string& dir,
                                                    const std::string& version) {
-  const std::string version_dir = absl::StartsWith(version, "/") ? version : JoinPath(dir, version);
+  RETURN_IF_ERROR(CheckVersionDir(fs, dir, version));
+  const std::string version_dir = JoinPath(dir, version);
   CertificateMaterial material;
   ASSIGN_OR_RETURN(material.chain_pem, fs.ReadFile(JoinPath(version_dir, kChainFile)));
   ASSIGN_OR_RETURN(std::string key, fs.ReadFile(JoinPath(version_dir, kKeyFile)));
@@ -195,9 +230,17 @@ absl::StatusOr<ApplyResult> FileSink::Apply(const VersionedMaterial& version) {
   const CertificateMaterial& material = version.material;
   const std::string dir = LocationOf(name);
   const std::string data_link = JoinPath(dir, kDataLink);
+  RETURN_IF_ERROR(ForCertificate(name, CheckCertificateDir(*fs_, dir)));
 
   // Identical content already visible: at most finish what an interrupted Apply left undone.
   if (absl::StatusOr<std::string> held_version = fs_->ReadLink(data_link); held_version.ok()) {
+    // A planted version directory (a symlink, or `..data` pointing elsewhere) is refused, not
+    // silently replaced: someone wrote into a directory only certcast should write to.
+    // A dangling `..data` (NotFound) is merely replaced below.
+    if (absl::Status planted = CheckVersionDir(*fs_, dir, *held_version);
+        absl::IsFailedPrecondition(planted)) {
+      return ForCertificate(name, planted);
+    }
     absl::StatusOr<CertificateMaterial> held = ReadVersionDir(*fs_, dir, *held_version);
     const bool has_combined = fs_->Exists(JoinPath(JoinPath(dir, *held_version), kCombinedFile));
     if (held.ok() && *held == material && has_combined == options_.combined_pem) {
@@ -260,6 +303,7 @@ absl::StatusOr<ApplyResult> FileSink::Apply(const VersionedMaterial& version) {
 absl::StatusOr<CertificateMaterial> FileSink::Read(const std::string& name) {
   RETURN_IF_ERROR(CheckName(name));
   const std::string dir = LocationOf(name);
+  RETURN_IF_ERROR(ForCertificate(name, CheckCertificateDir(*fs_, dir)));
   absl::StatusOr<std::string> held_version = fs_->ReadLink(JoinPath(dir, kDataLink));
   if (!held_version.ok()) return ForCertificate(name, held_version.status());
   absl::StatusOr<CertificateMaterial> material = ReadVersionDir(*fs_, dir, *held_version);

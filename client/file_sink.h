@@ -8,6 +8,12 @@
 // Every file is fsynced before the swap and the directory after it; the previous version
 // directory is removed afterwards. Identical content is not rewritten. A crash at any point
 // leaves the old or the new version in place, never a mix.
+//
+// NAME/ must be a real directory that only this user (or root) can write, and every version
+// directory one that Apply created: a symlink planted at NAME or at a version (issue 10, item 9),
+// or a NAME others can write to, is refused with FailedPrecondition saying why, so the key never
+// goes where someone else pointed it. A NAME owned by this user but writable by others is
+// tightened (go-w) with a warning.
 // Not thread-safe. Does not own `fs` or `clock`.
 #ifndef CERTCAST_CLIENT_FILE_SINK_H_
 #define CERTCAST_CLIENT_FILE_SINK_H_

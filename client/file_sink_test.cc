@@ -200,6 +200,57 @@ TEST_F(FileSinkTest, RejectsNamesThatAreNotADirectoryName) {
   EXPECT_FALSE(fs_.Exists(tmp_.Join("evil")));
 }
 
+// Issue 10 item 9: OUT/NAME planted as a symlink to another directory is refused with a reason,
+// and nothing (in particular no key) is written where it points.
+TEST_F(FileSinkTest, RefusesSymlinkedCertificateDirectory) {
+  ASSERT_TRUE(fs_.CreateDir(tmp_.Join("elsewhere"), 0777).ok());
+  ASSERT_TRUE(fs_.CreateDir(tmp_.Join("out"), 0755).ok());
+  ASSERT_TRUE(fs_.Symlink(tmp_.Join("elsewhere"), Dir()).ok());
+  FileSink sink = MakeSink();
+  absl::StatusOr<ApplyResult> result = sink.Apply(Version(1, chain1_.material));
+  ASSERT_TRUE(absl::IsFailedPrecondition(result.status())) << result.status();
+  EXPECT_THAT(result.status().message(), HasSubstr("is a symlink"));
+  EXPECT_THAT(result.status().message(), HasSubstr(Dir()));
+  EXPECT_THAT(fs_.ListDir(tmp_.Join("elsewhere")).value(), SizeIs(0));
+  EXPECT_TRUE(absl::IsFailedPrecondition(sink.Read(kName).status()));
+}
+
+// Plants a version directory as a symlink to `target` (holding a copy of `material`) and points
+// `..data` at it, as someone who could write into OUT/NAME might.
+void PlantVersion(Filesystem& fs, const std::string& dir, const std::string& target,
+                  const std::string& data_target, const CertificateMaterial& material) {
+  ASSERT_TRUE(fs.CreateDir(target, 0755).ok());
+  ASSERT_TRUE(fs.WriteFile(target + "/tls.crt", material.chain_pem, 0644).ok());
+  ASSERT_TRUE(fs.WriteFile(target + "/tls.key", material.key_pem.reveal(), 0600).ok());
+  ASSERT_TRUE(fs.WriteFile(target + "/ca.crt", material.ca_pem, 0644).ok());
+  ASSERT_TRUE(fs.CreateDir(dir, 0755).ok());
+  ASSERT_TRUE(fs.Symlink(target, dir + "/..2020_01_01_00_00_00.000000000").ok());
+  ASSERT_TRUE(fs.Symlink(data_target, dir + "/..data").ok());
+}
+
+// Issue 10 item 9: a version directory that is a symlink (to a directory someone else controls,
+// holding the very same pair) is refused, not adopted as the current version.
+TEST_F(FileSinkTest, RefusesSymlinkedVersionDirectory) {
+  ASSERT_TRUE(fs_.CreateDir(tmp_.Join("out"), 0755).ok());
+  PlantVersion(fs_, Dir(), tmp_.Join("elsewhere"), "..2020_01_01_00_00_00.000000000",
+               chain1_.material);
+  FileSink sink = MakeSink();
+  absl::StatusOr<ApplyResult> result = sink.Apply(Version(1, chain1_.material));
+  ASSERT_TRUE(absl::IsFailedPrecondition(result.status())) << result.status();
+  EXPECT_THAT(result.status().message(), HasSubstr("is a symlink"));
+  EXPECT_TRUE(absl::IsFailedPrecondition(sink.Read(kName).status()));
+}
+
+// `..data` pointing outside OUT/NAME (an absolute path) is refused as well.
+TEST_F(FileSinkTest, RefusesDataLinkPointingOutsideTheDirectory) {
+  ASSERT_TRUE(fs_.CreateDir(tmp_.Join("out"), 0755).ok());
+  PlantVersion(fs_, Dir(), tmp_.Join("elsewhere"), tmp_.Join("elsewhere"), chain1_.material);
+  FileSink sink = MakeSink();
+  absl::StatusOr<ApplyResult> result = sink.Apply(Version(1, chain1_.material));
+  ASSERT_TRUE(absl::IsFailedPrecondition(result.status())) << result.status();
+  EXPECT_THAT(result.status().message(), HasSubstr("not a version directory"));
+}
+
 // A reader that resolves `..data` once always gets a matching certificate and key while versions
 // are swapped under it.
 TEST_F(FileSinkTest, ConcurrentReaderNeverSeesAMismatchedPair) {
@@ -413,6 +464,25 @@ TEST_F(FileSinkFakeFsTest, FirstApplySurvivesACrash) {
   fs_.Crash();
   EXPECT_EQ(sink.Read(kName).value(), chain1_.material);
   EXPECT_EQ(fs_.ModeOf("/out/web/..data/tls.key"), "0600");
+}
+
+// OUT/NAME of ours that others can write to is tightened (go-w) before a key goes into it.
+TEST_F(FileSinkFakeFsTest, TightensCertificateDirectoryOthersCanWrite) {
+  fs_.AddDir(kDir, 0777);
+  FileSink sink = MakeSink(fs_);
+  ASSERT_TRUE(sink.Apply(Version(1, chain1_.material)).ok());
+  EXPECT_EQ(fs_.ModeOf(kDir), "0755");
+}
+
+// OUT/NAME owned by another user is refused: its owner could swap the files under us.
+TEST_F(FileSinkFakeFsTest, RefusesCertificateDirectoryOwnedByAnotherUser) {
+  fs_.AddDir(kDir, 0755);
+  fs_.SetOwner(kDir, 2000, 2000);
+  FileSink sink = MakeSink(fs_);
+  absl::StatusOr<ApplyResult> result = sink.Apply(Version(1, chain1_.material));
+  ASSERT_TRUE(absl::IsFailedPrecondition(result.status())) << result.status();
+  EXPECT_THAT(result.status().message(), HasSubstr("owned by uid 2000"));
+  EXPECT_FALSE(fs_.Exists(std::string(kDir) + "/..data"));
 }
 
 }  // namespace

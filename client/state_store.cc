@@ -17,7 +17,8 @@ absl::Status ClientStateStore::Init() {
     return absl::FailedPreconditionError(
         absl::StrCat("cannot create state directory ", dir_, ": ", created.message()));
   }
-  return absl::OkStatus();
+  // What is recorded here decides which version the client asks for: nobody else may write it.
+  return SecureDirectory(*fs_, dir_, "state directory", 0700);
 }
 
 std::optional<HeldVersion> ClientStateStore::Load(const std::string& name) {

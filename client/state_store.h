@@ -29,7 +29,9 @@ class ClientStateStore {
  public:
   ClientStateStore(Filesystem* fs, std::string dir) : fs_(fs), dir_(std::move(dir)) {}
 
-  // Creates the directory (0700). FailedPrecondition naming it when that fails.
+  // Creates the directory (0700). FailedPrecondition naming it when that fails, or when others
+  // could write to it (see SecureDirectory: a directory of ours that others may write is
+  // tightened to 0700 with a warning; a symlink, or one owned by another user, is refused).
   absl::Status Init();
   // What was recorded for `name`; nullopt when nothing (or something unreadable, which is logged:
   // the files decide then).

@@ -67,5 +67,50 @@ TEST(ClientStateStoreTest, InitFailsWithClearError) {
   EXPECT_NE(status.message().find("/blocked/state"), absl::string_view::npos);
 }
 
+// Issue 10 item 10: a state directory of ours that every user can write is tightened to 0700.
+TEST(ClientStateStoreTest, TightensStateDirectoryOthersCanWrite) {
+  FakeFilesystem fs;
+  fs.AddDir("/state", 0777);
+  ClientStateStore store(&fs, "/state");
+  ASSERT_TRUE(store.Init().ok());
+  EXPECT_EQ(fs.ModeOf("/state"), "0700");
+}
+
+// A state directory owned by another user, or a symlink, is refused with the reason.
+TEST(ClientStateStoreTest, RefusesStateDirectoryOthersControl) {
+  FakeFilesystem fs;
+  fs.AddDir("/state", 0700);
+  fs.SetOwner("/state", 2000, 2000);
+  absl::Status status = ClientStateStore(&fs, "/state").Init();
+  EXPECT_TRUE(absl::IsFailedPrecondition(status)) << status;
+  EXPECT_NE(status.message().find("owned by uid 2000"), absl::string_view::npos) << status;
+
+  fs.AddDir("/real", 0700);
+  fs.AddSymlink("/real", "/link");
+  status = ClientStateStore(&fs, "/link").Init();
+  EXPECT_TRUE(absl::IsFailedPrecondition(status)) << status;
+  EXPECT_NE(status.message().find("is a symlink"), absl::string_view::npos) << status;
+
+  // Root's directory that everyone may write cannot be tightened by us: refused.
+  fs.AddDir("/shared", 0777);
+  fs.SetOwner("/shared", 0, 0);
+  status = ClientStateStore(&fs, "/shared").Init();
+  EXPECT_TRUE(absl::IsFailedPrecondition(status)) << status;
+  EXPECT_EQ(fs.ModeOf("/shared"), "0777");
+}
+
+// Directories only root, we, or a group we belong to can write are used as they are (a volume
+// with fsGroup is root:GROUP 2775).
+TEST(ClientStateStoreTest, AcceptsDirectoriesOnlyWeAndRootCanWrite) {
+  FakeFilesystem fs;
+  fs.AddDir("/volume", 02775);
+  fs.SetOwner("/volume", 0, FakeFilesystem::kOwnerGid);
+  EXPECT_TRUE(ClientStateStore(&fs, "/volume").Init().ok());
+  EXPECT_EQ(fs.ModeOf("/volume"), "2775");
+  fs.AddDir("/root-only", 0755);
+  fs.SetOwner("/root-only", 0, 0);
+  EXPECT_TRUE(ClientStateStore(&fs, "/root-only").Init().ok());
+}
+
 }  // namespace
 }  // namespace certcast

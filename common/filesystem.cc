@@ -14,6 +14,8 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/logging.h"
 #include "common/secret.h"
 #include "common/status_macros.h"
 
@@ -271,6 +273,94 @@ absl::StatusOr<std::string> PosixFilesystem::ReadLink(const std::string& path) {
 bool PosixFilesystem::Exists(const std::string& path) {
   struct stat st;
   return ::lstat(path.c_str(), &st) == 0;
+}
+
+absl::StatusOr<FileInfo> PosixFilesystem::Stat(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) return ErrnoToStatus(errno, "lstat", path);
+  FileInfo info;
+  info.type = S_ISREG(st.st_mode)   ? FileInfo::Type::kRegular
+              : S_ISDIR(st.st_mode) ? FileInfo::Type::kDirectory
+              : S_ISLNK(st.st_mode) ? FileInfo::Type::kSymlink
+                                    : FileInfo::Type::kOther;
+  info.mode = st.st_mode & 07777;
+  info.uid = st.st_uid;
+  info.gid = st.st_gid;
+  return info;
+}
+
+absl::Status PosixFilesystem::Chmod(const std::string& path, mode_t mode) {
+  // O_NOFOLLOW | O_PATH would not allow fchmod on Linux before 6.6; O_RDONLY works for
+  // directories and for files this process may read, which is all certcast chmods.
+  int fd = OpenRetrying(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ELOOP) {
+      return absl::FailedPreconditionError(absl::StrCat("chmod ", path, ": is a symlink"));
+    }
+    return ErrnoToStatus(errno, "open", path);
+  }
+  FdCloser closer(fd);
+  if (::fchmod(fd, mode) != 0) return ErrnoToStatus(errno, "fchmod", path);
+  return CloseChecked(closer.Release(), path);
+}
+
+FileOwner PosixFilesystem::Self() {
+  FileOwner self;
+  self.uid = ::geteuid();
+  self.gid = ::getegid();
+  const int n = ::getgroups(0, nullptr);
+  if (n > 0) {
+    self.groups.resize(static_cast<size_t>(n));
+    const int got = ::getgroups(n, self.groups.data());
+    self.groups.resize(got > 0 ? static_cast<size_t>(got) : 0);
+  }
+  return self;
+}
+
+bool FileOwner::InGroup(gid_t g) const {
+  return g == gid || std::find(groups.begin(), groups.end(), g) != groups.end();
+}
+
+absl::Status SecureDirectory(Filesystem& fs, const std::string& dir, absl::string_view what,
+                             mode_t tightened) {
+  ASSIGN_OR_RETURN(FileInfo info, fs.Stat(dir));
+  if (info.type == FileInfo::Type::kSymlink) {
+    absl::StatusOr<std::string> target = fs.ReadLink(dir);
+    return absl::FailedPreconditionError(absl::StrCat(
+        what, " ", dir, " is a symlink", target.ok() ? absl::StrCat(" to ", *target) : "",
+        ": refusing to use it (whoever can change the link can redirect what certcast writes); "
+        "give the directory itself"));
+  }
+  if (info.type != FileInfo::Type::kDirectory) {
+    return absl::FailedPreconditionError(absl::StrCat(what, " ", dir, " is not a directory"));
+  }
+  const FileOwner self = fs.Self();
+  if (info.uid != self.uid && info.uid != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        what, " ", dir, " is owned by uid ", info.uid, ", not by this process (uid ", self.uid,
+        ") or root: its owner could change what certcast keeps there; "
+        "chown it or use another directory"));
+  }
+  const bool others_write = (info.mode & S_IWOTH) != 0;
+  const bool group_write = (info.mode & S_IWGRP) != 0 && !self.InGroup(info.gid);
+  if (!others_write && !group_write) return absl::OkStatus();
+  const std::string mode_text = absl::StrFormat("%04o", info.mode);
+  if (info.uid != self.uid) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        what, " ", dir, " (mode ", mode_text, ", owned by uid ", info.uid, ") can be written by ",
+        others_write ? "every user" : absl::StrCat("group ", info.gid),
+        " and this process cannot tighten it: chmod go-w it, or give a subdirectory (certcast "
+        "creates it with mode 0700)"));
+  }
+  const mode_t new_mode = info.mode & tightened & ~static_cast<mode_t>(S_IWGRP | S_IWOTH);
+  RETURN_IF_ERROR(Annotate(fs.Chmod(dir, new_mode), absl::StrCat("tightening ", what, " ", dir)));
+  LogWarn("tightened a directory others could write",
+          {{"what", what},
+           {"path", dir},
+           {"writable_by", others_write ? "every user" : absl::StrCat("group ", info.gid)},
+           {"mode_was", mode_text},
+           {"mode_now", absl::StrFormat("%04o", new_mode)}});
+  return absl::OkStatus();
 }
 
 absl::Status WriteFileAtomically(Filesystem& fs, const std::string& path, absl::string_view data,

@@ -15,6 +15,23 @@
 
 namespace certcast {
 
+// What lstat(2) reports about a path (a final symlink is not followed).
+struct FileInfo {
+  enum class Type { kRegular, kDirectory, kSymlink, kOther };
+  Type type = Type::kOther;
+  mode_t mode = 0;  // permission bits with setuid, setgid and sticky (07777)
+  uid_t uid = 0;
+  gid_t gid = 0;
+};
+
+// Who this process is to the filesystem: the owner of what it creates, and its groups.
+struct FileOwner {
+  uid_t uid = 0;
+  gid_t gid = 0;
+  std::vector<gid_t> groups;  // supplementary groups
+  bool InGroup(gid_t g) const;
+};
+
 class Filesystem {
  public:
   virtual ~Filesystem() = default;
@@ -52,6 +69,15 @@ class Filesystem {
 
   // Whether `path` exists (without following a final symlink).
   virtual bool Exists(const std::string& path) = 0;
+
+  // lstat(2). NotFound when absent.
+  virtual absl::StatusOr<FileInfo> Stat(const std::string& path) = 0;
+
+  // chmod(2) of a directory or file (never through a final symlink: FailedPrecondition then).
+  virtual absl::Status Chmod(const std::string& path, mode_t mode) = 0;
+
+  // The effective user and groups of this process.
+  virtual FileOwner Self() = 0;
 };
 
 // The real thing, on POSIX calls.
@@ -68,6 +94,9 @@ class PosixFilesystem final : public Filesystem {
   absl::Status Symlink(const std::string& target, const std::string& path) override;
   absl::StatusOr<std::string> ReadLink(const std::string& path) override;
   bool Exists(const std::string& path) override;
+  absl::StatusOr<FileInfo> Stat(const std::string& path) override;
+  absl::Status Chmod(const std::string& path, mode_t mode) override;
+  FileOwner Self() override;
 };
 
 // Replaces `path` so that a reader (or a crash) sees either the old or the new bytes, never a
@@ -75,6 +104,16 @@ class PosixFilesystem final : public Filesystem {
 // fsyncs the directory. On failure the temporary file is removed and `path` is untouched.
 absl::Status WriteFileAtomically(Filesystem& fs, const std::string& path, absl::string_view data,
                                  mode_t mode);
+
+// Makes sure that only this process's user (and root) can change what is in directory `dir`,
+// which `what` names in messages ("state directory"), before certcast trusts what it reads there
+// or writes keys into it. FailedPrecondition, naming the directory and the reason, when `dir` is
+// a symlink (whoever controls its parent could re-point it), not a directory, or owned by
+// another user than this process or root. A directory writable by others (other-writable, or
+// group-writable for a group this process is not in) is tightened to `mode & tightened` with a
+// warning when this process owns it, and refused otherwise. NotFound when `dir` does not exist.
+absl::Status SecureDirectory(Filesystem& fs, const std::string& dir, absl::string_view what,
+                             mode_t tightened);
 
 // Maps an errno value from operation `op` on `path` to a Status with the most specific code.
 absl::Status ErrnoToStatus(int err, absl::string_view op, absl::string_view path);

@@ -71,6 +71,9 @@ class FailingFilesystem : public Filesystem {
   }
   absl::StatusOr<std::string> ReadLink(const std::string& p) override { return base_->ReadLink(p); }
   bool Exists(const std::string& p) override { return base_->Exists(p); }
+  absl::StatusOr<FileInfo> Stat(const std::string& p) override { return base_->Stat(p); }
+  absl::Status Chmod(const std::string& p, mode_t m) override { return base_->Chmod(p, m); }
+  FileOwner Self() override { return base_->Self(); }
 
  private:
   Filesystem* base_;
@@ -147,6 +150,42 @@ TEST_F(PosixFilesystemTest, CreateDirAppliesModeAndToleratesExistingDirectory) {
   EXPECT_EQ(ModeOnDisk(Path("d")), 0750u);  // left alone
   ASSERT_TRUE(fs_.WriteFile(Path("file"), "x", 0600).ok());
   EXPECT_TRUE(absl::IsAlreadyExists(fs_.CreateDir(Path("file"), 0700)));
+}
+
+// Stat reports type, mode and owner without following a final symlink; Chmod refuses symlinks.
+TEST_F(PosixFilesystemTest, StatDoesNotFollowSymlinksAndChmodRefusesThem) {
+  ASSERT_TRUE(fs_.CreateDir(Path("d"), 0750).ok());
+  ASSERT_TRUE(fs_.Symlink(Path("d"), Path("link")).ok());
+  absl::StatusOr<FileInfo> dir = fs_.Stat(Path("d"));
+  ASSERT_TRUE(dir.ok()) << dir.status();
+  EXPECT_EQ(dir->type, FileInfo::Type::kDirectory);
+  EXPECT_EQ(dir->mode, 0750u);
+  EXPECT_EQ(dir->uid, ::geteuid());
+  absl::StatusOr<FileInfo> link = fs_.Stat(Path("link"));
+  ASSERT_TRUE(link.ok()) << link.status();
+  EXPECT_EQ(link->type, FileInfo::Type::kSymlink);
+  EXPECT_TRUE(absl::IsNotFound(fs_.Stat(Path("missing")).status()));
+  EXPECT_TRUE(absl::IsFailedPrecondition(fs_.Chmod(Path("link"), 0700)));
+  EXPECT_EQ(ModeOnDisk(Path("d")), 0750u);
+  ASSERT_TRUE(fs_.Chmod(Path("d"), 0700).ok());
+  EXPECT_EQ(ModeOnDisk(Path("d")), 0700u);
+}
+
+// On a real disk: a 0777 directory of ours is tightened; one owned by another user is refused
+// (that part needs root, to chown).
+TEST_F(PosixFilesystemTest, SecureDirectoryTightensOursAndRefusesOthers) {
+  ASSERT_TRUE(fs_.CreateDir(Path("open"), 0777).ok());
+  ASSERT_EQ(ModeOnDisk(Path("open")), 0777u);
+  ASSERT_TRUE(SecureDirectory(fs_, Path("open"), "state directory", 0700).ok());
+  EXPECT_EQ(ModeOnDisk(Path("open")), 0700u);
+  ASSERT_TRUE(fs_.Symlink(Path("open"), Path("link")).ok());
+  EXPECT_TRUE(absl::IsFailedPrecondition(SecureDirectory(fs_, Path("link"), "state", 0700)));
+  if (::geteuid() != 0) GTEST_SKIP() << "chown to another user needs root";
+  ASSERT_TRUE(fs_.CreateDir(Path("theirs"), 0700).ok());
+  ASSERT_EQ(::chown(Path("theirs").c_str(), 4242, 4242), 0);
+  absl::Status status = SecureDirectory(fs_, Path("theirs"), "state directory", 0700);
+  EXPECT_TRUE(absl::IsFailedPrecondition(status)) << status;
+  EXPECT_NE(status.message().find("owned by uid 4242"), absl::string_view::npos) << status;
 }
 
 // Atomic replace: new bytes, the given mode, and no temporary file left behind.

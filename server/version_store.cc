@@ -23,7 +23,9 @@ namespace {
 namespace pb = ::certcast::state::v1;
 
 // File layout: kHeader, then the SHA-256 of the payload (32 raw bytes), then the payload, a
-// serialized certcast.state.v1.CertificateState.
+// serialized certcast.state.v1.CertificateState. The SHA-256 detects corruption (a torn or
+// damaged file), not tampering: anyone who can write the file can recompute it. Open refuses or
+// tightens a directory others can write to; that is what keeps the state from being forged.
 constexpr absl::string_view kHeader = "certcast-state v1\n";
 constexpr size_t kDigestSize = 32;
 constexpr size_t kMaxNameLength = 253;
@@ -113,6 +115,9 @@ absl::StatusOr<std::unique_ptr<FileVersionStore>> FileVersionStore::Open(Filesys
     return absl::FailedPreconditionError(
         absl::StrCat("cannot create state directory ", dir, ": ", status.message()));
   }
+  // The files hold private keys and decide which version numbers are used; their checksum only
+  // detects corruption, so only the directory's permissions keep others from forging them.
+  RETURN_IF_ERROR(SecureDirectory(*fs, dir, "state directory", 0700));
   return std::unique_ptr<FileVersionStore>(new FileVersionStore(fs, std::move(dir), history_limit));
 }
 

@@ -60,12 +60,16 @@ class VersionStore {
 
 // Embedded store: one file per certificate, `DIR/NAME.state`, holding a checksummed protobuf
 // (certcast.state.v1.CertificateState). Directory 0700, files 0600, written with
-// WriteFileAtomically. Does not own `fs`; it must outlive the store.
+// WriteFileAtomically. The checksum (SHA-256) detects corruption, not tampering; tampering is
+// prevented by the directory's permissions, which Open checks (SecureDirectory).
+// Does not own `fs`; it must outlive the store.
 class FileVersionStore final : public VersionStore {
  public:
   static constexpr int kDefaultHistoryLimit = 10;
 
-  // Creates `dir` (0700) when missing. FailedPrecondition when it cannot be created.
+  // Creates `dir` (0700) when missing. FailedPrecondition when it cannot be created, or when
+  // others could write to it: a directory of ours that others may write is tightened to 0700
+  // with a warning; a symlink, or one owned by another user (not root), is refused.
   static absl::StatusOr<std::unique_ptr<FileVersionStore>> Open(
       Filesystem* fs, std::string dir, int history_limit = kDefaultHistoryLimit);
 

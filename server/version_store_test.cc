@@ -174,6 +174,25 @@ TEST_F(FileVersionStoreTest, OpenFailsWhenDirectoryCannotBeCreated) {
   EXPECT_TRUE(absl::IsInvalidArgument(FileVersionStore::Open(&fs_, kDir, 0).status()));
 }
 
+// Issue 10 item 10: a state directory of ours that others can write is tightened to 0700 before
+// keys are stored in it; one owned by another user, or a symlink, is refused.
+TEST_F(FileVersionStoreTest, OpenTightensOrRefusesDirectoriesOthersCanWrite) {
+  fs_.AddDir("/var/lib/open", 0777);
+  ASSERT_TRUE(FileVersionStore::Open(&fs_, "/var/lib/open").ok());
+  EXPECT_EQ(fs_.ModeOf("/var/lib/open"), "0700");
+
+  fs_.AddDir("/var/lib/theirs", 0700);
+  fs_.SetOwner("/var/lib/theirs", 2000, 2000);
+  auto store = FileVersionStore::Open(&fs_, "/var/lib/theirs");
+  EXPECT_TRUE(absl::IsFailedPrecondition(store.status())) << store.status();
+  EXPECT_THAT(store.status().message(), HasSubstr("owned by uid 2000"));
+
+  fs_.AddSymlink("/var/lib/open", "/var/lib/link");
+  store = FileVersionStore::Open(&fs_, "/var/lib/link");
+  EXPECT_TRUE(absl::IsFailedPrecondition(store.status())) << store.status();
+  EXPECT_THAT(store.status().message(), HasSubstr("is a symlink"));
+}
+
 // Names become file names, so anything outside [a-z0-9.-] (or at the edges) is refused.
 TEST_F(FileVersionStoreTest, RejectsNamesThatAreNotSafeFileNames) {
   const CertificateState state = MakeState(1, 1, "n");

@@ -178,6 +178,24 @@ TEST_F(ScriptedServerTest, NackWhenFingerprintDoesNotMatchCertificate) {
   EXPECT_EQ(*held, good.material);
 }
 
+// Issue 10 item 9, through the real client: OUT/NAME planted as a symlink to another directory
+// gets a NACK saying why, and no key is written where the link points.
+TEST_F(ScriptedServerTest, NackWhenCertificateDirectoryIsASymlink) {
+  Chain good = MakeChain();
+  ASSERT_EQ(::mkdir(tmp_.Join("elsewhere").c_str(), 0777), 0);
+  ASSERT_EQ(::mkdir(tmp_.Join("out").c_str(), 0755), 0);
+  ASSERT_EQ(::symlink(tmp_.Join("elsewhere").c_str(), tmp_.Join("out/wildcard").c_str()), 0);
+  std::vector<v1::SubscribeRequest> received =
+      Run({Update(1, good, std::string(good.material.key_pem.reveal()))});
+  ASSERT_GE(received.size(), 2u);
+  ASSERT_TRUE(received[1].has_nack()) << received[1].DebugString();
+  ASSERT_EQ(received[1].nack().errors_size(), 1);
+  EXPECT_THAT(received[1].nack().errors(0).error(), HasSubstr("is a symlink"));
+  absl::StatusOr<std::vector<std::string>> planted = fs_.ListDir(tmp_.Join("elsewhere"));
+  ASSERT_TRUE(planted.ok()) << planted.status();
+  EXPECT_TRUE(planted->empty());
+}
+
 // The server wins: a different fingerprint with a lower version number is applied, with a warning.
 TEST_F(ScriptedServerTest, ServerWinsWhenVersionGoesBackwards) {
   Chain newer = MakeChain();
@@ -238,6 +256,11 @@ class FailAfterSwapFilesystem final : public Filesystem {
     return fs_.ReadLink(path);
   }
   bool Exists(const std::string& path) override { return fs_.Exists(path); }
+  absl::StatusOr<FileInfo> Stat(const std::string& path) override { return fs_.Stat(path); }
+  absl::Status Chmod(const std::string& path, mode_t mode) override {
+    return fs_.Chmod(path, mode);
+  }
+  FileOwner Self() override { return fs_.Self(); }
 
  private:
   PosixFilesystem fs_;
