@@ -10,7 +10,6 @@
 #include "common/logging.h"
 #include "common/protocol.h"
 #include "common/secret.h"
-#include "spdlog/spdlog.h"
 
 namespace certcast {
 
@@ -49,17 +48,21 @@ void Session::Init() {
         held.version = recorded->version;
         held.not_after = recorded->not_after;
       } else {
-        spdlog::warn(
-            "certificate {}: the files hold fingerprint {} but the state says version {} "
-            "({}); the files win",
-            name, held.fingerprint, recorded->version, recorded->fingerprint);
+        LogWarn("the files hold another fingerprint than the state says; the files win",
+                {{"certificate", name},
+                 {"fingerprint", held.fingerprint},
+                 {"state_version", recorded->version},
+                 {"state_fingerprint", recorded->fingerprint}});
       }
     }
     held_[name] = held;
-    spdlog::info("certificate {}: holding {}", name,
-                 held.fingerprint.empty() ? std::string("nothing yet")
-                                          : absl::StrCat("version ", held.version, " (fingerprint ",
-                                                         held.fingerprint, ")"));
+    if (held.fingerprint.empty()) {
+      LogInfo("holding nothing yet", {{"certificate", name}});
+    } else {
+      LogInfo(
+          absl::StrCat("holding version ", held.version),
+          {{"certificate", name}, {"version", held.version}, {"fingerprint", held.fingerprint}});
+    }
   }
 }
 
@@ -135,7 +138,7 @@ void Session::Run() {
     absl::MutexLock lock(&mu_);
     if (stopping_) return;
     if (reconnect_now_) continue;
-    spdlog::debug("reconnecting to {} in {}", options_.server, absl::FormatDuration(delay));
+    LogDebug("reconnecting", {{"server", options_.server}, {"delay", delay}});
     auto wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || reconnect_now_; };
     last_wake_ = absl::Now();
     mu_.AwaitWithTimeout(absl::Condition(&wake), delay);
@@ -244,8 +247,9 @@ void Session::RunConnection() {
         got_first = true;
         reconnect_backoff_.Reset();
         last_end_message_.clear();
-        spdlog::info("subscribed to {} as {}/{}", options_.server, options_.namespace_,
-                     options_.client_id);
+        LogInfo("subscribed", {{"server", options_.server},
+                               {"namespace", options_.namespace_},
+                               {"client_id", options_.client_id}});
       }
       HandleMessage(*event->message);  // a heartbeat may change heartbeat_timeout_
       heartbeat_deadline = absl::Now() + heartbeat_timeout_;
@@ -253,8 +257,9 @@ void Session::RunConnection() {
     }
     if (cancelled) continue;
     if (absl::Now() >= heartbeat_deadline) {
-      spdlog::warn("no message from {} for {}; treating the stream as dead and reconnecting",
-                   options_.server, absl::FormatDuration(heartbeat_timeout_));
+      LogWarn(
+          "no message for two heartbeat intervals; treating the stream as dead and reconnecting",
+          {{"server", options_.server}, {"silent_for", heartbeat_timeout_}});
       {
         absl::MutexLock lock(&mu_);
         ++counters_.heartbeat_misses;
@@ -307,18 +312,16 @@ void Session::LogStreamEnd(const grpc::Status& status, const std::string& denial
     case grpc::StatusCode::CANCELLED: {
       absl::MutexLock lock(&mu_);
       if (stopping_ || reconnect_now_) return;  // our own doing
-      message = absl::StrCat("stream cancelled: ", status.error_message());
+      message = "stream cancelled";
       break;
     }
     case grpc::StatusCode::PERMISSION_DENIED:
     case grpc::StatusCode::UNAUTHENTICATED:
       denied = true;
-      message = absl::StrCat("the server refused this client (", status.error_code(),
-                             "): ", status.error_message(), "; retrying with backoff");
+      message = "the server refused this client; retrying with backoff";
       break;
     default:
-      message = absl::StrCat("stream to ", options_.server, " ended with code ",
-                             status.error_code(), ": ", status.error_message());
+      message = "stream ended; reconnecting with backoff";
   }
   if (denied) {
     absl::MutexLock lock(&mu_);
@@ -328,17 +331,18 @@ void Session::LogStreamEnd(const grpc::Status& status, const std::string& denial
       denial_reason == kDenialNotAllowed) {
     RemoveEverything();
   }
+  const std::string code = StatusCodeName(status.error_code());
+  // The server's text is the peer's: Peer() escapes and caps it.
+  const std::string error = status.error_message();  // a copy: fields hold views
+  const LogFields fields = {{"server", options_.server}, {"code", code}, {"error", Peer(error)}};
   // A repeated failure logs once at warn (error for denials), then at debug.
-  if (message == last_end_message_) {
-    spdlog::debug("{}", message);
+  const std::string key = absl::StrCat(message, "|", code, "|", error);
+  if (key == last_end_message_) {
+    LogDebug(message, fields);
     return;
   }
-  last_end_message_ = message;
-  if (denied) {
-    spdlog::error("{}", message);
-  } else {
-    spdlog::warn("{}", message);
-  }
+  last_end_message_ = key;
+  LogAt(denied ? spdlog::level::err : spdlog::level::warn, message, fields);
 }
 
 void Session::RemoveEverything() {
@@ -352,16 +356,16 @@ void Session::RemoveEverything() {
       absl::Status status = sink->Remove(name);
       if (!status.ok()) {
         removed = false;
-        spdlog::error("certificate {}: access revoked but the {} sink could not remove it: {}",
-                      name, sink->name(), std::string(status.message()));
+        LogError("access revoked but a sink could not remove the certificate",
+                 {{"certificate", name}, {"sink", sink->name()}, {"error", status}});
       }
     }
     if (!removed) continue;  // try again after the next denial
     store_->Clear(name).IgnoreError();
     recorded_.erase(name);
     removed_.insert(name);
-    spdlog::warn("certificate {}: access revoked; removed from every sink (--delete-on-revoke)",
-                 name);
+    LogWarn("access revoked; removed from every sink (--delete-on-revoke)",
+            {{"certificate", name}});
     absl::MutexLock lock(&mu_);
     held_[name] = HeldVersion{};
     ++counters_.revocations;
@@ -383,7 +387,8 @@ void Session::HandleMessage(v1::SubscribeResponse& message) {
       if (held.fingerprint == in_sync.fingerprint()) held.version = in_sync.version();
       received_[in_sync.name()] = in_sync.version();
       failing_.erase(in_sync.name());
-      spdlog::info("certificate {}: in sync at version {}", in_sync.name(), in_sync.version());
+      LogInfo(absl::StrCat("in sync at version ", in_sync.version()),
+              {{"certificate", in_sync.name()}, {"version", in_sync.version()}});
       break;
     }
     case v1::SubscribeResponse::kUpdate:
@@ -426,8 +431,9 @@ void Session::HandleUpdate(v1::CertificateUpdate& update) {
   }
   if (!info.ok()) {
     // Material that fails validation is not retried: the next version may fix it.
-    spdlog::warn("certificate {}: refusing version {}: {}; keeping what is in place", version.name,
-                 version.version, std::string(info.status().message()));
+    LogWarn(
+        "refusing a version; keeping what is in place",
+        {{"certificate", version.name}, {"version", version.version}, {"error", info.status()}});
     v1::SubscribeRequest nack;
     nack.mutable_nack()->set_name(version.name);
     nack.mutable_nack()->set_version(version.version);
@@ -449,10 +455,11 @@ void Session::HandleUpdate(v1::CertificateUpdate& update) {
     const HeldVersion& held = held_[version.name];
     if (!held.fingerprint.empty() && held.fingerprint != version.fingerprint &&
         version.version < held.version) {
-      spdlog::warn(
-          "certificate {}: the server's version went backwards (held {}, got {}); "
-          "applying it: the server wins",
-          version.name, held.version, version.version);
+      LogWarn(absl::StrCat("the server's version went backwards (held ", held.version, ", got ",
+                           version.version, "); applying it: the server wins"),
+              {{"certificate", version.name},
+               {"version", version.version},
+               {"held_version", held.version}});
     }
   }
   bool failed = false;
@@ -546,8 +553,10 @@ v1::SubscribeRequest Session::Apply(const VersionedMaterial& version, absl::Time
       absl::Status ran = hook->Run(context);
       if (ran.ok()) continue;
       warnings.push_back(absl::StrCat(hook->name(), ": ", ran.message()));
-      spdlog::warn("certificate {}: version {} is in place but the {} hook failed: {}",
-                   version.name, version.version, hook->name(), std::string(ran.message()));
+      LogWarn("version in place but a hook failed", {{"certificate", version.name},
+                                                     {"version", version.version},
+                                                     {"hook", hook->name()},
+                                                     {"error", ran}});
       absl::MutexLock lock(&mu_);
       ++counters_.hook_failures;
       ++counters_.hook_failures_by_certificate[version.name];
@@ -561,8 +570,11 @@ v1::SubscribeRequest Session::Apply(const VersionedMaterial& version, absl::Time
       warnings.push_back(absl::StrCat("state: ", saved.message()));
     }
   }
-  spdlog::info("certificate {}: version {} applied (fingerprint {}){}", version.name,
-               version.version, version.fingerprint, written ? "" : "; the sinks already held it");
+  LogInfo(absl::StrCat("version ", version.version, " applied",
+                       written ? "" : "; the sinks already held it"),
+          {{"certificate", version.name},
+           {"version", version.version},
+           {"fingerprint", version.fingerprint}});
   v1::Ack* ack = reply.mutable_ack();
   ack->set_name(version.name);
   ack->set_version(version.version);
