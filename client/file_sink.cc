@@ -9,9 +9,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "common/logging.h"
 #include "common/secret.h"
 #include "common/status_macros.h"
-#include "spdlog/spdlog.h"
 
 namespace certcast {
 namespace {
@@ -180,7 +180,8 @@ absl::Status Settle(Filesystem& fs, const std::string& dir, const std::string& v
 
   absl::StatusOr<std::vector<std::string>> entries = fs.ListDir(dir);
   if (!entries.ok()) {
-    spdlog::debug("cannot list {} to remove old versions: {}", dir, entries.status().ToString());
+    LogDebug("cannot list a directory to remove old versions",
+             {{"dir", dir}, {"error", entries.status()}});
     return absl::OkStatus();
   }
   bool removed = false;
@@ -188,14 +189,16 @@ absl::Status Settle(Filesystem& fs, const std::string& dir, const std::string& v
     if (!IsLeftover(entry, version)) continue;
     absl::Status status = fs.RemoveAll(JoinPath(dir, entry));
     if (!status.ok()) {
-      spdlog::debug("cannot remove {} from {}: {}", entry, dir, status.ToString());
+      LogDebug("cannot remove an old version", {{"entry", entry}, {"dir", dir}, {"error", status}});
       continue;
     }
     removed = true;
   }
   if (removed) {
     absl::Status status = fs.SyncDir(dir);
-    if (!status.ok()) spdlog::debug("cannot sync {} after clean-up: {}", dir, status.ToString());
+    if (!status.ok()) {
+      LogDebug("cannot sync a directory after clean-up", {{"dir", dir}, {"error", status}});
+    }
   }
   return absl::OkStatus();
 }
@@ -295,8 +298,10 @@ absl::StatusOr<ApplyResult> FileSink::Apply(const VersionedMaterial& version) {
                                          " already points at ", new_version));
   }
   unsettled_.erase(name);
-  spdlog::debug("certificate {}: wrote version {} (fingerprint {}) to {}", name, version.version,
-                version.fingerprint, version_dir);
+  LogDebug("wrote version", {{"certificate", name},
+                             {"version", version.version},
+                             {"fingerprint", version.fingerprint},
+                             {"dir", version_dir}});
   return ApplyResult::kWritten;
 }
 

@@ -6,8 +6,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/logging.h"
 #include "common/status_macros.h"
-#include "spdlog/spdlog.h"
 
 namespace certcast {
 
@@ -26,8 +26,8 @@ std::optional<HeldVersion> ClientStateStore::Load(const std::string& name) {
   absl::StatusOr<std::string> text = fs_->ReadFile(path);
   if (!text.ok()) {
     if (!absl::IsNotFound(text.status())) {
-      spdlog::warn("cannot read {}: {}; the files on disk decide", path,
-                   std::string(text.status().message()));
+      LogWarn("cannot read the state file; the files on disk decide",
+              {{"path", path}, {"error", text.status()}});
     }
     return std::nullopt;
   }
@@ -38,7 +38,7 @@ std::optional<HeldVersion> ClientStateStore::Load(const std::string& name) {
   // The expiry was added later: files without it are still valid.
   if (fields.size() < 2 || fields.size() > 3 || !absl::SimpleAtoi(fields[0], &held.version) ||
       fields[1].size() != 64 || (fields.size() == 3 && !absl::SimpleAtoi(fields[2], &not_after))) {
-    spdlog::warn("{} is not a certcast client state file; the files on disk decide", path);
+    LogWarn("not a certcast client state file; the files on disk decide", {{"path", path}});
     return std::nullopt;
   }
   held.fingerprint = fields[1];

@@ -6,6 +6,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "grpc/support/log.h"
@@ -381,6 +382,25 @@ absl::Status ConfigureLogging(const std::string& level, const std::string& forma
 }
 
 bool LogsAsJson() { return g_json; }
+
+void ConfigureLoggingFromArgv(int argc, char** argv) {
+  std::string level = "info";
+  std::string format = "text";
+  for (int i = 1; i < argc; ++i) {
+    const absl::string_view arg = argv[i];
+    if (arg == "--") break;
+    for (auto [name, value] : {std::pair<absl::string_view, std::string*>{"--log_format", &format},
+                               {"--log_level", &level}}) {
+      if (absl::StartsWith(arg, absl::StrCat(name, "="))) {
+        *value = std::string(arg.substr(name.size() + 1));
+      } else if (arg == name && i + 1 < argc) {
+        *value = argv[i + 1];
+      }
+    }
+  }
+  // An invalid value is reported by ConfigureLoggingFromFlags.
+  if (!ConfigureLogging(level, format).ok()) ConfigureLogging("info", "text").IgnoreError();
+}
 
 absl::Status ConfigureLoggingFromFlags() {
   return ConfigureLogging(absl::GetFlag(FLAGS_log_level), absl::GetFlag(FLAGS_log_format));

@@ -54,6 +54,11 @@ absl::Status ConfigureLogging(const std::string& level, const std::string& forma
 // ConfigureLogging with the --log-level and --log-format flags.
 absl::Status ConfigureLoggingFromFlags();
 
+// Best effort before absl parses the flags: configures logging from --log-format/--log-level
+// values found in argv (after NormalizeFlagNames), so that even errors about other flags come out
+// as JSON when json was asked for. ConfigureLoggingFromFlags later configures for good.
+void ConfigureLoggingFromArgv(int argc, char** argv);
+
 // True once ConfigureLogging chose json: then stderr carries nothing but JSON lines.
 bool LogsAsJson();
 

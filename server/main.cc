@@ -142,6 +142,7 @@ int main(int argc, char** argv) {
     std::cout << certcast::VersionLine(kProgram) << "\n";
     return 0;
   }
+  certcast::ConfigureLoggingFromArgv(argc, argv);
   if (absl::Status durations = certcast::CheckDurationFlags(argc, argv); !durations.ok()) {
     return Fail(durations.message());
   }

@@ -4,8 +4,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/logging.h"
 #include "common/status_macros.h"
-#include "spdlog/spdlog.h"
 
 namespace certcast {
 
@@ -47,8 +47,10 @@ absl::Status Publisher::AddCertificate(CertificateSpec spec) {
     const StoredVersion& last = entry->state.versions.back();
     entry->current = MakePublication(name, last.version, entry->state.pin.version == last.version,
                                      entry->infos.back(), last.material);
-    spdlog::info("certificate {}: restored version {} (fingerprint {}) from the version store",
-                 name, last.version, entry->infos.back().fingerprint);
+    LogInfo("restored the last version from the version store",
+            {{"certificate", name},
+             {"version", last.version},
+             {"fingerprint", entry->infos.back().fingerprint}});
     listener_->OnPublish(entry->current);
     NoteExpiry(*entry);
   }
@@ -68,9 +70,11 @@ void Publisher::Reject(Entry& entry, const absl::Status& status, const std::stri
   const std::string serving = entry.current
                                   ? absl::StrCat("keeps serving version ", entry.current->version)
                                   : std::string("has no version to serve");
-  spdlog::warn("certificate {}: source {} rejected ({}): {}; {}", entry.spec.name,
-               entry.spec.source->Describe(), entry.last_rejection->reason,
-               std::string(status.message()), serving);
+  LogWarn(absl::StrCat("source content rejected; ", serving),
+          {{"certificate", entry.spec.name},
+           {"source", entry.spec.source->Describe()},
+           {"reason", entry.last_rejection->reason},
+           {"error", status.message()}});
 }
 
 Verdict Publisher::Evaluate(const std::string& name, bool confirmed) {
@@ -98,11 +102,15 @@ Verdict Publisher::ReadFailed(Entry& entry, const absl::Status& status) {
                                   ? absl::StrCat("keeps serving version ", entry.current->version)
                                   : std::string("has no version to serve yet");
   if (entry.consecutive_read_failures == 1) {
-    spdlog::warn("certificate {}: cannot read source {} ({}); reading it again with backoff; {}",
-                 entry.spec.name, entry.spec.source->Describe(), entry.read_error, serving);
+    LogWarn(absl::StrCat("cannot read the source; reading it again with backoff; ", serving),
+            {{"certificate", entry.spec.name},
+             {"source", entry.spec.source->Describe()},
+             {"error", entry.read_error}});
   } else {
-    spdlog::debug("certificate {}: source {} still unreadable after {} reads: {}", entry.spec.name,
-                  entry.spec.source->Describe(), entry.consecutive_read_failures, entry.read_error);
+    LogDebug("source still unreadable", {{"certificate", entry.spec.name},
+                                         {"source", entry.spec.source->Describe()},
+                                         {"failed_reads", entry.consecutive_read_failures},
+                                         {"error", entry.read_error}});
   }
   return Verdict::kRetry;
 }
@@ -126,8 +134,9 @@ Verdict Publisher::Settle(Entry& entry, absl::StatusOr<CertificateMaterial> mate
   }
   entry.source_present = true;
   if (entry.read_failed || entry.consecutive_read_failures > 0) {
-    spdlog::info("certificate {}: source {} is readable again after {} failed reads", name,
-                 entry.spec.source->Describe(), entry.consecutive_read_failures);
+    LogInfo("source readable again", {{"certificate", name},
+                                      {"source", entry.spec.source->Describe()},
+                                      {"failed_reads", entry.consecutive_read_failures}});
     entry.read_failed = false;
     entry.consecutive_read_failures = 0;
     entry.read_error.clear();
@@ -154,8 +163,8 @@ Verdict Publisher::Settle(Entry& entry, absl::StatusOr<CertificateMaterial> mate
       entry.source_digest = digest;
       return Verdict::kSettled;
     }
-    spdlog::info("certificate {}: source content changed; ending the pin on version {}", name,
-                 pin.version);
+    LogInfo("source content changed; ending the pin",
+            {{"certificate", name}, {"version", pin.version}});
     pin = PinState{};
   }
   const bool unchanged =
@@ -187,8 +196,8 @@ Verdict Publisher::Settle(Entry& entry, absl::StatusOr<CertificateMaterial> mate
     }
   }
   if (!committed.ok()) {
-    spdlog::error("certificate {}: cannot persist the new state, will retry: {}", name,
-                  std::string(committed.message()));
+    LogError("cannot persist the new state, will retry",
+             {{"certificate", name}, {"error", committed}});
     return Verdict::kUnsettled;
   }
   entry.settled_digest = digest;
@@ -221,12 +230,23 @@ absl::Status Publisher::Commit(Entry& entry, StoredVersion version, CertificateI
   entry.current = MakePublication(name, stored.version, entry.state.pin.version == stored.version,
                                   current_info, stored.material);
   ++entry.publications;
-  spdlog::info("certificate {}: published version {} (fingerprint {}, {}, not after {})", name,
-               stored.version, current_info.fingerprint,
-               stored.origin == "rollback"
-                   ? absl::StrCat("rollback of version ", stored.rolled_back_from, ", pinned")
-                   : std::string("from ") + entry.spec.source->Describe(),
-               absl::FormatTime(absl::RFC3339_sec, current_info.not_after, absl::UTCTimeZone()));
+  const std::string not_after =
+      absl::FormatTime(absl::RFC3339_sec, current_info.not_after, absl::UTCTimeZone());
+  if (stored.origin == "rollback") {
+    LogInfo(absl::StrCat("published version ", stored.version, " (a pinned rollback)"),
+            {{"certificate", name},
+             {"version", stored.version},
+             {"fingerprint", current_info.fingerprint},
+             {"rolled_back_from", stored.rolled_back_from},
+             {"not_after", not_after}});
+  } else {
+    LogInfo(absl::StrCat("published version ", stored.version),
+            {{"certificate", name},
+             {"version", stored.version},
+             {"fingerprint", current_info.fingerprint},
+             {"source", entry.spec.source->Describe()},
+             {"not_after", not_after}});
+  }
   listener_->OnPublish(entry.current);
   return absl::OkStatus();
 }
@@ -338,20 +358,25 @@ void Publisher::NoteExpiry(Entry& entry) {
   const std::string not_after =
       absl::FormatTime(absl::RFC3339_sec, current.info.not_after, absl::UTCTimeZone());
   if (!expiring) {
-    spdlog::info(
-        "certificate {}: version {} (fingerprint {}) is not close to expiry (not after {})",
-        entry.spec.name, current.version, current.info.fingerprint, not_after);
+    LogInfo("current version is not close to expiry", {{"certificate", entry.spec.name},
+                                                       {"version", current.version},
+                                                       {"fingerprint", current.info.fingerprint},
+                                                       {"not_after", not_after}});
     return;
   }
   const absl::Duration left = current.info.not_after - clock_->Now();
-  spdlog::warn(
-      "certificate {}: version {} (fingerprint {}) {} {} ({:.1f} days from now; --expiry-warning "
-      "is {:.1f} "
-      "days); still serving it until {} provides newer material",
-      entry.spec.name, current.version, current.info.fingerprint,
-      left > absl::ZeroDuration() ? "expires at" : "EXPIRED at", not_after,
-      absl::ToDoubleHours(left) / 24, absl::ToDoubleHours(options_.expiry_warning) / 24,
-      entry.spec.source->Describe());
+  LogWarn(left > absl::ZeroDuration()
+              ? "current version expires soon; still serving it until the source provides newer "
+                "material"
+              : "current version EXPIRED; still serving it until the source provides newer "
+                "material",
+          {{"certificate", entry.spec.name},
+           {"version", current.version},
+           {"fingerprint", current.info.fingerprint},
+           {"not_after", not_after},
+           {"days_left", absl::ToDoubleHours(left) / 24},
+           {"expiry_warning", options_.expiry_warning},
+           {"source", entry.spec.source->Describe()}});
 }
 
 bool Publisher::Ready(std::string* why) const {

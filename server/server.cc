@@ -16,7 +16,6 @@
 #include "grpcpp/security/tls_credentials_options.h"
 #include "grpcpp/server_builder.h"
 #include "server/secret_source.h"
-#include "spdlog/spdlog.h"
 
 namespace certcast {
 
@@ -267,15 +266,17 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
     ASSIGN_OR_RETURN(server->health_port_, server->probes_.Start(options.health_listen));
   }
   if (options.insecure) {
-    spdlog::warn(
-        "*** --insecure: serving WITHOUT TLS on {}. Private keys cross the network in "
-        "plaintext. Use only for local development. ***",
-        options.listen);
+    LogWarn(
+        "*** --insecure: serving WITHOUT TLS. Private keys cross the network in plaintext. Use "
+        "only for local development. ***",
+        {{"listen", options.listen}});
   }
-  spdlog::info("certcast-server listening on port {} ({}), {} certificate(s), state in {}",
-               server->port_,
-               options.insecure ? "plaintext" : (options.client_ca.empty() ? "TLS" : "mTLS"),
-               names.size(), options.state_dir);
+  LogInfo(
+      absl::StrCat("certcast-server listening on port ", server->port_),
+      {{"port", server->port_},
+       {"transport", options.insecure ? "plaintext" : (options.client_ca.empty() ? "TLS" : "mTLS")},
+       {"certificates", names.size()},
+       {"state_dir", options.state_dir}});
   return server;
 }
 
@@ -299,7 +300,7 @@ absl::Status CertcastServer::SetUpIdentities(Filesystem* fs, const Clock* clock,
     ASSIGN_OR_RETURN(policy_, PolicyFile::Open(fs, options_.policy_file,
                                                std::set<std::string>(names.begin(), names.end())));
   } else {
-    spdlog::warn(
+    LogWarn(
         "no --policy: this server hands out NO key material (every Subscribe is "
         "PERMISSION_DENIED) until a policy names who may receive what");
   }

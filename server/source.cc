@@ -10,8 +10,8 @@
 #include <cerrno>
 
 #include "absl/strings/str_cat.h"
+#include "common/logging.h"
 #include "common/status_macros.h"
-#include "spdlog/spdlog.h"
 
 namespace certcast {
 namespace {
@@ -34,8 +34,9 @@ DirectorySource::DirectorySource(Filesystem* fs, std::string dir, Options option
   if (options_.use_inotify) {
     inotify_fd_ = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
     if (inotify_fd_ < 0) {
-      spdlog::warn("source {}: inotify unavailable ({}); polling every {}", Describe(),
-                   strerror(errno), absl::FormatDuration(options_.poll_interval));
+      LogWarn("inotify unavailable; polling", {{"source", Describe()},
+                                               {"error", strerror(errno)},
+                                               {"interval", options_.poll_interval}});
     }
   }
   EnsureWatch();
@@ -88,7 +89,7 @@ bool DirectorySource::WaitForChange(absl::Time deadline) {
     const int ready = poll(fds, 2, TimeoutMs(wake_at));
     if (interrupted_.load()) return false;
     if (ready < 0 && errno != EINTR) {
-      spdlog::error("source {}: poll failed: {}", Describe(), strerror(errno));
+      LogError("poll failed", {{"source", Describe()}, {"error", strerror(errno)}});
       return false;
     }
     if (watching && ready > 0 && (fds[1].revents & POLLIN)) {
