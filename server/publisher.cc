@@ -102,7 +102,7 @@ Verdict Publisher::ReadFailed(Entry& entry, const absl::Status& status) {
                                   ? absl::StrCat("keeps serving version ", entry.current->version)
                                   : std::string("has no version to serve yet");
   if (entry.consecutive_read_failures == 1) {
-    LogWarn(absl::StrCat("cannot read the source; reading it again with backoff; ", serving),
+    LogWarn(absl::StrCat("cannot read source; reading it again with backoff; ", serving),
             {{"certificate", entry.spec.name},
              {"source", entry.spec.source->Describe()},
              {"error", entry.read_error}});
