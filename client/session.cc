@@ -247,9 +247,9 @@ void Session::RunConnection() {
         got_first = true;
         reconnect_backoff_.Reset();
         last_end_message_.clear();
-        LogInfo("subscribed", {{"server", options_.server},
-                               {"namespace", options_.namespace_},
-                               {"client_id", options_.client_id}});
+        LogInfo("subscribed to the server", {{"server", options_.server},
+                                             {"namespace", options_.namespace_},
+                                             {"client_id", options_.client_id}});
       }
       HandleMessage(*event->message);  // a heartbeat may change heartbeat_timeout_
       heartbeat_deadline = absl::Now() + heartbeat_timeout_;
