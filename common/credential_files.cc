@@ -89,8 +89,8 @@ absl::Status CheckKeyPairFiles(Filesystem& fs, absl::string_view cert_flag,
   ERR_clear_error();
   if (key == nullptr) {
     return FileError(key_flag, key_path,
-                     "holds no unencrypted PEM private key (expected -----BEGIN PRIVATE KEY-----, "
-                     "-----BEGIN EC PRIVATE KEY----- or -----BEGIN RSA PRIVATE KEY-----)");
+                     "holds no unencrypted PEM private key (expected a PEM block of type PRIVATE "
+                     "KEY, EC PRIVATE KEY or RSA PRIVATE KEY)");
   }
   if (X509_check_private_key(leaf.get(), key.get()) != 1) {
     ERR_clear_error();
