@@ -15,6 +15,9 @@ PACKAGES=(
   python3 python3-yaml libyaml-cpp-dev prometheus prometheus-cpp-dev
   # libFuzzer targets (scripts/fuzz.sh): clang 14 with its fuzzer and sanitizer runtimes.
   clang libclang-rt-14-dev
+  # The container image test (tests/image, scripts/build-image.sh): podman with runc, and
+  # mmdebstrap to make the Debian base image without a container registry.
+  podman runc mmdebstrap
 )
 
 log() { echo "install-deps: $*"; }

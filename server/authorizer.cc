@@ -191,18 +191,23 @@ absl::Status PolicyAuthorizer::AuthorizeSubscribe(const PeerIdentity& peer,
   return absl::OkStatus();
 }
 
+bool PolicyAuthorizer::IsAdmin(const std::string& identity) const {
+  if (admins_.count(identity) > 0) return true;
+  std::shared_ptr<const Policy> policy = policy_ == nullptr ? nullptr : policy_->current();
+  return policy != nullptr && policy->IsAdmin(identity);
+}
+
 absl::Status PolicyAuthorizer::AuthorizeAdmin(const PeerIdentity& peer) {
   if (absl::Status proven = RequireTrustedIdentity(peer); !proven.ok()) return proven;
-  std::shared_ptr<const Policy> policy = policy_ == nullptr ? nullptr : policy_->current();
-  if (policy != nullptr && policy->IsAdmin(peer.identity)) return absl::OkStatus();
+  if (IsAdmin(peer.identity)) return absl::OkStatus();
   return Denied(absl::StatusCode::kPermissionDenied, "not_admin",
-                absl::StrCat("identity ", peer.identity, " is not an admin (policy: admins)"));
+                absl::StrCat("identity ", peer.identity,
+                             " is not an admin (policy: admins, or --admin)"));
 }
 
 absl::StatusOr<InspectionScope> PolicyAuthorizer::AuthorizeInspection(const PeerIdentity& peer) {
   if (absl::Status proven = RequireTrustedIdentity(peer); !proven.ok()) return proven;
-  std::shared_ptr<const Policy> policy = policy_ == nullptr ? nullptr : policy_->current();
-  if (policy != nullptr && policy->IsAdmin(peer.identity)) return InspectionScope{true, ""};
+  if (IsAdmin(peer.identity)) return InspectionScope{true, ""};
   // A non-admin sees its own namespace; an identity without one has nothing to see (an empty
   // namespace must never become "no filter").
   if (peer.namespace_.empty()) {

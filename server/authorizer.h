@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 
 #include "absl/status/status.h"
@@ -97,8 +98,11 @@ class PolicyAuthorizer final : public Authorizer {
  public:
   // With a `trust_domain`, client certificates from another SPIFFE trust domain are refused
   // (a client CA bundle shared across clusters must not let cluster B's "shop" be A's "shop").
-  explicit PolicyAuthorizer(PolicyFile* policy, std::string trust_domain = "")
-      : policy_(policy), trust_domain_(std::move(trust_domain)) {}
+  // `admins` (--admin) are admins in addition to the policy's `admins`: the manifests name the
+  // operator's identity there, so that it follows the namespace certcast is deployed in.
+  explicit PolicyAuthorizer(PolicyFile* policy, std::string trust_domain = "",
+                            std::set<std::string> admins = {})
+      : policy_(policy), trust_domain_(std::move(trust_domain)), admins_(std::move(admins)) {}
   absl::Status AuthorizeSubscribe(const PeerIdentity& peer, const std::string& namespace_,
                                   const std::string& certificate) override;
   absl::Status AuthorizeAdmin(const PeerIdentity& peer) override;
@@ -108,8 +112,12 @@ class PolicyAuthorizer final : public Authorizer {
   // The identity proven and, for mTLS, from the configured trust domain.
   absl::Status RequireTrustedIdentity(const PeerIdentity& peer) const;
 
+  // Listed in the policy or given with --admin.
+  bool IsAdmin(const std::string& identity) const;
+
   PolicyFile* const policy_;
   const std::string trust_domain_;
+  const std::set<std::string> admins_;
 };
 
 // Short reason code of a denial, for counters: carried as a payload by the authorizers.

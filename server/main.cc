@@ -42,6 +42,10 @@ ABSL_FLAG(std::string, client_ca, "",
 ABSL_FLAG(std::string, policy, "",
           "Policy file (YAML): which namespaces may receive which certificate, and the admins. "
           "Re-read when it changes and on SIGHUP. Without it a TLS server hands out nothing.");
+ABSL_FLAG(std::vector<std::string>, admin, {},
+          "IDENTITY, repeatable: an admin in addition to the policy's admins (e.g. "
+          "system:serviceaccount:NS:certcast-operator; the manifests set it from the pod's "
+          "namespace).");
 ABSL_FLAG(std::string, token_audience, "",
           "Accept Kubernetes ServiceAccount tokens (authorization: Bearer) for this audience, "
           "checked with the TokenReview API (needs the system:auth-delegator binding).");
@@ -111,7 +115,7 @@ std::string Help() {
             "confirm_delay", "source_resync_interval"}},
           {"Serving and identities",
            {"listen", "tls_cert", "tls_key", "client_ca", "trust_domain", "token_audience",
-            "token_map", "policy", "max_streams_per_identity", "insecure"}},
+            "token_map", "policy", "admin", "max_streams_per_identity", "insecure"}},
           {"Streams",
            {"heartbeat_interval", "hello_timeout", "max_hello_pending_per_connection",
             "max_hello_pending_per_address", "client_retention", "shutdown_grace"}},
@@ -149,6 +153,7 @@ int main(int argc, char** argv) {
   const std::vector<std::string> certificates =
       certcast::TakeRepeatedFlag(&argc, argv, "certificate");
   const std::vector<std::string> sans = certcast::TakeRepeatedFlag(&argc, argv, "require_san");
+  const std::vector<std::string> admins = certcast::TakeRepeatedFlag(&argc, argv, "admin");
   absl::ParseCommandLine(argc, argv);
 
   if (absl::Status logging = certcast::ConfigureLoggingFromFlags(); !logging.ok()) {
@@ -190,6 +195,10 @@ int main(int argc, char** argv) {
   options.token_audience = absl::GetFlag(FLAGS_token_audience);
   options.token_map_file = absl::GetFlag(FLAGS_token_map);
   options.trust_domain = absl::GetFlag(FLAGS_trust_domain);
+  for (const std::string& admin : admins) {
+    if (admin.empty()) return Fail("--admin needs an identity (--admin=IDENTITY)");
+    options.admins.insert(admin);
+  }
   options.distribution.max_streams_per_identity = absl::GetFlag(FLAGS_max_streams_per_identity);
   options.distribution.max_awaiting_hello_per_connection =
       absl::GetFlag(FLAGS_max_hello_pending_per_connection);

@@ -316,7 +316,7 @@ absl::Status CertcastServer::SetUpIdentities(Filesystem* fs, const Clock* clock,
         "for are accepted; spiffe://other-cluster/ns/NS/... receives what NS may receive");
     trust_domain.clear();
   }
-  authorizer_ = std::make_unique<PolicyAuthorizer>(policy_.get(), trust_domain);
+  authorizer_ = std::make_unique<PolicyAuthorizer>(policy_.get(), trust_domain, options_.admins);
   if (!options_.token_map_file.empty()) {
     ASSIGN_OR_RETURN(std::string text, fs->ReadFile(options_.token_map_file));
     ASSIGN_OR_RETURN(TokenMap map, TokenMap::Parse(text, options_.token_map_file));

@@ -7,6 +7,7 @@
 #define CERTCAST_SERVER_SERVER_H_
 
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -50,6 +51,7 @@ struct ServerOptions {
   std::string token_audience;  // accept ServiceAccount tokens for this audience (TokenReview)
   std::string token_map_file;  // accept static tokens listed (by hash) in this file
   std::string trust_domain;    // client certificates must be from this SPIFFE domain ("*": any)
+  std::set<std::string> admins;  // --admin: admins besides the policy's
   bool insecure = false;
   std::string health_listen;  // empty: no plain-HTTP probe endpoint
   absl::Duration tls_refresh_interval = absl::Seconds(10);

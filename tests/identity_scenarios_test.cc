@@ -111,10 +111,8 @@ class IdentityScenarioTest : public ::testing::Test {
     ASSERT_NE(kube_port_, 0) << kube_->log();
   }
 
-  void StartServer() {
-    server_ = std::make_unique<ChildProcess>(
-        CERTCAST_SERVER_BINARY,
-        std::vector<std::string>{
+  void StartServer(const std::vector<std::string>& extra_args = {}) {
+    std::vector<std::string> args{
             "--listen=127.0.0.1:0", "--tls-cert=" + tmp_.Join("server.crt"),
             "--tls-key=" + tmp_.Join("server.key"), "--client-ca=" + tmp_.Join("client-ca.pem"),
             "--policy=" + tmp_.Join("policy.yaml"), "--token-audience=certcast",
@@ -123,8 +121,9 @@ class IdentityScenarioTest : public ::testing::Test {
             "--state-dir=" + tmp_.Join("state"),
             absl::StrCat("--kube-api-url=https://localhost:", kube_port_),
             "--kube-token-file=" + tmp_.Join("server-sa.token"),
-            "--kube-ca-file=" + tmp_.Join("server-ca.pem"), "--quiet-period=20ms"},
-        tmp_.Join("server.log"));
+            "--kube-ca-file=" + tmp_.Join("server-ca.pem"), "--quiet-period=20ms"};
+    args.insert(args.end(), extra_args.begin(), extra_args.end());
+    server_ = std::make_unique<ChildProcess>(CERTCAST_SERVER_BINARY, args, tmp_.Join("server.log"));
     port_ = server_->WaitForPort();
     ASSERT_NE(port_, 0) << server_->log();
     operator_ = Spiffe("spiffe://cluster.local/ns/certcast-system/sa/operator");
@@ -336,6 +335,40 @@ TEST_F(IdentityScenarioTest, AdminAndInspectionScopes) {
 
 // A policy change revokes live streams that lost permission (others keep being served); the
 // revoked client keeps its files by default, and deletes them with --delete-on-revoke.
+// --admin names an admin besides the policy's `admins` (the manifests pass the operator's
+// ServiceAccount in the pod's own namespace); without it that identity sees only its namespace.
+TEST_F(IdentityScenarioTest, AdminFlagNamesAnAdminBesidesThePolicy) {
+  Issued tenant_a = Tenant("tenant-a");
+  Issued platform_operator = Spiffe("spiffe://cluster.local/ns/platform/sa/certcast-operator");
+  auto list = [&](const Issued* who) {
+    auto stub = v1::Inspection::NewStub(Channel(who));
+    grpc::ClientContext context;
+    v1::ListClientsResponse response;
+    EXPECT_TRUE(stub->ListClients(&context, {}, &response).ok());
+    std::vector<std::string> namespaces;
+    for (const auto& client : response.clients()) namespaces.push_back(client.namespace_());
+    return namespaces;
+  };
+  auto subscribe = [&] {
+    auto subscriber = std::make_unique<TestSubscriber>(Channel(&tenant_a));
+    v1::HeldCertificate held;
+    held.set_name("wildcard");
+    subscriber->SendHello("tenant-a", "pod-a", {held});
+    EXPECT_TRUE(subscriber->NextNonHeartbeat().has_value());
+    return subscriber;
+  };
+  {
+    auto a = subscribe();
+    EXPECT_TRUE(list(&platform_operator).empty()) << "not an admin: only namespace platform";
+  }
+  server_.reset();
+  StartServer({"--admin=spiffe://cluster.local/ns/platform/sa/certcast-operator"});
+  auto a = subscribe();
+  EXPECT_THAT(list(&platform_operator), ::testing::ElementsAre("tenant-a"));
+  EXPECT_THAT(list(&operator_), ::testing::ElementsAre("tenant-a")) << "the policy's admins stay";
+  EXPECT_THAT(list(&tenant_a), ::testing::ElementsAre("tenant-a"));
+}
+
 TEST_F(IdentityScenarioTest, PolicyReloadRevokesAndDeleteOnRevoke) {
   auto client = [&](const std::string& ns, std::vector<std::string> extra) {
     Issued identity = Tenant(ns);
