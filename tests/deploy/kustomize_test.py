@@ -27,7 +27,18 @@ cannot be built alone; components are covered by the overlays that use them) is 
     --rollout-restart, --delete-on-revoke) and nothing on Secrets without a Secret sink; an API
     token is mounted when it uses the API.
 
-Flags are read in their --flag=value form (dashes or underscores).
+  - anywhere certcast runs: the recommended labels (app.kubernetes.io/name, instance, version,
+    component, part-of, managed-by) on every certcast Deployment and its pod template; a
+    NetworkPolicy selecting every certcast pod; the restricted Pod Security labels on the
+    server's Namespace; the admin identity (--admin) is the certcast-operator ServiceAccount of
+    the server's own namespace and exists; a client in the same render reaches the server by
+    the Service in the server's namespace; a server outside certcast-system leaves no
+    certcast-system behind (outside ConfigMap data); no render that holds a tenant client also
+    holds that tenant's Namespace object (`kubectl delete -k` must not delete it).
+
+Flags are read in their --flag=value form (dashes or underscores), after expanding $(VAR) from
+the container's env as kubelet does (value, fieldRef metadata.namespace, configMapKeyRef into a
+ConfigMap of the render); a reference kubelet could not expand is reported.
 
 After the real tree passes, each rule is shown to fail: known violations are planted into a
 copy of the rendered objects and each must be reported.
@@ -40,6 +51,7 @@ import copy
 import json
 import os
 import posixpath
+import re
 import shutil
 import subprocess
 import sys
@@ -224,12 +236,60 @@ def allows(rules, group, resource, verb, name=None):
 
 # ---- the checks ---------------------------------------------------------------------------
 
+RECOMMENDED_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance",
+                      "app.kubernetes.io/version", "app.kubernetes.io/component",
+                      "app.kubernetes.io/part-of", "app.kubernetes.io/managed-by")
+DEFAULT_NAMESPACE = "certcast-system"
+ENV_REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def env_value(render, deployment, entry):
+    """The value kubelet gives env entry `entry`, or None when it cannot be known or resolved."""
+    if "value" in entry:
+        return str(entry["value"])
+    source = entry.get("valueFrom") or {}
+    if (source.get("fieldRef") or {}).get("fieldPath") == "metadata.namespace":
+        return namespace_of(deployment)
+    ref = source.get("configMapKeyRef")
+    if ref:
+        config_map = render.find("ConfigMap", namespace_of(deployment), ref.get("name"))
+        return None if config_map is None else (config_map.get("data") or {}).get(ref.get("key"))
+    return None
+
+
+def expand_env_references(render, error):
+    """Expands $(VAR) in certcast containers' command and args in place, as kubelet does."""
+    for deployment in render.of_kind("Deployment"):
+        for container in all_containers(pod_spec(deployment)):
+            if certcast_role(container) is None:
+                continue
+            env = {e.get("name"): env_value(render, deployment, e)
+                   for e in as_list(container.get("env"))}
+            for field in ("command", "args"):
+                values = as_list(container.get(field))
+                for i, arg in enumerate(values):
+                    if not isinstance(arg, str):
+                        continue
+                    for name in ENV_REFERENCE.findall(arg):
+                        if env.get(name) is None:
+                            error(deployment, f"container {container.get('name')} uses $({name}) "
+                                              "in its arguments, which its env does not define "
+                                              "(kubelet would pass it literally)")
+                    values[i] = ENV_REFERENCE.sub(
+                        lambda m: env.get(m.group(1)) if env.get(m.group(1)) is not None
+                        else m.group(0), arg)
+
+
 def check_render(render):
     """All violations in one render, as human-readable strings."""
     errors = []
 
     def error(obj, message):
         errors.append(f"{render.label}: {ident(obj) if isinstance(obj, dict) else obj}: {message}")
+
+    raw = render
+    render = Render(render.label, copy.deepcopy(render.objects))
+    expand_env_references(render, error)
 
     for obj in render.objects:
         if not isinstance(obj, dict):
@@ -244,7 +304,76 @@ def check_render(render):
     check_rbac(render, error)
     for deployment in render.of_kind("Deployment"):
         check_deployment(render, deployment, error)
+    check_shape(render, raw, error)
     return errors
+
+
+def selects(selector, labels):
+    return all((labels or {}).get(k) == v for k, v in ((selector or {}).get("matchLabels")
+                                                      or {}).items())
+
+
+def check_shape(render, raw, error):
+    """Labels, NetworkPolicies, Pod Security, namespaces: what makes the manifests work as shipped
+    in any namespace."""
+    servers = [d for d in render.of_kind("Deployment") if certcast_containers(d, "server")]
+    server_namespaces = {namespace_of(d) for d in servers}
+    for deployment in render.of_kind("Deployment"):
+        # certcast's own pods (a sidecar in an application's pod follows the application's).
+        if not all(certcast_role(c) for c in all_containers(pod_spec(deployment))):
+            continue
+        template = (deployment.get("spec") or {}).get("template") or {}
+        for where, labels in (("", (deployment.get("metadata") or {}).get("labels")),
+                              ("pod template ", (template.get("metadata") or {}).get("labels"))):
+            missing = [k for k in RECOMMENDED_LABELS if k not in (labels or {})]
+            if missing:
+                error(deployment, f"{where}lacks the recommended labels {missing}")
+        pod_labels = (template.get("metadata") or {}).get("labels")
+        if not any(namespace_of(p) == namespace_of(deployment)
+                   and selects((p.get("spec") or {}).get("podSelector"), pod_labels)
+                   for p in render.of_kind("NetworkPolicy")):
+            error(deployment, "no NetworkPolicy of its namespace selects its pods")
+
+    for deployment in render.of_kind("Deployment"):
+        if not certcast_containers(deployment, "client") or deployment in servers:
+            continue
+        namespace = namespace_of(deployment)
+        if render.find("Namespace", "", namespace) is not None:
+            error(deployment, f"the render holds the tenant's Namespace {namespace}: "
+                              "`kubectl delete -k` would delete the tenant's namespace")
+        for container in certcast_containers(deployment, "client"):
+            for server in parse_flags(container).get("server", []):
+                parts = server.rsplit(":", 1)[0].split(".")
+                if server_namespaces and len(parts) >= 3 and parts[0] == "certcast" \
+                        and parts[1] not in server_namespaces:
+                    error(deployment, f"--server={server}: the server of this render runs in "
+                                      f"{sorted(server_namespaces)}")
+
+    for deployment in servers:
+        namespace = namespace_of(deployment)
+        ns_object = render.find("Namespace", "", namespace)
+        if ns_object is not None:
+            labels = (ns_object.get("metadata") or {}).get("labels") or {}
+            if labels.get("pod-security.kubernetes.io/enforce") != "restricted":
+                error(ns_object, "certcast's Namespace does not enforce the restricted Pod "
+                                 "Security profile")
+        for container in certcast_containers(deployment, "server"):
+            for admin in parse_flags(container).get("admin", []):
+                expected = f"system:serviceaccount:{namespace}:certcast-operator"
+                if admin != expected:
+                    error(deployment, f"--admin={admin} is not the certcast-operator "
+                                      f"ServiceAccount of its own namespace ({expected})")
+                elif render.find("ServiceAccount", namespace, "certcast-operator") is None:
+                    error(deployment, f"--admin names ServiceAccount {namespace}/certcast-operator,"
+                                      " which is not in the render")
+        if namespace != DEFAULT_NAMESPACE:
+            leftovers = [ident(o) for o in raw.objects if isinstance(o, dict)
+                         and DEFAULT_NAMESPACE in json.dumps(
+                             {k: v for k, v in o.items() if not (o.get("kind") == "ConfigMap"
+                                                                 and k == "data")})]
+            if leftovers:
+                error(deployment, f"the server runs in {namespace} but {leftovers} still name "
+                                  f"{DEFAULT_NAMESPACE}")
 
 
 def check_rbac(render, error):
@@ -663,7 +792,59 @@ def plant_unnamed_rollout(objects):
                           "resourceNames": ["someone-else"], "verbs": ["patch"]})
 
 
-# (name, which render it needs, planting function, text the report must contain)
+def plant_missing_version_label(objects):
+    d = first(objects, is_server)
+    del d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/version"]
+
+
+def plant_tenant_namespace(objects):
+    d = first(objects, is_secret_client)
+    objects.append({"apiVersion": "v1", "kind": "Namespace",
+                    "metadata": {"name": namespace_of(d)}})
+
+
+def plant_undefined_env(objects):
+    d = first(objects, is_secret_client)
+    for container in certcast_containers(d, "client"):
+        container["env"] = [e for e in as_list(container.get("env"))
+                            if e.get("name") != "CERTCAST_SERVER"]
+
+
+def plant_no_network_policy(objects):
+    objects[:] = [o for o in objects if o.get("kind") != "NetworkPolicy"]
+
+
+def plant_privileged_namespace(objects):
+    ns = first(objects, lambda o: o.get("kind") == "Namespace")
+    ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] = "privileged"
+
+
+def plant_foreign_admin(objects):
+    for container in certcast_containers(first(objects, is_server), "server"):
+        container["args"] = [a.replace("$(POD_NAMESPACE)", "elsewhere") for a in container["args"]]
+
+
+def is_moved_server(obj):
+    return is_server(obj) and namespace_of(obj) != DEFAULT_NAMESPACE
+
+
+def plant_subject_left_behind(objects):
+    binding = first(objects, lambda o: o.get("kind") == "RoleBinding"
+                    and name_of(o) == "certcast-server-source")
+    binding["subjects"][0]["namespace"] = DEFAULT_NAMESPACE
+
+
+def plant_client_to_other_server(objects):
+    for d in objects:
+        if d.get("kind") == "Deployment" and not is_server(d):
+            for container in certcast_containers(d, "client"):
+                for entry in as_list(container.get("env")):
+                    if entry.get("name") == "CERTCAST_SERVER":
+                        entry["value"] = "certcast.elsewhere.svc:8443"
+
+
+# (name, which render it needs (an object predicate, or a tuple that must all find an object),
+#  planting function, text the report must contain)
 PLANTS = [
     ("Secret mounted with subPath", is_server, plant_subpath, "subPath"),
     ("ClusterRole on secrets", is_server, plant_cluster_role_on_secrets,
@@ -696,6 +877,22 @@ PLANTS = [
     ("CA ConfigMap missing", is_secret_client, plant_missing_ca, "--ca comes from ConfigMap"),
     ("patch on a Deployment it does not restart", is_secret_client, plant_unnamed_rollout,
      "that it does not --rollout-restart"),
+    ("recommended label missing", is_server, plant_missing_version_label,
+     "lacks the recommended labels"),
+    ("tenant overlay holds the tenant's Namespace", is_secret_client, plant_tenant_namespace,
+     "would delete the tenant's namespace"),
+    ("$(VAR) without an env entry", is_secret_client, plant_undefined_env,
+     "which its env does not define"),
+    ("no NetworkPolicy", is_server, plant_no_network_policy, "no NetworkPolicy"),
+    ("certcast's Namespace not restricted", is_server, plant_privileged_namespace,
+     "restricted Pod Security"),
+    ("--admin of another namespace", is_server, plant_foreign_admin,
+     "not the certcast-operator ServiceAccount of its own namespace"),
+    ("RBAC subject left in certcast-system", is_moved_server, plant_subject_left_behind,
+     "still name certcast-system"),
+    ("client pointed at a server elsewhere", (is_server, is_secret_client),
+     plant_client_to_other_server,
+     "the server of this render runs in"),
 ]
 
 
@@ -703,7 +900,8 @@ def self_test(renders):
     """Plants each violation into a copy of a render that has the object; each must be caught."""
     failures = []
     for title, needs, plant, expected in PLANTS:
-        render = next((r for r in renders if first(r.objects, needs)), None)
+        predicates = needs if isinstance(needs, tuple) else (needs,)
+        render = next((r for r in renders if all(first(r.objects, p) for p in predicates)), None)
         if render is None:
             failures.append(f"planted '{title}': no render has the object it needs")
             continue

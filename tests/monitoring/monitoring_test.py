@@ -18,7 +18,7 @@ Checks:
     name (certcast-server, certcast-client); `promtool check config` on scrape-config.yaml
     (Debian's promtool lacks Kubernetes service discovery: then a copy with static targets is
     checked instead);
-  - with a kubectl that has kustomize v5: components/server-metrics and client-metrics render
+  - with a kubectl that has kustomize v5: components/server-metrics and the tenant component render
     on deploy/base and deploy/components/tenant, and the ServiceMonitor and PodMonitor select
     what they render;
   - dashboard.json: valid JSON, schemaVersion >= 38, the ${datasource} and certificate
@@ -443,8 +443,7 @@ def check_components(kubectl):
                 "components: [DEPLOY/monitoring/components/server-metrics]\n"))
             tenant = render_overlay(kubectl, tmp, "tenant", (
                 "namespace: tenant-x\n"
-                "components: [DEPLOY/components/tenant, "
-                "DEPLOY/monitoring/components/client-metrics]\n"))
+                "components: [DEPLOY/components/tenant]\n"))
         except RuntimeError as e:
             return [str(e)]
     deployment = find(server, "Deployment", "certcast-server")
@@ -454,7 +453,7 @@ def check_components(kubectl):
         return ["renders lack Deployment certcast-server, Service certcast or Deployment "
                 "certcast-client"]
     problems += check_metrics_container(deployment, "server-metrics")
-    problems += check_metrics_container(client, "client-metrics")
+    problems += check_metrics_container(client, "tenant component (metrics on by default)")
     ports = {p.get("name"): p for p in service["spec"].get("ports") or []}
     if (ports.get("metrics") or {}).get("port") != METRICS_PORT or \
             (ports.get("metrics") or {}).get("targetPort") != "metrics":
