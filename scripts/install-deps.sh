@@ -13,6 +13,8 @@ PACKAGES=(
   libfmt-dev libabsl-dev libssl-dev libgtest-dev libgmock-dev pkg-config grpc-proto cmake g++
   libcurl4-openssl-dev nlohmann-json3-dev make openssl nodejs npm ca-certificates procps curl
   python3 python3-yaml libyaml-cpp-dev prometheus prometheus-cpp-dev
+  # bench/run compares with etcd; its v3 API protos (protos/etcd) follow etcd's own.
+  etcd-server golang-etcd-server-dev
   # libFuzzer targets (scripts/fuzz.sh): clang 14 with its fuzzer and sanitizer runtimes.
   clang libclang-rt-14-dev
   # The container image test (tests/image, scripts/build-image.sh): podman with runc, and
