@@ -2,13 +2,13 @@
 # End-to-end benchmark with REAL certcast-client processes: rotation-to-"every client acknowledged"
 # latency as seen by the server, and the client's own footprint. Builds nothing: expects BUILD
 # (default ./build) to hold server/certcast-server, client/certcast-client and
-# bench/certcast-fanout-bench, e.g.
-#   cmake -S . -B build && cmake --build build -j2 --target certcast-server certcast-client certcast-fanout-bench
+# bench/certcast-ack-watch, e.g.
+#   cmake -S . -B build && cmake --build build -j2 --target certcast-server certcast-client certcast-ack-watch
 #
 # MODE=rotation (default): start the server, start CLIENTS certcast-client processes (each with its
 #   own --output-dir and --state-dir, --log-level=warn), wait until every one acknowledged version
 #   1, then run ROUNDS kubelet-style rotations of the source directory. Each round is timed by
-#   `certcast-fanout-bench --mode=watch-acks`, which does the rename itself and polls
+#   `certcast-ack-watch`, which does the rename itself and polls
 #   Inspection/ListClients (page_size 1000) every 2 ms until every connected client has
 #   acknowledged_version == the new version. It also prints the server's own timestamps
 #   (sent_at / acknowledged_at, relative to the rename). Afterwards the script checks every
@@ -32,7 +32,7 @@
 #   IDLE_SETTLE=10    MODE=idle: seconds idle before reading RSS
 #   IDLE_SECONDS=60   MODE=idle: seconds over which idle CPU is measured
 #   KEEP=0            1: keep the work directory (logs, certificates, client outputs)
-#   SERVER_BIN=, CLIENT_BIN=, BENCH_BIN=  override the binaries (default: under BUILD)
+#   SERVER_BIN=, CLIENT_BIN=, ACK_WATCH_BIN=  override the binaries (default: under BUILD)
 # Examples: bench/run_clients.sh CLIENTS=100 QUIET=50ms
 #           bench/run_clients.sh MODE=idle TLS=0
 set -euo pipefail
@@ -61,8 +61,8 @@ SERVER_NAME=certcast.bench.test
 
 SERVER_BIN=${SERVER_BIN:-$BUILD/server/certcast-server}
 CLIENT_BIN=${CLIENT_BIN:-$BUILD/client/certcast-client}
-BENCH_BIN=${BENCH_BIN:-$BUILD/bench/certcast-fanout-bench}
-for bin in "$SERVER_BIN" "$CLIENT_BIN" "$BENCH_BIN"; do
+ACK_WATCH_BIN=${ACK_WATCH_BIN:-$BUILD/bench/certcast-ack-watch}
+for bin in "$SERVER_BIN" "$CLIENT_BIN" "$ACK_WATCH_BIN"; do
   [[ -x $bin ]] || { echo "missing $bin: build it first" >&2; exit 2; }
 done
 
@@ -82,61 +82,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# --- certificates: CA -> intermediate -> *.example.test leaves (RSA-2048: a ~5 KB update) ---
+# --- material: bench/run mints it (RSA-2048 CA -> intermediate -> *.example.test leaves, about
+# 5.3 KB per update; a server certificate for DNS:certcast.bench.test and IP:127.0.0.1) ---
 cd "$WORK"
-cat > ext.cnf <<EOF
-[ca]
-basicConstraints = critical, CA:TRUE
-keyUsage = critical, keyCertSign, cRLSign
-subjectKeyIdentifier = hash
-[intermediate]
-basicConstraints = critical, CA:TRUE, pathlen:0
-keyUsage = critical, keyCertSign, cRLSign
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid
-[leaf]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature, keyEncipherment
-extendedKeyUsage = serverAuth
-subjectAltName = DNS:*.example.test, DNS:example.test
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid
-[server]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature, keyEncipherment
-extendedKeyUsage = serverAuth
-subjectAltName = DNS:$SERVER_NAME, IP:127.0.0.1
-EOF
-genkey() { openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$1" 2>/dev/null; }
-genkey ca.key
-openssl req -x509 -new -key ca.key -subj "/CN=certcast bench root CA" -days 30 \
-  -extensions ca -config ext.cnf -out ca.crt
-genkey int.key
-openssl req -new -key int.key -subj "/CN=certcast bench intermediate" -out int.csr
-openssl x509 -req -in int.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 \
-  -extfile ext.cnf -extensions intermediate -out int.crt 2>/dev/null
-mint_leaf() {
-  mkdir -p "$1"
-  genkey "$1/tls.key"
-  openssl req -new -key "$1/tls.key" -subj "/CN=*.example.test" -out "$1/leaf.csr"
-  openssl x509 -req -in "$1/leaf.csr" -CA int.crt -CAkey int.key -CAcreateserial -days 7 \
-    -extfile ext.cnf -extensions leaf -out "$1/leaf.crt" 2>/dev/null
-  cat "$1/leaf.crt" int.crt > "$1/tls.crt"
-  cp ca.crt "$1/ca.crt"
-  rm -f "$1/leaf.csr" "$1/leaf.crt"
-}
 echo "# minting certificates in $WORK"
+"$ROOT/bench/run" --mint-only="$WORK" --rounds="$ROUNDS"
 mkdir -p source
-mint_leaf "source/..round_0"
+cp -r material/0 "source/..round_0"
 ln -s ..round_0 source/..data
 for f in tls.crt tls.key ca.crt; do ln -s "..data/$f" "source/$f"; done
-if [[ $MODE == rotation ]]; then
-  for ((r = 1; r <= ROUNDS; r++)); do mint_leaf "rounds/$r"; done
-fi
-genkey server.key
-openssl req -new -key server.key -subj "/CN=$SERVER_NAME" -out server.csr
-openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 7 \
-  -extfile ext.cnf -extensions server -out server.crt 2>/dev/null
 
 # --- server ---
 if [[ $TLS == 1 ]]; then
@@ -216,7 +170,7 @@ start_client() {  # start_client INDEX
 echo "# starting $CLIENTS certcast-client process(es)"
 START_NS=$(date +%s%N)
 for ((i = 1; i <= CLIENTS; i++)); do start_client "$i"; done
-"$BENCH_BIN" "${BENCH_COMMON[@]}" --mode=watch-acks --clients="$CLIENTS" --version=1 \
+"$ACK_WATCH_BIN" "${BENCH_COMMON[@]}" --clients="$CLIENTS" --version=1 \
   | sed 's/^/  /'
 echo "# all $CLIENTS clients acknowledged version 1, $(( ($(date +%s%N) - START_NS) / 1000000 )) ms" \
   "after the first was started"
@@ -273,13 +227,13 @@ fi
 
 # --- rotation rounds ---
 CT0=$(sum_over_clients ticks) CS0=$(sum_over_clients sched_ns)
-OUT=$("$BENCH_BIN" "${BENCH_COMMON[@]}" --mode=watch-acks --clients="$CLIENTS" --rounds="$ROUNDS" \
-  --source-dir="$WORK/source" --next-material-dir="$WORK/rounds")
+OUT=$("$ACK_WATCH_BIN" "${BENCH_COMMON[@]}" --clients="$CLIENTS" --rounds="$ROUNDS" \
+  --source-dir="$WORK/source" --next-material-dir="$WORK/material")
 echo "$OUT"
 CT1=$(sum_over_clients ticks) CS1=$(sum_over_clients sched_ns)
 
 # Every client's files hold the last round's chain; no client logged a warning or error.
-LAST_CRT=$WORK/rounds/$ROUNDS/tls.crt
+LAST_CRT=$WORK/material/$ROUNDS/tls.crt
 mismatched=0
 for ((i = 1; i <= CLIENTS; i++)); do
   cmp -s "$LAST_CRT" "$WORK/clients/$i/out/bench/tls.crt" || mismatched=$((mismatched + 1))
