@@ -20,6 +20,7 @@
 #include "client/metrics.h"
 #include "client/rollout_hook.h"
 #include "client/secret_sink.h"
+#include "client/serving_verifier.h"
 #include "client/session.h"
 #include "client/state_store.h"
 #include "common/build_info.h"
@@ -77,6 +78,15 @@ ABSL_FLAG(bool, delete_on_revoke, false,
           "of keeping the last material (which is the default, so the tenant's TLS keeps "
           "working).");
 ABSL_FLAG(bool, combined_pem, false, "Also write tls.pem: the key, then the chain, in one file.");
+ABSL_FLAG(std::vector<std::string>, verify, {},
+          "HOST:PORT, repeatable: after each applied version and its hooks, connect with TLS "
+          "and check that this endpoint serves the new leaf (the chain is not verified) before "
+          "acknowledging it; NACK when it still serves another one after --verify-timeout.");
+ABSL_FLAG(std::string, verify_server_name, "",
+          "Server name (SNI) sent to the --verify endpoints. Default: the host of each.");
+ABSL_FLAG(absl::Duration, verify_timeout, absl::Minutes(2),
+          "How long a --verify endpoint may take to serve an applied version before the client "
+          "NACKs it (it keeps checking, and ACKs once the endpoint serves it).");
 
 namespace {
 
@@ -107,6 +117,7 @@ std::string Help() {
            {"certificate", "output_dir", "secret_name", "combined_pem", "state_dir",
             "delete_on_revoke"}},
           {"After each applied version", {"on_update", "signal", "pid_file", "rollout_restart"}},
+          {"Proof of serving", {"verify", "verify_server_name", "verify_timeout"}},
           {"Kubernetes API (--secret-name, --rollout-restart)",
            {"kube_api_url", "kube_token_file", "kube_ca_file"}},
           {"Probes, metrics and logs",
@@ -135,6 +146,8 @@ int main(int argc, char** argv) {
   // credentials and channels are built): every thread inherits the mask, and this thread takes
   // them synchronously with sigwait once it is serving.
   const sigset_t signals = certcast::BlockControlSignals();
+  // --verify probes write to endpoints that may hang up mid-handshake: EPIPE, not death.
+  signal(SIGPIPE, SIG_IGN);
   certcast::NormalizeFlagNames(argc, argv);
   if (certcast::WantsHelp(argc, argv)) {
     std::cout << Help();
@@ -152,6 +165,7 @@ int main(int argc, char** argv) {
       certcast::TakeRepeatedFlag(&argc, argv, "certificate");
   const std::vector<std::string> rollouts =
       certcast::TakeRepeatedFlag(&argc, argv, "rollout_restart");
+  const std::vector<std::string> verify = certcast::TakeRepeatedFlag(&argc, argv, "verify");
   absl::ParseCommandLine(argc, argv);
   if (absl::Status logging = certcast::ConfigureLoggingFromFlags(); !logging.ok()) {
     return Fail(logging.message());
@@ -266,12 +280,28 @@ int main(int argc, char** argv) {
         {{"server", options.server}});
   }
 
+  certcast::ServingVerifier::Options verify_options;
+  for (const std::string& address : verify) {
+    absl::StatusOr<certcast::ServingEndpoint> endpoint = certcast::ParseServingEndpoint(address);
+    if (!endpoint.ok()) return Fail(endpoint.status().message());
+    verify_options.endpoints.push_back(*std::move(endpoint));
+  }
+  verify_options.server_name = absl::GetFlag(FLAGS_verify_server_name);
+  verify_options.timeout = absl::GetFlag(FLAGS_verify_timeout);
+  if (verify_options.timeout <= absl::ZeroDuration()) {
+    return Fail("--verify-timeout must be positive");
+  }
+  if (verify_options.endpoints.empty() && !verify_options.server_name.empty()) {
+    return Fail("--verify-server-name needs at least one --verify=HOST:PORT");
+  }
+  const certcast::ServingVerifier verifier(std::move(verify_options));
 
   std::vector<certcast::Hook*> hook_pointers;
   for (const auto& hook : hooks) hook_pointers.push_back(hook.get());
   std::vector<certcast::Sink*> sink_pointers;
   for (const auto& sink : sinks) sink_pointers.push_back(sink.get());
-  certcast::Session session(options, sink_pointers, hook_pointers, &store, &credentials, &clock);
+  certcast::Session session(options, sink_pointers, hook_pointers, &store, &credentials, &clock,
+                            &verifier);
   session.Init();
   if (secret_sink != nullptr) secret_sink->Start();
 

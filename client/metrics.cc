@@ -30,6 +30,14 @@ std::vector<prometheus::MetricFamily> ClientMetrics::Collect() const {
                                MetricType::Counter);
   auto hook_failures = Family("certcast_client_hook_failures_total",
                               "Hooks that failed after an applied version.", MetricType::Counter);
+  auto serving_verified =
+      Family("certcast_client_serving_verified",
+             "1 when every --verify endpoint was seen serving the held version, else 0.",
+             MetricType::Gauge);
+  auto serving_failures = Family("certcast_client_serving_failures_total",
+                                 "Versions NACKed because a --verify endpoint did not serve them "
+                                 "within --verify-timeout.",
+                                 MetricType::Counter);
   for (const auto& [name, certificate] : applied) {
     const metrics::Labels labels = {{"certificate", name}};
     AddSample(version, labels, static_cast<double>(certificate.version));
@@ -47,6 +55,12 @@ std::vector<prometheus::MetricFamily> ClientMetrics::Collect() const {
                   static_cast<double>(count));
       }
     }
+    AddSample(serving_verified, labels, certificate.serving_verified ? 1 : 0);
+    auto serving = counters.serving_failures_by_certificate.find(name);
+    AddSample(serving_failures, labels,
+              serving == counters.serving_failures_by_certificate.end()
+                  ? 0
+                  : static_cast<double>(serving->second));
     auto hooks = counters.hook_failures_by_certificate.find(name);
     AddSample(hook_failures, labels,
               hooks == counters.hook_failures_by_certificate.end()
@@ -62,9 +76,10 @@ std::vector<prometheus::MetricFamily> ClientMetrics::Collect() const {
              MetricType::Counter);
   AddSample(heartbeat_misses, {}, static_cast<double>(counters.heartbeat_misses));
 
-  return {metrics::BuildInfo(),  std::move(version),         std::move(not_after),
-          std::move(last_apply), std::move(apply_failures),  std::move(hook_failures),
-          std::move(reconnects), std::move(heartbeat_misses)};
+  return {metrics::BuildInfo(),       std::move(version),          std::move(not_after),
+          std::move(last_apply),      std::move(apply_failures),   std::move(hook_failures),
+          std::move(reconnects),      std::move(heartbeat_misses), std::move(serving_verified),
+          std::move(serving_failures)};
 }
 
 }  // namespace certcast

@@ -21,7 +21,8 @@ class ClientMetrics final : public prometheus::Collectable {
 
   // certcast_build_info; per certificate: certcast_client_applied_version,
   // certcast_client_not_after_seconds and certcast_client_last_apply_timestamp_seconds (when
-  // known), certcast_client_apply_failures_total{sink}, certcast_client_hook_failures_total; and
+  // known), certcast_client_apply_failures_total{sink}, certcast_client_hook_failures_total,
+  // certcast_client_serving_verified, certcast_client_serving_failures_total; and
   // certcast_client_reconnects_total, certcast_client_heartbeat_misses_total.
   std::vector<prometheus::MetricFamily> Collect() const override;
 

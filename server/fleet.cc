@@ -98,8 +98,10 @@ void Fleet::RecordSent(uint64_t id, const std::string& name, uint64_t version,
   state->sent_nonce = nonce;
   state->sent_at = now;
   if (in_sync) {
+    // Holding is not serving: only an ACK on this stream proves that again.
     state->acknowledged_version = version;
     state->acknowledged_at = now;
+    state->serving_verified = false;
   }
 }
 
@@ -121,7 +123,8 @@ ClientCertificateState* Fleet::Answered(uint64_t id, const std::string& name, ui
 }
 
 AckOutcome Fleet::RecordAck(uint64_t id, const std::string& name, uint64_t version,
-                            const std::string& nonce, const std::string& warnings) {
+                            const std::string& nonce, const std::string& warnings,
+                            bool serving_verified) {
   absl::MutexLock lock(&mu_);
   AckOutcome outcome;
   ClientCertificateState* state = Answered(id, name, version, nonce, &outcome);
@@ -135,6 +138,7 @@ AckOutcome Fleet::RecordAck(uint64_t id, const std::string& name, uint64_t versi
   state->acknowledged_version = version;
   state->acknowledged_at = now;
   state->hook_warning = Capped(warnings);
+  state->serving_verified = serving_verified;
   state->last_error.clear();
   state->last_error_version = 0;
   return outcome;
@@ -193,7 +197,7 @@ Fleet::Counts Fleet::CountFor(const std::string& name, uint64_t version,
 }
 
 std::map<std::string, CertificateFleetStats> Fleet::Stats(
-    const std::map<std::string, uint64_t>& current) {
+    const std::map<std::string, uint64_t>& current, const ExpectedVersion& expected) {
   absl::MutexLock lock(&mu_);
   const absl::Time now = clock_->Now();
   std::map<std::string, CertificateFleetStats> stats;
@@ -208,7 +212,14 @@ std::map<std::string, CertificateFleetStats> Fleet::Stats(
       if (entry == stats.end()) continue;
       CertificateFleetStats& certificate = entry->second;
       ++certificate.connected;
-      if (state.acknowledged_version != current.at(state.name)) ++certificate.behind;
+      const uint64_t newest = current.at(state.name);
+      const uint64_t should_run =
+          expected == nullptr ? newest : expected(state.name, record.namespace_, newest);
+      if (state.acknowledged_version != should_run) {
+        ++certificate.behind;
+      } else if (state.serving_verified) {
+        ++certificate.serving_verified;
+      }
       if (state.sent_version != 0 && state.acknowledged_version != state.sent_version) {
         certificate.oldest_unacked_push_age =
             std::max(certificate.oldest_unacked_push_age, now - state.sent_at);

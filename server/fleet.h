@@ -6,6 +6,7 @@
 #define CERTCAST_SERVER_FLEET_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <utility>
@@ -27,6 +28,8 @@ struct ClientCertificateState {
   std::string last_error;
   uint64_t last_error_version = 0;
   std::string hook_warning;
+  // The last ACK of acknowledged_version said the client's --verify endpoints serve it.
+  bool serving_verified = false;
 };
 
 struct ClientRecord {
@@ -66,8 +69,9 @@ struct LatencyHistogram {
 // What the fleet knows about one certificate: a snapshot of the connected clients (computed when
 // asked) and counters of what happened since start.
 struct CertificateFleetStats {
-  uint32_t connected = 0;  // connected clients subscribed to it
-  uint32_t behind = 0;     // of those, not acknowledging the current version
+  uint32_t connected = 0;         // connected clients subscribed to it
+  uint32_t behind = 0;            // of those, not acknowledging the version they should run
+  uint32_t serving_verified = 0;  // of those, acknowledged it with serving verified
   // Age of the oldest push still waiting for its ACK on a connected client; zero when none.
   absl::Duration oldest_unacked_push_age = absl::ZeroDuration();
   uint64_t acks = 0;
@@ -93,8 +97,10 @@ class Fleet {
   // already holds it, which counts as acknowledged.
   void RecordSent(uint64_t id, const std::string& name, uint64_t version, const std::string& nonce,
                   bool in_sync);
+  // `serving_verified`: the client checked that its --verify endpoints serve `version`.
   AckOutcome RecordAck(uint64_t id, const std::string& name, uint64_t version,
-                       const std::string& nonce, const std::string& warnings);
+                       const std::string& nonce, const std::string& warnings,
+                       bool serving_verified = false);
   // `reason` is a short, bounded category of the refusal (see CertificateFleetStats::nacks).
   AckOutcome RecordNack(uint64_t id, const std::string& name, uint64_t version,
                         const std::string& nonce, const std::string& errors,
@@ -118,11 +124,18 @@ class Fleet {
                   const std::string& namespace_filter = "");
   FleetCounters counters();
 
+  // The version a client of `namespace_` should run of `certificate` whose newest version is
+  // `current` (a staged rollout holds some namespaces back). Called under the fleet's lock: it
+  // must not call into the fleet.
+  using ExpectedVersion = std::function<uint64_t(const std::string& certificate,
+                                                 const std::string& namespace_, uint64_t current)>;
+
   // Per-certificate statistics in one pass over the clients (O(clients)). `current` maps each
   // certificate to its current version (0: none yet); every one of them gets an entry. Names
-  // not in `current` never appear.
-  std::map<std::string, CertificateFleetStats> Stats(
-      const std::map<std::string, uint64_t>& current);
+  // not in `current` never appear. A client is behind when it does not acknowledge `expected`'s
+  // version for it (the current one when `expected` is null).
+  std::map<std::string, CertificateFleetStats> Stats(const std::map<std::string, uint64_t>& current,
+                                                     const ExpectedVersion& expected = nullptr);
 
  private:
   ClientCertificateState* Find(uint64_t id, const std::string& name)

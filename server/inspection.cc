@@ -221,6 +221,7 @@ grpc::Status InspectionService::ListClientsAs(const PeerIdentity& transport,
       certificate->set_last_error(state.last_error);
       certificate->set_last_error_version(state.last_error_version);
       certificate->set_hook_warning(state.hook_warning);
+      certificate->set_serving_verified(state.serving_verified);
       if (state.sent_at != absl::InfinitePast()) {
         *certificate->mutable_sent_at() = ToProtoTime(state.sent_at);
       }

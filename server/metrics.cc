@@ -50,6 +50,10 @@ std::vector<prometheus::MetricFamily> ServerMetrics::Collect() const {
   auto behind = Family("certcast_clients_behind",
                        "Connected clients that have not acknowledged the current version.",
                        MetricType::Gauge);
+  auto verified = Family("certcast_clients_serving_verified",
+                         "Connected clients whose ACK of the version they should run said their "
+                         "--verify endpoints serve it.",
+                         MetricType::Gauge);
   auto oldest = Family("certcast_oldest_unacked_push_age_seconds",
                        "Age of the oldest push a connected client has not acknowledged yet (0: "
                        "none).",
@@ -84,6 +88,7 @@ std::vector<prometheus::MetricFamily> ServerMetrics::Collect() const {
     const CertificateFleetStats& stats = fleet.at(snapshot.name);
     AddSample(connected, labels, stats.connected);
     AddSample(behind, labels, stats.behind);
+    AddSample(verified, labels, stats.serving_verified);
     AddSample(oldest, labels, absl::ToDoubleSeconds(stats.oldest_unacked_push_age));
     AddSample(acks, labels, static_cast<double>(stats.acks));
     for (const auto& [reason, count] : stats.nacks) {
@@ -112,7 +117,7 @@ std::vector<prometheus::MetricFamily> ServerMetrics::Collect() const {
           std::move(read_failures), std::move(publications),  std::move(connected),
           std::move(behind),        std::move(oldest),        std::move(acks),
           std::move(nacks),         std::move(hook_warnings), std::move(push_to_ack),
-          std::move(stream_errors), std::move(denials)};
+          std::move(stream_errors), std::move(denials),       std::move(verified)};
 }
 
 }  // namespace certcast

@@ -269,8 +269,9 @@ void SubscriptionState::WriteDone(bool ok) {
 }
 
 absl::Status SubscriptionState::ReceiveAck(const v1::Ack& ack) {
-  const AckOutcome outcome = fleet_->RecordAck(fleet_id_, ack.name(), ack.version(), ack.nonce(),
-                                               absl::StrJoin(ack.warnings(), "; "));
+  const AckOutcome outcome =
+      fleet_->RecordAck(fleet_id_, ack.name(), ack.version(), ack.nonce(),
+                        absl::StrJoin(ack.warnings(), "; "), ack.serving_verified());
   return CountOutcome(outcome, ack.name(), &StreamCounters::acks);
 }
 
