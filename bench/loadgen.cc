@@ -149,7 +149,8 @@ struct Shared {
   explicit Shared(int clients)
       : receipt_ns(static_cast<size_t>(clients), 0),
         resynced(static_cast<size_t>(clients), false),
-        initial(static_cast<size_t>(clients), false) {}
+        initial(static_cast<size_t>(clients), false),
+        failed_first(static_cast<size_t>(clients), false) {}
 
   std::mutex mu;
   std::condition_variable cv;
@@ -162,7 +163,8 @@ struct Shared {
   int64_t last_resync_ns = 0;
   std::vector<bool> initial;  // the first stream got its first message
   int initial_count = 0;
-  int failed = 0;  // streams that ended before their first message (first stream only)
+  std::vector<bool> failed_first;  // the first stream ended unserved, no retry served it yet
+  int failed = 0;                  // how many are so
   std::atomic<bool> stopping{false};
 
   // A stream's first message (certcast: InSync or Update; etcd: created).
@@ -172,6 +174,10 @@ struct Shared {
     if (!initial[i]) {
       initial[i] = true;
       ++initial_count;
+      if (failed_first[i]) {  // served on a retry
+        failed_first[i] = false;
+        --failed;
+      }
     } else if (resync_armed && !resynced[i]) {
       resynced[i] = true;
       ++resynced_count;
@@ -189,7 +195,9 @@ struct Shared {
   }
   void FailedBeforeFirst(int index, const grpc::Status& status) {
     std::lock_guard<std::mutex> lock(mu);
-    if (initial[static_cast<size_t>(index)]) return;
+    const size_t i = static_cast<size_t>(index);
+    if (initial[i] || failed_first[i]) return;
+    failed_first[i] = true;
     if (failed++ < 5) {
       std::fprintf(stderr, "stream %d ended before its first message: code %d: %s\n", index,
                    static_cast<int>(status.error_code()), status.error_message().c_str());
