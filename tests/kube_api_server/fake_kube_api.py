@@ -4,19 +4,23 @@
 It serves, over HTTPS/1.1 with keep-alive, the small part of the API that certcast uses, and it
 tries to behave like the real kube-apiserver where a client could notice the difference:
 
-* core/v1 Secrets and ConfigMaps, apps/v1 Deployments: get, list, watch, create, update (PUT),
-  patch (merge, strategic merge, JSON patch, a simplified server-side apply), delete;
+* core/v1 Secrets and ConfigMaps, apps/v1 Deployments, coordination.k8s.io/v1 Leases: get, list,
+  watch, create, update (PUT), patch (merge, strategic merge, JSON patch, a simplified server-side
+  apply), delete;
 * POST /apis/authentication.k8s.io/v1/tokenreviews;
 * bearer-token authentication and RBAC-like authorization (resourceNames restrict only requests
   that name an object; list/watch name one only through fieldSelector=metadata.name=NAME;
   create is never matched by a rule with resourceNames);
 * one global resourceVersion counter, optimistic concurrency, no-op updates that write nothing,
   a bounded event history for watches, BOOKMARK events, 410 Expired, 504 for too-new versions;
-* Status bodies, reasons, messages and details shaped like the real ones.
+* Status bodies, reasons, messages and details shaped like the real ones;
+* with --data-file, objects and the resourceVersion counter survive a restart (as the real API
+  server's objects survive in etcd); the watch history does not, so old resourceVersions get 410.
 
 Tests drive failures through an unauthenticated control API under /_control/ (see CONTROL_HELP).
 
 Usage: fake_kube_api.py --cert FILE --key FILE --config FILE [--host 127.0.0.1] [--port 0]
+                        [--data-file FILE]
 After binding it prints exactly one line, "listening on port N", to stderr.
 """
 
@@ -616,7 +620,103 @@ class DeploymentType(ResourceType):
         return errs
 
 
-RESOURCE_TYPES = [SecretType(), ConfigMapType(), DeploymentType()]
+MICRO_TIME_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?"
+                           r"(Z|[+-]\d{2}:\d{2})$")
+
+
+def parse_micro_time(value):
+    """metav1.MicroTime's JSON decoding (RFC 3339, fraction optional); None when invalid."""
+    if not isinstance(value, str):
+        return None
+    m = MICRO_TIME_RE.match(value)
+    if not m:
+        return None
+    fraction = (m.group(7) or ".0")[1:]
+    zone = m.group(8)
+    try:
+        t = datetime.datetime(int(m.group(1)), int(m.group(2)), int(m.group(3)), int(m.group(4)),
+                              int(m.group(5)), int(m.group(6)),
+                              int((fraction + "000000")[:6]), tzinfo=datetime.timezone.utc)
+    except ValueError:
+        return None
+    if zone != "Z":
+        sign = 1 if zone[0] == "+" else -1
+        t -= sign * datetime.timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
+    return t
+
+
+def format_micro_time(t):
+    """metav1.MicroTime's JSON encoding: UTC, always six fractional digits."""
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class LeaseType(ResourceType):
+    """coordination.k8s.io/v1 Lease, as leader election uses it."""
+    known_fields = ("kind", "apiVersion", "metadata", "spec")
+    SPEC_FIELDS = ("holderIdentity", "leaseDurationSeconds", "acquireTime", "renewTime",
+                   "leaseTransitions", "strategy", "preferredHolder")
+
+    def __init__(self):
+        super().__init__("coordination.k8s.io", "v1", "leases", "Lease")
+
+    def normalize_kind(self, obj):
+        spec = obj.get("spec")
+        if spec is None:
+            spec = {}
+        if not isinstance(spec, dict):
+            raise bad_request('Lease in version "v1" cannot be handled as a Lease: json: cannot '
+                              'unmarshal %s into Go struct field Lease.spec of type '
+                              'v1.LeaseSpec' % type(spec).__name__)
+        out = {}
+        for k in self.SPEC_FIELDS:
+            v = spec.get(k)
+            if v is None:
+                continue
+            if k in ("leaseDurationSeconds", "leaseTransitions"):
+                if isinstance(v, bool) or not isinstance(v, int) or not -2**31 <= v < 2**31:
+                    raise bad_request('Lease in version "v1" cannot be handled as a Lease: json: '
+                                      'cannot unmarshal %s into Go struct field LeaseSpec.spec.%s '
+                                      'of type int32' % (json.dumps(v), k))
+                out[k] = v
+            elif k in ("acquireTime", "renewTime"):
+                t = parse_micro_time(v)
+                if t is None:
+                    raise bad_request('Lease in version "v1" cannot be handled as a Lease: '
+                                      'parsing time %s as "2006-01-02T15:04:05.000000Z07:00": '
+                                      'cannot parse' % json.dumps(v))
+                out[k] = format_micro_time(t)
+            else:
+                if not isinstance(v, str):
+                    raise bad_request('Lease in version "v1" cannot be handled as a Lease: json: '
+                                      'cannot unmarshal %s into Go struct field LeaseSpec.spec.%s '
+                                      'of type string' % (type(v).__name__, k))
+                if v:
+                    out[k] = v
+        obj["spec"] = out
+        return obj
+
+    def canonical(self, obj):
+        spec = obj.get("spec") or {}
+        return {"kind": "Lease", "apiVersion": "coordination.k8s.io/v1",
+                "metadata": order_meta(obj.get("metadata") or {}),
+                "spec": {k: spec[k] for k in self.SPEC_FIELDS if k in spec}}
+
+    def validate(self, obj, old):
+        # pkg/apis/coordination/validation: ValidateLeaseSpec.
+        errs = validate_object_meta(obj["metadata"], old is None)
+        spec = obj.get("spec") or {}
+        duration = spec.get("leaseDurationSeconds")
+        if duration is not None and duration <= 0:
+            errs.append(FieldError("Invalid", "spec.leaseDurationSeconds", duration,
+                                   "must be greater than 0"))
+        transitions = spec.get("leaseTransitions")
+        if transitions is not None and transitions < 0:
+            errs.append(FieldError("Invalid", "spec.leaseTransitions", transitions,
+                                   "must be greater than or equal to 0"))
+        return errs
+
+
+RESOURCE_TYPES = [SecretType(), ConfigMapType(), DeploymentType(), LeaseType()]
 RESOURCES_BY_PATH = {(rt.group, rt.version, rt.plural): rt for rt in RESOURCE_TYPES}
 RESOURCES_BY_KIND = {(rt.api_version, rt.kind): rt for rt in RESOURCE_TYPES}
 
@@ -1141,7 +1241,7 @@ class FailRule:
 
 
 class App:
-    def __init__(self, config, initial_rv=None):
+    def __init__(self, config, initial_rv=None, data_file=None):
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.log_lock = threading.Lock()
@@ -1155,6 +1255,12 @@ class App:
             # a client that watched the previous process sees "too old", never "too new".
             initial_rv = time.time_ns() // 1000
         self.rv = int(initial_rv)
+        self.data_file = data_file
+        saved = None
+        if data_file and os.path.exists(data_file):
+            with open(data_file, encoding="utf-8") as f:
+                saved = json.load(f)
+            self.rv = max(self.rv, int(saved["resourceVersion"]))
         self.history_start = self.rv  # watches from RVs >= this can be served
         self.watches = set()
         self.requests = []
@@ -1179,8 +1285,16 @@ class App:
         self.roles = config.get("roles") or []
         self.cluster_roles = config.get("cluster_roles") or []
         self.reviewable = config.get("reviewable_tokens") or {}
-        for obj in config.get("objects") or []:
-            self.preload(obj)
+        if saved is not None:
+            # A restart on top of the saved objects: the config's objects were loaded the first
+            # time and may since have been changed or deleted.
+            for obj in saved["objects"]:
+                rt = RESOURCES_BY_KIND[(obj["apiVersion"], obj["kind"])]
+                meta = obj["metadata"]
+                self.objects[(rt.plural, meta["namespace"], meta["name"])] = obj
+        else:
+            for obj in config.get("objects") or []:
+                self.preload(obj)
 
     # -- helpers called with the lock held --------------------------------------------------
 
@@ -1189,7 +1303,20 @@ class App:
         while len(self.events) > self.history_limit:
             dropped = self.events.popleft()
             self.history_start = dropped.rv
+        self._save()
         self.cond.notify_all()
+
+    def _save(self):
+        """With --data-file: every write is on disk before it is answered, as etcd's would be."""
+        if not self.data_file:
+            return
+        tmp = self.data_file + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"resourceVersion": str(self.rv),
+                       "objects": [o for _, o in sorted(self.objects.items())]}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.data_file)
 
     def _next_rv(self):
         self.rv += 1
@@ -2148,12 +2275,15 @@ def main(argv=None):
     parser.add_argument("--initial-resource-version", type=int, default=None,
                         help="first resourceVersion (default: derived from the clock, so that "
                              "a restarted server never goes back in time)")
+    parser.add_argument("--data-file", default=None,
+                        help="keep the objects and the resourceVersion counter in FILE, so that "
+                             "a restarted server has them (the watch history starts afresh)")
     parser.add_argument("--verbose", action="store_true", help="log requests to stderr")
     args = parser.parse_args(argv)
 
     with open(args.config, encoding="utf-8") as f:
         config = json.load(f)
-    app = App(config, args.initial_resource_version)
+    app = App(config, args.initial_resource_version, args.data_file)
     server = Server((args.host, args.port), app, make_ssl_context(args.cert, args.key),
                     args.verbose)
 

@@ -22,6 +22,7 @@ NS = "tenant-a"
 CLIENT = "system:serviceaccount:tenant-a:certcast-client"
 SERVER_SA = "system:serviceaccount:certcast:certcast-server"
 SECRETS = "/api/v1/namespaces/tenant-a/secrets"
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/certcast/leases"
 
 
 def b64(text):
@@ -52,6 +53,12 @@ CONFIG = {
             {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "patch"],
              "resourceNames": ["web"]},
         ]},
+        # The rules a replicated server needs on its Lease (create cannot be limited by name).
+        {"namespace": "certcast", "subjects": [SERVER_SA], "rules": [
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+             "verbs": ["get", "update"], "resourceNames": ["certcast"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        ]},
     ],
     "cluster_roles": [
         {"subjects": [SERVER_SA], "rules": [
@@ -73,11 +80,11 @@ CONFIG = {
 }
 
 
-def start_server(tmp, port=0, config_name="config.json"):
+def start_server(tmp, port=0, config_name="config.json", extra=()):
     proc = subprocess.Popen(
         [sys.executable, SERVER, "--cert", os.path.join(tmp, "cert.pem"),
          "--key", os.path.join(tmp, "key.pem"), "--config", os.path.join(tmp, config_name),
-         "--port", str(port)],
+         "--port", str(port)] + list(extra),
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     line = proc.stderr.readline()
     m = re.fullmatch(r"listening on port (\d+)\n", line)
@@ -435,6 +442,131 @@ class FakeKubeApiTest(unittest.TestCase):
         finally:
             conn.close()
 
+
+    # -- leases ----------------------------------------------------------------------------------
+
+    def lease(self, holder, **spec):
+        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": "certcast"},
+                "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+                         "acquireTime": "2026-12-03T10:00:00.123456Z",
+                         "renewTime": "2026-12-03T10:00:00.123456Z", "leaseTransitions": 0}}
+        body["spec"].update(spec)
+        return body
+
+    def test_lease_lifecycle_with_optimistic_concurrency(self):
+        self.addCleanup(self.admin, "DELETE", LEASES + "/certcast")
+        status, _, created = self.call("POST", LEASES, self.lease("a_1"), token="server-token")
+        self.assertEqual(status, 201, created)
+        self.assertEqual(created["kind"], "Lease")
+        self.assertEqual(created["apiVersion"], "coordination.k8s.io/v1")
+        self.assertEqual(created["metadata"]["namespace"], "certcast")
+        self.assertEqual(created["spec"]["holderIdentity"], "a_1")
+        status, _, body = self.call("POST", LEASES, self.lease("b_2"), token="server-token")
+        self.assertEqual((status, body["reason"]), (409, "AlreadyExists"))
+        self.assertEqual(body["message"],
+                         'leases.coordination.k8s.io "certcast" already exists')
+        status, _, got = self.call("GET", LEASES + "/certcast", token="server-token")
+        self.assertEqual(got, created)
+        # Renewal with the current resourceVersion succeeds and moves it.
+        renewed = json.loads(json.dumps(got))
+        renewed["spec"]["renewTime"] = "2026-12-03T10:00:02.000001Z"
+        status, _, renewed = self.call("PUT", LEASES + "/certcast", renewed, token="server-token")
+        self.assertEqual(status, 200, renewed)
+        self.assertGreater(int(renewed["metadata"]["resourceVersion"]),
+                           int(got["metadata"]["resourceVersion"]))
+        # A candidate that read the Lease before the renewal cannot take it over.
+        stale = json.loads(json.dumps(got))
+        stale["spec"].update(holderIdentity="b_2", leaseTransitions=1)
+        status, _, body = self.call("PUT", LEASES + "/certcast", stale, token="server-token")
+        self.assertEqual((status, body["reason"]), (409, "Conflict"))
+        self.assertEqual(body["message"],
+                         'Operation cannot be fulfilled on leases.coordination.k8s.io "certcast": '
+                         'the object has been modified; please apply your changes to the latest '
+                         'version and try again')
+        self.assertEqual(body["details"], {"name": "certcast", "group": "coordination.k8s.io",
+                                           "kind": "leases"})
+        status, _, got = self.call("GET", LEASES + "/certcast", token="server-token")
+        self.assertEqual(got["spec"]["holderIdentity"], "a_1")
+        status, _, _ = self.admin("DELETE", LEASES + "/certcast")
+        self.assertEqual(status, 200)
+        status, _, body = self.call("GET", LEASES + "/certcast", token="server-token")
+        self.assertEqual(status, 404)
+        self.assertEqual(body["message"], 'leases.coordination.k8s.io "certcast" not found')
+
+    def test_lease_validation_and_micro_time(self):
+        self.addCleanup(self.admin, "DELETE", LEASES + "/certcast")
+        status, _, body = self.admin("POST", LEASES, self.lease("a", leaseDurationSeconds=0))
+        self.assertEqual((status, body["reason"]), (422, "Invalid"))
+        self.assertEqual(body["message"], 'Lease.coordination.k8s.io "certcast" is invalid: '
+                                          'spec.leaseDurationSeconds: Invalid value: 0: must be '
+                                          'greater than 0')
+        status, _, body = self.admin("POST", LEASES, self.lease("a", leaseTransitions=-1))
+        self.assertEqual(status, 422)
+        status, _, body = self.admin("POST", LEASES, self.lease("a", renewTime="yesterday"))
+        self.assertEqual((status, body["reason"]), (400, "BadRequest"))
+        status, _, body = self.admin("POST", LEASES, self.lease("a", leaseDurationSeconds="15"))
+        self.assertEqual(status, 400)
+        # MicroTime comes back in UTC with six fractional digits.
+        status, _, body = self.admin("POST", LEASES, self.lease(
+            "a", renewTime="2026-12-03T11:00:00.5+01:00", acquireTime="2026-12-03T10:00:00Z"))
+        self.assertEqual(status, 201, body)
+        self.assertEqual(body["spec"]["renewTime"], "2026-12-03T10:00:00.500000Z")
+        self.assertEqual(body["spec"]["acquireTime"], "2026-12-03T10:00:00.000000Z")
+
+    def test_lease_rbac_by_name(self):
+        self.addCleanup(self.admin, "DELETE", LEASES + "/other")
+        status, _, _ = self.call("POST", LEASES, dict(self.lease("a"), metadata={"name": "other"}),
+                                 token="server-token")
+        self.assertEqual(status, 201)  # create is never limited by name
+        status, _, body = self.call("GET", LEASES + "/other", token="server-token")
+        self.assertEqual(status, 403)
+        self.assertTrue(body["message"].startswith(
+            'leases.coordination.k8s.io "other" is forbidden: User "%s" cannot get resource '
+            '"leases" in API group "coordination.k8s.io" in the namespace "certcast"'
+            % SERVER_SA), body["message"])
+        status, _, _ = self.call("GET", LEASES + "/certcast", token="client-token")
+        self.assertEqual(status, 403)
+
+    def test_watch_by_label_selector_resumes_from_resource_version(self):
+        selector = "labelSelector=certcast.io%2Fstore%3Dreplicas"
+        start = self.current_rv()
+        state = tls_secret("state-a")
+        state["metadata"]["labels"] = {"certcast.io/store": "replicas"}
+        status, _, a = self.admin("POST", SECRETS, state)
+        self.assertEqual(status, 201)
+        self.created.append("state-a")
+        self.create("not-state")
+        resp = self.open_watch("resourceVersion=%d&%s&timeoutSeconds=5" % (start, selector),
+                               token="admin-token")
+        ev = self.next_event(resp)
+        self.assertEqual((ev["type"], ev["object"]["metadata"]["name"]), ("ADDED", "state-a"))
+        resume = ev["object"]["metadata"]["resourceVersion"]
+        # A write that loses the compare-and-swap is not an event.
+        stale = json.loads(json.dumps(a))
+        a["data"]["tls.crt"] = b64("cert-2")
+        status, _, a = self.admin("PUT", SECRETS + "/state-a", a)
+        self.assertEqual(status, 200)
+        stale["data"]["tls.crt"] = b64("cert-3")
+        status, _, _ = self.admin("PUT", SECRETS + "/state-a", stale)
+        self.assertEqual(status, 409)
+        ev = self.next_event(resp)
+        self.assertEqual((ev["type"], ev["object"]["data"]["tls.crt"]), ("MODIFIED", b64("cert-2")))
+        # Resuming from the first event's resourceVersion replays only what came after it.
+        resp = self.open_watch("resourceVersion=%s&%s&timeoutSeconds=1" % (resume, selector),
+                               token="admin-token")
+        ev = self.next_event(resp)
+        self.assertEqual((ev["type"], ev["object"]["metadata"]["resourceVersion"]),
+                         ("MODIFIED", a["metadata"]["resourceVersion"]))
+        self.assertIsNone(self.next_event(resp))
+        # Losing the label is a DELETED event for this watch.
+        resp = self.open_watch("resourceVersion=%s&%s&timeoutSeconds=5"
+                               % (a["metadata"]["resourceVersion"], selector), token="admin-token")
+        a["metadata"]["labels"] = {}
+        status, _, a = self.admin("PUT", SECRETS + "/state-a", a)
+        ev = self.next_event(resp)
+        self.assertEqual((ev["type"], ev["object"]["metadata"]["name"]), ("DELETED", "state-a"))
+
     # -- watch -----------------------------------------------------------------------------------
 
     def test_watch_replays_history_then_streams(self):
@@ -697,6 +829,43 @@ class FakeKubeApiTest(unittest.TestCase):
             conn.close()
         finally:
             proc.terminate()
+            proc.wait(5)
+            proc.stderr.close()
+
+    def test_data_file_keeps_objects_across_a_restart(self):
+        data = os.path.join(self.tmp, "data.json")
+        proc, port = start_server(self.tmp, extra=["--data-file", data])
+        try:
+            conn = http.client.HTTPSConnection("127.0.0.1", port, context=self.ctx, timeout=5)
+            def call(method, path, body=None):
+                conn.request(method, path, body=json.dumps(body).encode() if body else None,
+                             headers={"Authorization": "Bearer admin-token",
+                                      "Content-Type": "application/json"})
+                resp = conn.getresponse()
+                return resp.status, json.loads(resp.read())
+            status, lease = call("POST", LEASES, self.lease("a_1"))
+            self.assertEqual(status, 201)
+            conn.close()
+            proc.kill()  # as abrupt as it gets: every answered write must be on disk
+            proc.wait(5)
+            proc.stderr.close()
+            proc, port = start_server(self.tmp, port=port, extra=["--data-file", data])
+            conn = http.client.HTTPSConnection("127.0.0.1", port, context=self.ctx, timeout=5)
+            status, got = call("GET", LEASES + "/certcast")
+            self.assertEqual((status, got), (200, lease))
+            # resourceVersions keep growing; a watch from before the restart is too old.
+            status, secret = call("POST", SECRETS, tls_secret("after-restart"))
+            self.assertEqual(status, 201)
+            self.assertGreater(int(secret["metadata"]["resourceVersion"]),
+                               int(lease["metadata"]["resourceVersion"]))
+            conn.request("GET", SECRETS + "?watch=1&resourceVersion=%s"
+                         % lease["metadata"]["resourceVersion"],
+                         headers={"Authorization": "Bearer admin-token"})
+            resp = conn.getresponse()
+            self.assertEqual(self.next_event(resp)["object"]["code"], 410)
+            conn.close()
+        finally:
+            proc.kill()
             proc.wait(5)
             proc.stderr.close()
 
