@@ -34,6 +34,18 @@ ABSL_FLAG(std::vector<std::string>, require_san, {},
           "does not cover DNSNAME.");
 ABSL_FLAG(std::string, state_dir, "./certcast-state",
           "Directory for persisted versions (created 0700; files 0600).");
+ABSL_FLAG(std::string, store, "",
+          "Where the version history lives. Empty: --state-dir (one replica). "
+          "kubernetes://NAMESPACE/NAME: Secrets NAME-CERTIFICATE in NAMESPACE, shared by every "
+          "replica; the Lease NAME elects the one that publishes (docs/REPLICAS.md).");
+ABSL_FLAG(absl::Duration, leader_lease_duration, absl::Seconds(15),
+          "With a shared --store: how long the leader's Lease lasts without renewal before "
+          "another replica takes over (whole seconds).");
+ABSL_FLAG(absl::Duration, leader_renew_deadline, absl::Seconds(10),
+          "With a shared --store: a leader that could not renew its Lease for this long stops "
+          "publishing (shorter than --leader-lease-duration).");
+ABSL_FLAG(absl::Duration, leader_retry_period, absl::Seconds(2),
+          "With a shared --store: how often the leader renews and the others try to take over.");
 ABSL_FLAG(std::string, tls_cert, "", "Serving certificate chain (PEM); re-read when it changes.");
 ABSL_FLAG(std::string, tls_key, "", "Serving private key (PEM); re-read when it changes.");
 ABSL_FLAG(std::string, client_ca, "",
@@ -119,7 +131,9 @@ std::string Help() {
           {"Streams",
            {"heartbeat_interval", "hello_timeout", "max_hello_pending_per_connection",
             "max_hello_pending_per_address", "client_retention", "shutdown_grace"}},
-          {"Kubernetes API (secret: sources, TokenReview)",
+          {"Replicas (shared version store)",
+           {"store", "leader_lease_duration", "leader_renew_deadline", "leader_retry_period"}},
+          {"Kubernetes API (secret: sources, TokenReview, the Kubernetes store)",
            {"kube_api_url", "kube_token_file", "kube_ca_file"}},
           {"Probes, metrics and logs",
            {"health_listen", "metrics_listen", "log_level", "log_format"}},
@@ -188,6 +202,10 @@ int main(int argc, char** argv) {
   options.kube_token_file = absl::GetFlag(FLAGS_kube_token_file);
   options.kube_ca_file = absl::GetFlag(FLAGS_kube_ca_file);
   options.state_dir = absl::GetFlag(FLAGS_state_dir);
+  options.store = absl::GetFlag(FLAGS_store);
+  options.election.lease_duration = absl::GetFlag(FLAGS_leader_lease_duration);
+  options.election.renew_deadline = absl::GetFlag(FLAGS_leader_renew_deadline);
+  options.election.retry_period = absl::GetFlag(FLAGS_leader_retry_period);
   options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key = absl::GetFlag(FLAGS_tls_key);
   options.client_ca = absl::GetFlag(FLAGS_client_ca);
@@ -230,11 +248,12 @@ int main(int argc, char** argv) {
     }
   }
 
-
-  if (absl::Status parents =
-          certcast::CreateParentDirectories(fs, "--state-dir", options.state_dir);
-      !parents.ok()) {
-    return Fail(parents.message());
+  if (options.store.empty()) {
+    if (absl::Status parents =
+            certcast::CreateParentDirectories(fs, "--state-dir", options.state_dir);
+        !parents.ok()) {
+      return Fail(parents.message());
+    }
   }
   certcast::RealClock clock;
   absl::StatusOr<std::unique_ptr<certcast::CertcastServer>> server =
@@ -250,6 +269,9 @@ int main(int argc, char** argv) {
     }
     metrics = *std::move(started);
     metrics->Register((*server)->metrics());
+    if ((*server)->replication_metrics() != nullptr) {
+      metrics->Register((*server)->replication_metrics());
+    }
     certcast::LogInfo(absl::StrCat("metrics on port ", metrics->port()),
                       {{"port", metrics->port()}});
   }

@@ -2,12 +2,69 @@
 
 #include <utility>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 
 namespace certcast {
+namespace {
+
+// Compares two serials (hex, any case, leading zeros allowed) as unsigned integers.
+int CompareSerials(absl::string_view a, absl::string_view b) {
+  auto strip = [](absl::string_view s) {
+    while (!s.empty() && s.front() == '0') s.remove_prefix(1);
+    return absl::AsciiStrToUpper(s);
+  };
+  const std::string x = strip(a);
+  const std::string y = strip(b);
+  if (x.size() != y.size()) return x.size() < y.size() ? -1 : 1;
+  return x.compare(y) < 0 ? -1 : (x == y ? 0 : 1);
+}
+
+// Validation results of stored versions, checked against the instant each was published.
+absl::StatusOr<std::vector<CertificateInfo>> InfosFor(const std::string& name,
+                                                      const CertificateState& state) {
+  std::vector<CertificateInfo> infos;
+  for (const StoredVersion& stored : state.versions) {
+    ValidationOptions options;
+    options.now = stored.published_at;
+    absl::StatusOr<CertificateInfo> info = ValidateMaterial(name, stored.material, options);
+    if (!info.ok()) {
+      return absl::DataLossError(
+          absl::StrCat("stored version ", stored.version, " of \"", name,
+                       "\" is not valid material: ", info.status().message()));
+    }
+    infos.push_back(*std::move(info));
+  }
+  return infos;
+}
+
+}  // namespace
+
+SourceOrder CompareSources(const SourceState& candidate, const SourceState& baseline) {
+  if (!candidate.revision.empty() && !baseline.revision.empty()) {
+    uint64_t a = 0;
+    uint64_t b = 0;
+    if (absl::SimpleAtoi(candidate.revision, &a) && absl::SimpleAtoi(baseline.revision, &b)) {
+      return a > b ? SourceOrder::kNewer : (a == b ? SourceOrder::kSame : SourceOrder::kOlder);
+    }
+    return candidate.revision == baseline.revision ? SourceOrder::kSame : SourceOrder::kNewer;
+  }
+  if (baseline.leaf_not_before == absl::InfinitePast() && baseline.leaf_serial.empty()) {
+    return SourceOrder::kNewer;
+  }
+  if (candidate.leaf_not_before != baseline.leaf_not_before) {
+    return candidate.leaf_not_before > baseline.leaf_not_before ? SourceOrder::kNewer
+                                                                : SourceOrder::kOlder;
+  }
+  const int serial = CompareSerials(candidate.leaf_serial, baseline.leaf_serial);
+  return serial > 0 ? SourceOrder::kNewer
+                    : (serial == 0 ? SourceOrder::kSame : SourceOrder::kOlder);
+}
 
 Publisher::Publisher(VersionStore* store, const Clock* clock, PublicationListener* listener,
                      PublisherOptions options)
@@ -20,23 +77,22 @@ Publisher::Entry* Publisher::Find(const std::string& name) const {
 
 absl::Status Publisher::AddCertificate(CertificateSpec spec) {
   const std::string name = spec.name;
-  ASSIGN_OR_RETURN(std::optional<CertificateState> loaded, store_->Load(name));
+  absl::StatusOr<std::optional<CertificateState>> loaded = store_->Load(name);
   auto entry = std::make_unique<Entry>();
   entry->spec = std::move(spec);
-  if (loaded.has_value()) {
-    entry->state = *std::move(loaded);
-    for (const StoredVersion& stored : entry->state.versions) {
-      // Stored material was valid when published; check it against that instant.
-      ValidationOptions options;
-      options.now = stored.published_at;
-      absl::StatusOr<CertificateInfo> info = ValidateMaterial(name, stored.material, options);
-      if (!info.ok()) {
-        return absl::DataLossError(
-            absl::StrCat("stored version ", stored.version, " of \"", name,
-                         "\" is not valid material: ", info.status().message()));
-      }
-      entry->infos.push_back(*std::move(info));
-    }
+  if (!loaded.ok() && options_.leadership != nullptr && !absl::IsDataLoss(loaded.status()) &&
+      !absl::IsInvalidArgument(loaded.status())) {
+    // A shared store that cannot be reached now: start empty and follow it once it answers.
+    LogWarn("cannot load the stored state yet; following the store once it answers",
+            {{"certificate", name}, {"error", loaded.status()}});
+    entry->loaded = false;
+    loaded = std::optional<CertificateState>();
+  }
+  if (!loaded.ok()) return loaded.status();
+  if (loaded->has_value()) {
+    entry->state = **std::move(loaded);
+    // Stored material was valid when published; check it against that instant.
+    ASSIGN_OR_RETURN(entry->infos, InfosFor(name, entry->state));
   }
   absl::MutexLock lock(&mu_);
   if (entries_.count(name) > 0) {
@@ -78,14 +134,16 @@ void Publisher::Reject(Entry& entry, const absl::Status& status, const std::stri
 }
 
 Verdict Publisher::Evaluate(const std::string& name, bool confirmed) {
+  absl::MutexLock evaluating(&evaluate_mu_);
   CertificateSource* source = SourceOf(name);
   if (source == nullptr) return Verdict::kSettled;
-  // Read outside the lock: only this certificate's watcher evaluates it.
+  // Read outside mu_: the source may be slow, and inspection must not wait for it.
   absl::StatusOr<CertificateMaterial> material = source->Read();
+  const std::string revision = material.ok() ? source->LastReadRevision() : std::string();
 
   absl::MutexLock lock(&mu_);
   Entry& entry = *Find(name);
-  const Verdict verdict = Settle(entry, std::move(material), confirmed);
+  const Verdict verdict = Settle(entry, std::move(material), revision, confirmed);
   NoteExpiry(entry);
   return verdict;
 }
@@ -116,7 +174,7 @@ Verdict Publisher::ReadFailed(Entry& entry, const absl::Status& status) {
 }
 
 Verdict Publisher::Settle(Entry& entry, absl::StatusOr<CertificateMaterial> material,
-                          bool confirmed) {
+                          const std::string& revision, bool confirmed) {
   const std::string& name = entry.spec.name;
   if (!material.ok() && RejectionReason(material.status()) == "unreadable") {
     return ReadFailed(entry, material.status());
@@ -156,6 +214,41 @@ Verdict Publisher::Settle(Entry& entry, absl::StatusOr<CertificateMaterial> mate
     return Verdict::kSettled;
   }
 
+  if (options_.leadership != nullptr) {
+    entry.source_state = SourceState{revision, info->not_before, info->serial};
+    // Not settled: when this replica becomes the leader, it evaluates the source again.
+    if (!options_.leadership->IsLeader()) return Verdict::kSettled;
+    if (!entry.loaded) {
+      if (absl::Status refreshed = RefreshLocked(entry); !refreshed.ok()) {
+        LogWarn("cannot load the stored state; not publishing until it can be loaded",
+                {{"certificate", name}, {"error", refreshed}});
+        return Verdict::kRetry;
+      }
+    }
+    if (!entry.state.versions.empty()) {
+      const StoredVersion& current = entry.state.versions.back();
+      const SourceOrder order = CompareSources(entry.source_state, current.source);
+      if (order != SourceOrder::kNewer) {
+        if (order == SourceOrder::kOlder && entry.stale_digest != digest) {
+          ++entry.stale_sources;
+          entry.stale_digest = digest;
+          LogWarn(absl::StrCat("source holds older material than the current version; keeps "
+                               "serving version ",
+                               current.version, " (another replica published newer material)"),
+                  {{"certificate", name},
+                   {"source", entry.spec.source->Describe()},
+                   {"source_revision", revision},
+                   {"current_source_revision", current.source.revision},
+                   {"fingerprint", info->fingerprint},
+                   {"current_fingerprint", entry.infos.back().fingerprint}});
+        }
+        entry.settled_digest = digest;
+        entry.source_digest = digest;
+        return Verdict::kSettled;
+      }
+    }
+  }
+
   PinState pin = entry.state.pin;
   if (pin.version != 0) {
     if (digest == pin.source_digest) {
@@ -179,13 +272,14 @@ Verdict Publisher::Settle(Entry& entry, absl::StatusOr<CertificateMaterial> mate
   stored.material = *std::move(material);
   stored.published_at = clock_->Now();
   stored.origin = "source";
+  stored.source = SourceState{revision, info->not_before, info->serial};
   absl::Status committed =
       unchanged ? absl::OkStatus() : Commit(entry, std::move(stored), *info, pin);
   if (unchanged) {
     // Only the pin ended: persist that without a new version.
     CertificateState next = entry.state;
     next.pin = pin;
-    committed = store_->Save(name, next);
+    committed = SaveLocked(entry, next);
     if (committed.ok()) {
       entry.state = std::move(next);
       // Same version, no longer pinned: new subscribers and heartbeats must say so.
@@ -221,7 +315,7 @@ absl::Status Publisher::Commit(Entry& entry, StoredVersion version, CertificateI
     next.versions.erase(next.versions.begin());
     infos.erase(infos.begin());
   }
-  RETURN_IF_ERROR(store_->Save(name, next));
+  RETURN_IF_ERROR(SaveLocked(entry, next));
 
   entry.state = std::move(next);
   entry.infos = std::move(infos);
@@ -257,6 +351,16 @@ absl::StatusOr<RollbackResult> Publisher::Rollback(const std::string& name, uint
   if (entry == nullptr) {
     return absl::NotFoundError(absl::StrCat("certificate \"", name, "\" is not configured"));
   }
+  if (options_.leadership != nullptr && !options_.leadership->IsLeader()) {
+    const std::string leader = options_.leadership->Leader();
+    return absl::UnavailableError(absl::StrCat(
+        "this replica is not the leader, which alone publishes; retry (the Service reaches "
+        "another replica) or call the leader",
+        leader.empty() ? std::string() : absl::StrCat(" (", leader, ")")));
+  }
+  if (options_.leadership != nullptr && !entry->loaded) {
+    RETURN_IF_ERROR(RefreshLocked(*entry));
+  }
   const std::vector<StoredVersion>& versions = entry->state.versions;
   if (versions.empty()) {
     return absl::FailedPreconditionError(
@@ -288,6 +392,11 @@ absl::StatusOr<RollbackResult> Publisher::Rollback(const std::string& name, uint
   stored.published_at = clock_->Now();
   stored.origin = "rollback";
   stored.rolled_back_from = version;
+  // The pin lasts until the source holds something newer than what it holds now.
+  stored.source = entry->source_state.revision.empty() &&
+                          entry->source_state.leaf_not_before == absl::InfinitePast()
+                      ? versions.back().source
+                      : entry->source_state;
   PinState pin;
   pin.version = kPinNewVersion;
   pin.rolled_back_from = version;
@@ -296,6 +405,116 @@ absl::StatusOr<RollbackResult> Publisher::Rollback(const std::string& name, uint
   RETURN_IF_ERROR(Commit(*entry, std::move(stored), *info, std::move(pin)));
   NoteExpiry(*entry);
   return RollbackResult{entry->state.last_version, version, entry->infos.back().fingerprint};
+}
+
+absl::Status Publisher::SaveLocked(Entry& entry, CertificateState& state) {
+  absl::StatusOr<std::string> revision = store_->Save(entry.spec.name, state);
+  if (absl::IsAborted(revision.status())) {
+    // Another replica wrote since this one loaded: adopt its state; the caller decides again.
+    if (absl::Status refreshed = RefreshLocked(entry); !refreshed.ok()) {
+      LogWarn("cannot load the stored state after a lost compare-and-swap",
+              {{"certificate", entry.spec.name}, {"error", refreshed}});
+    }
+    return revision.status();
+  }
+  if (!revision.ok()) return revision.status();
+  state.store_revision = *revision;
+  ++entry.generation;
+  return absl::OkStatus();
+}
+
+absl::Status Publisher::Adopt(Entry& entry, std::optional<CertificateState> loaded) {
+  const std::string& name = entry.spec.name;
+  ++entry.generation;
+  entry.loaded = true;
+  if (!loaded.has_value()) {
+    if (!entry.state.store_revision.empty()) {
+      LogWarn("the stored state is gone; the next publication stores it again",
+              {{"certificate", name}, {"version", entry.state.last_version}});
+    }
+    entry.state.store_revision.clear();
+    return absl::OkStatus();
+  }
+  if (loaded->last_version < entry.state.last_version) {
+    // Restored from an old backup, say: never go back; the next write replaces it.
+    LogWarn("the stored state is behind this replica's; keeping the higher versions",
+            {{"certificate", name},
+             {"stored_version", loaded->last_version},
+             {"version", entry.state.last_version}});
+    entry.state.store_revision = loaded->store_revision;
+    return absl::OkStatus();
+  }
+  const uint64_t current_before =
+      entry.state.versions.empty() ? 0 : entry.state.versions.back().version;
+  const bool pinned_before = entry.state.pin.version != 0;
+  if (loaded->last_version == entry.state.last_version &&
+      loaded->pin.version == entry.state.pin.version &&
+      (loaded->versions.empty() ? 0 : loaded->versions.back().version) == current_before) {
+    entry.state.store_revision = loaded->store_revision;  // a Claim, or our own write
+    return absl::OkStatus();
+  }
+  ASSIGN_OR_RETURN(std::vector<CertificateInfo> infos, InfosFor(name, *loaded));
+  entry.state = *std::move(loaded);
+  entry.infos = std::move(infos);
+  entry.settled_digest.clear();
+  if (entry.state.versions.empty()) return absl::OkStatus();
+  const StoredVersion& current = entry.state.versions.back();
+  const bool pinned = entry.state.pin.version == current.version;
+  if (current.version == current_before && pinned == pinned_before) return absl::OkStatus();
+  ++entry.adopted;
+  entry.current =
+      MakePublication(name, current.version, pinned, entry.infos.back(), current.material);
+  LogInfo(absl::StrCat("following version ", current.version, " from the version store",
+                       pinned ? " (a pinned rollback)" : ""),
+          {{"certificate", name},
+           {"version", current.version},
+           {"fingerprint", entry.infos.back().fingerprint}});
+  listener_->OnPublish(entry.current);
+  NoteExpiry(entry);
+  return absl::OkStatus();
+}
+
+absl::Status Publisher::RefreshLocked(Entry& entry) {
+  ASSIGN_OR_RETURN(std::optional<CertificateState> loaded, store_->Load(entry.spec.name));
+  return Adopt(entry, std::move(loaded));
+}
+
+absl::Status Publisher::Refresh(const std::string& name) {
+  // Load outside mu_ (the store may be slow); adopt only if nothing changed the entry's store
+  // revision meanwhile (a write or another refresh), else load again.
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    uint64_t generation = 0;
+    {
+      absl::MutexLock lock(&mu_);
+      Entry* entry = Find(name);
+      if (entry == nullptr) {
+        return absl::NotFoundError(absl::StrCat("certificate \"", name, "\" is not configured"));
+      }
+      generation = entry->generation;
+    }
+    ASSIGN_OR_RETURN(std::optional<CertificateState> loaded, store_->Load(name));
+    absl::MutexLock lock(&mu_);
+    Entry& entry = *Find(name);
+    if (entry.generation == generation) return Adopt(entry, std::move(loaded));
+  }
+  absl::MutexLock lock(&mu_);
+  return RefreshLocked(*Find(name));
+}
+
+absl::Status Publisher::TakeOver(const std::string& name) {
+  RETURN_IF_ERROR(Refresh(name));
+  absl::MutexLock lock(&mu_);
+  Entry& entry = *Find(name);
+  if (entry.state.store_revision.empty()) return absl::OkStatus();  // a create is a CAS already
+  absl::StatusOr<std::string> claimed = store_->Claim(name, entry.state.store_revision);
+  if (absl::IsAborted(claimed.status())) {
+    RETURN_IF_ERROR(RefreshLocked(entry));
+    claimed = store_->Claim(name, entry.state.store_revision);
+  }
+  if (!claimed.ok()) return claimed.status();
+  entry.state.store_revision = *claimed;
+  ++entry.generation;
+  return absl::OkStatus();
 }
 
 std::vector<std::string> Publisher::Names() const {
@@ -341,6 +560,8 @@ std::optional<CertificateSnapshot> Publisher::Snapshot(const std::string& name) 
   snapshot.read_error = entry->read_error;
   snapshot.consecutive_read_failures = entry->consecutive_read_failures;
   snapshot.read_failures = entry->read_failures;
+  snapshot.stale_sources = entry->stale_sources;
+  snapshot.adopted = entry->adopted;
   snapshot.expiring_soon = ExpiringSoon(*entry);
   return snapshot;
 }

@@ -2,6 +2,10 @@
 // persists them in the VersionStore, handles rollback pins, and hands each new Publication to
 // its listener (the distribution hub). It also answers inspection queries about certificates.
 //
+// With a store several replicas share (PublisherOptions::leadership), only the leader publishes,
+// only source states newer than the one behind the current version (a lagging replica never
+// publishes older material), and every replica adopts what the leader stored (Refresh).
+//
 // Thread-safe. Lock order: Publisher::mu_ before anything the listener locks (OnPublish is called
 // with mu_ held so publications reach the listener in version order). Does not own `store`,
 // `clock` or `listener`; they must outlive it.
@@ -21,6 +25,7 @@
 #include "common/certificate.h"
 #include "common/clock.h"
 #include "server/publication.h"
+#include "server/replication.h"
 #include "server/source.h"
 #include "server/version_store.h"
 
@@ -72,13 +77,31 @@ struct CertificateSnapshot {
   std::string read_error;
   uint64_t consecutive_read_failures = 0;
   uint64_t read_failures = 0;  // failed reads since start
+  // Shared store only: settled source contents this replica did not publish because they were
+  // not newer than the source state behind the current version.
+  uint64_t stale_sources = 0;
+  uint64_t adopted = 0;  // versions adopted from the store (published by another replica)
 };
 
 struct PublisherOptions {
   // A current version this close to its not_after (or past it) is "expiring soon": logged once
   // and shown by inspection and metrics.
   absl::Duration expiry_warning = absl::Hours(24 * 14);
+  // Set when several replicas share the store; must outlive the Publisher. Null: one replica,
+  // which always publishes whatever the source holds.
+  const Leadership* leadership = nullptr;
 };
+
+// How a source state read by this replica compares with the one behind the current version.
+enum class SourceOrder { kNewer, kSame, kOlder };
+
+// Orders `candidate` against `baseline`. When both carry a revision (Secret sources), the
+// revisions decide: numerically when both parse as unsigned integers (what etcd-backed API
+// servers give, though Kubernetes calls them opaque), otherwise equal means kSame and anything
+// else kNewer (unordered: the source wins, as with one replica). Otherwise the leaves decide:
+// later notBefore, then higher serial, is kNewer. A baseline that records nothing (state written
+// before this field existed) makes every candidate kNewer.
+SourceOrder CompareSources(const SourceState& candidate, const SourceState& baseline);
 
 struct RollbackResult {
   uint64_t version = 0;
@@ -108,7 +131,17 @@ class Publisher {
   // Republishes the persisted material of `version` as a new version and pins it.
   // NotFound (unknown name, version no longer stored), InvalidArgument (current version),
   // FailedPrecondition (material expired), or the store's error.
+  // Shared store, on a follower: Unavailable naming the leader.
   absl::StatusOr<RollbackResult> Rollback(const std::string& name, uint64_t version);
+
+  // Loads the stored state of `name` and adopts it when another replica stored something newer
+  // (a new version, or a pin set or ended): that becomes the current publication here too.
+  // The store's error otherwise; DataLoss when the stored material does not validate.
+  absl::Status Refresh(const std::string& name);
+
+  // On becoming the leader: Refresh, then VersionStore::Claim, so a deposed leader's later write
+  // fails its compare-and-swap. The caller evaluates the source afterwards.
+  absl::Status TakeOver(const std::string& name);
 
   std::vector<std::string> Names() const;
   CertificateSource* SourceOf(const std::string& name) const;
@@ -136,15 +169,30 @@ class Publisher {
     uint64_t consecutive_read_failures = 0;
     uint64_t read_failures = 0;
     bool expiring_logged = false;
+    // Shared store: false until the stored state was loaded once (start-up may find the store
+    // unreachable); nothing is published before.
+    bool loaded = true;
+    uint64_t generation = 0;   // bumped whenever state.store_revision changes
+    SourceState source_state;  // of the last valid content read, for rollbacks' baseline
+    uint64_t stale_sources = 0;
+    std::string stale_digest;  // the stale content last warned about (warn once per content)
+    uint64_t adopted = 0;
   };
 
   // PinState::version placeholder meaning "the version Commit is about to assign".
   static constexpr uint64_t kPinNewVersion = ~uint64_t{0};
 
   Entry* Find(const std::string& name) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Evaluate's decision on what the source read.
-  Verdict Settle(Entry& entry, absl::StatusOr<CertificateMaterial> material, bool confirmed)
+  // Evaluate's decision on what the source read (`revision`: the source's, may be empty).
+  Verdict Settle(Entry& entry, absl::StatusOr<CertificateMaterial> material,
+                 const std::string& revision, bool confirmed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Shared store: adopts `loaded` (what Load returned) when it is ahead of the entry.
+  absl::Status Adopt(Entry& entry, std::optional<CertificateState> loaded)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Load and Adopt with mu_ held (the write path, which holds it anyway).
+  absl::Status RefreshLocked(Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Saves `state` for the entry; on a lost compare-and-swap, adopts the stored state first.
+  absl::Status SaveLocked(Entry& entry, CertificateState& state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Evaluate's decision on a source that could not be read: kRetry, never a rejection.
   Verdict ReadFailed(Entry& entry, const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool ExpiringSoon(const Entry& entry) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -161,6 +209,9 @@ class Publisher {
   PublicationListener* const listener_;
   const PublisherOptions options_;
 
+  // Serializes evaluations (a source's Read and the revision it reports belong together; the
+  // watcher and a leadership change may both evaluate). Acquired before mu_.
+  absl::Mutex evaluate_mu_;
   mutable absl::Mutex mu_;
   std::map<std::string, std::unique_ptr<Entry>> entries_ ABSL_GUARDED_BY(mu_);
 };

@@ -33,9 +33,17 @@ absl::StatusOr<CertificateMaterial> SecretSource::Read() {
   }
   if (!secret.ok()) return WithReason(secret.status(), "unreadable");
   absl::StatusOr<CertificateMaterial> material = kube::MaterialFromSecret(*secret);
+  const std::string revision = kube::ResourceVersion(*secret);
   kube::WipeSecretData(&*secret);
   if (!material.ok()) return WithReason(material.status(), "malformed_secret");
+  absl::MutexLock lock(&mu_);
+  last_revision_ = revision;
   return material;
+}
+
+std::string SecretSource::LastReadRevision() {
+  absl::MutexLock lock(&mu_);
+  return last_revision_;
 }
 
 bool SecretSource::WaitForChange(absl::Time deadline) {

@@ -25,6 +25,8 @@ class SecretSource final : public CertificateSource {
   // "malformed_secret") when it lacks tls.crt/tls.key; Unavailable/PermissionDenied (reason
   // "unreadable") when the API refuses or cannot be reached.
   absl::StatusOr<CertificateMaterial> Read() override;
+  // metadata.resourceVersion of the Secret the last successful Read returned.
+  std::string LastReadRevision() override;
   bool WaitForChange(absl::Time deadline) override;
   void Interrupt() override;
   std::string Describe() const override { return "secret:" + namespace_ + "/" + name_; }
@@ -38,6 +40,7 @@ class SecretSource final : public CertificateSource {
   absl::Mutex mu_;
   bool changed_ ABSL_GUARDED_BY(mu_) = false;
   bool interrupted_ ABSL_GUARDED_BY(mu_) = false;
+  std::string last_revision_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<kube::NamedObjectWatcher> watcher_;
 };
 

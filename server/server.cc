@@ -15,6 +15,7 @@
 #include "grpcpp/security/tls_certificate_provider.h"
 #include "grpcpp/security/tls_credentials_options.h"
 #include "grpcpp/server_builder.h"
+#include "server/kube_replication.h"
 #include "server/secret_source.h"
 
 namespace certcast {
@@ -38,20 +39,34 @@ class CertcastServer::Readiness final : public PublicationListener {
     hub_->OnPublish(std::move(publication));
     absl::MutexLock lock(&mu_);
     published_.insert(name);
-    if (health_ != nullptr) health_->SetServingStatus(published_.size() == certificates_);
+    UpdateHealth();
   }
 
   void SetHealthService(grpc::HealthCheckServiceInterface* health) {
     absl::MutexLock lock(&mu_);
     health_ = health;
-    health_->SetServingStatus(published_.size() == certificates_);
+    UpdateHealth();
+  }
+
+  // A shared store that does not answer makes the replica NOT_SERVING (it keeps its streams).
+  void SetStoreReachable(bool reachable) {
+    absl::MutexLock lock(&mu_);
+    store_reachable_ = reachable;
+    UpdateHealth();
   }
 
  private:
+  void UpdateHealth() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (health_ != nullptr) {
+      health_->SetServingStatus(published_.size() == certificates_ && store_reachable_);
+    }
+  }
+
   DistributionHub* const hub_;
   const size_t certificates_;
   absl::Mutex mu_;
   std::set<std::string> published_ ABSL_GUARDED_BY(mu_);
+  bool store_reachable_ ABSL_GUARDED_BY(mu_) = true;
   grpc::HealthCheckServiceInterface* health_ ABSL_GUARDED_BY(mu_) = nullptr;
 };
 
@@ -180,7 +195,22 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
   if (!options.insecure) RETURN_IF_ERROR(CheckTlsFiles(*fs, options));
   std::unique_ptr<CertcastServer> server(new CertcastServer());
   server->options_ = options;
-  ASSIGN_OR_RETURN(server->store_, FileVersionStore::Open(fs, options.state_dir));
+  VersionStore* store = nullptr;
+  if (options.store.empty()) {
+    ASSIGN_OR_RETURN(server->store_, FileVersionStore::Open(fs, options.state_dir));
+    store = server->store_.get();
+  } else {
+    ASSIGN_OR_RETURN(KubeStoreLocation location, ParseKubeStoreUrl(options.store));
+    RETURN_IF_ERROR(CheckLeaderElectionOptions(options.election));
+    ASSIGN_OR_RETURN(kube::KubeApi * api, server->Kube(fs));
+    LeaderElectionOptions election = options.election;
+    if (election.identity.empty()) election.identity = MakeReplicaIdentity();
+    server->replication_ = std::make_unique<KubeReplication>(api, clock, location, election);
+    store = server->replication_->store();
+    options.publisher.leadership = server->replication_.get();
+    LogInfo("version history in the Kubernetes API; the Lease elects the replica that publishes",
+            {{"store", options.store}, {"identity", election.identity}});
+  }
   server->fleet_ = std::make_unique<Fleet>(clock, options.client_retention);
   std::vector<std::string> names;
   for (const auto& certificate : options.certificates) names.push_back(certificate.name);
@@ -194,8 +224,8 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
     server->policy_->Start();
   }
   server->readiness_ = std::make_unique<Readiness>(server->hub_.get(), names.size());
-  server->publisher_ = std::make_unique<Publisher>(server->store_.get(), clock,
-                                                   server->readiness_.get(), options.publisher);
+  server->publisher_ =
+      std::make_unique<Publisher>(store, clock, server->readiness_.get(), options.publisher);
   for (const auto& certificate : options.certificates) {
     CertificateSpec spec;
     spec.name = certificate.name;
@@ -220,6 +250,33 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
         options.watcher);
     watcher->Start();
     server->watchers_.emplace_back(name, std::move(watcher));
+  }
+
+  if (server->replication_ != nullptr) {
+    Readiness* readiness = server->readiness_.get();
+    Replication::Callbacks callbacks;
+    callbacks.stored_state_changed = [publisher](const std::string& name) {
+      absl::Status refreshed = publisher->Refresh(name);
+      if (!refreshed.ok()) {
+        LogDebug("cannot follow the stored state yet; retrying",
+                 {{"certificate", name}, {"error", refreshed}});
+      }
+      return refreshed;
+    };
+    callbacks.started_leading = [publisher, names] {
+      for (const std::string& name : names) {
+        if (absl::Status taken = publisher->TakeOver(name); !taken.ok()) {
+          LogWarn("cannot take over the stored state; the next write finds out",
+                  {{"certificate", name}, {"error", taken}});
+        }
+        publisher->Evaluate(name, /*confirmed=*/true);
+      }
+    };
+    callbacks.store_reachability_changed = [readiness](bool reachable) {
+      readiness->SetStoreReachable(reachable);
+    };
+    server->replication_->Start(names, std::move(callbacks));
+    server->replication_metrics_ = std::make_shared<ReplicationMetrics>(server->replication_.get());
   }
 
   server->distribution_service_ = std::make_unique<DistributionService>(server->hub_.get());
@@ -264,14 +321,27 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
   if (!options.health_listen.empty()) {
     server->probes_.Handle("/healthz", [] { return absl::OkStatus(); });
     const bool hands_out_nothing = !options.insecure && options.policy_file.empty();
-    server->probes_.Handle("/readyz", [publisher, hands_out_nothing]() -> absl::Status {
-      if (hands_out_nothing) {
-        return absl::UnavailableError("no policy (--policy): this server hands out nothing");
-      }
-      std::string why;
-      if (publisher->Ready(&why)) return absl::OkStatus();
-      return absl::UnavailableError(why);
-    });
+    Replication* replication = server->replication_.get();
+    server->probes_.Handle(
+        "/readyz", [publisher, hands_out_nothing, replication]() -> absl::Status {
+          if (hands_out_nothing) {
+            return absl::UnavailableError("no policy (--policy): this server hands out nothing");
+          }
+          if (replication != nullptr) {
+            const ReplicationStatus status = replication->Status();
+            if (!status.store_reachable) {
+              return absl::UnavailableError(absl::StrCat(
+                  "version store unreachable since ",
+                  absl::FormatTime(absl::RFC3339_sec, status.unreachable_since,
+                                   absl::UTCTimeZone()),
+                  " (", status.store_error,
+                  "): serving the versions this replica has to its streams, publishing nothing"));
+            }
+          }
+          std::string why;
+          if (publisher->Ready(&why)) return absl::OkStatus();
+          return absl::UnavailableError(why);
+        });
     ASSIGN_OR_RETURN(server->health_port_, server->probes_.Start(options.health_listen));
   }
   if (options.insecure) {
@@ -285,7 +355,7 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
       {{"port", server->port_},
        {"transport", options.insecure ? "plaintext" : (options.client_ca.empty() ? "TLS" : "mTLS")},
        {"certificates", names.size()},
-       {"state_dir", options.state_dir}});
+       {"store", options.store.empty() ? options.state_dir : options.store}});
   return server;
 }
 
@@ -353,6 +423,8 @@ void CertcastServer::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
   for (auto& [name, watcher] : watchers_) watcher->Stop();
+  // Gives the lease up at once, so another replica publishes without waiting for it to expire.
+  if (replication_ != nullptr) replication_->Stop();
   if (policy_ != nullptr) policy_->Stop();
   probes_.Stop();
   if (grpc_server_ != nullptr) {

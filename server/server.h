@@ -23,9 +23,11 @@
 #include "server/distribution.h"
 #include "server/fleet.h"
 #include "server/inspection.h"
+#include "server/kube_leader_election.h"
 #include "server/metrics.h"
 #include "server/policy.h"
 #include "server/publisher.h"
+#include "server/replication.h"
 #include "server/source.h"
 #include "server/version_store.h"
 
@@ -44,6 +46,12 @@ struct ServerOptions {
   std::string listen = "0.0.0.0:8443";
   std::vector<Certificate> certificates;
   std::string state_dir = "./certcast-state";
+  // Empty: the embedded state directory (one replica). "kubernetes://NAMESPACE/NAME": replicas
+  // share the version history through the Kubernetes API (server/kube_replication.h).
+  std::string store;
+  // Leader election with a shared store. The namespace and Lease name come from `store`; an
+  // empty identity becomes MakeReplicaIdentity().
+  LeaderElectionOptions election;
   std::string tls_cert;
   std::string tls_key;
   std::string client_ca;       // client certificates verified (required unless tokens are accepted)
@@ -84,6 +92,11 @@ class CertcastServer {
   Fleet& fleet() { return *fleet_; }
   // What /metrics exports; it reads this server's parts, so stop scraping before destroying it.
   std::shared_ptr<prometheus::Collectable> metrics() const { return metrics_; }
+  // With a shared store: the replication and its gauges; null otherwise.
+  Replication* replication() { return replication_.get(); }
+  std::shared_ptr<prometheus::Collectable> replication_metrics() const {
+    return replication_metrics_;
+  }
   SourceWatcher& watcher(const std::string& name);
 
  private:
@@ -97,7 +110,9 @@ class CertcastServer {
 
   ServerOptions options_;
   std::unique_ptr<kube::KubeApi> kube_;  // only when a source reads through the API
-  std::unique_ptr<VersionStore> store_;
+  std::unique_ptr<VersionStore> store_;  // the embedded store
+  // The shared store and its election; before publisher_, which writes through it.
+  std::unique_ptr<Replication> replication_;
   std::unique_ptr<Fleet> fleet_;
   std::unique_ptr<PolicyFile> policy_;
   std::unique_ptr<TokenMap> token_map_;
@@ -114,6 +129,7 @@ class CertcastServer {
   std::unique_ptr<AdminService> admin_service_;
   std::unique_ptr<grpc::Server> grpc_server_;
   std::shared_ptr<ServerMetrics> metrics_;
+  std::shared_ptr<ReplicationMetrics> replication_metrics_;
   HttpProbeServer probes_;
   int port_ = 0;
   int health_port_ = 0;

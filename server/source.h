@@ -30,6 +30,11 @@ class CertificateSource {
   // is absent; another error (reason "unreadable") when it cannot be read. Thread-safe.
   virtual absl::StatusOr<CertificateMaterial> Read() = 0;
 
+  // The revision of what the last successful Read returned (a Secret's resourceVersion), which
+  // orders source states across replicas; empty when the source has none (a directory). Called
+  // right after Read by the same caller.
+  virtual std::string LastReadRevision() { return ""; }
+
   // Blocks until the content may have changed (true) or `deadline` passes (false). Spurious
   // true results are fine. Called from one watcher thread only. Returns false promptly after
   // Interrupt().

@@ -125,23 +125,92 @@ std::string FileVersionStore::PathFor(const std::string& name) const {
   return JoinPath(dir_, absl::StrCat(name, kSuffix));
 }
 
-absl::StatusOr<std::optional<CertificateState>> FileVersionStore::Load(const std::string& name) {
-  RETURN_IF_ERROR(ValidateName(name));
-  const std::string path = PathFor(name);
-  absl::StatusOr<std::string> read = fs_->ReadFile(path);
-  if (absl::IsNotFound(read.status())) return std::nullopt;
-  if (!read.ok()) {
-    return Annotate(read.status(), absl::StrCat("loading certificate \"", name, "\""));
-  }
-  std::string contents = std::move(read).value();
-  absl::Cleanup wipe_contents = [&contents] { CleanseString(&contents); };
+namespace {
 
-  auto corrupt = [&path](absl::string_view what) {
+void SourceToProto(const SourceState& source, pb::SourceState* out) {
+  out->set_revision(source.revision);
+  if (source.leaf_not_before != absl::InfinitePast()) {
+    ToProto(source.leaf_not_before, out->mutable_leaf_not_before());
+  }
+  out->set_leaf_serial(source.leaf_serial);
+}
+
+SourceState SourceFromProto(const pb::StoredVersion& v) {
+  SourceState source;
+  if (!v.has_source()) return source;
+  source.revision = v.source().revision();
+  if (v.source().has_leaf_not_before()) {
+    source.leaf_not_before = FromProto(v.source().leaf_not_before());
+  }
+  source.leaf_serial = v.source().leaf_serial();
+  return source;
+}
+
+}  // namespace
+
+absl::Status ValidateStateName(absl::string_view name) { return ValidateName(name); }
+
+absl::StatusOr<std::string> EncodeState(const std::string& name, const CertificateState& state,
+                                        int history_limit) {
+  RETURN_IF_ERROR(ValidateName(name));
+  std::vector<uint64_t> numbers;
+  for (const StoredVersion& v : state.versions) numbers.push_back(v.version);
+  if (absl::Status s = CheckVersions(numbers, state.last_version); !s.ok()) {
+    return Annotate(s, absl::StrCat("saving certificate \"", name, "\""));
+  }
+
+  pb::CertificateState proto;
+  absl::Cleanup wipe_proto = [&proto] { CleanseKeys(proto); };
+  proto.set_name(name);
+  proto.set_last_version(state.last_version);
+  // Keep the newest history_limit versions (always at least the current one).
+  const size_t keep =
+      std::min(state.versions.size(), static_cast<size_t>(std::max(1, history_limit)));
+  for (size_t i = state.versions.size() - keep; i < state.versions.size(); ++i) {
+    const StoredVersion& v = state.versions[i];
+    pb::StoredVersion* out = proto.add_versions();
+    out->set_version(v.version);
+    out->set_chain_pem(v.material.chain_pem);
+    const absl::string_view key = v.material.key_pem.reveal();
+    out->set_private_key_pem(key.data(), key.size());
+    out->set_ca_pem(v.material.ca_pem);
+    ToProto(v.published_at, out->mutable_published_at());
+    out->set_origin(v.origin);
+    out->set_rolled_back_from(v.rolled_back_from);
+    SourceToProto(v.source, out->mutable_source());
+  }
+  pb::PinState* pin = proto.mutable_pin();
+  pin->set_version(state.pin.version);
+  pin->set_rolled_back_from(state.pin.rolled_back_from);
+  pin->set_source_digest(state.pin.source_digest);
+  ToProto(state.pin.since, pin->mutable_since());
+
+  // One exact-size allocation, so no copy of the key is left behind by a reallocation.
+  const size_t payload_size = proto.ByteSizeLong();
+  std::string file(kHeader.size() + kDigestSize + payload_size, '\0');
+  char* const payload = file.data() + kHeader.size() + kDigestSize;
+  if (!proto.SerializeToArray(payload, static_cast<int>(payload_size))) {
+    CleanseString(&file);
+    return absl::InternalError(
+        absl::StrCat("cannot serialize state of certificate \"", name, "\""));
+  }
+  std::memcpy(file.data(), kHeader.data(), kHeader.size());
+  unsigned char digest[kDigestSize];
+  if (!Sha256(absl::string_view(payload, payload_size), digest)) {
+    CleanseString(&file);
+    return absl::InternalError("SHA-256 failed");
+  }
+  std::memcpy(file.data() + kHeader.size(), digest, kDigestSize);
+  return file;
+}
+
+absl::StatusOr<CertificateState> DecodeState(const std::string& name, absl::string_view view,
+                                             const std::string& where) {
+  auto corrupt = [&where](absl::string_view what) {
     return absl::DataLossError(
-        absl::StrCat("state file ", path, " is corrupt: ", what, "; move it away to start fresh"));
+        absl::StrCat(where, " is corrupt: ", what, "; move it away to start fresh"));
   };
-  const absl::string_view view = contents;
-  if (view.empty()) return corrupt("empty file");
+  if (view.empty()) return corrupt("empty");
   if (view.size() < kHeader.size() + kDigestSize) {
     const absl::string_view start = view.substr(0, kHeader.size());
     return corrupt(start == kHeader.substr(0, start.size()) ? "truncated" : "bad header");
@@ -182,6 +251,7 @@ absl::StatusOr<std::optional<CertificateState>> FileVersionStore::Load(const std
     out.published_at = FromProto(v.published_at());
     out.origin = v.origin();
     out.rolled_back_from = v.rolled_back_from();
+    out.source = SourceFromProto(v);
   }
   state.pin.version = proto.pin().version();
   state.pin.rolled_back_from = proto.pin().rolled_back_from();
@@ -190,57 +260,28 @@ absl::StatusOr<std::optional<CertificateState>> FileVersionStore::Load(const std
   return state;
 }
 
-absl::Status FileVersionStore::Save(const std::string& name, const CertificateState& state) {
+absl::StatusOr<std::optional<CertificateState>> FileVersionStore::Load(const std::string& name) {
   RETURN_IF_ERROR(ValidateName(name));
-  std::vector<uint64_t> numbers;
-  for (const StoredVersion& v : state.versions) numbers.push_back(v.version);
-  if (absl::Status s = CheckVersions(numbers, state.last_version); !s.ok()) {
-    return Annotate(s, absl::StrCat("saving certificate \"", name, "\""));
+  const std::string path = PathFor(name);
+  absl::StatusOr<std::string> read = fs_->ReadFile(path);
+  if (absl::IsNotFound(read.status())) return std::nullopt;
+  if (!read.ok()) {
+    return Annotate(read.status(), absl::StrCat("loading certificate \"", name, "\""));
   }
+  std::string contents = std::move(read).value();
+  absl::Cleanup wipe_contents = [&contents] { CleanseString(&contents); };
+  ASSIGN_OR_RETURN(CertificateState state,
+                   DecodeState(name, contents, absl::StrCat("state file ", path)));
+  return state;
+}
 
-  pb::CertificateState proto;
-  absl::Cleanup wipe_proto = [&proto] { CleanseKeys(proto); };
-  proto.set_name(name);
-  proto.set_last_version(state.last_version);
-  // Keep the newest history_limit_ versions (always at least the current one).
-  const size_t keep = std::min(state.versions.size(), static_cast<size_t>(history_limit_));
-  for (size_t i = state.versions.size() - keep; i < state.versions.size(); ++i) {
-    const StoredVersion& v = state.versions[i];
-    pb::StoredVersion* out = proto.add_versions();
-    out->set_version(v.version);
-    out->set_chain_pem(v.material.chain_pem);
-    const absl::string_view key = v.material.key_pem.reveal();
-    out->set_private_key_pem(key.data(), key.size());
-    out->set_ca_pem(v.material.ca_pem);
-    ToProto(v.published_at, out->mutable_published_at());
-    out->set_origin(v.origin);
-    out->set_rolled_back_from(v.rolled_back_from);
-  }
-  pb::PinState* pin = proto.mutable_pin();
-  pin->set_version(state.pin.version);
-  pin->set_rolled_back_from(state.pin.rolled_back_from);
-  pin->set_source_digest(state.pin.source_digest);
-  ToProto(state.pin.since, pin->mutable_since());
-
-  // One exact-size allocation, so no copy of the key is left behind by a reallocation.
-  const size_t payload_size = proto.ByteSizeLong();
-  std::string file(kHeader.size() + kDigestSize + payload_size, '\0');
+absl::StatusOr<std::string> FileVersionStore::Save(const std::string& name,
+                                                   const CertificateState& state) {
+  ASSIGN_OR_RETURN(std::string file, EncodeState(name, state, history_limit_));
   absl::Cleanup wipe_file = [&file] { CleanseString(&file); };
-  char* const payload = file.data() + kHeader.size() + kDigestSize;
-  if (!proto.SerializeToArray(payload, static_cast<int>(payload_size))) {
-    return absl::InternalError(
-        absl::StrCat("cannot serialize state of certificate \"", name, "\""));
-  }
-  CleanseKeys(proto);
-  std::memcpy(file.data(), kHeader.data(), kHeader.size());
-  unsigned char digest[kDigestSize];
-  if (!Sha256(absl::string_view(payload, payload_size), digest)) {
-    return absl::InternalError("SHA-256 failed");
-  }
-  std::memcpy(file.data() + kHeader.size(), digest, kDigestSize);
-
-  return Annotate(WriteFileAtomically(*fs_, PathFor(name), file, 0600),
-                  absl::StrCat("saving certificate \"", name, "\""));
+  RETURN_IF_ERROR(Annotate(WriteFileAtomically(*fs_, PathFor(name), file, 0600),
+                           absl::StrCat("saving certificate \"", name, "\"")));
+  return std::string();
 }
 
 }  // namespace certcast

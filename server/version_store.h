@@ -1,7 +1,8 @@
 // The version store persists, per certificate, the version counter, the last few versions'
 // material and the rollback pin, so versions survive restarts and are never reused.
 // This header is the seam between the server and its storage engines: the embedded
-// FileVersionStore (a state directory) here, etcd later.
+// FileVersionStore (a state directory) here, KubernetesVersionStore (server/kube_store.h) for
+// replicas, etcd next. All of them store the bytes EncodeState gives.
 #ifndef CERTCAST_SERVER_VERSION_STORE_H_
 #define CERTCAST_SERVER_VERSION_STORE_H_
 
@@ -20,12 +21,21 @@
 
 namespace certcast {
 
+// The source state material was read from, which orders what replicas read independently (see
+// CompareSources in server/publisher.h).
+struct SourceState {
+  std::string revision;  // Secret source: metadata.resourceVersion; empty for a directory
+  absl::Time leaf_not_before = absl::InfinitePast();
+  std::string leaf_serial;  // uppercase hex; empty when unknown
+};
+
 struct StoredVersion {
   uint64_t version = 0;
   CertificateMaterial material;
   absl::Time published_at;
   std::string origin = "source";  // "source" or "rollback"
   uint64_t rolled_back_from = 0;  // for rollbacks
+  SourceState source;             // for rollbacks: the source state when pinned
 };
 
 struct PinState {
@@ -39,6 +49,10 @@ struct CertificateState {
   uint64_t last_version = 0;            // highest version ever assigned
   std::vector<StoredVersion> versions;  // oldest first; the last one is current
   PinState pin;
+  // A shared store's revision of the stored object this state was loaded from or saved as: the
+  // compare-and-swap token of the next Save. Empty when nothing is stored yet (and always for
+  // the file store, which has one writer). Not part of the encoded state.
+  std::string store_revision;
 };
 
 // Thread-safe.
@@ -50,13 +64,42 @@ class VersionStore {
   // DataLoss (naming the file or key) when the stored state is corrupt: never a silent reset.
   virtual absl::StatusOr<std::optional<CertificateState>> Load(const std::string& name) = 0;
 
-  // Durably replaces the state of `name`. After OK, a crash at any later point loads `state`;
-  // after an error, Load returns either the previous or the new state, never a mix.
-  // Keeps at most `history_limit()` versions (the oldest are dropped; last_version is kept).
-  virtual absl::Status Save(const std::string& name, const CertificateState& state) = 0;
+  // Durably replaces the state of `name` and returns the new store revision. After OK, a crash
+  // at any later point loads `state`; after an error, Load returns either the previous or the new
+  // state, never a mix. Keeps at most `history_limit()` versions (the oldest are dropped;
+  // last_version is kept). A shared store writes only if the stored object is still at
+  // `state.store_revision` (absent when that is empty): Aborted otherwise, naming the object;
+  // the caller must Load again. That compare-and-swap is what keeps two replicas from giving one
+  // version number to different material.
+  virtual absl::StatusOr<std::string> Save(const std::string& name,
+                                           const CertificateState& state) = 0;
+
+  // Makes every later Save based on a revision older than the returned one fail: a shared store
+  // rewrites the stored object (naming `writer`) so its revision moves on. A new leader calls it,
+  // so a deposed leader that still believes it leads cannot write. Aborted when the object is no
+  // longer at `revision`. The file store has one writer and returns `revision`.
+  virtual absl::StatusOr<std::string> Claim(const std::string& name, const std::string& revision) {
+    (void)name;
+    return revision;
+  }
 
   virtual int history_limit() const = 0;
 };
+
+// The bytes every store keeps for one certificate: a header, the SHA-256 of the payload, and the
+// payload, a serialized certcast.state.v1.CertificateState holding the newest `history_limit`
+// versions. InvalidArgument when the versions are not strictly increasing or above
+// last_version. The result holds key material: wipe it (CleanseString) when done.
+absl::StatusOr<std::string> EncodeState(const std::string& name, const CertificateState& state,
+                                        int history_limit);
+
+// Parses EncodeState's bytes for certificate `name`. DataLoss naming `where` (a file or an API
+// object) when they are truncated, damaged or hold another certificate.
+absl::StatusOr<CertificateState> DecodeState(const std::string& name, absl::string_view bytes,
+                                             const std::string& where);
+
+// Certificate names become file and object names: [a-z0-9]([a-z0-9.-]*[a-z0-9])?, at most 253.
+absl::Status ValidateStateName(absl::string_view name);
 
 // Embedded store: one file per certificate, `DIR/NAME.state`, holding a checksummed protobuf
 // (certcast.state.v1.CertificateState). Directory 0700, files 0600, written with
@@ -74,7 +117,7 @@ class FileVersionStore final : public VersionStore {
       Filesystem* fs, std::string dir, int history_limit = kDefaultHistoryLimit);
 
   absl::StatusOr<std::optional<CertificateState>> Load(const std::string& name) override;
-  absl::Status Save(const std::string& name, const CertificateState& state) override;
+  absl::StatusOr<std::string> Save(const std::string& name, const CertificateState& state) override;
   int history_limit() const override { return history_limit_; }
 
   std::string PathFor(const std::string& name) const;

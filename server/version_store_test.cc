@@ -200,7 +200,7 @@ TEST_F(FileVersionStoreTest, RejectsNamesThatAreNotSafeFileNames) {
        {std::string(""), std::string("Wildcard"), std::string("../etc"), std::string("a/b"),
         std::string(".hidden"), std::string("trailing-"), std::string("sp ace"),
         std::string(254, 'a')}) {
-    EXPECT_TRUE(absl::IsInvalidArgument(store_->Save(bad, state))) << bad;
+    EXPECT_TRUE(absl::IsInvalidArgument(store_->Save(bad, state).status())) << bad;
     EXPECT_TRUE(absl::IsInvalidArgument(store_->Load(bad).status())) << bad;
   }
   for (const std::string& good : {std::string("a"), std::string("wildcard.example.com"),
@@ -213,10 +213,10 @@ TEST_F(FileVersionStoreTest, RejectsNamesThatAreNotSafeFileNames) {
 TEST_F(FileVersionStoreTest, RejectsInconsistentVersions) {
   CertificateState state = MakeState(3, 3, "i");
   state.versions[1].version = 1;
-  EXPECT_TRUE(absl::IsInvalidArgument(store_->Save(kName, state)));
+  EXPECT_TRUE(absl::IsInvalidArgument(store_->Save(kName, state).status()));
   state = MakeState(3, 3, "i");
   state.last_version = 2;
-  EXPECT_TRUE(absl::IsInvalidArgument(store_->Save(kName, state)));
+  EXPECT_TRUE(absl::IsInvalidArgument(store_->Save(kName, state).status()));
   EXPECT_FALSE(fs_.Exists(StatePath()));
 }
 
@@ -281,7 +281,7 @@ TEST_F(FileVersionStoreTest, CrashAtAnyPointDuringSaveLoadsOldOrNew) {
     ASSERT_TRUE(store.ok());
     ASSERT_TRUE((*store)->Save(kName, a).ok());
     fs.CrashAfterOps(k);
-    const absl::Status saved = (*store)->Save(kName, b);
+    const absl::Status saved = (*store)->Save(kName, b).status();
     EXPECT_EQ(saved.ok(), k == ops_per_save) << saved;
     fs.Crash();
 
@@ -333,7 +333,7 @@ TEST_F(FileVersionStoreTest, DiskFullKeepsOldState) {
   const CertificateState a = MakeState(2, 2, "old");
   ASSERT_TRUE(store_->Save(kName, a).ok());
   fs_.FailNextWrite(absl::ResourceExhaustedError("write: No space left on device"));
-  absl::Status saved = store_->Save(kName, MakeState(3, 3, "new"));
+  absl::Status saved = store_->Save(kName, MakeState(3, 3, "new")).status();
   EXPECT_TRUE(absl::IsResourceExhausted(saved)) << saved;
   EXPECT_THAT(saved.message(), HasSubstr(kName));
   auto loaded = store_->Load(kName);

@@ -45,8 +45,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 CONTROL_HELP = """control API (no authentication), all bodies JSON:
   POST   /_control/fail {"status":503,"count":2,"method":"PUT","path_prefix":"/api/...",
-                         "verb":"update","message":"...","reason":"...","retry_after_seconds":1,
-                         "close":false,"delay_seconds":0}   count -1 = until cleared
+                         "verb":"update","user":"system:serviceaccount:ns:sa","message":"...",
+                         "reason":"...","retry_after_seconds":1,"close":false,
+                         "delay_seconds":0}   count -1 = until cleared; "user" cuts one client off
   GET    /_control/fail          list the pending failure rules
   DELETE /_control/fail          clear them
   POST   /_control/conflict {"count":N,"path_prefix":"...","bump":false}
@@ -1203,14 +1204,17 @@ class FailRule:
         self.method = spec.get("method")
         self.path_prefix = spec.get("path_prefix")
         self.verb = spec.get("verb")
+        self.user = spec.get("user")
         self.message = spec.get("message")
         self.reason = spec.get("reason")
         self.retry_after = spec.get("retry_after_seconds")
         self.close = bool(spec.get("close", False))
         self.delay = float(spec.get("delay_seconds", 0) or 0)
 
-    def matches(self, method, path, verb):
+    def matches(self, method, path, verb, user=None):
         if self.count == 0:
+            return False
+        if self.user and self.user != user:
             return False
         if self.method and self.method.upper() != method:
             return False
@@ -1222,7 +1226,8 @@ class FailRule:
 
     def describe(self):
         return {"id": self.id, "status": self.status, "count": self.count, "method": self.method,
-                "path_prefix": self.path_prefix, "verb": self.verb, "close": self.close,
+                "path_prefix": self.path_prefix, "verb": self.verb, "user": self.user,
+                "close": self.close,
                 "delay_seconds": self.delay}
 
     def error(self):
@@ -1443,10 +1448,10 @@ class App:
 
     # -- failure injection ------------------------------------------------------------------
 
-    def take_failure(self, method, path, verb):
+    def take_failure(self, method, path, verb, user=None):
         with self.lock:
             for rule in self.fail_rules:
-                if rule.matches(method, path, verb):
+                if rule.matches(method, path, verb, user):
                     if rule.count > 0:
                         rule.count -= 1
                     return rule
@@ -1593,7 +1598,8 @@ class Handler(BaseHTTPRequestHandler):
             except ApiError as e:
                 entry["status"] = self.send_obj(e.code, e.body)
                 return
-            rule = self.app.take_failure(self.command, path, info.verb)
+            rule = self.app.take_failure(self.command, path, info.verb,
+                                         user.name if user else None)
             if rule is not None:
                 if rule.delay:
                     time.sleep(rule.delay)

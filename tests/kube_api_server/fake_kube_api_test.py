@@ -702,6 +702,15 @@ class FakeKubeApiTest(unittest.TestCase):
             self.call("GET", SECRETS + "/wildcard-tls")
         self.assertEqual(self.call("GET", SECRETS + "/wildcard-tls")[0], 200)
 
+    def test_fail_injection_for_one_user(self):
+        # One replica cut off from the API while the others reach it.
+        self.call("POST", "/_control/fail", {"status": 503, "count": -1, "user": CLIENT},
+                  token=None)
+        self.assertEqual(self.call("GET", SECRETS + "/wildcard-tls")[0], 503)
+        self.assertEqual(self.admin("GET", SECRETS + "/wildcard-tls")[0], 200)
+        self.call("DELETE", "/_control/fail", token=None)
+        self.assertEqual(self.call("GET", SECRETS + "/wildcard-tls")[0], 200)
+
     def test_conflict_injection(self):
         self.call("POST", "/_control/conflict", {"count": 1}, token=None)
         status, _, obj = self.call("GET", SECRETS + "/wildcard-tls")

@@ -1,0 +1,83 @@
+// The seam between the server and a version store that several replicas share (the Kubernetes
+// API now, etcd next): who may publish (Leadership), and the machinery that keeps a replica in
+// step with the others (Replication: a leader election plus a watch on the stored history).
+//
+// Implementations are thread-safe.
+#ifndef CERTCAST_SERVER_REPLICATION_H_
+#define CERTCAST_SERVER_REPLICATION_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "prometheus/collectable.h"
+#include "prometheus/metric_family.h"
+
+namespace certcast {
+
+class VersionStore;
+
+// Who may publish when several replicas share one version history.
+class Leadership {
+ public:
+  virtual ~Leadership() = default;
+  // True while this replica holds the leader lease and renewed it within the renew deadline, so
+  // no other replica can have taken it over yet.
+  virtual bool IsLeader() const = 0;
+  // The holder of the lease as last observed ("" when none or unknown), for messages.
+  virtual std::string Leader() const = 0;
+};
+
+// What inspection, /readyz, health and metrics show about replication.
+struct ReplicationStatus {
+  std::string identity;         // this replica's holder identity
+  std::string leader;           // the observed holder ("" when none)
+  bool is_leader = false;       // Leadership::IsLeader()
+  bool store_reachable = true;  // a store request succeeded within the renew deadline
+  std::string store_error;      // the latest store error while unreachable
+  absl::Time unreachable_since = absl::InfinitePast();
+  uint64_t leader_transitions = 0;  // times this replica became the leader
+};
+
+class Replication : public Leadership {
+ public:
+  struct Callbacks {
+    // The stored state of certificate `name` may have changed (another replica wrote it, the
+    // watch was re-listed, or the store answers again): Publisher::Refresh. An error is retried
+    // with backoff until it succeeds. Runs on a thread of the replication's own.
+    std::function<absl::Status(const std::string& name)> stored_state_changed;
+    // This replica became the leader: Publisher::TakeOver of every certificate, then evaluate
+    // every source. Runs on a thread of its own, never on the one that renews the lease.
+    std::function<void()> started_leading;
+    // The store became reachable or unreachable (readiness and health follow it).
+    std::function<void(bool reachable)> store_reachability_changed;
+  };
+
+  // The store every replica writes through (compare-and-swap on each Save).
+  virtual VersionStore* store() = 0;
+  // Starts the election and the watches of `certificates`' stored states.
+  virtual void Start(const std::vector<std::string>& certificates, Callbacks callbacks) = 0;
+  // Stops them and gives up the lease (if held), so another replica takes over at once.
+  virtual void Stop() = 0;
+  virtual ReplicationStatus Status() const = 0;
+};
+
+// Per-replica gauges of a Replication, for /metrics (sum or max them across replicas in
+// PromQL): certcast_replica_leader (1 while this replica publishes), certcast_version_store_up
+// (1 while the shared store answers) and certcast_replica_leader_transitions_total.
+// Thread-safe. Does not own `replication`; stop scraping before it goes.
+class ReplicationMetrics final : public prometheus::Collectable {
+ public:
+  explicit ReplicationMetrics(const Replication* replication) : replication_(replication) {}
+  std::vector<prometheus::MetricFamily> Collect() const override;
+
+ private:
+  const Replication* const replication_;
+};
+
+}  // namespace certcast
+
+#endif  // CERTCAST_SERVER_REPLICATION_H_

@@ -1,0 +1,650 @@
+// Several certcast-server replicas sharing one version history through the Kubernetes API
+// (--store=kubernetes://NAMESPACE/NAME), against the fake API server (tests/kube_api_server):
+// real binaries, real HTTPS, the Role a replica needs checked by the fake's RBAC. Each replica
+// reads its own directory source, as pods reading their own Secret volume, which kubelet may
+// update minutes apart.
+//
+// CERTCAST_LONG=1 runs the fleet test with 1,000 clients (docs/REPLICAS.md); the default is 300.
+#include <signal.h>
+
+#include <cstdlib>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "common/filesystem.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "kube/api.h"
+#include "kube/secret.h"
+#include "server/kube_store.h"
+#include "tests/child_process.h"
+#include "tests/fixtures/cert_factory.h"
+#include "tests/subscriber_fleet.h"
+#include "tests/test_subscriber.h"
+
+namespace certcast {
+namespace {
+
+using ::certcast::fixtures::TempDir;
+using ::certcast::kube::Json;
+using ::certcast::scenario::ChildProcess;
+using ::certcast::scenario::TestSubscriber;
+using ::certcast::scenario::WaitFor;
+using ::testing::HasSubstr;
+
+constexpr char kNamespace[] = "certcast-system";
+constexpr char kStore[] = "kubernetes://certcast-system/certcast";
+constexpr char kStateSecret[] = "certcast-wildcard";
+constexpr char kLeasePath[] =
+    "/apis/coordination.k8s.io/v1/namespaces/certcast-system/leases/certcast";
+constexpr int kReplicas = 3;
+// Short election times (the defaults are 15 s / 10 s / 2 s).
+constexpr char kLeaseDuration[] = "2s";
+constexpr char kRenewDeadline[] = "1500ms";
+constexpr char kRetryPeriod[] = "200ms";
+
+std::string ReplicaUser(int i) {
+  return absl::StrCat("system:serviceaccount:certcast-system:certcast-server-", i);
+}
+
+// A hello asking for the certificate, holding `version` (0: nothing yet).
+bool Hello(TestSubscriber& subscriber, const std::string& client_id, uint64_t version = 0,
+           const std::string& fingerprint = "") {
+  v1::HeldCertificate held;
+  held.set_name("wildcard");
+  held.set_version(version);
+  held.set_fingerprint(fingerprint);
+  return subscriber.SendHello("tenant-a", client_id, {held});
+}
+
+void WriteText(const std::string& path, const std::string& text) {
+  PosixFilesystem fs;
+  ASSERT_TRUE(WriteFileAtomically(fs, path, text, 0600).ok());
+}
+
+// A leaf of one test CA whose notBefore is `minutes` after a fixed base: a larger number is
+// newer material in the directory sources' order.
+struct Leaf {
+  CertificateMaterial material;
+  std::string fingerprint;
+};
+
+class ReplicaScenarioTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    scenario::RaiseFileLimit();
+    api_ca_ = fixtures::MakeRootCa("fake kube api ca");
+    fixtures::CertOptions serving;
+    serving.common_name = "kube-apiserver";
+    serving.dns_names = {"localhost"};
+    fixtures::Issued api_cert = fixtures::MakeCert(api_ca_, serving);
+    WriteText(tmp_.Join("api.crt"), api_cert.cert_pem + api_ca_.cert_pem);
+    WriteText(tmp_.Join("api.key"), api_cert.key_pem);
+    WriteText(tmp_.Join("api-ca.crt"), api_ca_.cert_pem);
+    WriteText(tmp_.Join("admin.token"), "admin-token\n");
+    Json config = Json::object();
+    config["admin_tokens"] = Json::array({"admin-token"});
+    Json subjects = Json::array();
+    for (int i = 0; i < kReplicas; ++i) {
+      WriteText(tmp_.Join(absl::StrCat("replica", i, ".token")), absl::StrCat("replica-", i, "\n"));
+      config["tokens"][absl::StrCat("replica-", i)] = ReplicaUser(i);
+      subjects.push_back(ReplicaUser(i));
+    }
+    // The Role a replica needs (docs/REPLICAS.md): its state Secrets and Lease by name, create
+    // (which RBAC cannot limit by name) on both.
+    Json role = Json::parse(R"({
+      "namespace": "certcast-system",
+      "rules": [
+        {"apiGroups": [""], "resources": ["secrets"],
+         "verbs": ["get", "update", "list", "watch"], "resourceNames": ["certcast-wildcard"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+         "verbs": ["get", "update"], "resourceNames": ["certcast"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]}]})");
+    role["subjects"] = subjects;
+    config["roles"] = Json::array({role});
+    config["bookmark_interval"] = 0.5;
+    WriteText(tmp_.Join("kube.json"), config.dump());
+    StartApi();
+    admin_ = std::make_unique<kube::CurlKubeApi>(
+        kube::KubeConfig{ApiUrl(), tmp_.Join("admin.token"), tmp_.Join("api-ca.crt")}, &fs_);
+    ca_ = fixtures::MakeRootCa("replicas root");
+    replicas_.resize(kReplicas);
+  }
+
+  void StartApi(int port = 0) {
+    api_process_.reset();
+    api_process_ = std::make_unique<ChildProcess>(
+        CERTCAST_PYTHON,
+        std::vector<std::string>{CERTCAST_FAKE_KUBE_API, "--cert", tmp_.Join("api.crt"), "--key",
+                                 tmp_.Join("api.key"), "--config", tmp_.Join("kube.json"),
+                                 "--data-file", tmp_.Join("kube-data.json"), "--port",
+                                 std::to_string(port)},
+        tmp_.Join(absl::StrCat("api", ++api_starts_, ".log")));
+    const std::string bound = api_process_->WaitForLog("listening on port ([0-9]+)");
+    ASSERT_FALSE(bound.empty()) << api_process_->log();
+    api_port_ = std::stoi(bound);
+  }
+
+  std::string ApiUrl() { return absl::StrCat("https://localhost:", api_port_); }
+
+  Json Control(const std::string& method, const std::string& path, const Json& body = Json()) {
+    absl::StatusOr<Json> result =
+        admin_->Request(method, "/_control/" + path, body.is_null() ? nullptr : &body);
+    EXPECT_TRUE(result.ok()) << result.status();
+    return result.ok() ? *result : Json();
+  }
+
+  Leaf MakeLeaf(int minutes) {
+    fixtures::CertOptions options;
+    options.dns_names = {"*.example.test"};
+    options.not_before = base_ + absl::Minutes(minutes);
+    fixtures::Issued issued = fixtures::MakeCert(ca_, options);
+    Leaf leaf;
+    leaf.material.chain_pem = issued.cert_pem;
+    leaf.material.key_pem = SecretBytes(issued.key_pem);
+    leaf.material.ca_pem = ca_.cert_pem;
+    leaf.fingerprint = issued.fingerprint;
+    return leaf;
+  }
+
+  std::string SourceDir(int i) { return tmp_.Join(absl::StrCat("source", i)); }
+  void SetSource(int i, const Leaf& leaf) {
+    fixtures::WriteKubeletDir(SourceDir(i), leaf.material);
+  }
+
+  struct Replica {
+    std::unique_ptr<ChildProcess> process;
+    int port = 0;
+    int health_port = 0;
+    int metrics_port = 0;
+    std::string identity;
+    std::unique_ptr<v1::Inspection::Stub> inspection;
+  };
+
+  void StartReplica(int i) {
+    Replica& replica = replicas_[i];
+    replica = Replica();
+    replica.health_port = scenario::PickFreePort();
+    std::vector<std::string> args = {
+        "--listen=127.0.0.1:0",
+        "--insecure",
+        "--certificate=wildcard=" + SourceDir(i),
+        absl::StrCat("--store=", kStore),
+        absl::StrCat("--leader-lease-duration=", kLeaseDuration),
+        absl::StrCat("--leader-renew-deadline=", kRenewDeadline),
+        absl::StrCat("--leader-retry-period=", kRetryPeriod),
+        absl::StrCat("--health-listen=127.0.0.1:", replica.health_port),
+        "--metrics-listen=127.0.0.1:0",
+        "--quiet-period=20ms",
+        "--confirm-delay=300ms",
+        "--heartbeat-interval=1s",
+        "--log-format=json",
+        "--kube-api-url=" + ApiUrl(),
+        "--kube-token-file=" + tmp_.Join(absl::StrCat("replica", i, ".token")),
+        "--kube-ca-file=" + tmp_.Join("api-ca.crt")};
+    replica.process = std::make_unique<ChildProcess>(
+        CERTCAST_SERVER_BINARY, args,
+        tmp_.Join(absl::StrCat("replica", i, "-", ++starts_, ".log")));
+    replica.port = replica.process->WaitForPort();
+    ASSERT_NE(replica.port, 0) << replica.process->log();
+    replica.identity = replica.process->WaitForLog("\"identity\":\"([^\"]+)\"");
+    ASSERT_FALSE(replica.identity.empty()) << replica.process->log();
+    const std::string metrics = replica.process->WaitForLog("metrics on port ([0-9]+)");
+    ASSERT_FALSE(metrics.empty()) << replica.process->log();
+    replica.metrics_port = std::stoi(metrics);
+    replica.inspection = v1::Inspection::NewStub(scenario::InsecureChannel(replica.port));
+  }
+
+  void StartAll(const Leaf& leaf) {
+    for (int i = 0; i < kReplicas; ++i) SetSource(i, leaf);
+    for (int i = 0; i < kReplicas; ++i) StartReplica(i);
+    ASSERT_TRUE(WaitFor([&] { return AllServe(1, leaf.fingerprint); })) << Logs();
+  }
+
+  void Kill(int i) {
+    replicas_[i].process->Signal(SIGKILL);
+    replicas_[i].process->Wait(absl::Seconds(10));
+    replicas_[i].process.reset();
+  }
+
+  v1::Certificate GetCertificate(int i) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    v1::GetCertificateRequest request;
+    request.set_name("wildcard");
+    v1::Certificate certificate;
+    replicas_[i].inspection->GetCertificate(&context, request, &certificate);
+    return certificate;
+  }
+
+  bool Serves(int i, uint64_t version, const std::string& fingerprint) {
+    v1::Certificate certificate = GetCertificate(i);
+    return certificate.current().version() == version &&
+           certificate.current().fingerprint() == fingerprint;
+  }
+
+  bool AllServe(uint64_t version, const std::string& fingerprint) {
+    for (int i = 0; i < kReplicas; ++i) {
+      if (replicas_[i].process != nullptr && !Serves(i, version, fingerprint)) return false;
+    }
+    return true;
+  }
+
+  // The Lease's holder, as the admin reads it ("" when none).
+  std::string LeaseHolder() {
+    absl::StatusOr<Json> lease = admin_->Request("GET", kLeasePath);
+    if (!lease.ok()) return "";
+    return kube::StringMember(kube::Member(*lease, "spec"), "holderIdentity");
+  }
+
+  // Index of the replica holding the Lease, or -1.
+  int Leader() {
+    const std::string holder = LeaseHolder();
+    for (int i = 0; i < kReplicas; ++i) {
+      if (replicas_[i].process != nullptr && replicas_[i].identity == holder) return i;
+    }
+    return -1;
+  }
+
+  // The history in the state Secret: last_version and version -> fingerprint of the material.
+  struct Stored {
+    uint64_t last_version = 0;
+    std::map<uint64_t, std::string> fingerprints;
+    std::string revision;
+  };
+  Stored StoredState() {
+    Stored stored;
+    PosixFilesystem fs;
+    kube::CurlKubeApi api(
+        kube::KubeConfig{ApiUrl(), tmp_.Join("admin.token"), tmp_.Join("api-ca.crt")}, &fs);
+    KubernetesVersionStore store(&api, {kNamespace, "certcast"}, "test");
+    absl::StatusOr<std::optional<CertificateState>> loaded = store.Load("wildcard");
+    if (!loaded.ok() || !loaded->has_value()) return stored;
+    stored.last_version = (*loaded)->last_version;
+    stored.revision = (*loaded)->store_revision;
+    for (const StoredVersion& version : (*loaded)->versions) {
+      ValidationOptions options;
+      options.now = version.published_at;
+      absl::StatusOr<CertificateInfo> info =
+          ValidateMaterial("wildcard", version.material, options);
+      stored.fingerprints[version.version] = info.ok() ? info->fingerprint : "invalid";
+    }
+    return stored;
+  }
+
+  // version -> fingerprint as GetCertificate's history shows it on replica `i`.
+  std::map<uint64_t, std::string> History(int i) {
+    std::map<uint64_t, std::string> history;
+    const v1::Certificate certificate = GetCertificate(i);
+    for (const auto& version : certificate.history()) {
+      history[version.version()] = version.fingerprint();
+    }
+    return history;
+  }
+
+  std::string Logs() {
+    std::string logs;
+    for (int i = 0; i < kReplicas; ++i) {
+      if (replicas_[i].process != nullptr) {
+        std::string log = replicas_[i].process->log();
+        if (log.size() > 6000) log = "..." + log.substr(log.size() - 6000);
+        absl::StrAppend(&logs, "--- replica ", i, ":\n", log);
+      }
+    }
+    return logs;
+  }
+
+  TempDir tmp_;
+  PosixFilesystem fs_;
+  fixtures::Issued api_ca_;
+  fixtures::Issued ca_;
+  absl::Time base_ = absl::Now() - absl::Hours(2);
+  std::unique_ptr<ChildProcess> api_process_;
+  int api_port_ = 0;
+  int api_starts_ = 0;
+  int starts_ = 0;
+  std::unique_ptr<kube::KubeApi> admin_;
+  std::vector<Replica> replicas_;
+};
+
+// Three replicas, one history: a rotation every replica's source sees becomes ONE new version,
+// pushed to the clients of every replica; versions and material are identical everywhere; a
+// client that reconnects to another replica resumes without a payload.
+TEST_F(ReplicaScenarioTest, RotationReachesClientsOfEveryReplicaWithOneHistory) {
+  const Leaf first = MakeLeaf(1);
+  StartAll(first);
+  ASSERT_TRUE(WaitFor([&] { return Leader() >= 0; })) << Logs();
+  std::vector<std::unique_ptr<TestSubscriber>> subscribers;
+  for (int i = 0; i < kReplicas; ++i) {
+    subscribers.push_back(
+        std::make_unique<TestSubscriber>(scenario::InsecureChannel(replicas_[i].port)));
+    ASSERT_TRUE(Hello(*subscribers[i], absl::StrCat("client-", i)));
+    std::optional<v1::SubscribeResponse> update = subscribers[i]->NextNonHeartbeat();
+    ASSERT_TRUE(update.has_value() && update->has_update()) << i;
+    EXPECT_EQ(update->update().version(), 1u);
+    ASSERT_TRUE(subscribers[i]->SendAck(update->update()));
+  }
+
+  const Leaf second = MakeLeaf(2);
+  for (int i = 0; i < kReplicas; ++i) SetSource(i, second);
+  ASSERT_TRUE(WaitFor([&] { return AllServe(2, second.fingerprint); })) << Logs();
+  for (int i = 0; i < kReplicas; ++i) {
+    std::optional<v1::SubscribeResponse> update = subscribers[i]->NextNonHeartbeat();
+    ASSERT_TRUE(update.has_value() && update->has_update()) << i;
+    EXPECT_EQ(update->update().version(), 2u) << i;
+    EXPECT_EQ(update->update().fingerprint(), second.fingerprint) << i;
+  }
+  const Stored stored = StoredState();
+  EXPECT_EQ(stored.last_version, 2u) << "three sources changing are one new version";
+  const std::map<uint64_t, std::string> expected = {{1, first.fingerprint},
+                                                    {2, second.fingerprint}};
+  EXPECT_EQ(stored.fingerprints, expected);
+  for (int i = 0; i < kReplicas; ++i) EXPECT_EQ(History(i), expected) << "replica " << i;
+
+  // A client of replica 0 reconnects to replica 2 holding version 2: in sync, no payload.
+  TestSubscriber moved(scenario::InsecureChannel(replicas_[2].port));
+  ASSERT_TRUE(Hello(moved, "client-0", 2, second.fingerprint));
+  std::optional<v1::SubscribeResponse> answer = moved.NextNonHeartbeat();
+  ASSERT_TRUE(answer.has_value());
+  EXPECT_TRUE(answer->has_in_sync()) << "a client in sync gets no payload from another replica";
+}
+
+// kill -9 of the leader: another replica takes the Lease within about the lease duration, and
+// the next rotation gets the next version number, identical on the survivors.
+TEST_F(ReplicaScenarioTest, LeaderKilledAnotherLeadsAndVersionsContinue) {
+  const Leaf first = MakeLeaf(1);
+  StartAll(first);
+  ASSERT_TRUE(WaitFor([&] { return Leader() >= 0; })) << Logs();
+  const int leader = Leader();
+  const absl::Time killed = absl::Now();
+  Kill(leader);
+  ASSERT_TRUE(WaitFor([&] { return Leader() >= 0; })) << Logs();
+  const absl::Duration failover = absl::Now() - killed;
+  std::cout << "failover after kill -9 of the leader: " << failover << " (lease duration "
+            << kLeaseDuration << ", retry period " << kRetryPeriod << ")\n";
+  const int next = Leader();
+  EXPECT_NE(next, leader);
+
+  const Leaf second = MakeLeaf(2);
+  for (int i = 0; i < kReplicas; ++i) {
+    if (i != leader) SetSource(i, second);
+  }
+  ASSERT_TRUE(WaitFor([&] { return AllServe(2, second.fingerprint); })) << Logs();
+  EXPECT_EQ(StoredState().last_version, 2u);
+  // The killed replica comes back, follows the history and does not lead.
+  SetSource(leader, second);
+  StartReplica(leader);
+  ASSERT_TRUE(WaitFor([&] { return Serves(leader, 2, second.fingerprint); })) << Logs();
+  EXPECT_EQ(Leader(), next);
+  EXPECT_EQ(StoredState().last_version, 2u);
+}
+
+// A replica cut off from the API (the leader, here) stops publishing, keeps serving what it
+// has, says so on /readyz, gRPC health and /metrics; another replica takes over; once the API
+// answers again it follows the history by itself.
+TEST_F(ReplicaScenarioTest, ReplicaCutOffFromTheStoreNeverPublishes) {
+  const Leaf first = MakeLeaf(1);
+  StartAll(first);
+  ASSERT_TRUE(WaitFor([&] { return Leader() >= 0; })) << Logs();
+  const int cut = Leader();
+  Control("POST", "fail", {{"status", 503}, {"count", -1}, {"user", ReplicaUser(cut)}});
+  const Leaf second = MakeLeaf(2);
+  SetSource(cut, second);  // only the cut-off replica's source changes
+  ASSERT_TRUE(WaitFor([&] { return Leader() >= 0 && Leader() != cut; })) << Logs();
+  std::string body;
+  ASSERT_TRUE(WaitFor([&] {
+    return scenario::HttpGet(replicas_[cut].health_port, "/readyz", &body) == 503;
+  })) << body;
+  EXPECT_THAT(body, HasSubstr("version store unreachable"));
+  std::string metrics;
+  scenario::HttpGet(replicas_[cut].metrics_port, "/metrics", &metrics);
+  EXPECT_THAT(metrics, HasSubstr("certcast_version_store_up 0"));
+  EXPECT_THAT(metrics, HasSubstr("certcast_replica_leader 0"));
+  EXPECT_TRUE(Serves(cut, 1, first.fingerprint)) << "it keeps serving what it has";
+  EXPECT_EQ(StoredState().last_version, 1u) << "the cut-off replica published";
+  // Its clients are still served.
+  TestSubscriber client(scenario::InsecureChannel(replicas_[cut].port));
+  ASSERT_TRUE(Hello(client, "client-cut"));
+  std::optional<v1::SubscribeResponse> update = client.NextNonHeartbeat();
+  ASSERT_TRUE(update.has_value() && update->has_update());
+  EXPECT_EQ(update->update().version(), 1u);
+
+  // The others publish the rotation when their sources have it.
+  const Leaf third = MakeLeaf(3);
+  for (int i = 0; i < kReplicas; ++i) {
+    if (i != cut) SetSource(i, third);
+  }
+  ASSERT_TRUE(WaitFor([&] {
+    for (int i = 0; i < kReplicas; ++i) {
+      if (i != cut && !Serves(i, 2, third.fingerprint)) return false;
+    }
+    return true;
+  })) << Logs();
+  EXPECT_TRUE(Serves(cut, 1, first.fingerprint));
+
+  Control("DELETE", "fail");
+  ASSERT_TRUE(WaitFor([&] { return Serves(cut, 2, third.fingerprint); })) << Logs();
+  EXPECT_TRUE(
+      WaitFor([&] { return scenario::HttpGet(replicas_[cut].health_port, "/readyz") == 200; }));
+  update = client.NextNonHeartbeat();
+  ASSERT_TRUE(update.has_value() && update->has_update());
+  EXPECT_EQ(update->update().version(), 2u);
+  EXPECT_EQ(StoredState().last_version, 2u);
+  EXPECT_EQ(StoredState().fingerprints.at(2), third.fingerprint);
+}
+
+// A replica whose source lags (still the previous leaf) becomes the only one left: it leads,
+// but never publishes the older material; it keeps serving the newer version it followed, and
+// publishes the next version once its source catches up with something newer.
+TEST_F(ReplicaScenarioTest, ReplicaWhoseSourceLagsNeverPublishesOlderMaterial) {
+  const Leaf first = MakeLeaf(1);
+  StartAll(first);
+  const int lagging = 2;
+  const Leaf second = MakeLeaf(2);
+  SetSource(0, second);
+  SetSource(1, second);
+  ASSERT_TRUE(WaitFor([&] { return AllServe(2, second.fingerprint); })) << Logs();
+  Kill(0);
+  Kill(1);
+  ASSERT_TRUE(WaitFor([&] { return Leader() == lagging; })) << Logs();
+  // It has evaluated its source as the leader: the stale content was seen and refused.
+  ASSERT_FALSE(replicas_[lagging]
+                   .process->WaitForLog("source holds older material than the current version")
+                   .empty())
+      << Logs();
+  EXPECT_TRUE(Serves(lagging, 2, second.fingerprint));
+  EXPECT_EQ(StoredState().last_version, 2u);
+
+  const Leaf third = MakeLeaf(3);
+  SetSource(lagging, third);
+  ASSERT_TRUE(WaitFor([&] { return Serves(lagging, 3, third.fingerprint); })) << Logs();
+  const std::map<uint64_t, std::string> expected = {
+      {1, first.fingerprint}, {2, second.fingerprint}, {3, third.fingerprint}};
+  EXPECT_EQ(StoredState().fingerprints, expected);
+}
+
+// The API server restarts (kill -9, then the same port and data): replicas say the store is
+// unreachable meanwhile, then recover by themselves; versions continue.
+TEST_F(ReplicaScenarioTest, RestartedStoreIsRecoveredFrom) {
+  const Leaf first = MakeLeaf(1);
+  StartAll(first);
+  ASSERT_TRUE(WaitFor([&] { return Leader() >= 0; })) << Logs();
+  const int port = api_port_;
+  api_process_->Signal(SIGKILL);
+  api_process_->Wait(absl::Seconds(10));
+  ASSERT_TRUE(WaitFor([&] {
+    for (int i = 0; i < kReplicas; ++i) {
+      if (scenario::HttpGet(replicas_[i].health_port, "/readyz") != 503) return false;
+    }
+    return true;
+  })) << Logs();
+  StartApi(port);
+  ASSERT_TRUE(WaitFor([&] {
+    for (int i = 0; i < kReplicas; ++i) {
+      if (scenario::HttpGet(replicas_[i].health_port, "/readyz") != 200) return false;
+    }
+    return Leader() >= 0;
+  })) << Logs();
+  const Leaf second = MakeLeaf(2);
+  for (int i = 0; i < kReplicas; ++i) SetSource(i, second);
+  ASSERT_TRUE(WaitFor([&] { return AllServe(2, second.fingerprint); })) << Logs();
+  EXPECT_EQ(StoredState().last_version, 2u);
+}
+
+// A rollback's pin is in the stored history: it survives the leader's death, and ends only when
+// a source holds something newer than what was current when it was pinned.
+TEST_F(ReplicaScenarioTest, RollbackPinSurvivesFailover) {
+  const Leaf first = MakeLeaf(1);
+  StartAll(first);
+  const Leaf second = MakeLeaf(2);
+  for (int i = 0; i < kReplicas; ++i) SetSource(i, second);
+  ASSERT_TRUE(WaitFor([&] { return AllServe(2, second.fingerprint); })) << Logs();
+  ASSERT_TRUE(WaitFor([&] { return Leader() >= 0; })) << Logs();
+  const int leader = Leader();
+  auto admin = v1::Admin::NewStub(scenario::InsecureChannel(replicas_[leader].port));
+  grpc::ClientContext context;
+  v1::RollbackRequest request;
+  request.set_name("wildcard");
+  request.set_version(1);
+  v1::RollbackResponse response;
+  grpc::Status status = admin->Rollback(&context, request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_TRUE(WaitFor([&] { return AllServe(3, first.fingerprint); })) << Logs();
+  Kill(leader);
+  ASSERT_TRUE(WaitFor([&] { return Leader() >= 0; })) << Logs();
+  const int next = Leader();
+  // The new leader has evaluated its source (which still holds version 2's leaf): still pinned.
+  ASSERT_FALSE(replicas_[next].process->WaitForLog("now the leader").empty());
+  ASSERT_TRUE(WaitFor([&] { return GetCertificate(next).pin().version() == 3; })) << Logs();
+  EXPECT_TRUE(Serves(next, 3, first.fingerprint));
+  EXPECT_EQ(StoredState().last_version, 3u);
+  const Leaf third = MakeLeaf(3);
+  for (int i = 0; i < kReplicas; ++i) {
+    if (i != leader) SetSource(i, third);
+  }
+  ASSERT_TRUE(WaitFor([&] { return AllServe(4, third.fingerprint); })) << Logs();
+  EXPECT_EQ(GetCertificate(next).pin().version(), 0u);
+}
+
+// Many clients spread over the replicas (each client's target lists every replica, its own
+// first, as a Service would spread them): the leader dies, its clients reconnect to the others,
+// and after the next rotation every client holds it; no version number ever carried two
+// different certificates, no pushed pair was torn.
+TEST_F(ReplicaScenarioTest, ClientsConvergeAfterAReplicaDies) {
+  const int per_replica = std::getenv("CERTCAST_LONG") != nullptr ? 334 : 100;
+  const Leaf first = MakeLeaf(1);
+  StartAll(first);
+  ASSERT_TRUE(WaitFor([&] { return Leader() >= 0; })) << Logs();
+  std::vector<std::unique_ptr<scenario::SubscriberFleet>> fleets;
+  for (int i = 0; i < kReplicas; ++i) {
+    scenario::FleetOptions options;
+    options.target = "ipv4:";
+    for (int k = 0; k < kReplicas; ++k) {
+      absl::StrAppend(&options.target, k == 0 ? "" : ",",
+                      "127.0.0.1:", replicas_[(i + k) % kReplicas].port);
+    }
+    options.client_id_prefix = absl::StrCat("fleet", i);
+    fleets.push_back(std::make_unique<scenario::SubscriberFleet>(options, per_replica));
+    fleets.back()->Start();
+  }
+  auto all_hold = [&](uint64_t version, const std::string& fingerprint) {
+    for (auto& fleet : fleets) {
+      if (fleet->CountHolding(version, fingerprint) != fleet->size()) return false;
+    }
+    return true;
+  };
+  ASSERT_TRUE(WaitFor([&] { return all_hold(1, first.fingerprint); }, absl::Seconds(60)));
+  const int leader = Leader();
+  Kill(leader);
+  const Leaf second = MakeLeaf(2);
+  for (int i = 0; i < kReplicas; ++i) {
+    if (i != leader) SetSource(i, second);
+  }
+  const absl::Time rotated = absl::Now();
+  ASSERT_TRUE(WaitFor([&] { return all_hold(2, second.fingerprint); }, absl::Seconds(120)))
+      << Logs();
+  std::cout << fleets.size() * per_replica << " clients hold the rotation " << absl::Now() - rotated
+            << " after it was written (leader killed just before)\n";
+  for (auto& fleet : fleets) {
+    const scenario::FleetStats stats = fleet->stats();
+    EXPECT_EQ(stats.version_conflicts, 0);
+    EXPECT_EQ(stats.torn_pairs, 0);
+    for (const auto& [version, fingerprints] : fleet->Seen()) {
+      EXPECT_EQ(fingerprints.size(), 1u) << "version " << version;
+    }
+    EXPECT_TRUE(fleet->Stop());
+  }
+}
+
+// The Kubernetes store itself: compare-and-swap on every write, Claim moves the revision, the
+// Secret holds the same checksummed bytes as the state file, corruption is DataLoss.
+TEST_F(ReplicaScenarioTest, KubernetesStoreWritesAreCompareAndSwap) {
+  PosixFilesystem fs;
+  kube::CurlKubeApi api(
+      kube::KubeConfig{ApiUrl(), tmp_.Join("replica0.token"), tmp_.Join("api-ca.crt")}, &fs);
+  KubernetesVersionStore store(&api, {kNamespace, "certcast"}, "replica-0");
+  absl::StatusOr<std::optional<CertificateState>> loaded = store.Load("wildcard");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_FALSE(loaded->has_value());
+
+  const Leaf leaf = MakeLeaf(1);
+  CertificateState state;
+  state.last_version = 1;
+  StoredVersion version;
+  version.version = 1;
+  version.material = leaf.material;
+  version.published_at = absl::Now();
+  version.source.revision = "42";
+  state.versions.push_back(version);
+  absl::StatusOr<std::string> created = store.Save("wildcard", state);
+  ASSERT_TRUE(created.ok()) << created.status();
+  // A second create (another replica that also found nothing) loses.
+  EXPECT_TRUE(absl::IsAborted(store.Save("wildcard", state).status()));
+  loaded = store.Load("wildcard");
+  ASSERT_TRUE(loaded.ok() && loaded->has_value()) << loaded.status();
+  EXPECT_EQ((*loaded)->store_revision, *created);
+  EXPECT_EQ((*loaded)->versions.back().source.revision, "42");
+  EXPECT_EQ((*loaded)->versions.back().material, leaf.material);
+
+  CertificateState next = **loaded;
+  next.last_version = 2;
+  next.versions.back().version = 2;
+  absl::StatusOr<std::string> claimed = store.Claim("wildcard", *created);
+  ASSERT_TRUE(claimed.ok()) << claimed.status();
+  EXPECT_NE(*claimed, *created);
+  EXPECT_TRUE(absl::IsAborted(store.Save("wildcard", next).status()))
+      << "a write based on the revision before a Claim must fail";
+  next.store_revision = *claimed;
+  absl::StatusOr<std::string> saved = store.Save("wildcard", next);
+  ASSERT_TRUE(saved.ok()) << saved.status();
+
+  // The Secret: labelled, the state's bytes under `state`, nothing in annotations but names.
+  absl::StatusOr<Json> secret = admin_->Request("GET", kube::SecretPath(kNamespace, kStateSecret));
+  ASSERT_TRUE(secret.ok()) << secret.status();
+  EXPECT_EQ((*secret)["metadata"]["labels"][kStoreLabel], "certcast");
+  EXPECT_EQ((*secret)["metadata"]["annotations"][kube::kVersionAnnotation], "2");
+  EXPECT_EQ((*secret)["type"], "Opaque");
+  std::string bytes;
+  ASSERT_TRUE(absl::Base64Unescape((*secret)["data"]["state"].get<std::string>(), &bytes));
+  EXPECT_EQ(bytes.rfind("certcast-state v1\n", 0), 0u);
+  EXPECT_EQ(secret->dump().find("PRIVATE KEY"), std::string::npos)
+      << "the key is inside the base64 state only";
+  // Damaged bytes are DataLoss naming the Secret, never a silent reset.
+  bytes[bytes.size() - 1] ^= 1;
+  (*secret)["data"]["state"] = absl::Base64Escape(bytes);
+  ASSERT_TRUE(admin_->Request("PUT", kube::SecretPath(kNamespace, kStateSecret), &*secret).ok());
+  loaded = store.Load("wildcard");
+  EXPECT_TRUE(absl::IsDataLoss(loaded.status())) << loaded.status();
+  EXPECT_THAT(std::string(loaded.status().message()),
+              HasSubstr("state Secret certcast-system/certcast-wildcard is corrupt"));
+}
+
+}  // namespace
+}  // namespace certcast
