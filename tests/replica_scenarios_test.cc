@@ -97,13 +97,15 @@ class ReplicaScenarioTest : public ::testing::Test {
       subjects.push_back(ReplicaUser(i));
     }
     // The Role a replica needs (docs/REPLICAS.md): its state Secrets and Lease by name, create
-    // (which RBAC cannot limit by name) on both.
+    // (which RBAC cannot limit by name) on both, and reading the source Secret wildcard-tls.
     Json role = Json::parse(R"({
       "namespace": "certcast-system",
       "rules": [
         {"apiGroups": [""], "resources": ["secrets"],
          "verbs": ["get", "update", "list", "watch"], "resourceNames": ["certcast-wildcard"]},
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"],
+         "resourceNames": ["wildcard-tls"]},
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
          "verbs": ["get", "update"], "resourceNames": ["certcast"]},
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]}]})");
@@ -168,18 +170,21 @@ class ReplicaScenarioTest : public ::testing::Test {
     std::unique_ptr<v1::Inspection::Stub> inspection;
   };
 
-  void StartReplica(int i) {
+  // `source`: empty for the replica's own directory; `election`: the three election flags' values.
+  void StartReplica(int i, const std::string& source = "",
+                    std::vector<std::string> election = {kLeaseDuration, kRenewDeadline,
+                                                         kRetryPeriod}) {
     Replica& replica = replicas_[i];
     replica = Replica();
     replica.health_port = scenario::PickFreePort();
     std::vector<std::string> args = {
         "--listen=127.0.0.1:0",
         "--insecure",
-        "--certificate=wildcard=" + SourceDir(i),
+        "--certificate=wildcard=" + (source.empty() ? SourceDir(i) : source),
         absl::StrCat("--store=", kStore),
-        absl::StrCat("--leader-lease-duration=", kLeaseDuration),
-        absl::StrCat("--leader-renew-deadline=", kRenewDeadline),
-        absl::StrCat("--leader-retry-period=", kRetryPeriod),
+        absl::StrCat("--leader-lease-duration=", election[0]),
+        absl::StrCat("--leader-renew-deadline=", election[1]),
+        absl::StrCat("--leader-retry-period=", election[2]),
         absl::StrCat("--health-listen=127.0.0.1:", replica.health_port),
         "--metrics-listen=127.0.0.1:0",
         "--quiet-period=20ms",
@@ -454,10 +459,9 @@ TEST_F(ReplicaScenarioTest, ReplicaWhoseSourceLagsNeverPublishesOlderMaterial) {
   Kill(1);
   ASSERT_TRUE(WaitFor([&] { return Leader() == lagging; })) << Logs();
   // It has evaluated its source as the leader: the stale content was seen and refused.
-  ASSERT_FALSE(replicas_[lagging]
-                   .process->WaitForLog("source holds older material than the current version")
-                   .empty())
-      << Logs();
+  const std::string refused = replicas_[lagging].process->WaitForLog(
+      "source holds older material than the current version");
+  EXPECT_FALSE(refused.empty()) << Logs();
   EXPECT_TRUE(Serves(lagging, 2, second.fingerprint));
   EXPECT_EQ(StoredState().last_version, 2u);
 
@@ -586,6 +590,61 @@ TEST_F(ReplicaScenarioTest, ClientsConvergeAfterAReplicaDies) {
     }
     EXPECT_TRUE(fleet->Stop());
   }
+}
+
+// The in-cluster shape: every replica reads the cert-manager Secret through the API. A renewal is
+// one new version (whichever replica leads), recorded with the source Secret's resourceVersion.
+TEST_F(ReplicaScenarioTest, SecretSourceRenewalIsOneVersionOnEveryReplica) {
+  const Leaf first = MakeLeaf(1);
+  auto put_source = [&](const Leaf& leaf) {
+    Json secret = Json::object();
+    kube::SetTlsSecret(&secret, kNamespace, "wildcard-tls", "wildcard", 0, leaf.fingerprint,
+                       leaf.material);
+    secret["metadata"].erase("labels");
+    secret["metadata"].erase("annotations");
+    absl::StatusOr<Json> existing =
+        admin_->Request("GET", kube::SecretPath(kNamespace, "wildcard-tls"));
+    absl::StatusOr<Json> written =
+        existing.ok()
+            ? admin_->Request("PUT", kube::SecretPath(kNamespace, "wildcard-tls"), &secret)
+            : admin_->Request("POST", kube::SecretsPath(kNamespace), &secret);
+    EXPECT_TRUE(written.ok()) << written.status();
+    return written.ok() ? kube::ResourceVersion(*written) : std::string();
+  };
+  put_source(first);
+  for (int i = 0; i < kReplicas; ++i) StartReplica(i, "secret:certcast-system/wildcard-tls");
+  ASSERT_TRUE(WaitFor([&] { return AllServe(1, first.fingerprint); })) << Logs();
+  const Leaf second = MakeLeaf(2);
+  const std::string revision = put_source(second);
+  ASSERT_TRUE(WaitFor([&] { return AllServe(2, second.fingerprint); })) << Logs();
+  PosixFilesystem fs;
+  kube::CurlKubeApi api(
+      kube::KubeConfig{ApiUrl(), tmp_.Join("admin.token"), tmp_.Join("api-ca.crt")}, &fs);
+  KubernetesVersionStore store(&api, {kNamespace, "certcast"}, "test");
+  absl::StatusOr<std::optional<CertificateState>> loaded = store.Load("wildcard");
+  ASSERT_TRUE(loaded.ok() && loaded->has_value()) << loaded.status();
+  EXPECT_EQ((*loaded)->last_version, 2u);
+  EXPECT_EQ((*loaded)->versions.back().source.revision, revision);
+}
+
+// SIGTERM of the leader gives the Lease up: another replica leads long before the (here 30 s)
+// lease would have expired.
+TEST_F(ReplicaScenarioTest, StoppedLeaderGivesTheLeaseUp) {
+  const Leaf first = MakeLeaf(1);
+  for (int i = 0; i < 2; ++i) SetSource(i, first);
+  for (int i = 0; i < 2; ++i) StartReplica(i, "", {"30s", "20s", "200ms"});
+  ASSERT_TRUE(WaitFor([&] { return Leader() >= 0 && Serves(1 - Leader(), 1, first.fingerprint); }))
+      << Logs();
+  const int leader = Leader();
+  replicas_[leader].process->Signal(SIGTERM);
+  EXPECT_EQ(replicas_[leader].process->Wait(absl::Seconds(20)), 0);
+  replicas_[leader].process.reset();
+  ASSERT_TRUE(WaitFor([&] { return Leader() == 1 - leader; }, absl::Seconds(15)))
+      << "the Lease was not given up: " << LeaseHolder() << "\n"
+      << Logs();
+  const Leaf second = MakeLeaf(2);
+  SetSource(1 - leader, second);
+  ASSERT_TRUE(WaitFor([&] { return Serves(1 - leader, 2, second.fingerprint); })) << Logs();
 }
 
 // The Kubernetes store itself: compare-and-swap on every write, Claim moves the revision, the
