@@ -1,5 +1,7 @@
 #include "server/server.h"
 
+#include <map>
+#include <memory>
 #include <set>
 #include <utility>
 
@@ -255,10 +257,23 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
   if (server->replication_ != nullptr) {
     Readiness* readiness = server->readiness_.get();
     Replication::Callbacks callbacks;
-    callbacks.stored_state_changed = [publisher](const std::string& name) {
+    // Runs on the replication's one follower thread: a failure warns once, its retries log at
+    // debug, and the first success after failures says so.
+    auto failing = std::make_shared<std::map<std::string, std::string>>();
+    callbacks.stored_state_changed = [publisher, failing](const std::string& name) {
       absl::Status refreshed = publisher->Refresh(name);
-      if (!refreshed.ok()) {
-        LogDebug("cannot follow the stored state yet; retrying",
+      auto it = failing->find(name);
+      if (refreshed.ok()) {
+        if (it != failing->end()) {
+          LogInfo("following the stored state again", {{"certificate", name}});
+          failing->erase(it);
+        }
+      } else if (it == failing->end() || it->second != refreshed.message()) {
+        LogWarn("cannot follow the stored state; retrying with backoff",
+                {{"certificate", name}, {"error", refreshed}});
+        (*failing)[name] = std::string(refreshed.message());
+      } else {
+        LogDebug("still cannot follow the stored state",
                  {{"certificate", name}, {"error", refreshed}});
       }
       return refreshed;

@@ -473,6 +473,43 @@ TEST_F(ReplicaScenarioTest, ReplicaWhoseSourceLagsNeverPublishesOlderMaterial) {
   EXPECT_EQ(StoredState().fingerprints, expected);
 }
 
+// A replica that starts while the API does not answer it is not ready and publishes nothing;
+// once the API answers, it follows the stored history by itself.
+TEST_F(ReplicaScenarioTest, ReplicaStartedWithoutTheStoreFollowsItOnceItAnswers) {
+  const Leaf first = MakeLeaf(1);
+  StartAll(first);
+  Kill(2);
+  const Leaf second = MakeLeaf(2);
+  SetSource(0, second);
+  SetSource(1, second);
+  ASSERT_TRUE(WaitFor([&] { return AllServe(2, second.fingerprint); })) << Logs();
+  Control("POST", "fail", {{"status", 503}, {"count", -1}, {"user", ReplicaUser(2)}});
+  const Leaf third = MakeLeaf(3);
+  SetSource(2, third);  // newer than anything stored, but it cannot know what is stored
+  StartReplica(2);
+  std::string body;
+  ASSERT_TRUE(WaitFor([&] {
+    return scenario::HttpGet(replicas_[2].health_port, "/readyz", &body) == 503 &&
+           body.find("version store unreachable") != std::string::npos;
+  })) << body
+      << Logs();
+  EXPECT_EQ(GetCertificate(2).current().version(), 0u);
+  EXPECT_EQ(StoredState().last_version, 2u);
+  Control("DELETE", "fail");
+  // It follows version 2, then (its source being newer) may lead and publish version 3 — never a
+  // second version 2 or a version 1 of other material.
+  ASSERT_TRUE(WaitFor([&] {
+    return scenario::HttpGet(replicas_[2].health_port, "/readyz") == 200 &&
+           GetCertificate(2).current().version() >= 2;
+  })) << Logs();
+  const Stored stored = StoredState();
+  EXPECT_EQ(stored.fingerprints.at(2), second.fingerprint);
+  if (stored.last_version == 3) {
+    EXPECT_EQ(stored.fingerprints.at(3), third.fingerprint);
+  }
+  EXPECT_EQ(History(2).at(2), second.fingerprint);
+}
+
 // The API server restarts (kill -9, then the same port and data): replicas say the store is
 // unreachable meanwhile, then recover by themselves; versions continue.
 TEST_F(ReplicaScenarioTest, RestartedStoreIsRecoveredFrom) {
