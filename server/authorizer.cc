@@ -183,7 +183,9 @@ absl::Status PolicyAuthorizer::AuthorizeSubscribe(const PeerIdentity& peer,
     return Denied(absl::StatusCode::kPermissionDenied, "no_policy",
                   "this server has no policy (--policy) and hands out no key material");
   }
-  if (!policy->Allows(certificate, namespace_)) {
+  std::optional<NamespaceLabels> labels;
+  if (namespaces_ != nullptr) labels = namespaces_->LabelsOf(namespace_);
+  if (!policy->Allows(certificate, namespace_, labels ? &*labels : nullptr)) {
     return Denied(absl::StatusCode::kPermissionDenied, kDenialNotAllowed,
                   absl::StrCat("namespace \"", namespace_, "\" may not receive certificate \"",
                                certificate, "\""));

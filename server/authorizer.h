@@ -19,6 +19,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "grpcpp/server_context.h"
+#include "kube/namespace_cache.h"
 
 namespace certcast {
 
@@ -100,9 +101,15 @@ class PolicyAuthorizer final : public Authorizer {
   // (a client CA bundle shared across clusters must not let cluster B's "shop" be A's "shop").
   // `admins` (--admin) are admins in addition to the policy's `admins`: the manifests name the
   // operator's identity there, so that it follows the namespace certcast is deployed in.
+  // `namespaces` (may be null: no namespace watch) gives the labels that namespaceSelector
+  // grants are matched against.
   explicit PolicyAuthorizer(PolicyFile* policy, std::string trust_domain = "",
-                            std::set<std::string> admins = {})
-      : policy_(policy), trust_domain_(std::move(trust_domain)), admins_(std::move(admins)) {}
+                            std::set<std::string> admins = {},
+                            const kube::NamespaceCache* namespaces = nullptr)
+      : policy_(policy),
+        trust_domain_(std::move(trust_domain)),
+        admins_(std::move(admins)),
+        namespaces_(namespaces) {}
   absl::Status AuthorizeSubscribe(const PeerIdentity& peer, const std::string& namespace_,
                                   const std::string& certificate) override;
   absl::Status AuthorizeAdmin(const PeerIdentity& peer) override;
@@ -118,6 +125,7 @@ class PolicyAuthorizer final : public Authorizer {
   PolicyFile* const policy_;
   const std::string trust_domain_;
   const std::set<std::string> admins_;
+  const kube::NamespaceCache* const namespaces_;
 };
 
 // Short reason code of a denial, for counters: carried as a payload by the authorizers.

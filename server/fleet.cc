@@ -196,6 +196,22 @@ Fleet::Counts Fleet::CountFor(const std::string& name, uint64_t version,
   return counts;
 }
 
+std::map<std::string, Fleet::Counts> Fleet::CountByNamespace(const std::string& name,
+                                                             uint64_t version) {
+  absl::MutexLock lock(&mu_);
+  std::map<std::string, Counts> counts;
+  for (const auto& [id, record] : records_) {
+    if (!record.connected) continue;
+    for (const auto& state : record.certificates) {
+      if (state.name != name) continue;
+      Counts& namespace_counts = counts[record.namespace_];
+      ++namespace_counts.clients;
+      if (version != 0 && state.acknowledged_version == version) ++namespace_counts.acknowledged;
+    }
+  }
+  return counts;
+}
+
 std::map<std::string, CertificateFleetStats> Fleet::Stats(
     const std::map<std::string, uint64_t>& current, const ExpectedVersion& expected) {
   absl::MutexLock lock(&mu_);

@@ -122,6 +122,9 @@ class Fleet {
   // Counts only clients of `namespace_filter` when it is not empty.
   Counts CountFor(const std::string& name, uint64_t version,
                   const std::string& namespace_filter = "");
+  // Counts per namespace of the connected clients subscribed to `name`, in one pass
+  // (namespaces without such a client are absent).
+  std::map<std::string, Counts> CountByNamespace(const std::string& name, uint64_t version);
   FleetCounters counters();
 
   // The version a client of `namespace_` should run of `certificate` whose newest version is

@@ -234,6 +234,60 @@ grpc::Status InspectionService::ListClientsAs(const PeerIdentity& transport,
   return grpc::Status::OK;
 }
 
+grpc::ServerUnaryReactor* InspectionService::ListNamespaces(
+    grpc::CallbackServerContext* context, const v1::ListNamespacesRequest* request,
+    v1::ListNamespacesResponse* response) {
+  return WithCaller(context, authenticator_,
+                    [this, request, response](const PeerIdentity& transport,
+                                              absl::StatusOr<PeerIdentity> caller) {
+                      return ListNamespacesAs(transport, std::move(caller), *request, response);
+                    });
+}
+
+grpc::Status InspectionService::ListNamespacesAs(const PeerIdentity& transport,
+                                                 absl::StatusOr<PeerIdentity> caller,
+                                                 const v1::ListNamespacesRequest& request,
+                                                 v1::ListNamespacesResponse* response) {
+  PeerIdentity peer;
+  absl::StatusOr<InspectionScope> scope =
+      Scope(transport, std::move(caller), "Inspection/ListNamespaces", &peer);
+  if (!scope.ok()) return ToGrpc(scope.status());
+  std::string namespace_filter = request.namespace_();
+  if (!scope->everything) {
+    if (!namespace_filter.empty() && namespace_filter != scope->namespace_) {
+      return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                          "only admins may list other namespaces");
+    }
+    namespace_filter = scope->namespace_;
+  }
+  if (coverage_ == nullptr || !coverage_->known()) {
+    response->set_namespaces_known(false);
+    return grpc::Status::OK;
+  }
+  response->set_namespaces_known(true);
+  for (const NamespaceCoverage& row : coverage_->List(request.name(), namespace_filter)) {
+    if (request.missing_only() && row.state == NamespaceCoverage::State::kInSync) continue;
+    v1::GrantedNamespace* granted = response->add_namespaces();
+    granted->set_name(row.certificate);
+    granted->set_namespace_(row.namespace_);
+    granted->set_clients(row.clients);
+    granted->set_clients_on_current(row.clients_on_current);
+    granted->set_granted_by(row.granted_by);
+    switch (row.state) {
+      case NamespaceCoverage::State::kInSync:
+        granted->set_state(v1::GrantedNamespace::IN_SYNC);
+        break;
+      case NamespaceCoverage::State::kBehind:
+        granted->set_state(v1::GrantedNamespace::BEHIND);
+        break;
+      case NamespaceCoverage::State::kNoClient:
+        granted->set_state(v1::GrantedNamespace::NO_CLIENT);
+        break;
+    }
+  }
+  return grpc::Status::OK;
+}
+
 grpc::ServerUnaryReactor* AdminService::Rollback(grpc::CallbackServerContext* context,
                                                  const v1::RollbackRequest* request,
                                                  v1::RollbackResponse* response) {

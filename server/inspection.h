@@ -11,6 +11,7 @@
 #include "certcast/v1/certcast.grpc.pb.h"
 #include "server/authentication.h"
 #include "server/authorizer.h"
+#include "server/coverage.h"
 #include "server/fleet.h"
 #include "server/publisher.h"
 
@@ -20,12 +21,14 @@ namespace certcast {
 // clients and the certificates their namespace may receive.
 class InspectionService final : public v1::Inspection::CallbackService {
  public:
+  // Does not own its arguments; `coverage` may be null (no namespace watch).
   InspectionService(Publisher* publisher, Fleet* fleet, Authorizer* authorizer,
-                    Authenticator* authenticator)
+                    Authenticator* authenticator, const Coverage* coverage = nullptr)
       : publisher_(publisher),
         fleet_(fleet),
         authorizer_(authorizer),
-        authenticator_(authenticator) {}
+        authenticator_(authenticator),
+        coverage_(coverage) {}
 
   grpc::ServerUnaryReactor* ListCertificates(grpc::CallbackServerContext* context,
                                              const v1::ListCertificatesRequest* request,
@@ -36,6 +39,9 @@ class InspectionService final : public v1::Inspection::CallbackService {
   grpc::ServerUnaryReactor* ListClients(grpc::CallbackServerContext* context,
                                         const v1::ListClientsRequest* request,
                                         v1::ListClientsResponse* response) override;
+  grpc::ServerUnaryReactor* ListNamespaces(grpc::CallbackServerContext* context,
+                                           const v1::ListNamespacesRequest* request,
+                                           v1::ListNamespacesResponse* response) override;
 
   static constexpr uint32_t kDefaultPageSize = 100;
   static constexpr uint32_t kMaxPageSize = 1000;
@@ -51,6 +57,9 @@ class InspectionService final : public v1::Inspection::CallbackService {
   grpc::Status ListClientsAs(const PeerIdentity& transport, absl::StatusOr<PeerIdentity> caller,
                              const v1::ListClientsRequest& request,
                              v1::ListClientsResponse* response);
+  grpc::Status ListNamespacesAs(const PeerIdentity& transport, absl::StatusOr<PeerIdentity> caller,
+                                const v1::ListNamespacesRequest& request,
+                                v1::ListNamespacesResponse* response);
   // The caller's scope, or the (audited) denial.
   absl::StatusOr<InspectionScope> Scope(const PeerIdentity& transport,
                                         absl::StatusOr<PeerIdentity> caller,
@@ -62,6 +71,7 @@ class InspectionService final : public v1::Inspection::CallbackService {
   Fleet* const fleet_;
   Authorizer* const authorizer_;
   Authenticator* const authenticator_;
+  const Coverage* const coverage_;
 };
 
 class AdminService final : public v1::Admin::CallbackService {

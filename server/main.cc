@@ -58,6 +58,11 @@ ABSL_FLAG(std::vector<std::string>, admin, {},
           "IDENTITY, repeatable: an admin in addition to the policy's admins (e.g. "
           "system:serviceaccount:NS:certcast-operator; the manifests set it from the pod's "
           "namespace).");
+ABSL_FLAG(bool, watch_namespaces, false,
+          "Follow every namespace and its labels through the Kubernetes API (read-only "
+          "get/list/watch on namespaces): needed for namespaceSelector grants in the policy, and "
+          "shows granted namespaces without a client (Inspection/ListNamespaces, "
+          "certcast_namespaces_missing).");
 ABSL_FLAG(std::string, token_audience, "",
           "Accept Kubernetes ServiceAccount tokens (authorization: Bearer) for this audience, "
           "checked with the TokenReview API (needs the system:auth-delegator binding).");
@@ -127,7 +132,8 @@ std::string Help() {
             "confirm_delay", "source_resync_interval"}},
           {"Serving and identities",
            {"listen", "tls_cert", "tls_key", "client_ca", "trust_domain", "token_audience",
-            "token_map", "policy", "admin", "max_streams_per_identity", "insecure"}},
+            "token_map", "policy", "admin", "watch_namespaces", "max_streams_per_identity",
+            "insecure"}},
           {"Streams",
            {"heartbeat_interval", "hello_timeout", "max_hello_pending_per_connection",
             "max_hello_pending_per_address", "client_retention", "shutdown_grace"}},
@@ -213,6 +219,7 @@ int main(int argc, char** argv) {
   options.token_audience = absl::GetFlag(FLAGS_token_audience);
   options.token_map_file = absl::GetFlag(FLAGS_token_map);
   options.trust_domain = absl::GetFlag(FLAGS_trust_domain);
+  options.watch_namespaces = absl::GetFlag(FLAGS_watch_namespaces);
   for (const std::string& admin : admins) {
     if (admin.empty()) return Fail("--admin needs an identity (--admin=IDENTITY)");
     options.admins.insert(admin);

@@ -112,12 +112,24 @@ std::vector<prometheus::MetricFamily> ServerMetrics::Collect() const {
     AddSample(denials, {{"reason", reason}}, static_cast<double>(count));
   }
 
-  return {metrics::BuildInfo(),     std::move(version),       std::move(not_after),
-          std::move(pinned),        std::move(present),       std::move(rejections),
-          std::move(read_failures), std::move(publications),  std::move(connected),
-          std::move(behind),        std::move(oldest),        std::move(acks),
-          std::move(nacks),         std::move(hook_warnings), std::move(push_to_ack),
-          std::move(stream_errors), std::move(denials),       std::move(verified)};
+  std::vector<prometheus::MetricFamily> families = {
+      metrics::BuildInfo(),     std::move(version),       std::move(not_after),
+      std::move(pinned),        std::move(present),       std::move(rejections),
+      std::move(read_failures), std::move(publications),  std::move(connected),
+      std::move(behind),        std::move(oldest),        std::move(acks),
+      std::move(nacks),         std::move(hook_warnings), std::move(push_to_ack),
+      std::move(stream_errors), std::move(denials),       std::move(verified)};
+  if (coverage_ != nullptr && coverage_->known()) {
+    auto missing = Family("certcast_namespaces_missing",
+                          "Namespaces the policy grants the certificate that have no connected "
+                          "client on its current version (no client, or behind).",
+                          MetricType::Gauge);
+    for (const auto& [certificate, count] : coverage_->MissingByCertificate()) {
+      AddSample(missing, {{"certificate", certificate}}, count);
+    }
+    families.push_back(std::move(missing));
+  }
+  return families;
 }
 
 }  // namespace certcast

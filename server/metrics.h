@@ -13,6 +13,7 @@
 #include "prometheus/collectable.h"
 #include "prometheus/metric_family.h"
 #include "server/authorizer.h"
+#include "server/coverage.h"
 #include "server/distribution.h"
 #include "server/fleet.h"
 #include "server/publisher.h"
@@ -21,15 +22,21 @@ namespace certcast {
 
 class ServerMetrics final : public prometheus::Collectable {
  public:
+  // `coverage` may be null (no namespace watch): certcast_namespaces_missing is then absent.
   ServerMetrics(const Publisher* publisher, Fleet* fleet, DistributionHub* hub,
-                Authorizer* authorizer)
-      : publisher_(publisher), fleet_(fleet), hub_(hub), authorizer_(authorizer) {}
+                Authorizer* authorizer, const Coverage* coverage = nullptr)
+      : publisher_(publisher),
+        fleet_(fleet),
+        hub_(hub),
+        authorizer_(authorizer),
+        coverage_(coverage) {}
 
   // certcast_build_info, per certificate: certificate_version, certificate_not_after_seconds,
   // certificate_pinned, source_present, source_rejections_total{reason}, publications_total,
   // clients_connected, clients_behind, oldest_unacked_push_age_seconds, acks_total,
   // nacks_total{reason}, hook_warnings_total, push_to_ack_seconds (histogram); and
-  // stream_errors_total{code}, auth_denials_total{reason}.
+  // stream_errors_total{code}, auth_denials_total{reason}; namespaces_missing (with a
+  // namespace watch).
   std::vector<prometheus::MetricFamily> Collect() const override;
 
  private:
@@ -37,6 +44,7 @@ class ServerMetrics final : public prometheus::Collectable {
   Fleet* const fleet_;
   DistributionHub* const hub_;
   Authorizer* const authorizer_;
+  const Coverage* const coverage_;
 };
 
 }  // namespace certcast

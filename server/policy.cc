@@ -189,6 +189,92 @@ absl::StatusOr<std::vector<std::string>> ParseNamespaces(const YAML::Node& node,
   return patterns;
 }
 
+// The string list `values` of a selector requirement.
+absl::StatusOr<std::set<std::string>> ParseValues(const YAML::Node& node, const YAML::Mark& mark,
+                                                  const std::string& label,
+                                                  const std::string& what) {
+  std::set<std::string> values;
+  if (node.IsNull()) return values;
+  if (!node.IsSequence()) return Problem(label, node.Mark(), absl::StrCat(what, " must be a list"));
+  for (const YAML::Node& item : node) {
+    ASSIGN_OR_RETURN(std::string value, NonEmptyString(item, mark, label, what));
+    values.insert(std::move(value));
+  }
+  return values;
+}
+
+absl::StatusOr<LabelSelector> ParseSelector(const YAML::Node& node, const YAML::Mark& key_mark,
+                                            const std::string& label,
+                                            const std::string& certificate) {
+  const std::string what = absl::StrCat("certificate \"", certificate, "\": namespaceSelector");
+  if (!node.IsMap()) {
+    return Problem(label, node.IsNull() ? key_mark : node.Mark(),
+                   absl::StrCat(what, " must be a map with matchLabels and/or matchExpressions"));
+  }
+  LabelSelector selector;
+  ASSIGN_OR_RETURN(auto fields, MapEntries(node, label, what, {"matchLabels", "matchExpressions"}));
+  for (const auto& [key, value] : fields) {
+    if (key.Scalar() == "matchLabels") {
+      if (!value.IsMap()) {
+        return Problem(label, key.Mark(), absl::StrCat(what, ".matchLabels must be a map"));
+      }
+      ASSIGN_OR_RETURN(auto labels, MapEntries(value, label, what + ".matchLabels", {}));
+      for (const auto& [label_key, label_value] : labels) {
+        if (!label_value.IsScalar()) {
+          return Problem(label, label_key.Mark(),
+                         absl::StrCat(what, ".matchLabels \"", label_key.Scalar(),
+                                      "\" must be a string"));
+        }
+        selector.match_labels[label_key.Scalar()] = label_value.Scalar();
+      }
+      continue;
+    }
+    if (!value.IsSequence()) {
+      return Problem(label, key.Mark(), absl::StrCat(what, ".matchExpressions must be a list"));
+    }
+    for (const YAML::Node& item : value) {
+      const std::string item_what = absl::StrCat(what, ".matchExpressions entry ",
+                                                 selector.match_expressions.size() + 1);
+      if (!item.IsMap()) return Problem(label, item.Mark(), item_what + " must be a map");
+      ASSIGN_OR_RETURN(auto parts, MapEntries(item, label, item_what,
+                                              {"key", "operator", "values"}));
+      LabelSelector::Requirement requirement;
+      for (const auto& [part, part_value] : parts) {
+        if (part.Scalar() == "key") {
+          ASSIGN_OR_RETURN(requirement.key,
+                           NonEmptyString(part_value, part.Mark(), label, item_what + " key"));
+        } else if (part.Scalar() == "operator") {
+          ASSIGN_OR_RETURN(requirement.op, NonEmptyString(part_value, part.Mark(), label,
+                                                          item_what + " operator"));
+        } else {
+          ASSIGN_OR_RETURN(requirement.values,
+                           ParseValues(part_value, part.Mark(), label, item_what + " values"));
+        }
+      }
+      if (requirement.key.empty()) return Problem(label, item.Mark(), item_what + " has no key");
+      const bool takes_values = requirement.op == "In" || requirement.op == "NotIn";
+      if (!takes_values && requirement.op != "Exists" && requirement.op != "DoesNotExist") {
+        return Problem(label, item.Mark(),
+                       absl::StrCat(item_what, " operator \"", absl::CEscape(requirement.op),
+                                    "\" is not In, NotIn, Exists or DoesNotExist"));
+      }
+      if (takes_values == requirement.values.empty()) {
+        return Problem(label, item.Mark(),
+                       absl::StrCat(item_what, takes_values ? " needs values for "
+                                                            : " takes no values for ",
+                                    requirement.op));
+      }
+      selector.match_expressions.push_back(std::move(requirement));
+    }
+  }
+  if (selector.match_labels.empty() && selector.match_expressions.empty()) {
+    return Problem(label, key_mark,
+                   absl::StrCat(what, " is empty, which would grant every namespace (write "
+                                      "namespaces: [\"*\"] if that is meant)"));
+  }
+  return selector;
+}
+
 }  // namespace
 
 absl::StatusOr<Policy> Policy::Parse(const std::string& yaml, const std::string& origin,
@@ -219,12 +305,22 @@ absl::StatusOr<Policy> Policy::Parse(const std::string& yaml, const std::string&
             return Problem(label, name_node.Mark(),
                            absl::StrCat(what, " must be a map with key namespaces"));
           }
-          ASSIGN_OR_RETURN(auto fields, MapEntries(spec, label, what, {"namespaces"}));
+          ASSIGN_OR_RETURN(auto fields, MapEntries(spec, label, what,
+                                                   {"namespaces", "namespaceSelector"}));
           if (fields.empty()) {
-            return Problem(label, name_node.Mark(), absl::StrCat(what, " has no namespaces"));
+            return Problem(label, name_node.Mark(),
+                           absl::StrCat(what, " has no namespaces and no namespaceSelector"));
           }
-          ASSIGN_OR_RETURN(policy.namespaces_[name],
-                           ParseNamespaces(fields[0].second, fields[0].first.Mark(), label, name));
+          Grant& grant = policy.grants_[name];
+          for (const auto& [field, field_value] : fields) {
+            if (field.Scalar() == "namespaces") {
+              ASSIGN_OR_RETURN(grant.patterns,
+                               ParseNamespaces(field_value, field.Mark(), label, name));
+            } else {
+              ASSIGN_OR_RETURN(grant.selector,
+                               ParseSelector(field_value, field.Mark(), label, name));
+            }
+          }
         }
       } else {                         // admins
         if (value.IsNull()) continue;  // "admins:" with every entry commented out
@@ -250,26 +346,65 @@ absl::StatusOr<Policy> Policy::Parse(const std::string& yaml, const std::string&
   return policy;
 }
 
-bool Policy::Allows(const std::string& certificate, const std::string& namespace_) const {
-  auto it = namespaces_.find(certificate);
-  if (it == namespaces_.end() || namespace_.empty()) return false;
-  for (const std::string& pattern : it->second) {
+bool LabelSelector::Matches(const NamespaceLabels& labels) const {
+  for (const auto& [key, value] : match_labels) {
+    auto found = labels.find(key);
+    if (found == labels.end() || found->second != value) return false;
+  }
+  for (const Requirement& requirement : match_expressions) {
+    auto found = labels.find(requirement.key);
+    const bool present = found != labels.end();
+    if (requirement.op == "In") {
+      if (!present || requirement.values.count(found->second) == 0) return false;
+    } else if (requirement.op == "NotIn") {
+      if (present && requirement.values.count(found->second) > 0) return false;
+    } else if (requirement.op == "Exists") {
+      if (!present) return false;
+    } else if (requirement.op == "DoesNotExist") {
+      if (present) return false;
+    } else {
+      return false;  // Parse admits no other operator
+    }
+  }
+  return true;
+}
+
+bool Policy::Allows(const std::string& certificate, const std::string& namespace_,
+                    const NamespaceLabels* labels) const {
+  auto it = grants_.find(certificate);
+  if (it == grants_.end() || namespace_.empty()) return false;
+  for (const std::string& pattern : it->second.patterns) {
     if (GlobMatches(pattern, namespace_)) return true;
+  }
+  return labels != nullptr && it->second.selector.has_value() &&
+         it->second.selector->Matches(*labels);
+}
+
+bool Policy::UsesSelectors() const {
+  for (const auto& [name, grant] : grants_) {
+    if (grant.selector.has_value()) return true;
   }
   return false;
 }
 
+std::vector<std::string> Policy::Certificates() const {
+  std::vector<std::string> names;
+  for (const auto& entry : grants_) names.push_back(entry.first);
+  return names;
+}
+
 bool Policy::IsAdmin(const std::string& identity) const { return admins_.count(identity) > 0; }
 
-std::vector<std::string> Policy::CertificatesFor(const std::string& namespace_) const {
+std::vector<std::string> Policy::CertificatesFor(const std::string& namespace_,
+                                                 const NamespaceLabels* labels) const {
   std::vector<std::string> certificates;
-  for (const auto& entry : namespaces_) {
-    if (Allows(entry.first, namespace_)) certificates.push_back(entry.first);
+  for (const auto& entry : grants_) {
+    if (Allows(entry.first, namespace_, labels)) certificates.push_back(entry.first);
   }
   return certificates;
 }
 
-size_t Policy::certificate_count() const { return namespaces_.size(); }
+size_t Policy::certificate_count() const { return grants_.size(); }
 size_t Policy::admin_count() const { return admins_.size(); }
 
 // Two cursors, backtracking only to the most recent '*': O(|pattern| * |text|) at worst, no

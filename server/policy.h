@@ -4,6 +4,9 @@
 //   certificates:
 //     wildcard:                           # certificate name as in --certificate
 //       namespaces: ["tenant-*", "shop"]  # exact names or globs (* and ?)
+//       namespaceSelector:                # and/or: namespaces whose labels match, as Kubernetes
+//         matchLabels: {certcast.io/wildcard: "true"}        # writes selectors
+//         matchExpressions: [{key: tier, operator: In, values: [prod]}]
 //   admins:                               # identities allowed to call Admin and see every client
 //     - spiffe://cluster.local/ns/certcast-system/sa/operator
 //     - system:serviceaccount:certcast-system:operator
@@ -15,6 +18,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -28,6 +32,24 @@
 
 namespace certcast {
 
+// A namespace's labels.
+using NamespaceLabels = std::map<std::string, std::string>;
+
+// A Kubernetes label selector (matchLabels and matchExpressions with In, NotIn, Exists,
+// DoesNotExist), all of which must hold. The policy refuses an empty one: it would grant every
+// namespace.
+struct LabelSelector {
+  struct Requirement {
+    std::string key;
+    std::string op;  // In, NotIn, Exists, DoesNotExist
+    std::set<std::string> values;
+  };
+  std::map<std::string, std::string> match_labels;
+  std::vector<Requirement> match_expressions;
+
+  bool Matches(const NamespaceLabels& labels) const;
+};
+
 class Policy {
  public:
   // Parses `yaml`. InvalidArgument naming `origin` (the file) and the problem: not YAML, unknown
@@ -36,18 +58,30 @@ class Policy {
   static absl::StatusOr<Policy> Parse(const std::string& yaml, const std::string& origin,
                                       const std::set<std::string>& known_certificates);
 
-  // True when `namespace_` matches one of the certificate's namespace patterns.
-  bool Allows(const std::string& certificate, const std::string& namespace_) const;
+  // True when `namespace_` matches one of the certificate's namespace patterns, or its `labels`
+  // match the certificate's namespaceSelector. Null `labels` (not known: no namespace watch,
+  // not listed yet, or no such namespace) never match a selector.
+  bool Allows(const std::string& certificate, const std::string& namespace_,
+              const NamespaceLabels* labels = nullptr) const;
+  // True when some certificate is granted by label selector (the server then needs the
+  // namespace watch).
+  bool UsesSelectors() const;
+  std::vector<std::string> Certificates() const;
   // True when `identity` (a SPIFFE ID or system:serviceaccount:NS:SA) is listed as an admin.
   bool IsAdmin(const std::string& identity) const;
-  // Certificates `namespace_` may receive.
-  std::vector<std::string> CertificatesFor(const std::string& namespace_) const;
+  // Certificates `namespace_` (with `labels`, if known) may receive.
+  std::vector<std::string> CertificatesFor(const std::string& namespace_,
+                                           const NamespaceLabels* labels = nullptr) const;
   // For logs and stats.
   size_t certificate_count() const;
   size_t admin_count() const;
 
  private:
-  std::map<std::string, std::vector<std::string>> namespaces_;  // certificate → patterns
+  struct Grant {
+    std::vector<std::string> patterns;
+    std::optional<LabelSelector> selector;
+  };
+  std::map<std::string, Grant> grants_;  // by certificate
   std::set<std::string> admins_;
 };
 

@@ -58,6 +58,46 @@ TEST(PolicyTest, ParsesValidPolicy) {
   EXPECT_TRUE(policy.Allows("internal", "ops"));
 }
 
+// namespaceSelector grants by labels, with Kubernetes' semantics (NotIn and DoesNotExist also
+// match a namespace without the key); names and selectors add up; unknown labels grant nothing.
+TEST(PolicyTest, NamespaceSelectorMatchesLabels) {
+  Policy policy = ParseOrDie(R"(certificates:
+  wildcard:
+    namespaces: [ops]
+    namespaceSelector:
+      matchLabels: {certcast.io/wildcard: "true"}
+      matchExpressions:
+        - {key: tier, operator: NotIn, values: [sandbox]}
+        - {key: legacy, operator: DoesNotExist}
+)");
+  EXPECT_TRUE(policy.UsesSelectors());
+  const NamespaceLabels granted = {{"certcast.io/wildcard", "true"}};
+  EXPECT_TRUE(policy.Allows("wildcard", "shop", &granted));
+  NamespaceLabels sandbox = granted;
+  sandbox["tier"] = "sandbox";
+  EXPECT_FALSE(policy.Allows("wildcard", "shop", &sandbox));
+  NamespaceLabels prod = granted;
+  prod["tier"] = "prod";
+  EXPECT_TRUE(policy.Allows("wildcard", "shop", &prod));
+  NamespaceLabels legacy = granted;
+  legacy["legacy"] = "";
+  EXPECT_FALSE(policy.Allows("wildcard", "shop", &legacy));
+  const NamespaceLabels other = {{"certcast.io/wildcard", "false"}};
+  EXPECT_FALSE(policy.Allows("wildcard", "shop", &other));
+  EXPECT_FALSE(policy.Allows("wildcard", "shop")) << "labels unknown: the selector never matches";
+  EXPECT_TRUE(policy.Allows("wildcard", "ops")) << "names still grant";
+  EXPECT_EQ(policy.CertificatesFor("shop", &granted), std::vector<std::string>{"wildcard"});
+
+  LabelSelector in;
+  in.match_expressions.push_back({"tier", "In", {"prod", "staging"}});
+  EXPECT_TRUE(in.Matches({{"tier", "staging"}}));
+  EXPECT_FALSE(in.Matches({}));
+  LabelSelector exists;
+  exists.match_expressions.push_back({"tier", "Exists", {}});
+  EXPECT_TRUE(exists.Matches({{"tier", ""}}));
+  EXPECT_FALSE(exists.Matches({{"other", "x"}}));
+}
+
 // `admins` may be left out; nobody is then an admin.
 TEST(PolicyTest, AdminsAreOptional) {
   Policy policy = ParseOrDie("certificates:\n  wildcard:\n    namespaces: [shop]\n");
@@ -131,6 +171,23 @@ INSTANTIATE_TEST_SUITE_P(
         BadPolicy{"NonStringAdmin",
                   "certificates:\n  wildcard:\n    namespaces: [a]\nadmins: [[x]]\n",
                   "admins entry 1 must be a string"},
+        BadPolicy{"EmptySelector",
+                  "certificates:\n  wildcard:\n    namespaceSelector: {}\n",
+                  "namespaceSelector is empty, which would grant every namespace"},
+        BadPolicy{"SelectorBadOperator",
+                  "certificates:\n  wildcard:\n    namespaceSelector:\n      matchExpressions: "
+                  "[{key: a, operator: Like, values: [b]}]\n",
+                  "operator \"Like\" is not In, NotIn, Exists or DoesNotExist"},
+        BadPolicy{"SelectorInWithoutValues",
+                  "certificates:\n  wildcard:\n    namespaceSelector:\n      matchExpressions: "
+                  "[{key: a, operator: In}]\n",
+                  "needs values for In"},
+        BadPolicy{"SelectorExistsWithValues",
+                  "certificates:\n  wildcard:\n    namespaceSelector:\n      matchExpressions: "
+                  "[{key: a, operator: Exists, values: [b]}]\n",
+                  "takes no values for Exists"},
+        BadPolicy{"NoGrantAtAll", "certificates:\n  wildcard: {}\n",
+                  "has no namespaces and no namespaceSelector"},
         BadPolicy{"TwoDocuments",
                   "certificates:\n  wildcard:\n    namespaces: [a]\n---\nadmins: [x]\n",
                   "more than one YAML document"}),

@@ -225,6 +225,18 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
     server->policy_->OnChange([hub] { hub->ReauthorizeAll(); });
     server->policy_->Start();
   }
+  if (server->namespaces_ != nullptr) {
+    // A namespace that gains or loses a label gains or loses its grants, like a policy edit.
+    DistributionHub* hub = server->hub_.get();
+    server->namespaces_->OnChange([hub] { hub->ReauthorizeAll(); });
+    server->namespaces_->Start();
+    // Label grants are unknown (denied) until the first list: wait for it a little, so that
+    // clients reconnecting after a restart are not refused; /readyz says why while it lasts.
+    if (!server->namespaces_->WaitSynced(absl::Seconds(10))) {
+      LogWarn("namespaces not listed within 10s; namespaceSelector grants deny until they are",
+              {{"error", server->namespaces_->last_error()}});
+    }
+  }
   server->readiness_ = std::make_unique<Readiness>(server->hub_.get(), names.size());
   server->publisher_ =
       std::make_unique<Publisher>(store, clock, server->readiness_.get(), options.publisher);
@@ -295,8 +307,11 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
   }
 
   server->distribution_service_ = std::make_unique<DistributionService>(server->hub_.get());
+  server->coverage_ = std::make_unique<Coverage>(server->namespaces_.get(), server->policy_.get(),
+                                                 server->fleet_.get(), publisher);
   server->inspection_service_ = std::make_unique<InspectionService>(
-      publisher, server->fleet_.get(), server->authorizer_.get(), server->authenticator_.get());
+      publisher, server->fleet_.get(), server->authorizer_.get(), server->authenticator_.get(),
+      server->coverage_.get());
   server->admin_service_ = std::make_unique<AdminService>(publisher, server->authorizer_.get(),
                                                           server->authenticator_.get());
   grpc::EnableDefaultHealthCheckService(true);
@@ -330,15 +345,17 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
   }
   server->readiness_->SetHealthService(server->grpc_server_->GetHealthCheckService());
   server->hub_->Start();
-  server->metrics_ = std::make_shared<ServerMetrics>(publisher, server->fleet_.get(),
-                                                     server->hub_.get(), server->authorizer_.get());
+  server->metrics_ =
+      std::make_shared<ServerMetrics>(publisher, server->fleet_.get(), server->hub_.get(),
+                                      server->authorizer_.get(), server->coverage_.get());
 
   if (!options.health_listen.empty()) {
     server->probes_.Handle("/healthz", [] { return absl::OkStatus(); });
     const bool hands_out_nothing = !options.insecure && options.policy_file.empty();
     Replication* replication = server->replication_.get();
+    const kube::NamespaceCache* namespaces = server->namespaces_.get();
     server->probes_.Handle(
-        "/readyz", [publisher, hands_out_nothing, replication]() -> absl::Status {
+        "/readyz", [publisher, hands_out_nothing, replication, namespaces]() -> absl::Status {
           if (hands_out_nothing) {
             return absl::UnavailableError("no policy (--policy): this server hands out nothing");
           }
@@ -352,6 +369,10 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
                   " (", status.store_error,
                   "): serving the versions this replica has to its streams, publishing nothing"));
             }
+          }
+          if (namespaces != nullptr && !namespaces->synced()) {
+            return absl::UnavailableError(absl::StrCat(
+                "namespaces not listed yet (--watch-namespaces): ", namespaces->last_error()));
           }
           std::string why;
           if (publisher->Ready(&why)) return absl::OkStatus();
@@ -405,7 +426,17 @@ absl::Status CertcastServer::SetUpIdentities(Filesystem* fs, const Clock* clock,
         "for are accepted; spiffe://other-cluster/ns/NS/... receives what NS may receive");
     trust_domain.clear();
   }
-  authorizer_ = std::make_unique<PolicyAuthorizer>(policy_.get(), trust_domain, options_.admins);
+  if (options_.watch_namespaces) {
+    ASSIGN_OR_RETURN(kube::KubeApi * api, Kube(fs));
+    namespaces_ = std::make_unique<kube::NamespaceCache>(api);
+  } else if (policy_ != nullptr && policy_->current()->UsesSelectors()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "policy ", options_.policy_file,
+        " grants certificates by namespaceSelector, which needs --watch-namespaces (read-only "
+        "get/list/watch on namespaces)"));
+  }
+  authorizer_ = std::make_unique<PolicyAuthorizer>(policy_.get(), trust_domain, options_.admins,
+                                                   namespaces_.get());
   if (!options_.token_map_file.empty()) {
     ASSIGN_OR_RETURN(std::string text, fs->ReadFile(options_.token_map_file));
     ASSIGN_OR_RETURN(TokenMap map, TokenMap::Parse(text, options_.token_map_file));
@@ -441,6 +472,7 @@ void CertcastServer::Shutdown(absl::Duration grace) {
   // Gives the lease up at once, so another replica publishes without waiting for it to expire.
   if (replication_ != nullptr) replication_->Stop();
   if (policy_ != nullptr) policy_->Stop();
+  if (namespaces_ != nullptr) namespaces_->Stop();
   probes_.Stop();
   if (grpc_server_ != nullptr) {
     // Tell clients first, so they reconnect (to another replica, or to us after a restart)

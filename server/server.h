@@ -60,6 +60,9 @@ struct ServerOptions {
   std::string token_map_file;  // accept static tokens listed (by hash) in this file
   std::string trust_domain;    // client certificates must be from this SPIFFE domain ("*": any)
   std::set<std::string> admins;  // --admin: admins besides the policy's
+  // Follow every namespace and its labels through the Kubernetes API: namespaceSelector grants
+  // and the granted-but-missing view (Inspection/ListNamespaces, certcast_namespaces_missing).
+  bool watch_namespaces = false;
   bool insecure = false;
   std::string health_listen;  // empty: no plain-HTTP probe endpoint
   absl::Duration tls_refresh_interval = absl::Seconds(10);
@@ -115,6 +118,8 @@ class CertcastServer {
   std::unique_ptr<Replication> replication_;
   std::unique_ptr<Fleet> fleet_;
   std::unique_ptr<PolicyFile> policy_;
+  std::unique_ptr<kube::NamespaceCache> namespaces_;  // --watch-namespaces
+  std::unique_ptr<Coverage> coverage_;
   std::unique_ptr<TokenMap> token_map_;
   std::unique_ptr<TokenReviewer> token_reviewer_;
   std::unique_ptr<Authorizer> authorizer_;

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/stat.h>
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -88,11 +89,22 @@ class IdentityScenarioTest : public ::testing::Test {
     WriteText(tmp_.Join("api.crt"), api_cert.cert_pem);
     WriteText(tmp_.Join("api.key"), api_cert.key_pem);
     WriteText(tmp_.Join("server-sa.token"), "server-token");
+    WriteText(tmp_.Join("admin.token"), "admin-token");
+    // Namespaces for --watch-namespaces: tenant-a and tenant-c carry the selector's label.
     Json config = Json::parse(R"({
       "tokens": {"server-token": "system:serviceaccount:certcast-system:certcast-server"},
+      "admin_tokens": ["admin-token"],
       "cluster_roles": [{"subjects": ["system:serviceaccount:certcast-system:certcast-server"],
                          "rules": [{"apiGroups": ["authentication.k8s.io"],
-                                    "resources": ["tokenreviews"], "verbs": ["create"]}]}],
+                                    "resources": ["tokenreviews"], "verbs": ["create"]},
+                                   {"apiGroups": [""], "resources": ["namespaces"],
+                                    "verbs": ["get", "list", "watch"]}]}],
+      "objects": [
+        {"apiVersion": "v1", "kind": "Namespace",
+         "metadata": {"name": "tenant-a", "labels": {"certcast.io/wildcard": "true"}}},
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tenant-b"}},
+        {"apiVersion": "v1", "kind": "Namespace",
+         "metadata": {"name": "tenant-c", "labels": {"certcast.io/wildcard": "true"}}}],
       "reviewable_tokens": {}})");
     const Json tenant_a = {{"username", "system:serviceaccount:tenant-a:certcast-client"},
                            {"audiences", {"certcast"}}};
@@ -412,6 +424,98 @@ TEST_F(IdentityScenarioTest, PolicyReloadRevokesAndDeleteOnRevoke) {
   fixtures::Chain next = fixtures::MakeChain();
   fixtures::WriteKubeletDir(tmp_.Join("source"), next.material);
   ASSERT_FALSE(a->WaitForLog("version 2 applied").empty()) << a->log();
+}
+
+// Label selector grants: a namespace gets the certificate while it carries the label, loses it
+// (the stream ends, like a policy edit) when the label goes, and a granted namespace without a
+// client is listed as NO_CLIENT by Inspection/ListNamespaces.
+TEST_F(IdentityScenarioTest, NamespaceSelectorGrantsFollowLabels) {
+  WriteText(tmp_.Join("policy.yaml"),
+            "certificates:\n  wildcard:\n    namespaceSelector:\n      matchLabels: "
+            "{certcast.io/wildcard: \"true\"}\nadmins:\n"
+            "  - spiffe://cluster.local/ns/certcast-system/sa/operator\n");
+  server_.reset();
+  StartServer({"--watch-namespaces"});
+  PosixFilesystem fs;
+  auto kube_admin = std::make_unique<kube::CurlKubeApi>(
+      kube::KubeConfig{absl::StrCat("https://localhost:", kube_port_), tmp_.Join("admin.token"),
+                       tmp_.Join("server-ca.pem")},
+      &fs);
+  auto subscribe = [&](const std::string& ns, Issued* who) {
+    auto subscriber = std::make_unique<TestSubscriber>(Channel(who));
+    v1::HeldCertificate held;
+    held.set_name("wildcard");
+    subscriber->SendHello(ns, "pod-" + ns, {held});
+    return subscriber;
+  };
+  auto namespaces = [&](bool missing_only) {
+    auto stub = v1::Inspection::NewStub(Channel(&operator_));
+    grpc::ClientContext context;
+    v1::ListNamespacesRequest request;
+    request.set_missing_only(missing_only);
+    v1::ListNamespacesResponse response;
+    EXPECT_TRUE(stub->ListNamespaces(&context, request, &response).ok());
+    std::map<std::string, std::string> states;
+    for (const auto& row : response.namespaces()) {
+      states[row.namespace_()] = v1::GrantedNamespace::State_Name(row.state()) + "/" +
+                                 row.granted_by();
+    }
+    return std::make_pair(response.namespaces_known(), states);
+  };
+
+  Issued tenant_a = Tenant("tenant-a"), tenant_b = Tenant("tenant-b");
+  auto a = subscribe("tenant-a", &tenant_a);
+  std::optional<v1::SubscribeResponse> update = a->NextNonHeartbeat();
+  ASSERT_TRUE(update.has_value() && update->has_update()) << server_->log();
+  a->SendAck(update->update());
+  auto b = subscribe("tenant-b", &tenant_b);
+  EXPECT_EQ(b->Finish().error_code(), grpc::StatusCode::PERMISSION_DENIED)
+      << "tenant-b has no label";
+
+  ASSERT_TRUE(WaitFor([&] { return namespaces(false).second["tenant-a"] == "IN_SYNC/selector"; }))
+      << server_->log();
+  auto [known, states] = namespaces(false);
+  EXPECT_TRUE(known);
+  EXPECT_EQ(states["tenant-c"], "NO_CLIENT/selector") << "granted, but no client";
+  EXPECT_EQ(states.count("tenant-b"), 0u) << "not granted";
+  EXPECT_THAT(namespaces(true).second, ::testing::ElementsAre(::testing::Pair(
+                                           "tenant-c", "NO_CLIENT/selector")));
+
+  // The label goes: tenant-a loses its grant and its stream, like after a policy edit.
+  Json patch = Json::parse(R"({"metadata": {"labels": {"certcast.io/wildcard": null}}})");
+  ASSERT_TRUE(kube_admin->Request("PATCH", "/api/v1/namespaces/tenant-a", &patch,
+                                  "application/merge-patch+json")
+                  .ok());
+  grpc::Status revoked = a->Finish();
+  EXPECT_EQ(revoked.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(revoked.error_message(), HasSubstr("access revoked"));
+  ASSERT_TRUE(WaitFor([&] { return namespaces(false).second.count("tenant-a") == 0; }));
+
+  // tenant-b gains the label, and with it the certificate.
+  patch = Json::parse(R"({"metadata": {"labels": {"certcast.io/wildcard": "true"}}})");
+  ASSERT_TRUE(kube_admin->Request("PATCH", "/api/v1/namespaces/tenant-b", &patch,
+                                  "application/merge-patch+json")
+                  .ok());
+  ASSERT_TRUE(WaitFor([&] { return namespaces(false).second.count("tenant-b") == 1; }));
+  auto b2 = subscribe("tenant-b", &tenant_b);
+  update = b2->NextNonHeartbeat();
+  EXPECT_TRUE(update.has_value() && update->has_update());
+}
+
+// A selector grant without the namespace watch is a start-up error that says what is missing.
+TEST_F(IdentityScenarioTest, NamespaceSelectorNeedsTheNamespaceWatch) {
+  WriteText(tmp_.Join("selector.yaml"),
+            "certificates:\n  wildcard:\n    namespaceSelector:\n      matchLabels: {a: b}\n");
+  ChildProcess server(CERTCAST_SERVER_BINARY,
+                      {"--listen=127.0.0.1:0", "--tls-cert=" + tmp_.Join("server.crt"),
+                       "--tls-key=" + tmp_.Join("server.key"),
+                       "--client-ca=" + tmp_.Join("client-ca.pem"),
+                       "--trust-domain=cluster.local", "--policy=" + tmp_.Join("selector.yaml"),
+                       "--certificate=wildcard=" + tmp_.Join("source"),
+                       "--state-dir=" + tmp_.Join("state2")},
+                      tmp_.Join("server2.log"));
+  EXPECT_NE(server.Wait(absl::Seconds(20)), 0);
+  EXPECT_THAT(server.log(), HasSubstr("needs --watch-namespaces"));
 }
 
 // A policy that does not parse or names an unknown certificate is a start-up error.

@@ -8,8 +8,9 @@ cannot be built alone; components are covered by the overlays that use them) is 
 `kubectl kustomize`, and the objects of each render are checked:
 
   - every object has apiVersion, kind and metadata.name;
-  - RBAC: no ClusterRole touches Secrets; the only ClusterRoleBinding binds the server's
-    ServiceAccount to system:auth-delegator; RoleBindings reference Roles of the same render and
+  - RBAC: no ClusterRole touches Secrets; ClusterRoleBindings bind only the server's
+    ServiceAccount, to system:auth-delegator or to a ClusterRole of the render that only reads
+    namespaces (get/list/watch); RoleBindings reference Roles of the same render and
     namespace; every Role is namespaced, grants no `*`, limits every verb but `create` by
     resourceNames (to Secrets the namespace's Deployments actually use, for Secrets), and
     grants `create` only without resourceNames;
@@ -376,6 +377,14 @@ def check_shape(render, raw, error):
                                   f"{DEFAULT_NAMESPACE}")
 
 
+def reads_only_namespaces(role):
+    """A ClusterRole whose every rule is get/list/watch on core namespaces."""
+    rules = as_list((role or {}).get("rules"))
+    return bool(rules) and all(
+        as_list(r.get("apiGroups")) == [""] and as_list(r.get("resources")) == ["namespaces"]
+        and set(as_list(r.get("verbs"))) <= {"get", "list", "watch"} for r in rules)
+
+
 def check_rbac(render, error):
     for role in render.of_kind("ClusterRole"):
         for rule in as_list(role.get("rules")):
@@ -384,9 +393,12 @@ def check_rbac(render, error):
 
     for binding in render.of_kind("ClusterRoleBinding"):
         ref = binding.get("roleRef") or {}
-        if ref.get("kind") != "ClusterRole" or ref.get("name") != AUTH_DELEGATOR:
+        role = render.find("ClusterRole", "", ref.get("name")) \
+            if ref.get("kind") == "ClusterRole" else None
+        if ref.get("name") != AUTH_DELEGATOR and not reads_only_namespaces(role):
             error(binding, f"ClusterRoleBinding to {ref.get('kind')}/{ref.get('name')}: the only "
-                           f"cluster-scoped grant allowed is {AUTH_DELEGATOR}")
+                           f"cluster-scoped grants allowed are {AUTH_DELEGATOR} and reading "
+                           "namespaces")
         for subject in as_list(binding.get("subjects")):
             if subject.get("kind") != "ServiceAccount":
                 error(binding, f"binds {subject.get('kind')} {subject.get('name')}, not a "
@@ -550,6 +562,14 @@ def check_certcast_container(render, deployment, container, role, volumes, error
                                           f"ServiceAccount may not {verb} it")
             else:
                 mounted(source, "certificate", writable=False)
+        if "watch_namespaces" in flags and not any(
+                reads_only_namespaces(render.find("ClusterRole", "", (b.get("roleRef") or {})
+                                                  .get("name"))) and any(
+                    s.get("kind") == "ServiceAccount" and s.get("name") == account
+                    and s.get("namespace") == namespace for s in as_list(b.get("subjects")))
+                for b in render.of_kind("ClusterRoleBinding")):
+            error(deployment, f"{where} has --watch-namespaces but ServiceAccount {account} may "
+                              "not read namespaces")
         if flags.get("token_audience"):
             bound = any(
                 (b.get("roleRef") or {}).get("name") == AUTH_DELEGATOR and any(
@@ -681,6 +701,16 @@ def plant_cluster_role_on_secrets(objects):
 def plant_cluster_admin_binding(objects):
     binding = first(objects, lambda o: o.get("kind") == "ClusterRoleBinding")
     binding["roleRef"]["name"] = "cluster-admin"
+
+
+def plant_no_namespace_reader(objects):
+    objects[:] = [o for o in objects if not (o.get("kind") == "ClusterRoleBinding"
+                                             and name_of(o) == "certcast-server-namespaces")]
+
+
+def plant_namespace_writer(objects):
+    role = first(objects, lambda o: o.get("kind") == "ClusterRole")
+    role["rules"][0]["verbs"].append("update")
 
 
 def plant_unnamed_secret_update(objects):
@@ -850,7 +880,11 @@ PLANTS = [
     ("ClusterRole on secrets", is_server, plant_cluster_role_on_secrets,
      "ClusterRole grants access to secrets"),
     ("ClusterRoleBinding to cluster-admin", is_server, plant_cluster_admin_binding,
-     "only cluster-scoped grant"),
+     "only cluster-scoped grants"),
+    ("namespace reader that also writes", is_server, plant_namespace_writer,
+     "only cluster-scoped grants"),
+    ("--watch-namespaces without the namespace reader", is_server, plant_no_namespace_reader,
+     "may not read namespaces"),
     ("Secret verbs without resourceNames", is_secret_client, plant_unnamed_secret_update,
      "without resourceNames"),
     ("create with resourceNames", is_secret_client, plant_named_create, "create with resourceNames"),

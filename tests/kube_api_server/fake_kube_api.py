@@ -7,6 +7,8 @@ tries to behave like the real kube-apiserver where a client could notice the dif
 * core/v1 Secrets and ConfigMaps, apps/v1 Deployments, coordination.k8s.io/v1 Leases: get, list,
   watch, create, update (PUT), patch (merge, strategic merge, JSON patch, a simplified server-side
   apply), delete;
+* core/v1 Namespaces (cluster-scoped, the same verbs; the API adds the immutable label
+  kubernetes.io/metadata.name; deletion is immediate, without the Terminating phase);
 * POST /apis/authentication.k8s.io/v1/tokenreviews;
 * bearer-token authentication and RBAC-like authorization (resourceNames restrict only requests
   that name an object; list/watch name one only through fieldSelector=metadata.name=NAME;
@@ -370,6 +372,8 @@ def order_meta(meta):
 
 
 class ResourceType:
+    cluster_scoped = False
+
     def __init__(self, group, version, plural, kind, field_labels=()):
         self.group, self.version, self.plural, self.kind = group, version, plural, kind
         self.api_version = version if not group else group + "/" + version
@@ -717,7 +721,42 @@ class LeaseType(ResourceType):
         return errs
 
 
-RESOURCE_TYPES = [SecretType(), ConfigMapType(), DeploymentType(), LeaseType()]
+class NamespaceType(ResourceType):
+    """Cluster-scoped: stored and listed with namespace ""; the API server sets the label
+    kubernetes.io/metadata.name to the name and keeps it."""
+    cluster_scoped = True
+    known_fields = ("kind", "apiVersion", "metadata", "spec", "status")
+    NAME_LABEL = "kubernetes.io/metadata.name"
+
+    def __init__(self):
+        super().__init__("", "v1", "namespaces", "Namespace", field_labels=("status.phase",))
+
+    def _name_label(self, obj):
+        meta = obj["metadata"]
+        labels = dict(meta.get("labels") or {})
+        labels[self.NAME_LABEL] = meta.get("name", "")
+        meta["labels"] = labels
+
+    def prepare_create(self, obj):
+        obj["spec"] = {"finalizers": ["kubernetes"]}
+        obj["status"] = {"phase": "Active"}
+        self._name_label(obj)
+
+    def prepare_update(self, obj, old):
+        obj["spec"] = copy.deepcopy(old.get("spec") or {})
+        obj["status"] = copy.deepcopy(old.get("status") or {})
+        self._name_label(obj)
+
+    def validate(self, obj, old):
+        return validate_object_meta(obj["metadata"], old is None, namespaced=False)
+
+    def field_value(self, obj, label):
+        if label == "status.phase":
+            return (obj.get("status") or {}).get("phase", "")
+        return super().field_value(obj, label)
+
+
+RESOURCE_TYPES = [SecretType(), ConfigMapType(), DeploymentType(), LeaseType(), NamespaceType()]
 RESOURCES_BY_PATH = {(rt.group, rt.version, rt.plural): rt for rt in RESOURCE_TYPES}
 RESOURCES_BY_KIND = {(rt.api_version, rt.kind): rt for rt in RESOURCE_TYPES}
 
@@ -1334,6 +1373,8 @@ class App:
         stored = rt.normalize(obj, [], False)
         meta = stored["metadata"]
         meta.setdefault("namespace", "default")
+        if rt.cluster_scoped:
+            meta["namespace"] = ""
         given_uid, given_ts = meta.get("uid"), meta.get("creationTimestamp")
         meta.pop("resourceVersion", None)
         errs = rt.validate(stored, None)
@@ -1393,7 +1434,7 @@ class App:
                 meta[k] = old_meta[k]
             else:
                 meta.pop(k, None)
-        meta["name"], meta["namespace"] = old_meta["name"], old_meta["namespace"]
+        meta["name"], meta["namespace"] = old_meta["name"], old_meta.get("namespace", "")
         meta["resourceVersion"] = old_meta["resourceVersion"]
         new = rt.canonical(new)
         if new == old:
@@ -1656,6 +1697,8 @@ class Handler(BaseHTTPRequestHandler):
         rt = RESOURCES_BY_PATH.get((info.group, info.version, info.resource))
         if rt is None or info.subresource:
             raise resource_not_found()
+        if rt.cluster_scoped:
+            info.namespace = ""  # RequestInfo names a Namespace its own namespace; storage doesn't
         dry_run = "All" in q.get("dryRun", [])
         strict = q.get("fieldValidation", [""])[0] == "Strict"
         if self.command in ("GET", "HEAD"):
@@ -1664,7 +1707,7 @@ class Handler(BaseHTTPRequestHandler):
             if info.verb == "watch":
                 return self.watch(rt, info, q, user, entry)
             return self.list(rt, info, q)
-        if not info.namespace:
+        if not info.namespace and not rt.cluster_scoped:
             raise method_not_allowed()
         if self.command == "POST":
             if info.url_name:
@@ -1715,7 +1758,7 @@ class Handler(BaseHTTPRequestHandler):
         with app.lock:
             obj = app.objects.get((rt.plural, info.namespace, info.name))
             obj = copy.deepcopy(obj)
-        if obj is None or not info.namespace:
+        if obj is None or not (info.namespace or rt.cluster_scoped):
             raise not_found(rt, info.name)
         return self.send_obj(200, obj)
 
@@ -1740,17 +1783,17 @@ class Handler(BaseHTTPRequestHandler):
             items = [copy.deepcopy(o) for (plural, _, _), o in app.objects.items()
                      if plural == rt.plural and flt.matches(o)]
             rv = app.rv
-        items.sort(key=lambda o: (o["metadata"]["namespace"], o["metadata"]["name"]))
+        items.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
         if start_after is not None:
             items = [o for o in items
-                     if (o["metadata"]["namespace"], o["metadata"]["name"]) > start_after]
+                     if (o["metadata"].get("namespace", ""), o["metadata"]["name"]) > start_after]
         list_meta = {"resourceVersion": str(rv)}
         if limit > 0 and len(items) > limit:
             last = items[limit - 1]["metadata"]
             remaining = len(items) - limit
             items = items[:limit]
             token = {"v": "meta.k8s.io/v1", "rv": rv,
-                     "start": [last["namespace"], last["name"]]}
+                     "start": [last.get("namespace", ""), last["name"]]}
             list_meta["continue"] = base64.urlsafe_b64encode(
                 json.dumps(token).encode()).decode()
             list_meta["remainingItemCount"] = remaining

@@ -91,6 +91,7 @@ SERVER_METRICS = {
     "certcast_stream_errors_total": {"code"},
     "certcast_auth_denials_total": {"reason"},
     "certcast_build_info": {"version", "commit"},
+    "certcast_namespaces_missing": {"certificate"},  # with --watch-namespaces only
 }
 CLIENT_METRICS = {
     "certcast_client_applied_version": {"certificate"},
