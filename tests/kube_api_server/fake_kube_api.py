@@ -756,7 +756,8 @@ class NamespaceType(ResourceType):
         return super().field_value(obj, label)
 
 
-RESOURCE_TYPES = [SecretType(), ConfigMapType(), DeploymentType(), LeaseType(), NamespaceType()]
+RESOURCE_TYPES = [SecretType(), ConfigMapType(), DeploymentType(), LeaseType(),
+                  NamespaceType()]
 RESOURCES_BY_PATH = {(rt.group, rt.version, rt.plural): rt for rt in RESOURCE_TYPES}
 RESOURCES_BY_KIND = {(rt.api_version, rt.kind): rt for rt in RESOURCE_TYPES}
 
