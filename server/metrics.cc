@@ -128,6 +128,17 @@ std::vector<prometheus::MetricFamily> ServerMetrics::Collect() const {
       AddSample(missing, {{"certificate", certificate}}, count);
     }
     families.push_back(std::move(missing));
+    // Per granted namespace, so that replicas (each with its own streams) add up in PromQL:
+    // sum by (certificate, namespace) (...) == 0 is a namespace no replica serves.
+    auto on_current = Family("certcast_namespace_clients_on_current",
+                             "Per namespace the policy grants the certificate: this replica's "
+                             "connected clients holding its current version.",
+                             MetricType::Gauge);
+    for (const NamespaceCoverage& row : coverage_->List("", "")) {
+      AddSample(on_current, {{"certificate", row.certificate}, {"namespace", row.namespace_}},
+                row.clients_on_current);
+    }
+    families.push_back(std::move(on_current));
   }
   return families;
 }

@@ -20,8 +20,11 @@ cannot be built alone; components are covered by the overlays that use them) is 
   - certcast containers: /healthz liveness and /readyz readiness on the --health-listen port,
     resource requests and limits, every file flag under a volume mount, state/output
     directories on writable mounts, the --ca ConfigMap present in the render;
-  - certcast-server: its --state-dir is a PVC that exists in the render (strategy Recreate when
-    it is ReadWriteOnce), its ServiceAccount is bound to system:auth-delegator when it checks
+  - certcast-server: with --store=kubernetes://NS/NAME, NS is its own namespace, its
+    ServiceAccount may get/update/list/watch the Secrets NAME-CERTIFICATE and get/update the
+    Lease NAME (and create both), and more than one replica has a PodDisruptionBudget; without
+    it, its --state-dir is a PVC that exists in the render (strategy Recreate when it is
+    ReadWriteOnce); its ServiceAccount is bound to system:auth-delegator when it checks
     tokens, and may get/list/watch a Secret it reads through the API;
   - certcast-client: a projected ServiceAccount token with audience certcast behind
     --token-file; its ServiceAccount may do exactly what its flags need (Secret sink,
@@ -212,11 +215,14 @@ class Render:
                 if local:
                     names.update(flags.get("secret_name", []))
                 for value in flags.get("certificate", []):
-                    _, _, source = value.partition("=")
+                    certificate, _, source = value.partition("=")
                     if source.startswith("secret:"):
                         ns, _, secret = source[len("secret:"):].partition("/")
                         if ns == namespace:
                             names.add(secret)
+                    store = kubernetes_store(container)
+                    if store and store[0] == namespace:
+                        names.add(f"{store[1]}-{certificate}")
         names.discard(None)
         return names
 
@@ -533,7 +539,36 @@ def check_certcast_container(render, deployment, container, role, volumes, error
     account = spec.get("serviceAccountName") or "default"
     rules = render.rules_for_service_account(namespace, account)
 
-    if role == "server":
+    store = kubernetes_store(container) if role == "server" else None
+    if store is not None:
+        store_namespace, store_name = store
+        if store_namespace != namespace:
+            error(deployment, f"{where} --store names namespace {store_namespace}, not its own "
+                              f"({namespace})")
+        store_rules = render.rules_for_service_account(store_namespace, account, namespace)
+        for value in flags.get("certificate", []):
+            secret = f"{store_name}-{value.partition('=')[0]}"
+            for verb in ("get", "update", "list", "watch"):
+                if not allows(store_rules, "", "secrets", verb, secret):
+                    error(deployment, f"{where} keeps its versions in Secret {secret} but may not "
+                                      f"{verb} it")
+        if not allows(store_rules, "", "secrets", "create"):
+            error(deployment, f"{where} keeps its versions in Secrets but may not create them")
+        for verb in ("get", "update"):
+            if not allows(store_rules, "coordination.k8s.io", "leases", verb, store_name):
+                error(deployment, f"{where} elects its leader with Lease {store_name} but may not "
+                                  f"{verb} it")
+        if not allows(store_rules, "coordination.k8s.io", "leases", "create"):
+            error(deployment, f"{where} elects its leader with a Lease but may not create it")
+        replicas = (deployment.get("spec") or {}).get("replicas", 1)
+        if replicas > 1 and not any(
+                namespace_of(b) == namespace
+                and selects((b.get("spec") or {}).get("selector"),
+                            ((deployment.get("spec") or {}).get("template") or {})
+                            .get("metadata", {}).get("labels"))
+                for b in render.of_kind("PodDisruptionBudget")):
+            error(deployment, f"{where}: {replicas} replicas and no PodDisruptionBudget")
+    if role == "server" and store is None:
         state = (flags.get("state_dir") or [""])[-1]
         mount = mount_for(container, state) if state else None
         claim = ((volumes.get((mount or {}).get("name")) or {}).get("persistentVolumeClaim")
@@ -551,6 +586,7 @@ def check_certcast_container(render, deployment, container, role, volumes, error
             if single_node and strategy != "Recreate":
                 error(deployment, f"the server holds the ReadWriteOnce PVC {claim}: strategy "
                                   "must be Recreate, or the new pod never starts")
+    if role == "server":
         for value in flags.get("certificate", []):
             _, _, source = value.partition("=")
             if source.startswith("secret:"):
@@ -588,6 +624,15 @@ def check_certcast_container(render, deployment, container, role, volumes, error
                 and not flags.get("kube_token_file"):
             error(deployment, f"{where} uses the Kubernetes API but the pod mounts no API token "
                               "(automountServiceAccountToken: false, no --kube-token-file)")
+
+
+def kubernetes_store(container):
+    """(namespace, name) of --store=kubernetes://NAMESPACE/NAME, or None."""
+    for value in parse_flags(container).get("store", []):
+        if value.startswith("kubernetes://"):
+            namespace, _, name = value[len("kubernetes://"):].partition("/")
+            return namespace, name
+    return None
 
 
 def check_client_identity(deployment, container, flags, volumes, error, where):
@@ -873,6 +918,20 @@ def plant_client_to_other_server(objects):
                         entry["value"] = "certcast.elsewhere.svc:8443"
 
 
+def is_pvc_server(obj):
+    return is_server(obj) and any("persistentVolumeClaim" in v
+                                  for v in as_list(pod_spec(obj).get("volumes")))
+
+
+def plant_no_lease_grant(objects):
+    role = first(objects, lambda o: o.get("kind") == "Role" and name_of(o) == "certcast-server-store")
+    role["rules"] = [r for r in role["rules"] if "leases" not in as_list(r.get("resources"))]
+
+
+def plant_no_pdb(objects):
+    objects[:] = [o for o in objects if o.get("kind") != "PodDisruptionBudget"]
+
+
 # (name, which render it needs (an object predicate, or a tuple that must all find an object),
 #  planting function, text the report must contain)
 PLANTS = [
@@ -897,10 +956,10 @@ PLANTS = [
     ("privilege escalation allowed", is_secret_client, plant_escalation,
      "allowPrivilegeEscalation"),
     ("no image", is_server, plant_no_image, "has no image"),
-    ("PVC missing", is_server, plant_missing_pvc, "not in the render"),
+    ("PVC missing", is_pvc_server, plant_missing_pvc, "not in the render"),
     ("Secret sink without an API token", is_secret_client, plant_no_api_token,
      "mounts no API token"),
-    ("RollingUpdate with a RWO PVC", is_server, plant_rolling_update, "must be Recreate"),
+    ("RollingUpdate with a RWO PVC", is_pvc_server, plant_rolling_update, "must be Recreate"),
     ("token audience not certcast", is_secret_client, plant_wrong_audience,
      f"audience {TOKEN_AUDIENCE}"),
     ("Secret sink without update", is_secret_client, plant_missing_secret_grant,
@@ -918,6 +977,10 @@ PLANTS = [
     ("$(VAR) without an env entry", is_secret_client, plant_undefined_env,
      "which its env does not define"),
     ("no NetworkPolicy", is_server, plant_no_network_policy, "no NetworkPolicy"),
+    ("store without its Lease grant", is_server, plant_no_lease_grant,
+     "elects its leader with Lease"),
+    ("replicas without a PodDisruptionBudget", is_server, plant_no_pdb,
+     "no PodDisruptionBudget"),
     ("certcast's Namespace not restricted", is_server, plant_privileged_namespace,
      "restricted Pod Security"),
     ("--admin of another namespace", is_server, plant_foreign_admin,

@@ -92,6 +92,7 @@ SERVER_METRICS = {
     "certcast_auth_denials_total": {"reason"},
     "certcast_build_info": {"version", "commit"},
     "certcast_namespaces_missing": {"certificate"},  # with --watch-namespaces only
+    "certcast_namespace_clients_on_current": {"certificate", "namespace"},  # the same
 }
 CLIENT_METRICS = {
     "certcast_client_applied_version": {"certificate"},
