@@ -216,7 +216,7 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
         state_.Admit(std::move(identity), denial_reason);
     if (!names.ok()) return ToGrpc(names.status());
     absl::StatusOr<std::vector<std::shared_ptr<const Publication>>> registered =
-        hub_->Register(this, state_.identity(), *names);
+        hub_->Register(this, state_.identity(), state_.requested_namespace(), *names);
     if (!registered.ok()) {
       hub_->authorizer_->Audit(state_.identity(), "Subscribe", "", registered.status());
       return ToGrpc(registered.status());
@@ -262,12 +262,20 @@ DistributionHub::~DistributionHub() { Stop(); }
 
 void DistributionHub::OnPublish(std::shared_ptr<const Publication> publication) {
   std::vector<SubscribeStream*> subscribers;
+  bool gated = false;
   {
     absl::MutexLock lock(&mu_);
     Topic& topic = topics_[publication->name];
     topic.current = publication;
-    subscribers.assign(topic.subscribers.begin(), topic.subscribers.end());
-    for (SubscribeStream* stream : subscribers) stream->Ref();
+    gated = topic.gate != nullptr;
+    if (!gated) {
+      subscribers.assign(topic.subscribers.begin(), topic.subscribers.end());
+      for (SubscribeStream* stream : subscribers) stream->Ref();
+    }
+  }
+  if (gated) {  // a rollout decides per namespace
+    OfferAll(publication->name);
+    return;
   }
   for (SubscribeStream* stream : subscribers) {
     stream->OfferUpdate(publication);
@@ -275,8 +283,42 @@ void DistributionHub::OnPublish(std::shared_ptr<const Publication> publication) 
   }
 }
 
+void DistributionHub::SetGate(const std::string& name, std::shared_ptr<const RolloutGate> gate) {
+  {
+    absl::MutexLock lock(&mu_);
+    topics_[name].gate = std::move(gate);
+  }
+  OfferAll(name);
+}
+
+std::shared_ptr<const Publication> DistributionHub::For(const Topic& topic,
+                                                        SubscribeStream* stream) {
+  if (topic.gate == nullptr || topic.current == nullptr) return topic.current;
+  auto it = namespace_of_.find(stream);
+  return topic.gate->For(it == namespace_of_.end() ? std::string() : it->second, topic.current);
+}
+
+void DistributionHub::OfferAll(const std::string& name) {
+  std::vector<std::pair<SubscribeStream*, std::shared_ptr<const Publication>>> offers;
+  {
+    absl::MutexLock lock(&mu_);
+    Topic& topic = topics_[name];
+    for (SubscribeStream* stream : topic.subscribers) {
+      std::shared_ptr<const Publication> publication = For(topic, stream);
+      if (publication == nullptr) continue;
+      stream->Ref();
+      offers.emplace_back(stream, std::move(publication));
+    }
+  }
+  for (auto& [stream, publication] : offers) {
+    stream->OfferUpdate(publication);
+    stream->Unref();
+  }
+}
+
 absl::StatusOr<std::vector<std::shared_ptr<const Publication>>> DistributionHub::Register(
-    SubscribeStream* stream, const PeerIdentity& peer, const std::vector<std::string>& names) {
+    SubscribeStream* stream, const PeerIdentity& peer, const std::string& namespace_,
+    const std::vector<std::string>& names) {
   absl::MutexLock lock(&mu_);
   LeaveAwaitingHelloLocked(stream);
   const std::string& identity = peer.identity;
@@ -295,11 +337,12 @@ absl::StatusOr<std::vector<std::shared_ptr<const Publication>>> DistributionHub:
     expiries_[stream] = Expiry{peer.expires, peer.kind == "mtls" ? "client certificate" : "token"};
     ++wakeups_;
   }
+  namespace_of_[stream] = namespace_;
   std::vector<std::shared_ptr<const Publication>> current;
   for (const std::string& name : names) {
     Topic& topic = topics_[name];
     topic.subscribers.insert(stream);
-    current.push_back(topic.current);
+    current.push_back(For(topic, stream));
   }
   return current;
 }
@@ -324,6 +367,7 @@ void DistributionHub::Unregister(SubscribeStream* stream) {
     identity_of_.erase(it);
   }
   streams_.erase(stream);
+  namespace_of_.erase(stream);
   for (auto& [name, topic] : topics_) topic.subscribers.erase(stream);
 }
 

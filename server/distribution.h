@@ -31,6 +31,7 @@
 #include "server/authorizer.h"
 #include "server/fleet.h"
 #include "server/publisher.h"
+#include "server/rollout_gate.h"
 #include "server/subscription.h"
 
 namespace certcast {
@@ -74,8 +75,13 @@ class DistributionHub final : public PublicationListener {
   ~DistributionHub() override;
 
   // Makes `publication` the current version of its certificate and offers it to every stream
-  // subscribed to it.
+  // subscribed to it (through the certificate's rollout gate, when it has one).
   void OnPublish(std::shared_ptr<const Publication> publication) override;
+
+  // A staged rollout holds some namespaces back (server/rollout.h): from now on streams of
+  // `name` get what `gate` says for their namespace; null lets everyone have the current
+  // version. Offers every stream what it should now have (a stream never goes back).
+  void SetGate(const std::string& name, std::shared_ptr<const RolloutGate> gate);
 
   // Starts and stops the housekeeping thread (heartbeats, hello deadlines).
   void Start();
@@ -104,8 +110,14 @@ class DistributionHub final : public PublicationListener {
   static constexpr size_t kStatusCodes = 17;  // OK (0) to UNAUTHENTICATED (16)
   struct Topic {
     std::shared_ptr<const Publication> current;
+    std::shared_ptr<const RolloutGate> gate;  // null: no rollout holds anyone back
     std::set<SubscribeStream*> subscribers;
   };
+  // What `stream` should get of `topic`.
+  std::shared_ptr<const Publication> For(const Topic& topic, SubscribeStream* stream)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Offers each subscriber of `topic` its publication (under mu_ it collects; then it calls).
+  void OfferAll(const std::string& name);
 
   struct AwaitingHello {
     absl::Time deadline;
@@ -116,11 +128,12 @@ class DistributionHub final : public PublicationListener {
     absl::Time at;
     std::string credential;  // "client certificate" or "token", for the client's message
   };
-  // Subscribes `stream` (of `peer`, unproven when its identity is empty) to `names` and returns
-  // their current publications (null when a certificate has no version yet). ResourceExhausted
-  // when the identity has too many streams.
+  // Subscribes `stream` (of `peer`, unproven when its identity is empty; writing for
+  // `namespace_`) to `names` and returns the publications it should have (null when a
+  // certificate has no version yet). ResourceExhausted when the identity has too many streams.
   absl::StatusOr<std::vector<std::shared_ptr<const Publication>>> Register(
-      SubscribeStream* stream, const PeerIdentity& peer, const std::vector<std::string>& names);
+      SubscribeStream* stream, const PeerIdentity& peer, const std::string& namespace_,
+      const std::vector<std::string>& names);
   void Unregister(SubscribeStream* stream);
   void LeaveAwaitingHelloLocked(SubscribeStream* stream) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool Known(const std::string& name);
@@ -159,6 +172,7 @@ class DistributionHub final : public PublicationListener {
   uint64_t wakeups_ ABSL_GUARDED_BY(mu_) = 0;  // bumped when the housekeeper may wake earlier
   std::map<std::string, int> streams_per_identity_ ABSL_GUARDED_BY(mu_);
   std::map<SubscribeStream*, std::string> identity_of_ ABSL_GUARDED_BY(mu_);
+  std::map<SubscribeStream*, std::string> namespace_of_ ABSL_GUARDED_BY(mu_);
   AtomicCounters counters_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread housekeeper_;

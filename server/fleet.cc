@@ -231,6 +231,7 @@ std::map<std::string, CertificateFleetStats> Fleet::Stats(
       const uint64_t newest = current.at(state.name);
       const uint64_t should_run =
           expected == nullptr ? newest : expected(state.name, record.namespace_, newest);
+      if (should_run != newest) ++certificate.waiting;
       if (state.acknowledged_version != should_run) {
         ++certificate.behind;
       } else if (state.serving_verified) {

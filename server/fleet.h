@@ -72,6 +72,7 @@ struct CertificateFleetStats {
   uint32_t connected = 0;         // connected clients subscribed to it
   uint32_t behind = 0;            // of those, not acknowledging the version they should run
   uint32_t serving_verified = 0;  // of those, acknowledged it with serving verified
+  uint32_t waiting = 0;           // held at an older version by a staged rollout
   // Age of the oldest push still waiting for its ACK on a connected client; zero when none.
   absl::Duration oldest_unacked_push_age = absl::ZeroDuration();
   uint64_t acks = 0;

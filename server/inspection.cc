@@ -166,6 +166,11 @@ grpc::Status InspectionService::GetCertificateAs(const PeerIdentity& transport,
   response->set_rejections(snapshot->rejections);
   response->set_source_present(snapshot->source_present);
   response->set_source_read_error(snapshot->read_error);
+  // The rollout names other tenants' namespaces and clients (waves, halt reason): admins only.
+  if (rollout_ != nullptr && scope->everything) {
+    std::optional<v1::Rollout> rollout = rollout_->Describe(request.name());
+    if (rollout.has_value()) *response->mutable_rollout() = *std::move(rollout);
+  }
   response->set_expiring_soon(snapshot->expiring_soon);
   return grpc::Status::OK;
 }
@@ -222,6 +227,9 @@ grpc::Status InspectionService::ListClientsAs(const PeerIdentity& transport,
       certificate->set_last_error_version(state.last_error_version);
       certificate->set_hook_warning(state.hook_warning);
       certificate->set_serving_verified(state.serving_verified);
+      if (rollout_ != nullptr) {
+        certificate->set_waiting_for_wave(rollout_->WaitingFor(state.name, record.namespace_));
+      }
       if (state.sent_at != absl::InfinitePast()) {
         *certificate->mutable_sent_at() = ToProtoTime(state.sent_at);
       }
@@ -323,6 +331,56 @@ grpc::Status AdminService::RollbackAs(const PeerIdentity& transport,
   response->set_version(result->version);
   response->set_rolled_back_from(result->rolled_back_from);
   response->set_fingerprint(result->fingerprint);
+  return grpc::Status::OK;
+}
+
+grpc::ServerUnaryReactor* AdminService::ResumeRollout(grpc::CallbackServerContext* context,
+                                                      const v1::RolloutRequest* request,
+                                                      v1::Rollout* response) {
+  return WithCaller(context, authenticator_,
+                    [this, request, response](const PeerIdentity& transport,
+                                              absl::StatusOr<PeerIdentity> caller) {
+                      return RolloutAs(transport, std::move(caller), "Admin/ResumeRollout",
+                                       *request, response);
+                    });
+}
+
+grpc::ServerUnaryReactor* AdminService::PromoteRollout(grpc::CallbackServerContext* context,
+                                                       const v1::RolloutRequest* request,
+                                                       v1::Rollout* response) {
+  return WithCaller(context, authenticator_,
+                    [this, request, response](const PeerIdentity& transport,
+                                              absl::StatusOr<PeerIdentity> caller) {
+                      return RolloutAs(transport, std::move(caller), "Admin/PromoteRollout",
+                                       *request, response);
+                    });
+}
+
+grpc::Status AdminService::RolloutAs(const PeerIdentity& transport,
+                                     absl::StatusOr<PeerIdentity> caller, const std::string& method,
+                                     const v1::RolloutRequest& request, v1::Rollout* response) {
+  if (!caller.ok()) {
+    authorizer_->Audit(transport, method, request.name(), caller.status());
+    return ToGrpc(caller.status());
+  }
+  const PeerIdentity& peer = *caller;
+  absl::Status allowed = authorizer_->AuthorizeAdmin(peer);
+  if (!allowed.ok()) {
+    authorizer_->Audit(peer, method, request.name(), allowed);
+    return ToGrpc(allowed);
+  }
+  if (request.name().empty()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "name is required");
+  }
+  absl::StatusOr<v1::Rollout> result =
+      rollout_ == nullptr
+          ? absl::StatusOr<v1::Rollout>(absl::FailedPreconditionError("no staged rollouts here"))
+      : method == "Admin/ResumeRollout" ? rollout_->Resume(request.name())
+                                        : rollout_->Promote(request.name());
+  authorizer_->Audit(peer, method, request.name(),
+                     result.ok() ? absl::OkStatus() : result.status());
+  if (!result.ok()) return ToGrpc(result.status());
+  *response = *std::move(result);
   return grpc::Status::OK;
 }
 

@@ -14,6 +14,7 @@
 #include "server/coverage.h"
 #include "server/fleet.h"
 #include "server/publisher.h"
+#include "server/rollout.h"
 
 namespace certcast {
 
@@ -21,14 +22,17 @@ namespace certcast {
 // clients and the certificates their namespace may receive.
 class InspectionService final : public v1::Inspection::CallbackService {
  public:
-  // Does not own its arguments; `coverage` may be null (no namespace watch).
+  // Does not own its arguments; `coverage` may be null (no namespace watch), `rollout` too (no
+  // staged rollouts).
   InspectionService(Publisher* publisher, Fleet* fleet, Authorizer* authorizer,
-                    Authenticator* authenticator, const Coverage* coverage = nullptr)
+                    Authenticator* authenticator, const Coverage* coverage = nullptr,
+                    RolloutController* rollout = nullptr)
       : publisher_(publisher),
         fleet_(fleet),
         authorizer_(authorizer),
         authenticator_(authenticator),
-        coverage_(coverage) {}
+        coverage_(coverage),
+        rollout_(rollout) {}
 
   grpc::ServerUnaryReactor* ListCertificates(grpc::CallbackServerContext* context,
                                              const v1::ListCertificatesRequest* request,
@@ -72,24 +76,41 @@ class InspectionService final : public v1::Inspection::CallbackService {
   Authorizer* const authorizer_;
   Authenticator* const authenticator_;
   const Coverage* const coverage_;
+  RolloutController* const rollout_;
 };
 
 class AdminService final : public v1::Admin::CallbackService {
  public:
-  AdminService(Publisher* publisher, Authorizer* authorizer, Authenticator* authenticator)
-      : publisher_(publisher), authorizer_(authorizer), authenticator_(authenticator) {}
+  // `rollout` may be null: then ResumeRollout and PromoteRollout answer FAILED_PRECONDITION.
+  AdminService(Publisher* publisher, Authorizer* authorizer, Authenticator* authenticator,
+               RolloutController* rollout = nullptr)
+      : publisher_(publisher),
+        authorizer_(authorizer),
+        authenticator_(authenticator),
+        rollout_(rollout) {}
 
   grpc::ServerUnaryReactor* Rollback(grpc::CallbackServerContext* context,
                                      const v1::RollbackRequest* request,
                                      v1::RollbackResponse* response) override;
+  grpc::ServerUnaryReactor* ResumeRollout(grpc::CallbackServerContext* context,
+                                          const v1::RolloutRequest* request,
+                                          v1::Rollout* response) override;
+  grpc::ServerUnaryReactor* PromoteRollout(grpc::CallbackServerContext* context,
+                                           const v1::RolloutRequest* request,
+                                           v1::Rollout* response) override;
 
  private:
   grpc::Status RollbackAs(const PeerIdentity& transport, absl::StatusOr<PeerIdentity> caller,
                           const v1::RollbackRequest& request, v1::RollbackResponse* response);
+  // ResumeRollout and PromoteRollout once the caller is known: `method` for the audit log.
+  grpc::Status RolloutAs(const PeerIdentity& transport, absl::StatusOr<PeerIdentity> caller,
+                         const std::string& method, const v1::RolloutRequest& request,
+                         v1::Rollout* response);
 
   Publisher* const publisher_;
   Authorizer* const authorizer_;
   Authenticator* const authenticator_;
+  RolloutController* const rollout_;
 };
 
 // Starts a unary call: authenticates the caller (inline when no TokenReview is needed, else on

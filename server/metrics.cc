@@ -23,7 +23,12 @@ std::vector<prometheus::MetricFamily> ServerMetrics::Collect() const {
     current[name] = snapshot->current.has_value() ? snapshot->current->version : 0;
     snapshots.push_back(*std::move(snapshot));
   }
-  const std::map<std::string, CertificateFleetStats> fleet = fleet_->Stats(current);
+  // Clients a rollout holds back run the version they should: waiting, not behind.
+  const std::map<std::string, CertificateFleetStats> fleet =
+      fleet_->Stats(current, rollout_ != nullptr ? rollout_->ExpectedVersions() : nullptr);
+  const std::map<std::string, RolloutController::Status> rollouts =
+      rollout_ != nullptr ? rollout_->Statuses()
+                          : std::map<std::string, RolloutController::Status>();
 
   auto version = Family("certcast_certificate_version",
                         "Current version of the certificate (0: none yet).", MetricType::Gauge);
@@ -48,8 +53,26 @@ std::vector<prometheus::MetricFamily> ServerMetrics::Collect() const {
   auto connected = Family("certcast_clients_connected",
                           "Connected clients subscribed to the certificate.", MetricType::Gauge);
   auto behind = Family("certcast_clients_behind",
-                       "Connected clients that have not acknowledged the current version.",
+                       "Connected clients that have not acknowledged the version they should run "
+                       "(the current one, or the one a staged rollout holds them at).",
                        MetricType::Gauge);
+  auto waiting = Family("certcast_clients_waiting_for_rollout",
+                        "Connected clients a staged rollout holds at the previous version.",
+                        MetricType::Gauge);
+  auto rollout_in_progress = Family(
+      "certcast_rollout_in_progress",
+      "1 while a staged rollout of the current version is rolling or halted.", MetricType::Gauge);
+  auto rollout_halted = Family("certcast_rollout_halted",
+                               "1 while the staged rollout is halted (a client refused the "
+                               "version; an admin resumes, promotes or rolls back).",
+                               MetricType::Gauge);
+  auto rollout_wave = Family("certcast_rollout_wave",
+                             "1-based wave that has the version last (0: no rollout in progress).",
+                             MetricType::Gauge);
+  auto rollout_waves = Family("certcast_rollout_waves",
+                              "Waves of the certificate's rollout, everyone else included (0: "
+                              "none).",
+                              MetricType::Gauge);
   auto verified = Family("certcast_clients_serving_verified",
                          "Connected clients whose ACK of the version they should run said their "
                          "--verify endpoints serve it.",
@@ -89,6 +112,14 @@ std::vector<prometheus::MetricFamily> ServerMetrics::Collect() const {
     AddSample(connected, labels, stats.connected);
     AddSample(behind, labels, stats.behind);
     AddSample(verified, labels, stats.serving_verified);
+    AddSample(waiting, labels, stats.waiting);
+    const auto rollout = rollouts.find(snapshot.name);
+    const RolloutController::Status status =
+        rollout == rollouts.end() ? RolloutController::Status() : rollout->second;
+    AddSample(rollout_in_progress, labels, status.in_progress ? 1 : 0);
+    AddSample(rollout_halted, labels, status.halted ? 1 : 0);
+    AddSample(rollout_wave, labels, status.wave);
+    AddSample(rollout_waves, labels, status.waves);
     AddSample(oldest, labels, absl::ToDoubleSeconds(stats.oldest_unacked_push_age));
     AddSample(acks, labels, static_cast<double>(stats.acks));
     for (const auto& [reason, count] : stats.nacks) {
@@ -113,12 +144,18 @@ std::vector<prometheus::MetricFamily> ServerMetrics::Collect() const {
   }
 
   std::vector<prometheus::MetricFamily> families = {
-      metrics::BuildInfo(),     std::move(version),       std::move(not_after),
-      std::move(pinned),        std::move(present),       std::move(rejections),
-      std::move(read_failures), std::move(publications),  std::move(connected),
-      std::move(behind),        std::move(oldest),        std::move(acks),
-      std::move(nacks),         std::move(hook_warnings), std::move(push_to_ack),
-      std::move(stream_errors), std::move(denials),       std::move(verified)};
+      metrics::BuildInfo(),      std::move(version),
+      std::move(not_after),      std::move(pinned),
+      std::move(present),        std::move(rejections),
+      std::move(read_failures),  std::move(publications),
+      std::move(connected),      std::move(behind),
+      std::move(oldest),         std::move(acks),
+      std::move(nacks),          std::move(hook_warnings),
+      std::move(push_to_ack),    std::move(stream_errors),
+      std::move(denials),        std::move(verified),
+      std::move(waiting),        std::move(rollout_in_progress),
+      std::move(rollout_halted), std::move(rollout_wave),
+      std::move(rollout_waves)};
   if (coverage_ != nullptr && coverage_->known()) {
     auto missing = Family("certcast_namespaces_missing",
                           "Namespaces the policy grants the certificate that have no connected "

@@ -17,26 +17,31 @@
 #include "server/distribution.h"
 #include "server/fleet.h"
 #include "server/publisher.h"
+#include "server/rollout.h"
 
 namespace certcast {
 
 class ServerMetrics final : public prometheus::Collectable {
  public:
   // `coverage` may be null (no namespace watch): certcast_namespaces_missing is then absent.
+  // `rollout` may be null (no staged rollouts).
   ServerMetrics(const Publisher* publisher, Fleet* fleet, DistributionHub* hub,
-                Authorizer* authorizer, const Coverage* coverage = nullptr)
+                Authorizer* authorizer, const Coverage* coverage = nullptr,
+                RolloutController* rollout = nullptr)
       : publisher_(publisher),
         fleet_(fleet),
         hub_(hub),
         authorizer_(authorizer),
-        coverage_(coverage) {}
+        coverage_(coverage),
+        rollout_(rollout) {}
 
   // certcast_build_info, per certificate: certificate_version, certificate_not_after_seconds,
   // certificate_pinned, source_present, source_rejections_total{reason}, publications_total,
   // clients_connected, clients_behind, oldest_unacked_push_age_seconds, acks_total,
   // nacks_total{reason}, hook_warnings_total, push_to_ack_seconds (histogram); and
-  // stream_errors_total{code}, auth_denials_total{reason}; namespaces_missing (with a
-  // namespace watch).
+  // clients_serving_verified, clients_waiting_for_rollout, rollout_in_progress, rollout_halted,
+  // rollout_wave, rollout_waves; stream_errors_total{code}, auth_denials_total{reason};
+  // namespaces_missing (with a namespace watch).
   std::vector<prometheus::MetricFamily> Collect() const override;
 
  private:
@@ -45,6 +50,7 @@ class ServerMetrics final : public prometheus::Collectable {
   DistributionHub* const hub_;
   Authorizer* const authorizer_;
   const Coverage* const coverage_;
+  RolloutController* const rollout_;
 };
 
 }  // namespace certcast

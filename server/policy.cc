@@ -221,9 +221,9 @@ absl::StatusOr<LabelSelector> ParseSelector(const YAML::Node& node, const YAML::
       ASSIGN_OR_RETURN(auto labels, MapEntries(value, label, what + ".matchLabels", {}));
       for (const auto& [label_key, label_value] : labels) {
         if (!label_value.IsScalar()) {
-          return Problem(label, label_key.Mark(),
-                         absl::StrCat(what, ".matchLabels \"", label_key.Scalar(),
-                                      "\" must be a string"));
+          return Problem(
+              label, label_key.Mark(),
+              absl::StrCat(what, ".matchLabels \"", label_key.Scalar(), "\" must be a string"));
         }
         selector.match_labels[label_key.Scalar()] = label_value.Scalar();
       }
@@ -233,19 +233,19 @@ absl::StatusOr<LabelSelector> ParseSelector(const YAML::Node& node, const YAML::
       return Problem(label, key.Mark(), absl::StrCat(what, ".matchExpressions must be a list"));
     }
     for (const YAML::Node& item : value) {
-      const std::string item_what = absl::StrCat(what, ".matchExpressions entry ",
-                                                 selector.match_expressions.size() + 1);
+      const std::string item_what =
+          absl::StrCat(what, ".matchExpressions entry ", selector.match_expressions.size() + 1);
       if (!item.IsMap()) return Problem(label, item.Mark(), item_what + " must be a map");
-      ASSIGN_OR_RETURN(auto parts, MapEntries(item, label, item_what,
-                                              {"key", "operator", "values"}));
+      ASSIGN_OR_RETURN(auto parts,
+                       MapEntries(item, label, item_what, {"key", "operator", "values"}));
       LabelSelector::Requirement requirement;
       for (const auto& [part, part_value] : parts) {
         if (part.Scalar() == "key") {
           ASSIGN_OR_RETURN(requirement.key,
                            NonEmptyString(part_value, part.Mark(), label, item_what + " key"));
         } else if (part.Scalar() == "operator") {
-          ASSIGN_OR_RETURN(requirement.op, NonEmptyString(part_value, part.Mark(), label,
-                                                          item_what + " operator"));
+          ASSIGN_OR_RETURN(requirement.op,
+                           NonEmptyString(part_value, part.Mark(), label, item_what + " operator"));
         } else {
           ASSIGN_OR_RETURN(requirement.values,
                            ParseValues(part_value, part.Mark(), label, item_what + " values"));
@@ -259,23 +259,152 @@ absl::StatusOr<LabelSelector> ParseSelector(const YAML::Node& node, const YAML::
                                     "\" is not In, NotIn, Exists or DoesNotExist"));
       }
       if (takes_values == requirement.values.empty()) {
-        return Problem(label, item.Mark(),
-                       absl::StrCat(item_what, takes_values ? " needs values for "
-                                                            : " takes no values for ",
-                                    requirement.op));
+        return Problem(
+            label, item.Mark(),
+            absl::StrCat(item_what, takes_values ? " needs values for " : " takes no values for ",
+                         requirement.op));
       }
       selector.match_expressions.push_back(std::move(requirement));
     }
   }
   if (selector.match_labels.empty() && selector.match_expressions.empty()) {
     return Problem(label, key_mark,
-                   absl::StrCat(what, " is empty, which would grant every namespace (write "
-                                      "namespaces: [\"*\"] if that is meant)"));
+                   absl::StrCat(what,
+                                " is empty, which would grant every namespace (write "
+                                "namespaces: [\"*\"] if that is meant)"));
   }
   return selector;
 }
 
+absl::StatusOr<absl::Duration> ParseDurationValue(const YAML::Node& node,
+                                                  const YAML::Mark& key_mark,
+                                                  const std::string& label,
+                                                  const std::string& what) {
+  ASSIGN_OR_RETURN(std::string text, NonEmptyString(node, key_mark, label, what));
+  absl::Duration duration;
+  if (!absl::ParseDuration(text, &duration) || duration < absl::ZeroDuration() ||
+      duration == absl::InfiniteDuration()) {
+    return Problem(label, node.Mark(),
+                   absl::StrCat(what, " \"", absl::CEscape(text),
+                                "\" is not a duration (e.g. 30s, 10m, 168h)"));
+  }
+  return duration;
+}
+
+absl::StatusOr<std::shared_ptr<const RolloutSpec>> ParseRollout(const YAML::Node& node,
+                                                                const YAML::Mark& key_mark,
+                                                                const std::string& label,
+                                                                const std::string& certificate) {
+  const std::string what = absl::StrCat("certificate \"", certificate, "\": rollout");
+  if (!node.IsMap()) {
+    return Problem(label, node.IsNull() ? key_mark : node.Mark(),
+                   absl::StrCat(what,
+                                " must be a map with waves (and optionally wave_timeout, "
+                                "expiry_margin)"));
+  }
+  auto spec = std::make_shared<RolloutSpec>();
+  ASSIGN_OR_RETURN(auto fields,
+                   MapEntries(node, label, what, {"waves", "wave_timeout", "expiry_margin"}));
+  bool has_waves = false;
+  for (const auto& [key, value] : fields) {
+    const std::string& field = key.Scalar();
+    if (field == "wave_timeout") {
+      ASSIGN_OR_RETURN(spec->wave_timeout,
+                       ParseDurationValue(value, key.Mark(), label, what + ": wave_timeout"));
+      continue;
+    }
+    if (field == "expiry_margin") {
+      ASSIGN_OR_RETURN(spec->expiry_margin,
+                       ParseDurationValue(value, key.Mark(), label, what + ": expiry_margin"));
+      continue;
+    }
+    has_waves = true;
+    if (!value.IsSequence() || value.size() == 0) {
+      return Problem(label, value.IsNull() ? key.Mark() : value.Mark(),
+                     absl::StrCat(what,
+                                  ": waves must be a non-empty list (everyone else is the "
+                                  "implicit last wave)"));
+    }
+    std::set<std::string> names;
+    for (const YAML::Node& item : value) {
+      const std::string wave_what = absl::StrCat(what, ": wave ", spec->waves.size() + 1);
+      if (!item.IsMap()) {
+        return Problem(label, item.Mark(),
+                       absl::StrCat(wave_what,
+                                    " must be a map with namespaces (and optionally "
+                                    "name, soak, require)"));
+      }
+      ASSIGN_OR_RETURN(auto wave_fields, MapEntries(item, label, wave_what,
+                                                    {"name", "namespaces", "soak", "require"}));
+      WaveSpec wave;
+      wave.name = absl::StrCat("wave-", spec->waves.size() + 1);
+      bool has_namespaces = false;
+      for (const auto& [wave_key, wave_value] : wave_fields) {
+        const std::string& wave_field = wave_key.Scalar();
+        if (wave_field == "name") {
+          ASSIGN_OR_RETURN(
+              wave.name, NonEmptyString(wave_value, wave_key.Mark(), label, wave_what + ": name"));
+          if (!IsPrintableWord(wave.name)) {
+            return Problem(label, wave_value.Mark(),
+                           absl::StrCat(wave_what,
+                                        ": name must be printable ASCII without "
+                                        "spaces"));
+          }
+        } else if (wave_field == "namespaces") {
+          has_namespaces = true;
+          ASSIGN_OR_RETURN(wave.namespaces,
+                           ParseNamespaces(wave_value, wave_key.Mark(), label, certificate));
+        } else if (wave_field == "soak") {
+          ASSIGN_OR_RETURN(wave.soak, ParseDurationValue(wave_value, wave_key.Mark(), label,
+                                                         wave_what + ": soak"));
+        } else {  // require
+          ASSIGN_OR_RETURN(std::string require, NonEmptyString(wave_value, wave_key.Mark(), label,
+                                                               wave_what + ": require"));
+          if (require != "acks" && require != "verified") {
+            return Problem(label, wave_value.Mark(),
+                           absl::StrCat(wave_what,
+                                        ": require must be \"acks\" or \"verified\", "
+                                        "not \"",
+                                        absl::CEscape(require), "\""));
+          }
+          wave.require_verified = require == "verified";
+        }
+      }
+      if (!has_namespaces) {
+        return Problem(label, item.Mark(), absl::StrCat(wave_what, " has no namespaces"));
+      }
+      if (!names.insert(wave.name).second) {
+        return Problem(label, item.Mark(),
+                       absl::StrCat(wave_what, ": name \"", wave.name, "\" is used twice"));
+      }
+      spec->waves.push_back(std::move(wave));
+    }
+  }
+  if (!has_waves) {
+    return Problem(label, key_mark, absl::StrCat(what, " has no waves"));
+  }
+  WaveSpec everyone;
+  everyone.name = "everyone-else";
+  spec->waves.push_back(std::move(everyone));
+  return std::shared_ptr<const RolloutSpec>(std::move(spec));
+}
+
 }  // namespace
+
+bool WaveSpec::Matches(const std::string& namespace_) const {
+  if (namespaces.empty()) return true;  // everyone else
+  for (const std::string& pattern : namespaces) {
+    if (GlobMatches(pattern, namespace_)) return true;
+  }
+  return false;
+}
+
+size_t RolloutSpec::WaveOf(const std::string& namespace_) const {
+  for (size_t i = 0; i + 1 < waves.size(); ++i) {
+    if (waves[i].Matches(namespace_)) return i;
+  }
+  return waves.empty() ? 0 : waves.size() - 1;
+}
 
 absl::StatusOr<Policy> Policy::Parse(const std::string& yaml, const std::string& origin,
                                      const std::set<std::string>& known_certificates) {
@@ -306,20 +435,26 @@ absl::StatusOr<Policy> Policy::Parse(const std::string& yaml, const std::string&
                            absl::StrCat(what, " must be a map with key namespaces"));
           }
           ASSIGN_OR_RETURN(auto fields, MapEntries(spec, label, what,
-                                                   {"namespaces", "namespaceSelector"}));
-          if (fields.empty()) {
-            return Problem(label, name_node.Mark(),
-                           absl::StrCat(what, " has no namespaces and no namespaceSelector"));
-          }
+                                                   {"namespaces", "namespaceSelector", "rollout"}));
           Grant& grant = policy.grants_[name];
+          bool granted = false;
           for (const auto& [field, field_value] : fields) {
             if (field.Scalar() == "namespaces") {
+              granted = true;
               ASSIGN_OR_RETURN(grant.patterns,
                                ParseNamespaces(field_value, field.Mark(), label, name));
-            } else {
+            } else if (field.Scalar() == "namespaceSelector") {
+              granted = true;
               ASSIGN_OR_RETURN(grant.selector,
                                ParseSelector(field_value, field.Mark(), label, name));
+            } else {
+              ASSIGN_OR_RETURN(policy.rollouts_[name],
+                               ParseRollout(field_value, field.Mark(), label, name));
             }
+          }
+          if (!granted) {
+            return Problem(label, name_node.Mark(),
+                           absl::StrCat(what, " has no namespaces and no namespaceSelector"));
           }
         }
       } else {                         // admins
@@ -402,6 +537,11 @@ std::vector<std::string> Policy::CertificatesFor(const std::string& namespace_,
     if (Allows(entry.first, namespace_, labels)) certificates.push_back(entry.first);
   }
   return certificates;
+}
+
+std::shared_ptr<const RolloutSpec> Policy::RolloutOf(const std::string& certificate) const {
+  auto it = rollouts_.find(certificate);
+  return it == rollouts_.end() ? nullptr : it->second;
 }
 
 size_t Policy::certificate_count() const { return grants_.size(); }

@@ -7,6 +7,14 @@
 //       namespaceSelector:                # and/or: namespaces whose labels match, as Kubernetes
 //         matchLabels: {certcast.io/wildcard: "true"}        # writes selectors
 //         matchExpressions: [{key: tier, operator: In, values: [prod]}]
+//       rollout:                          # optional: staged rollout (docs/ROLLOUT.md)
+//         waves:                          # in order; everyone else is the implicit last wave
+//           - name: canary
+//             namespaces: ["canary-*"]    # names or globs
+//             soak: 30m                   # wait after every client of the wave ACKed
+//             require: verified           # "acks" (default) or "verified" (--verify ACKs)
+//         wave_timeout: 30m               # disconnected clients count as missing after it
+//         expiry_margin: 168h             # proceed to everyone when the old version expires
 //   admins:                               # identities allowed to call Admin and see every client
 //     - spiffe://cluster.local/ns/certcast-system/sa/operator
 //     - system:serviceaccount:certcast-system:operator
@@ -50,6 +58,25 @@ struct LabelSelector {
   bool Matches(const NamespaceLabels& labels) const;
 };
 
+// One wave of a staged rollout. Namespaces are matched by name or glob; waves by namespaceSelector
+// would plug in at Matches() (the rollout controller does not see namespace labels yet).
+struct WaveSpec {
+  std::string name;
+  std::vector<std::string> namespaces;  // empty: everyone else (the last wave)
+  absl::Duration soak = absl::ZeroDuration();
+  bool require_verified = false;
+  bool Matches(const std::string& namespace_) const;
+};
+
+struct RolloutSpec {
+  // The policy's waves, then the implicit last wave "everyone else" (no namespaces).
+  std::vector<WaveSpec> waves;
+  absl::Duration wave_timeout = absl::Minutes(30);
+  absl::Duration expiry_margin = absl::Hours(24 * 7);
+  // 0-based index of the first wave that matches `namespace_` (the last wave when none does).
+  size_t WaveOf(const std::string& namespace_) const;
+};
+
 class Policy {
  public:
   // Parses `yaml`. InvalidArgument naming `origin` (the file) and the problem: not YAML, unknown
@@ -72,6 +99,9 @@ class Policy {
   // Certificates `namespace_` (with `labels`, if known) may receive.
   std::vector<std::string> CertificatesFor(const std::string& namespace_,
                                            const NamespaceLabels* labels = nullptr) const;
+  // The certificate's staged rollout; null when the policy gives it none (every version then
+  // goes to everyone at once).
+  std::shared_ptr<const RolloutSpec> RolloutOf(const std::string& certificate) const;
   // For logs and stats.
   size_t certificate_count() const;
   size_t admin_count() const;
@@ -82,6 +112,7 @@ class Policy {
     std::optional<LabelSelector> selector;
   };
   std::map<std::string, Grant> grants_;  // by certificate
+  std::map<std::string, std::shared_ptr<const RolloutSpec>> rollouts_;
   std::set<std::string> admins_;
 };
 

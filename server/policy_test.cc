@@ -105,6 +105,37 @@ TEST(PolicyTest, AdminsAreOptional) {
   EXPECT_FALSE(policy.IsAdmin(""));
 }
 
+// A rollout's waves parse in order, with the implicit last wave "everyone else"; a namespace
+// belongs to the first wave that matches it. Without `rollout:` a certificate has none.
+TEST(PolicyTest, ParsesRolloutWavesWithEveryoneElseLast) {
+  Policy policy = ParseOrDie(R"(certificates:
+  wildcard:
+    namespaces: ["*"]
+    rollout:
+      waves:
+        - {name: canary, namespaces: [canary], soak: 30m, require: verified}
+        - {namespaces: ["tenant-*", canary]}
+      wave_timeout: 5m
+  internal:
+    namespaces: [ops]
+)");
+  std::shared_ptr<const RolloutSpec> spec = policy.RolloutOf("wildcard");
+  ASSERT_NE(spec, nullptr);
+  ASSERT_EQ(spec->waves.size(), 3u);
+  EXPECT_EQ(spec->waves[0].name, "canary");
+  EXPECT_EQ(spec->waves[0].soak, absl::Minutes(30));
+  EXPECT_TRUE(spec->waves[0].require_verified);
+  EXPECT_EQ(spec->waves[1].name, "wave-2");
+  EXPECT_FALSE(spec->waves[1].require_verified);
+  EXPECT_EQ(spec->waves[2].name, "everyone-else");
+  EXPECT_EQ(spec->wave_timeout, absl::Minutes(5));
+  EXPECT_EQ(spec->expiry_margin, absl::Hours(24 * 7));
+  EXPECT_EQ(spec->WaveOf("canary"), 0u);
+  EXPECT_EQ(spec->WaveOf("tenant-a"), 1u);
+  EXPECT_EQ(spec->WaveOf("shop"), 2u);
+  EXPECT_EQ(policy.RolloutOf("internal"), nullptr);
+}
+
 struct BadPolicy {
   std::string test_name;
   std::string yaml;
@@ -171,8 +202,7 @@ INSTANTIATE_TEST_SUITE_P(
         BadPolicy{"NonStringAdmin",
                   "certificates:\n  wildcard:\n    namespaces: [a]\nadmins: [[x]]\n",
                   "admins entry 1 must be a string"},
-        BadPolicy{"EmptySelector",
-                  "certificates:\n  wildcard:\n    namespaceSelector: {}\n",
+        BadPolicy{"EmptySelector", "certificates:\n  wildcard:\n    namespaceSelector: {}\n",
                   "namespaceSelector is empty, which would grant every namespace"},
         BadPolicy{"SelectorBadOperator",
                   "certificates:\n  wildcard:\n    namespaceSelector:\n      matchExpressions: "
@@ -188,6 +218,25 @@ INSTANTIATE_TEST_SUITE_P(
                   "takes no values for Exists"},
         BadPolicy{"NoGrantAtAll", "certificates:\n  wildcard: {}\n",
                   "has no namespaces and no namespaceSelector"},
+        BadPolicy{"RolloutWithoutWaves",
+                  "certificates:\n  wildcard:\n    namespaces: [a]\n    rollout: {}\n",
+                  "certificate \"wildcard\": rollout has no waves"},
+        BadPolicy{"RolloutWaveWithoutNamespaces",
+                  "certificates:\n  wildcard:\n    namespaces: [a]\n    rollout:\n"
+                  "      waves: [{name: canary}]\n",
+                  "rollout: wave 1 has no namespaces"},
+        BadPolicy{"RolloutBadSoak",
+                  "certificates:\n  wildcard:\n    namespaces: [a]\n    rollout:\n"
+                  "      waves: [{namespaces: [a], soak: soon}]\n",
+                  "soak \"soon\" is not a duration"},
+        BadPolicy{"RolloutBadRequire",
+                  "certificates:\n  wildcard:\n    namespaces: [a]\n    rollout:\n"
+                  "      waves: [{namespaces: [a], require: proof}]\n",
+                  "require must be \"acks\" or \"verified\""},
+        BadPolicy{"RolloutDuplicateWave",
+                  "certificates:\n  wildcard:\n    namespaces: [a]\n    rollout:\n"
+                  "      waves: [{name: x, namespaces: [a]}, {name: x, namespaces: [b]}]\n",
+                  "name \"x\" is used twice"},
         BadPolicy{"TwoDocuments",
                   "certificates:\n  wildcard:\n    namespaces: [a]\n---\nadmins: [x]\n",
                   "more than one YAML document"}),

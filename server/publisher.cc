@@ -451,6 +451,7 @@ absl::Status Publisher::Adopt(Entry& entry, std::optional<CertificateState> load
       loaded->pin.version == entry.state.pin.version &&
       (loaded->versions.empty() ? 0 : loaded->versions.back().version) == current_before) {
     entry.state.store_revision = loaded->store_revision;  // a Claim, or our own write
+    entry.state.rollout = loaded->rollout;  // the leader's rollout progress (server/rollout.h)
     return absl::OkStatus();
   }
   ASSIGN_OR_RETURN(std::vector<CertificateInfo> infos, InfosFor(name, *loaded));
@@ -598,6 +599,43 @@ void Publisher::NoteExpiry(Entry& entry) {
            {"days_left", absl::ToDoubleHours(left) / 24},
            {"expiry_warning", options_.expiry_warning},
            {"source", entry.spec.source->Describe()}});
+}
+
+std::string Publisher::RolloutState(const std::string& name) const {
+  absl::MutexLock lock(&mu_);
+  Entry* entry = Find(name);
+  return entry == nullptr ? std::string() : entry->state.rollout;
+}
+
+absl::Status Publisher::SaveRolloutState(const std::string& name, std::string state) {
+  absl::MutexLock lock(&mu_);
+  Entry* entry = Find(name);
+  if (entry == nullptr) {
+    return absl::NotFoundError(absl::StrCat("certificate \"", name, "\" is not configured"));
+  }
+  if (options_.leadership != nullptr && !options_.leadership->IsLeader()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("not the leader: the rollout state of \"", name, "\" is the leader's"));
+  }
+  CertificateState next = entry->state;
+  next.rollout = std::move(state);
+  RETURN_IF_ERROR(SaveLocked(*entry, next));
+  entry->state = std::move(next);
+  return absl::OkStatus();
+}
+
+std::shared_ptr<const Publication> Publisher::PublicationOf(const std::string& name,
+                                                            uint64_t version) const {
+  absl::MutexLock lock(&mu_);
+  Entry* entry = Find(name);
+  if (entry == nullptr) return nullptr;
+  for (size_t i = 0; i < entry->state.versions.size(); ++i) {
+    const StoredVersion& stored = entry->state.versions[i];
+    if (stored.version != version) continue;
+    return MakePublication(name, version, entry->state.pin.version == version, entry->infos[i],
+                           stored.material);
+  }
+  return nullptr;
 }
 
 bool Publisher::Ready(std::string* why) const {

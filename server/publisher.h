@@ -148,6 +148,15 @@ class Publisher {
   std::optional<CertificateSnapshot> Snapshot(const std::string& name) const;
   std::shared_ptr<const Publication> Current(const std::string& name) const;
 
+  // The staged-rollout state kept with the certificate in the version store (a serialized
+  // certcast.state.v1.RolloutState; empty when none), for server/rollout.h.
+  std::string RolloutState(const std::string& name) const;
+  // Persists `state` with the certificate. NotFound for an unknown name, or the store's error.
+  absl::Status SaveRolloutState(const std::string& name, std::string state);
+  // A publication of stored `version` (with a fresh nonce), for a rollout that holds namespaces
+  // back after a restart; null when that version is no longer stored.
+  std::shared_ptr<const Publication> PublicationOf(const std::string& name, uint64_t version) const;
+
   // True when every certificate has a version. Otherwise `why` lists those without one.
   bool Ready(std::string* why = nullptr) const;
 

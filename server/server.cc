@@ -30,15 +30,17 @@ bool ValidCertificateName(const std::string& name) {
   return absl::ascii_isalnum(name.front()) && absl::ascii_isalnum(name.back());
 }
 
-// Forwards publications to the hub and tracks readiness (every certificate has a version)
-// without calling back into the Publisher, whose lock is held during OnPublish.
+// Forwards publications to the rollout controller (and from there to the hub) and tracks
+// readiness (every certificate has a version) without calling back into the Publisher, whose lock
+// is held during OnPublish.
 class CertcastServer::Readiness final : public PublicationListener {
  public:
-  Readiness(DistributionHub* hub, size_t certificates) : hub_(hub), certificates_(certificates) {}
+  Readiness(PublicationListener* next, size_t certificates)
+      : next_(next), certificates_(certificates) {}
 
   void OnPublish(std::shared_ptr<const Publication> publication) override {
     const std::string name = publication->name;
-    hub_->OnPublish(std::move(publication));
+    next_->OnPublish(std::move(publication));
     absl::MutexLock lock(&mu_);
     published_.insert(name);
     UpdateHealth();
@@ -64,7 +66,7 @@ class CertcastServer::Readiness final : public PublicationListener {
     }
   }
 
-  DistributionHub* const hub_;
+  PublicationListener* const next_;
   const size_t certificates_;
   absl::Mutex mu_;
   std::set<std::string> published_ ABSL_GUARDED_BY(mu_);
@@ -237,7 +239,18 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
               {{"error", server->namespaces_->last_error()}});
     }
   }
-  server->readiness_ = std::make_unique<Readiness>(server->hub_.get(), names.size());
+  PolicyFile* policy_file = server->policy_.get();
+  RolloutController::Options rollout_options;
+  if (server->replication_ != nullptr) {  // only the leader advances rollouts
+    Leadership* leadership = server->replication_.get();
+    rollout_options.may_advance = [leadership] { return leadership->IsLeader(); };
+  }
+  server->rollout_ = std::make_unique<RolloutController>(
+      [policy_file]() -> std::shared_ptr<const Policy> {
+        return policy_file == nullptr ? nullptr : policy_file->current();
+      },
+      server->fleet_.get(), server->hub_.get(), clock, rollout_options);
+  server->readiness_ = std::make_unique<Readiness>(server->rollout_.get(), names.size());
   server->publisher_ =
       std::make_unique<Publisher>(store, clock, server->readiness_.get(), options.publisher);
   for (const auto& certificate : options.certificates) {
@@ -256,6 +269,7 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
     RETURN_IF_ERROR(server->publisher_->AddCertificate(std::move(spec)));
   }
   Publisher* publisher = server->publisher_.get();
+  server->rollout_->Restore(publisher);  // before any new version: rollouts resume where they were
   for (const std::string& name : names) {
     publisher->Evaluate(name, /*confirmed=*/true);
     auto watcher = std::make_unique<SourceWatcher>(
@@ -311,9 +325,9 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
                                                  server->fleet_.get(), publisher);
   server->inspection_service_ = std::make_unique<InspectionService>(
       publisher, server->fleet_.get(), server->authorizer_.get(), server->authenticator_.get(),
-      server->coverage_.get());
-  server->admin_service_ = std::make_unique<AdminService>(publisher, server->authorizer_.get(),
-                                                          server->authenticator_.get());
+      server->coverage_.get(), server->rollout_.get());
+  server->admin_service_ = std::make_unique<AdminService>(
+      publisher, server->authorizer_.get(), server->authenticator_.get(), server->rollout_.get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -345,9 +359,10 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
   }
   server->readiness_->SetHealthService(server->grpc_server_->GetHealthCheckService());
   server->hub_->Start();
-  server->metrics_ =
-      std::make_shared<ServerMetrics>(publisher, server->fleet_.get(), server->hub_.get(),
-                                      server->authorizer_.get(), server->coverage_.get());
+  server->rollout_->Start();
+  server->metrics_ = std::make_shared<ServerMetrics>(
+      publisher, server->fleet_.get(), server->hub_.get(), server->authorizer_.get(),
+      server->coverage_.get(), server->rollout_.get());
 
   if (!options.health_listen.empty()) {
     server->probes_.Handle("/healthz", [] { return absl::OkStatus(); });
@@ -469,6 +484,7 @@ void CertcastServer::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
   for (auto& [name, watcher] : watchers_) watcher->Stop();
+  if (rollout_ != nullptr) rollout_->Stop();  // before the lease goes: it persists as leader
   // Gives the lease up at once, so another replica publishes without waiting for it to expire.
   if (replication_ != nullptr) replication_->Stop();
   if (policy_ != nullptr) policy_->Stop();

@@ -28,6 +28,7 @@
 #include "server/policy.h"
 #include "server/publisher.h"
 #include "server/replication.h"
+#include "server/rollout.h"
 #include "server/source.h"
 #include "server/version_store.h"
 
@@ -93,6 +94,7 @@ class CertcastServer {
   Publisher& publisher() { return *publisher_; }
   DistributionHub& hub() { return *hub_; }
   Fleet& fleet() { return *fleet_; }
+  RolloutController& rollout() { return *rollout_; }
   // What /metrics exports; it reads this server's parts, so stop scraping before destroying it.
   std::shared_ptr<prometheus::Collectable> metrics() const { return metrics_; }
   // With a shared store: the replication and its gauges; null otherwise.
@@ -126,6 +128,7 @@ class CertcastServer {
   std::unique_ptr<DistributionHub> hub_;
   // After the hub: its workers finish hellos on streams, so it must go first.
   std::unique_ptr<Authenticator> authenticator_;
+  std::unique_ptr<RolloutController> rollout_;  // stopped in Shutdown
   std::unique_ptr<Readiness> readiness_;
   std::unique_ptr<Publisher> publisher_;
   std::vector<std::pair<std::string, std::unique_ptr<SourceWatcher>>> watchers_;

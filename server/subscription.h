@@ -124,6 +124,10 @@ class SubscriptionState {
   const PeerIdentity& identity() const { return identity_; }
   // "namespace/client_id" once the hello arrived, for logs.
   std::string who() const;
+  // The namespace the hello names (empty before a hello).
+  std::string requested_namespace() const {
+    return hello_.has_value() ? hello_->namespace_() : namespace_;
+  }
   // The hello's names, in order (empty before a hello).
   const std::vector<std::string>& names() const { return names_; }
   size_t pending_writes() const { return pending_.size(); }

@@ -184,6 +184,10 @@ absl::StatusOr<std::string> EncodeState(const std::string& name, const Certifica
   pin->set_rolled_back_from(state.pin.rolled_back_from);
   pin->set_source_digest(state.pin.source_digest);
   ToProto(state.pin.since, pin->mutable_since());
+  if (!state.rollout.empty() && !proto.mutable_rollout()->ParseFromString(state.rollout)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("rollout state of certificate \"", name, "\" does not parse"));
+  }
 
   // One exact-size allocation, so no copy of the key is left behind by a reallocation.
   const size_t payload_size = proto.ByteSizeLong();
@@ -257,6 +261,7 @@ absl::StatusOr<CertificateState> DecodeState(const std::string& name, absl::stri
   state.pin.rolled_back_from = proto.pin().rolled_back_from();
   state.pin.source_digest = proto.pin().source_digest();
   state.pin.since = FromProto(proto.pin().since());
+  if (proto.has_rollout()) state.rollout = proto.rollout().SerializeAsString();
   return state;
 }
 

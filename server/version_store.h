@@ -53,6 +53,9 @@ struct CertificateState {
   // compare-and-swap token of the next Save. Empty when nothing is stored yet (and always for
   // the file store, which has one writer). Not part of the encoded state.
   std::string store_revision;
+  // The staged rollout of the current version (server/rollout.h): a serialized
+  // certcast.state.v1.RolloutState, empty when none. Stores keep it as the proto field.
+  std::string rollout;
 };
 
 // Thread-safe.

@@ -41,6 +41,30 @@ admins:
   - spiffe://cluster.local/ns/certcast-system/sa/operator
 )";
 
+// Three waves: the canary namespace, tenant-a, then everyone else (tenant-b).
+std::string WavesPolicy(const std::string& soak, const std::string& expiry_margin = "24h") {
+  return absl::StrCat(R"(certificates:
+  wildcard:
+    namespaces: ["tenant-*", "canary"]
+    rollout:
+      waves:
+        - name: canary
+          namespaces: ["canary"]
+          soak: )",
+                      soak, R"(
+        - name: early
+          namespaces: ["tenant-a"]
+          soak: )",
+                      soak, R"(
+      expiry_margin: )",
+                      expiry_margin, R"(
+admins:
+  - spiffe://cluster.local/ns/certcast-system/sa/operator
+)");
+}
+
+const std::vector<std::string> kNamespaces = {"canary", "tenant-a", "tenant-b"};
+
 class RolloutScenarioTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -127,6 +151,7 @@ class RolloutScenarioTest : public ::testing::Test {
   // The fleet row of the connected client of `ns` (empty when none).
   v1::ClientCertificate Client(const std::string& ns) {
     grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
     v1::ListClientsRequest request;
     request.set_namespace_(ns);
     v1::ListClientsResponse response;
@@ -143,8 +168,41 @@ class RolloutScenarioTest : public ::testing::Test {
     return acked;
   }
 
+  // Starts a client in each of kNamespaces and waits until all acknowledged version 1.
+  void StartFleet() {
+    for (const std::string& ns : kNamespaces) clients_[ns] = StartClient(ns);
+    ASSERT_TRUE(WaitFor([&] {
+      return Acked(kNamespaces) ==
+             std::map<std::string, uint64_t>{{"canary", 1}, {"tenant-a", 1}, {"tenant-b", 1}};
+    })) << clients_["canary"]->log();
+  }
+
+  grpc::Status Admin(const std::string& method, v1::Rollout* response) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    v1::RolloutRequest request;
+    request.set_name("wildcard");
+    return method == "resume" ? admin_->ResumeRollout(&context, request, response)
+                              : admin_->PromoteRollout(&context, request, response);
+  }
+
+  // Makes the canary's files unwritable (its output directory becomes a file): its next apply
+  // fails and it NACKs.
+  void BreakCanaryFiles() {
+    const std::string out = tmp_.Join("out-canary");
+    ASSERT_EQ(rename(out.c_str(), (out + ".moved").c_str()), 0);
+    WriteText(out, "not a directory");
+  }
+
+  // The state of wave `index` (0-based) of the rollout, "" while there is none.
+  std::string WaveState(int index) {
+    const v1::Rollout rollout = Certificate().rollout();
+    return index < rollout.waves_size() ? rollout.waves(index).state() : "";
+  }
+
   v1::Certificate Certificate() {
     grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
     v1::GetCertificateRequest request;
     request.set_name("wildcard");
     v1::Certificate response;
@@ -162,6 +220,7 @@ class RolloutScenarioTest : public ::testing::Test {
   std::unique_ptr<ChildProcess> server_;
   std::unique_ptr<v1::Inspection::Stub> inspection_;
   std::unique_ptr<v1::Admin::Stub> admin_;
+  std::map<std::string, std::unique_ptr<ChildProcess>> clients_;
 };
 
 // --verify: the files are written but the tenant's endpoint keeps serving the old leaf, so the
@@ -193,6 +252,137 @@ TEST_F(RolloutScenarioTest, VerifyNacksWhileTheEndpointServesTheOldLeafThenAcksV
     return now.acknowledged_version() == 2 && now.serving_verified();
   })) << client->log();
   EXPECT_TRUE(Client("tenant-a").last_error().empty());
+}
+
+// A good version walks the waves in order: the canary first; tenant-a only after the canary
+// acknowledged and its soak ended; everyone else (tenant-b) last. Waiting clients are shown as
+// waiting for their wave, not as behind.
+TEST_F(RolloutScenarioTest, GoodVersionWalksTheWavesInOrderWithTheSoakHonoured) {
+  StartServer(WavesPolicy("3s"));
+  StartFleet();
+  Rotate();
+  ASSERT_TRUE(WaitFor([&] { return Client("canary").acknowledged_version() == 2; }))
+      << clients_["canary"]->log();
+  EXPECT_EQ(Client("tenant-a").acknowledged_version(), 1u);
+  EXPECT_EQ(Client("tenant-a").waiting_for_wave(), 2u);
+  EXPECT_EQ(Client("tenant-b").waiting_for_wave(), 3u);
+  // The canary wave soaks; while it does, tenant-a has not been sent version 2.
+  ASSERT_TRUE(WaitFor([&] { return WaveState(0) == "soaking"; })) << server_->log();
+  const v1::Rollout soaking = Certificate().rollout();
+  ASSERT_EQ(soaking.waves_size(), 3);
+  EXPECT_EQ(soaking.state(), "rolling");
+  EXPECT_EQ(soaking.version(), 2u);
+  EXPECT_EQ(soaking.previous_version(), 1u);
+  EXPECT_EQ(soaking.wave(), 1u);
+  EXPECT_EQ(soaking.waves(0).acknowledged(), 1u);
+  EXPECT_EQ(soaking.waves(1).state(), "waiting");
+  EXPECT_EQ(Client("tenant-a").sent_version(), 1u);
+
+  ASSERT_TRUE(WaitFor([&] { return Client("tenant-a").acknowledged_version() == 2; }))
+      << server_->log();
+  // Sent only once the canary's soak was over.
+  const v1::ClientCertificate early = Client("tenant-a");
+  EXPECT_GE(early.sent_at().seconds() * 1'000'000'000LL + early.sent_at().nanos(),
+            soaking.waves(0).soak_until().seconds() * 1'000'000'000LL +
+                soaking.waves(0).soak_until().nanos());
+  ASSERT_TRUE(WaitFor([&] { return Client("tenant-b").acknowledged_version() == 2; }))
+      << server_->log();
+  EXPECT_EQ(Certificate().rollout().state(), "complete");
+  EXPECT_EQ(Client("tenant-b").waiting_for_wave(), 0u);
+}
+
+// A version the canary refuses halts the rollout at wave 1: nobody else gets it, GetCertificate
+// says why. An admin resumes it (the canary is excused) and it walks on to everyone.
+TEST_F(RolloutScenarioTest, CanaryNackHaltsAtWaveOneUntilAnAdminResumes) {
+  StartServer(WavesPolicy("1s"));
+  StartFleet();
+  BreakCanaryFiles();
+  Rotate();
+  ASSERT_TRUE(WaitFor([&] { return Certificate().rollout().state() == "halted"; }))
+      << server_->log();
+  const v1::Rollout halted = Certificate().rollout();
+  EXPECT_EQ(halted.wave(), 1u);
+  EXPECT_THAT(halted.halt_reason(), HasSubstr("canary/client-canary: files: "));
+  EXPECT_THAT(server_->log(), HasSubstr("method=Rollout/Halt"));
+  EXPECT_EQ(Client("tenant-a").acknowledged_version(), 1u);
+  EXPECT_EQ(Client("tenant-a").sent_version(), 1u);
+  EXPECT_EQ(Client("tenant-b").sent_version(), 1u);
+
+  v1::Rollout resumed;
+  grpc::Status status = Admin("resume", &resumed);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(resumed.state(), "rolling");
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return Acked({"tenant-a", "tenant-b"}) ==
+               std::map<std::string, uint64_t>{{"tenant-a", 2}, {"tenant-b", 2}};
+      },
+      absl::Seconds(60)))
+      << server_->log();
+  EXPECT_EQ(Certificate().rollout().state(), "complete");
+  EXPECT_THAT(server_->log(), HasSubstr("method=Admin/ResumeRollout"));
+}
+
+// Expiry beats caution: a halted rollout whose held-back version comes within the expiry margin
+// (here: the margin grows with a policy reload) goes to everyone, with a warning.
+TEST_F(RolloutScenarioTest, ExpiryMarginForcesAHaltedRolloutThrough) {
+  StartServer(WavesPolicy("1h", "1h"));
+  StartFleet();
+  BreakCanaryFiles();
+  Rotate();
+  ASSERT_TRUE(WaitFor([&] { return Certificate().rollout().state() == "halted"; }))
+      << server_->log();
+  // Version 1's leaf expires in 90 days: a 100-day margin puts it inside.
+  WriteText(tmp_.Join("policy.yaml"), WavesPolicy("1h", "2400h"));
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return Acked({"tenant-a", "tenant-b"}) ==
+               std::map<std::string, uint64_t>{{"tenant-a", 2}, {"tenant-b", 2}};
+      },
+      absl::Seconds(60)))
+      << server_->log();
+  const v1::Rollout forced = Certificate().rollout();
+  EXPECT_EQ(forced.state(), "forced");
+  ASSERT_GE(forced.warnings_size(), 1);
+  EXPECT_THAT(forced.warnings(0), HasSubstr("within the expiry margin"));
+}
+
+// A restart in the middle of a rollout resumes where it was: still wave 1, soaking until the
+// same instant, tenant-a still held at version 1 after it reconnects. Promote then sends it to
+// everyone.
+TEST_F(RolloutScenarioTest, RestartMidRolloutResumesWhereItWas) {
+  StartServer(WavesPolicy("1h"));
+  StartFleet();
+  Rotate();
+  ASSERT_TRUE(WaitFor([&] { return WaveState(0) == "soaking"; })) << server_->log();
+  const v1::Rollout before = Certificate().rollout();
+  ASSERT_EQ(before.waves_size(), 3);
+
+  server_->Signal(SIGTERM);
+  ASSERT_EQ(server_->Wait(absl::Seconds(20)), 0) << server_->log();
+  StartServer(WavesPolicy("1h"));
+  ASSERT_TRUE(WaitFor([&] {
+    return Client("tenant-a").acknowledged_version() == 1 &&
+           Client("canary").acknowledged_version() == 2;
+  })) << server_->log();
+  const v1::Rollout after = Certificate().rollout();
+  ASSERT_EQ(after.waves_size(), 3) << server_->log();
+  EXPECT_EQ(after.state(), "rolling");
+  EXPECT_EQ(after.version(), 2u);
+  EXPECT_EQ(after.wave(), 1u);
+  EXPECT_EQ(after.waves(0).state(), "soaking");
+  EXPECT_EQ(after.waves(0).soak_until().seconds(), before.waves(0).soak_until().seconds());
+  EXPECT_EQ(Client("tenant-a").sent_version(), 1u);
+  EXPECT_EQ(Client("tenant-a").waiting_for_wave(), 2u);
+
+  v1::Rollout promoted;
+  grpc::Status status = Admin("promote", &promoted);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(promoted.state(), "promoted");
+  ASSERT_TRUE(WaitFor([&] {
+    return Acked(kNamespaces) ==
+           std::map<std::string, uint64_t>{{"canary", 2}, {"tenant-a", 2}, {"tenant-b", 2}};
+  })) << server_->log();
 }
 
 }  // namespace

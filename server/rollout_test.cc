@@ -1,0 +1,203 @@
+// Unit tests of the staged rollout decisions, with a fake clock, the real fleet and hub (no
+// streams), and policies parsed from YAML.
+#include "server/rollout.h"
+
+#include <memory>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/authorizer.h"
+#include "tests/fixtures/cert_factory.h"
+
+namespace certcast {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr char kPolicy[] = R"(certificates:
+  wildcard:
+    namespaces: ["*"]
+    rollout:
+      waves:
+        - name: canary
+          namespaces: ["canary"]
+          soak: 10m
+        - name: early
+          namespaces: ["tenant-a*"]
+      wave_timeout: 30m
+      expiry_margin: 72h
+)";
+
+class RolloutControllerTest : public ::testing::Test {
+ protected:
+  RolloutControllerTest()
+      : clock_(absl::Now()),
+        fleet_(&clock_, absl::Hours(1)),
+        hub_({"wildcard"}, DistributionHub::Options(), &fleet_, &authorizer_) {
+    absl::StatusOr<Policy> policy = Policy::Parse(kPolicy, "test", {"wildcard"});
+    EXPECT_TRUE(policy.ok()) << policy.status();
+    policy_ = std::make_shared<const Policy>(*std::move(policy));
+    controller_ = std::make_unique<RolloutController>([this] { return policy_; }, &fleet_, &hub_,
+                                                      &clock_, RolloutController::Options());
+  }
+
+  std::shared_ptr<const Publication> Publish(uint64_t version, absl::Duration lifetime) {
+    fixtures::Chain chain = fixtures::MakeChain();
+    fixtures::CertOptions leaf;
+    leaf.dns_names = {"*.example.test"};
+    leaf.not_after = absl::Now() + lifetime;
+    fixtures::Issued issued = fixtures::MakeCert(chain.intermediate, leaf);
+    CertificateMaterial material;
+    material.chain_pem = issued.cert_pem + chain.intermediate.cert_pem;
+    material.key_pem = SecretBytes(issued.key_pem);
+    ValidationOptions options;
+    options.now = absl::Now();
+    absl::StatusOr<CertificateInfo> info = ValidateMaterial("wildcard", material, options);
+    EXPECT_TRUE(info.ok()) << info.status();
+    auto publication = MakePublication("wildcard", version, false, *info, material);
+    controller_->OnPublish(publication);
+    return publication;
+  }
+
+  // A connected client of `ns` that was sent `publication`.
+  uint64_t Connect(const std::string& ns, const Publication& publication) {
+    ClientRecord record;
+    record.client_id = "client-" + ns;
+    record.namespace_ = ns;
+    record.certificates.emplace_back();
+    record.certificates.back().name = "wildcard";
+    const uint64_t id = fleet_.Connect(std::move(record));
+    fleet_.RecordSent(id, "wildcard", publication.version, publication.nonce, false);
+    return id;
+  }
+  void Ack(uint64_t id, const Publication& publication) {
+    fleet_.RecordSent(id, "wildcard", publication.version, publication.nonce, false);
+    ASSERT_EQ(fleet_.RecordAck(id, "wildcard", publication.version, publication.nonce, ""),
+              AckOutcome::kRecorded);
+  }
+
+  uint32_t Wave() { return controller_->Statuses()["wildcard"].wave; }
+
+  FakeClock clock_;
+  Fleet fleet_;
+  AllowAllAuthorizer authorizer_;
+  DistributionHub hub_;
+  std::shared_ptr<const Policy> policy_;
+  std::unique_ptr<RolloutController> controller_;
+};
+
+// A new version reaches the canary wave first; the next wave starts only after every canary
+// client acknowledged it and the 10-minute soak passed; the last wave completes the rollout.
+TEST_F(RolloutControllerTest, WalksTheWavesAfterAcksAndSoak) {
+  auto v1 = Publish(1, absl::Hours(24 * 60));
+  const uint64_t canary = Connect("canary", *v1);
+  const uint64_t early = Connect("tenant-a1", *v1);
+  Connect("tenant-z", *v1);
+  auto v2 = Publish(2, absl::Hours(24 * 90));
+  EXPECT_EQ(Wave(), 1u);
+  EXPECT_EQ(controller_->WaitingFor("wildcard", "canary"), 0u);
+  EXPECT_EQ(controller_->WaitingFor("wildcard", "tenant-a1"), 2u);
+  EXPECT_EQ(controller_->WaitingFor("wildcard", "tenant-z"), 3u);
+  EXPECT_EQ(controller_->ExpectedVersions()("wildcard", "tenant-z", 2), 1u);
+
+  controller_->Tick();
+  EXPECT_EQ(Wave(), 1u) << "advanced before the canary acknowledged";
+  Ack(canary, *v2);
+  controller_->Tick();
+  clock_.Advance(absl::Minutes(9));
+  controller_->Tick();
+  EXPECT_EQ(Wave(), 1u) << "advanced before the soak passed";
+  EXPECT_EQ(controller_->Describe("wildcard")->waves(0).state(), "soaking");
+  clock_.Advance(absl::Minutes(2));
+  controller_->Tick();
+  EXPECT_EQ(Wave(), 2u);
+  EXPECT_EQ(controller_->WaitingFor("wildcard", "tenant-a1"), 0u);
+
+  Ack(early, *v2);
+  controller_->Tick();
+  const v1::Rollout rollout = *controller_->Describe("wildcard");
+  EXPECT_EQ(rollout.state(), "complete");
+  EXPECT_EQ(controller_->WaitingFor("wildcard", "tenant-z"), 0u);
+  EXPECT_EQ(controller_->ExpectedVersions()("wildcard", "tenant-z", 2), 2u);
+}
+
+// A refusal in the canary wave halts; resume excuses the refusing client and the rollout goes on.
+TEST_F(RolloutControllerTest, NackHaltsAndResumeExcusesTheRefusingClient) {
+  auto v1 = Publish(1, absl::Hours(24 * 60));
+  const uint64_t canary = Connect("canary", *v1);
+  auto v2 = Publish(2, absl::Hours(24 * 90));
+  fleet_.RecordSent(canary, "wildcard", 2, v2->nonce, false);
+  fleet_.RecordNack(canary, "wildcard", 2, v2->nonce, "files: disk full", "files");
+  controller_->Tick();
+  v1::Rollout rollout = *controller_->Describe("wildcard");
+  EXPECT_EQ(rollout.state(), "halted");
+  EXPECT_THAT(rollout.halt_reason(), HasSubstr("canary/client-canary: files: disk full"));
+  EXPECT_TRUE(controller_->Statuses()["wildcard"].halted);
+  EXPECT_EQ(controller_->Promote("other").status().code(), absl::StatusCode::kNotFound);
+
+  absl::StatusOr<v1::Rollout> resumed = controller_->Resume("wildcard");
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->state(), "rolling");
+  EXPECT_EQ(controller_->Resume("wildcard").status().code(), absl::StatusCode::kFailedPrecondition);
+  controller_->Tick();  // the excused canary is all the wave had: the soak starts
+  clock_.Advance(absl::Minutes(11));
+  controller_->Tick();
+  EXPECT_EQ(Wave(), 2u);
+}
+
+// The version later waves still run comes within the expiry margin: the new one goes to
+// everyone, halted or not, with a warning.
+TEST_F(RolloutControllerTest, ExpiryMarginForcesAHaltedRolloutThrough) {
+  auto v1 = Publish(1, absl::Hours(24 * 10));
+  const uint64_t canary = Connect("canary", *v1);
+  auto v2 = Publish(2, absl::Hours(24 * 90));
+  fleet_.RecordSent(canary, "wildcard", 2, v2->nonce, false);
+  fleet_.RecordNack(canary, "wildcard", 2, v2->nonce, "validation: bad", "validation");
+  controller_->Tick();
+  ASSERT_TRUE(controller_->Statuses()["wildcard"].halted);
+  clock_.Advance(absl::Hours(24 * 7) + absl::Minutes(1));
+  controller_->Tick();
+  const v1::Rollout rollout = *controller_->Describe("wildcard");
+  EXPECT_EQ(rollout.state(), "forced");
+  ASSERT_EQ(rollout.warnings_size(), 1);
+  EXPECT_THAT(rollout.warnings(0), HasSubstr("within the expiry margin"));
+  EXPECT_EQ(controller_->WaitingFor("wildcard", "tenant-z"), 0u);
+}
+
+// A disconnected client of the wave counts as missing after the wave timeout; the wave then
+// proceeds with a warning naming it.
+TEST_F(RolloutControllerTest, DisconnectedClientIsMissingAfterTheWaveTimeout) {
+  auto v1 = Publish(1, absl::Hours(24 * 60));
+  const uint64_t canary = Connect("canary", *v1);
+  Publish(2, absl::Hours(24 * 90));
+  fleet_.Disconnect(canary);
+  clock_.Advance(absl::Minutes(29));
+  controller_->Tick();
+  EXPECT_EQ(Wave(), 1u);
+  clock_.Advance(absl::Minutes(2));
+  controller_->Tick();  // counted as missing: soak starts
+  clock_.Advance(absl::Minutes(11));
+  controller_->Tick();
+  EXPECT_EQ(Wave(), 2u);
+  const v1::Rollout rollout = *controller_->Describe("wildcard");
+  ASSERT_EQ(rollout.warnings_size(), 1);
+  EXPECT_THAT(rollout.warnings(0), HasSubstr("canary/client-canary"));
+}
+
+// Without a rollout in the policy every version goes to everyone at once.
+TEST_F(RolloutControllerTest, WithoutARolloutEveryVersionGoesToEveryone) {
+  absl::StatusOr<Policy> plain =
+      Policy::Parse("certificates:\n  wildcard:\n    namespaces: [\"*\"]\n", "test", {"wildcard"});
+  ASSERT_TRUE(plain.ok());
+  policy_ = std::make_shared<const Policy>(*std::move(plain));
+  Publish(1, absl::Hours(24 * 60));
+  Publish(2, absl::Hours(24 * 90));
+  EXPECT_FALSE(controller_->Describe("wildcard").has_value());
+  EXPECT_EQ(controller_->WaitingFor("wildcard", "tenant-z"), 0u);
+  EXPECT_EQ(controller_->ExpectedVersions()("wildcard", "tenant-z", 2), 2u);
+}
+
+}  // namespace
+}  // namespace certcast
