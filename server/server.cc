@@ -1,5 +1,6 @@
 #include "server/server.h"
 
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <set>
@@ -335,9 +336,18 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
   builder.RegisterService(server->distribution_service_.get());
   builder.RegisterService(server->inspection_service_.get());
   builder.RegisterService(server->admin_service_.get());
-  // Idle streams live for days; a dead peer is noticed within about a minute.
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30'000);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20'000);
+  // Idle streams live for days. A peer that went silent (crashed host, partition) is found by
+  // HTTP/2 keepalive pings, paced by --heartbeat-interval like the client's own detection: a
+  // ping every interval, answered within the interval (at least 1 s, so a loaded but healthy
+  // peer is not dropped; at most 20 s, which is plenty for a ping). The server thus marks a
+  // silent client gone within about two intervals; with the default 30 s, after at most 50 s.
+  const absl::Duration heartbeat = options.distribution.heartbeat_interval;
+  const absl::Duration ping_timeout = std::clamp(heartbeat, absl::Seconds(1), absl::Seconds(20));
+  builder.AddChannelArgument(
+      GRPC_ARG_KEEPALIVE_TIME_MS,
+      static_cast<int>(absl::ToInt64Milliseconds(std::min(heartbeat, absl::Hours(24 * 24)))));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+                             static_cast<int>(absl::ToInt64Milliseconds(ping_timeout)));
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10'000);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);

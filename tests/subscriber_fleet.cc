@@ -309,9 +309,21 @@ bool IsMatchingPair(const v1::CertificateUpdate& update) {
 
 }  // namespace
 
+std::string SubscriberFleet::MaterialDigest(const std::string& chain_pem,
+                                            absl::string_view key_pem, const std::string& ca_pem) {
+  return Sha256Hex(absl::StrCat(chain_pem, "\n--\n", key_pem, "\n--\n", ca_pem));
+}
+
+std::set<std::string> SubscriberFleet::MaterialsSeen() {
+  absl::MutexLock lock(&pairs_mu_);
+  std::set<std::string> digests;
+  for (const auto& [digest, matches] : pair_verdicts_) digests.insert(digest);
+  return digests;
+}
+
 bool SubscriberFleet::PairMatches(const v1::CertificateUpdate& update) {
-  const std::string digest = Sha256Hex(absl::StrCat(
-      update.chain_pem(), "\n--\n", update.private_key_pem(), "\n--\n", update.ca_pem()));
+  const std::string digest =
+      MaterialDigest(update.chain_pem(), update.private_key_pem(), update.ca_pem());
   {
     absl::MutexLock lock(&pairs_mu_);
     auto it = pair_verdicts_.find(digest);

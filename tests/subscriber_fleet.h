@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "certcast/v1/certcast.grpc.pb.h"
@@ -82,6 +83,11 @@ class SubscriberFleet {
   int CountHolding(uint64_t version, const std::string& fingerprint, int first = 0, int last = -1);
   // Every version any client received, with the fingerprint(s) it came with.
   std::map<uint64_t, std::set<std::string>> Seen();
+  // Digests (MaterialDigest) of the material of every update any client received.
+  std::set<std::string> MaterialsSeen();
+  // The digest of one certificate chain, key and CA as MaterialsSeen reports them.
+  static std::string MaterialDigest(const std::string& chain_pem, absl::string_view key_pem,
+                                    const std::string& ca_pem);
   // Waits until some client received an update of `version` or newer; false after `timeout`.
   bool AwaitVersion(uint64_t version, absl::Duration timeout);
   FleetStats stats();
