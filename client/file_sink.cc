@@ -225,7 +225,11 @@ absl::StatusOr<CertificateMaterial> ReadVersionDir(Filesystem& fs, const std::st
 }  // namespace
 
 FileSink::FileSink(Filesystem* fs, const Clock* clock, Options options)
-    : fs_(fs), clock_(clock), options_(std::move(options)) {}
+    : fs_(fs),
+      clock_(clock),
+      options_(std::move(options)),
+      confined_(fs->ConfinedTo(options_.output_dir)),
+      tree_(confined_ != nullptr ? *confined_ : *fs) {}
 
 absl::StatusOr<ApplyResult> FileSink::Apply(const VersionedMaterial& version) {
   RETURN_IF_ERROR(CheckName(version.name));
@@ -233,26 +237,26 @@ absl::StatusOr<ApplyResult> FileSink::Apply(const VersionedMaterial& version) {
   const CertificateMaterial& material = version.material;
   const std::string dir = LocationOf(name);
   const std::string data_link = JoinPath(dir, kDataLink);
-  RETURN_IF_ERROR(ForCertificate(name, CheckCertificateDir(*fs_, dir)));
+  RETURN_IF_ERROR(ForCertificate(name, CheckCertificateDir(tree_, dir)));
 
   // Identical content already visible: at most finish what an interrupted Apply left undone.
-  if (absl::StatusOr<std::string> held_version = fs_->ReadLink(data_link); held_version.ok()) {
+  if (absl::StatusOr<std::string> held_version = tree_.ReadLink(data_link); held_version.ok()) {
     // A planted version directory (a symlink, or `..data` pointing elsewhere) is refused, not
     // silently replaced: someone wrote into a directory only certcast should write to.
     // A dangling `..data` (NotFound) is merely replaced below.
-    if (absl::Status planted = CheckVersionDir(*fs_, dir, *held_version);
+    if (absl::Status planted = CheckVersionDir(tree_, dir, *held_version);
         absl::IsFailedPrecondition(planted)) {
       return ForCertificate(name, planted);
     }
-    absl::StatusOr<CertificateMaterial> held = ReadVersionDir(*fs_, dir, *held_version);
-    const bool has_combined = fs_->Exists(JoinPath(JoinPath(dir, *held_version), kCombinedFile));
+    absl::StatusOr<CertificateMaterial> held = ReadVersionDir(tree_, dir, *held_version);
+    const bool has_combined = tree_.Exists(JoinPath(JoinPath(dir, *held_version), kCombinedFile));
     if (held.ok() && *held == material && has_combined == options_.combined_pem) {
       if (unsettled_.count(name) == 0 &&
-          IsSettled(*fs_, dir, *held_version, material, options_.combined_pem)) {
+          IsSettled(tree_, dir, *held_version, material, options_.combined_pem)) {
         return ApplyResult::kUnchanged;
       }
       RETURN_IF_ERROR(
-          ForCertificate(name, Settle(*fs_, dir, *held_version, material, options_.combined_pem)));
+          ForCertificate(name, Settle(tree_, dir, *held_version, material, options_.combined_pem)));
       unsettled_.erase(name);
       return ApplyResult::kUnchanged;
     }
@@ -266,32 +270,32 @@ absl::StatusOr<ApplyResult> FileSink::Apply(const VersionedMaterial& version) {
     RETURN_IF_ERROR(failed(fs_->CreateDir(options_.output_dir, 0755)));
     RETURN_IF_ERROR(failed(fs_->SyncDir(Dirname(options_.output_dir))));
   }
-  if (!fs_->Exists(dir)) RETURN_IF_ERROR(failed(fs_->CreateDir(dir, 0755)));
+  if (!tree_.Exists(dir)) RETURN_IF_ERROR(failed(tree_.CreateDir(dir, 0755)));
   RETURN_IF_ERROR(failed(fs_->SyncDir(options_.output_dir)));
 
   const std::string data_tmp = JoinPath(dir, kDataTmp);
-  if (fs_->Exists(data_tmp)) RETURN_IF_ERROR(failed(fs_->RemoveAll(data_tmp)));
+  if (tree_.Exists(data_tmp)) RETURN_IF_ERROR(failed(tree_.RemoveAll(data_tmp)));
 
   absl::Time stamp = clock_->Now();
   std::string new_version = VersionDirName(stamp);
-  while (fs_->Exists(JoinPath(dir, new_version))) {
+  while (tree_.Exists(JoinPath(dir, new_version))) {
     stamp += absl::Nanoseconds(1);
     new_version = VersionDirName(stamp);
   }
   const std::string version_dir = JoinPath(dir, new_version);
 
   // Until the rename, readers (and a crash) see only the previous version.
-  absl::Status status = WriteVersionDir(*fs_, version_dir, material, options_.combined_pem);
-  if (status.ok()) status = fs_->SyncDir(dir);  // the new directory exists before ..data names it
-  if (status.ok()) status = fs_->Symlink(new_version, data_tmp);
-  if (status.ok()) status = fs_->Rename(data_tmp, data_link);
+  absl::Status status = WriteVersionDir(tree_, version_dir, material, options_.combined_pem);
+  if (status.ok()) status = tree_.SyncDir(dir);  // the new directory exists before ..data names it
+  if (status.ok()) status = tree_.Symlink(new_version, data_tmp);
+  if (status.ok()) status = tree_.Rename(data_tmp, data_link);
   if (!status.ok()) {
-    fs_->Remove(data_tmp).IgnoreError();
-    fs_->RemoveAll(version_dir).IgnoreError();
+    tree_.Remove(data_tmp).IgnoreError();
+    tree_.RemoveAll(version_dir).IgnoreError();
     return failed(status);
   }
 
-  status = Settle(*fs_, dir, new_version, material, options_.combined_pem);
+  status = Settle(tree_, dir, new_version, material, options_.combined_pem);
   if (!status.ok()) {
     unsettled_.insert(name);
     return Annotate(status, absl::StrCat("certificate \"", name, "\": ", data_link,
@@ -308,10 +312,10 @@ absl::StatusOr<ApplyResult> FileSink::Apply(const VersionedMaterial& version) {
 absl::StatusOr<CertificateMaterial> FileSink::Read(const std::string& name) {
   RETURN_IF_ERROR(CheckName(name));
   const std::string dir = LocationOf(name);
-  RETURN_IF_ERROR(ForCertificate(name, CheckCertificateDir(*fs_, dir)));
-  absl::StatusOr<std::string> held_version = fs_->ReadLink(JoinPath(dir, kDataLink));
+  RETURN_IF_ERROR(ForCertificate(name, CheckCertificateDir(tree_, dir)));
+  absl::StatusOr<std::string> held_version = tree_.ReadLink(JoinPath(dir, kDataLink));
   if (!held_version.ok()) return ForCertificate(name, held_version.status());
-  absl::StatusOr<CertificateMaterial> material = ReadVersionDir(*fs_, dir, *held_version);
+  absl::StatusOr<CertificateMaterial> material = ReadVersionDir(tree_, dir, *held_version);
   if (!material.ok()) return ForCertificate(name, material.status());
   return material;
 }
@@ -332,7 +336,7 @@ std::string FileSink::LocationOf(const std::string& name) const {
 
 absl::Status FileSink::Remove(const std::string& name) {
   const std::string dir = LocationOf(name);
-  RETURN_IF_ERROR(fs_->RemoveAll(dir));
+  RETURN_IF_ERROR(tree_.RemoveAll(dir));
   if (fs_->Exists(options_.output_dir)) RETURN_IF_ERROR(fs_->SyncDir(options_.output_dir));
   return absl::OkStatus();
 }

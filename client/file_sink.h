@@ -13,11 +13,15 @@
 // directory one that Apply created: a symlink planted at NAME or at a version (issue 10, item 9),
 // or a NAME others can write to, is refused with FailedPrecondition saying why, so the key never
 // goes where someone else pointed it. A NAME owned by this user but writable by others is
-// tightened (go-w) with a warning.
+// tightened (go-w) with a warning. Everything below OUTPUT_DIR is done through
+// `fs->ConfinedTo(OUTPUT_DIR)` (ConfinedFilesystem: openat with O_NOFOLLOW, component by
+// component), so a NAME swapped for a symlink after it was checked makes the write fail instead
+// of following the link; the checks only make the error say why sooner.
 // Not thread-safe. Does not own `fs` or `clock`.
 #ifndef CERTCAST_CLIENT_FILE_SINK_H_
 #define CERTCAST_CLIENT_FILE_SINK_H_
 
+#include <memory>
 #include <set>
 #include <string>
 
@@ -46,9 +50,12 @@ class FileSink final : public Sink {
   absl::StatusOr<CertificateMaterial> Read(const std::string& name);
 
  private:
-  Filesystem* const fs_;
+  Filesystem* const fs_;  // OUTPUT_DIR itself and its parent
   const Clock* const clock_;
   const Options options_;
+  // fs_->ConfinedTo(OUTPUT_DIR): everything below OUTPUT_DIR (fs_ itself for fakes without one).
+  const std::unique_ptr<Filesystem> confined_;
+  Filesystem& tree_;
   // Names whose last Apply switched `..data` but failed before the directory was settled (links,
   // fsync, clean-up); the next Apply finishes that work even when the content is unchanged.
   std::set<std::string> unsettled_;

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cctype>
 #include <map>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -213,6 +214,101 @@ TEST_F(FileSinkTest, RefusesSymlinkedCertificateDirectory) {
   EXPECT_THAT(result.status().message(), HasSubstr(Dir()));
   EXPECT_THAT(fs_.ListDir(tmp_.Join("elsewhere")).value(), SizeIs(0));
   EXPECT_TRUE(absl::IsFailedPrecondition(sink.Read(kName).status()));
+}
+
+// Forwards to `base`, and once, right after the first lstat of `watched` (the sink's check of
+// OUT/NAME), replaces that directory with a symlink to `target`: an attacker who can write OUT
+// racing the check. Its ConfinedTo view does the same, so the race is run whichever the sink uses.
+class PlantingFilesystem final : public Filesystem {
+ public:
+  PlantingFilesystem(Filesystem* base, std::string watched, std::string target)
+      : PlantingFilesystem(base, nullptr, std::move(watched), std::move(target),
+                           std::make_shared<bool>(false)) {}
+
+  absl::StatusOr<FileInfo> Stat(const std::string& p) override {
+    absl::StatusOr<FileInfo> info = base_->Stat(p);
+    if (p == watched_ && !*planted_) {
+      *planted_ = true;
+      // Whatever the check saw, NAME is now a symlink (a directory is moved aside first).
+      if (info.ok()) {
+        EXPECT_EQ(::rename(p.c_str(), (p + ".moved").c_str()), 0);
+      }
+      EXPECT_EQ(::symlink(target_.c_str(), p.c_str()), 0);
+    }
+    return info;
+  }
+  std::unique_ptr<Filesystem> ConfinedTo(const std::string& root) override {
+    std::unique_ptr<Filesystem> confined = base_->ConfinedTo(root);
+    if (confined == nullptr) return nullptr;
+    Filesystem* view = confined.get();
+    return std::unique_ptr<Filesystem>(
+        new PlantingFilesystem(view, std::move(confined), watched_, target_, planted_));
+  }
+  absl::StatusOr<std::string> ReadFile(const std::string& p) override { return base_->ReadFile(p); }
+  absl::Status WriteFile(const std::string& p, absl::string_view d, mode_t m) override {
+    return base_->WriteFile(p, d, m);
+  }
+  absl::Status Rename(const std::string& a, const std::string& b) override {
+    return base_->Rename(a, b);
+  }
+  absl::Status SyncDir(const std::string& p) override { return base_->SyncDir(p); }
+  absl::Status CreateDir(const std::string& p, mode_t m) override { return base_->CreateDir(p, m); }
+  absl::Status Remove(const std::string& p) override { return base_->Remove(p); }
+  absl::Status RemoveAll(const std::string& p) override { return base_->RemoveAll(p); }
+  absl::StatusOr<std::vector<std::string>> ListDir(const std::string& p) override {
+    return base_->ListDir(p);
+  }
+  absl::Status Symlink(const std::string& t, const std::string& p) override {
+    return base_->Symlink(t, p);
+  }
+  absl::StatusOr<std::string> ReadLink(const std::string& p) override { return base_->ReadLink(p); }
+  bool Exists(const std::string& p) override { return base_->Exists(p); }
+  absl::Status Chmod(const std::string& p, mode_t m) override { return base_->Chmod(p, m); }
+  FileOwner Self() override { return base_->Self(); }
+
+ private:
+  PlantingFilesystem(Filesystem* base, std::unique_ptr<Filesystem> owned, std::string watched,
+                     std::string target, std::shared_ptr<bool> planted)
+      : base_(base),
+        owned_(std::move(owned)),
+        watched_(std::move(watched)),
+        target_(std::move(target)),
+        planted_(std::move(planted)) {}
+
+  Filesystem* const base_;
+  const std::unique_ptr<Filesystem> owned_;  // the confined view `base_` points at, if any
+  const std::string watched_;
+  const std::string target_;
+  const std::shared_ptr<bool> planted_;
+};
+
+// Issue 10 item 9, the race: OUT/NAME swapped for a symlink right after the sink checked it
+// (first when NAME does not exist yet, then when it is the sink's own directory). The writes
+// that follow do not go through the link: the Apply fails with FailedPrecondition naming the
+// symlink, and the directory it points at stays empty. (With checks by path and writes by path,
+// the key was written into the other directory.)
+TEST_F(FileSinkTest, SymlinkSwappedInAfterTheCheckIsNotFollowed) {
+  ASSERT_TRUE(fs_.CreateDir(tmp_.Join("elsewhere"), 0777).ok());
+  ASSERT_TRUE(fs_.CreateDir(tmp_.Join("out"), 0755).ok());
+  {
+    PlantingFilesystem racing(&fs_, Dir(), tmp_.Join("elsewhere"));
+    FileSink sink(&racing, &clock_, {tmp_.Join("out"), false});
+    absl::StatusOr<ApplyResult> result = sink.Apply(Version(1, chain1_.material));
+    ASSERT_TRUE(absl::IsFailedPrecondition(result.status())) << result.status();
+    EXPECT_THAT(result.status().message(), HasSubstr("symlink"));
+    EXPECT_THAT(fs_.ListDir(tmp_.Join("elsewhere")).value(), SizeIs(0));
+  }
+  ASSERT_TRUE(fs_.Remove(Dir()).ok());
+  {
+    FileSink sink = MakeSink();
+    ASSERT_TRUE(sink.Apply(Version(1, chain1_.material)).ok());
+  }
+  PlantingFilesystem racing(&fs_, Dir(), tmp_.Join("elsewhere"));
+  FileSink sink(&racing, &clock_, {tmp_.Join("out"), false});
+  absl::StatusOr<ApplyResult> result = sink.Apply(Version(2, chain2_.material));
+  ASSERT_TRUE(absl::IsFailedPrecondition(result.status())) << result.status();
+  EXPECT_THAT(result.status().message(), HasSubstr("symlink"));
+  EXPECT_THAT(fs_.ListDir(tmp_.Join("elsewhere")).value(), SizeIs(0));
 }
 
 // Plants a version directory as a symlink to `target` (holding a copy of `material`) and points

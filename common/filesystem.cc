@@ -9,12 +9,17 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "common/logging.h"
 #include "common/secret.h"
 #include "common/status_macros.h"
@@ -44,6 +49,7 @@ class FdCloser {
   }
   FdCloser(const FdCloser&) = delete;
   FdCloser& operator=(const FdCloser&) = delete;
+  int get() const { return fd_; }
   int Release() {
     int fd = fd_;
     fd_ = -1;
@@ -101,6 +107,131 @@ absl::Status RemoveAllImpl(const std::string& path) {
   return absl::OkStatus();
 }
 
+// Reads all of `fd` (then closed); `path` names it in errors.
+absl::StatusOr<std::string> ReadAndClose(int fd, const std::string& path) {
+  FdCloser closer(fd);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return ErrnoToStatus(errno, "fstat", path);
+  std::string contents;
+  if (S_ISREG(st.st_mode) && st.st_size > 0) contents.reserve(static_cast<size_t>(st.st_size));
+  char buf[64 * 1024];
+  while (true) {
+    ssize_t n = ::read(fd, buf, sizeof(buf));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      CleanseMemory(buf, sizeof(buf));
+      return ErrnoToStatus(errno, "read", path);
+    }
+    if (n == 0) break;
+    contents.append(buf, static_cast<size_t>(n));
+  }
+  // The stack buffer may have held key material.
+  CleanseMemory(buf, sizeof(buf));
+  return contents;
+}
+
+// Sets the mode of a freshly opened `fd`, writes `data`, fsyncs and closes it.
+absl::Status WriteAndClose(int fd, const std::string& path, absl::string_view data, mode_t mode) {
+  FdCloser closer(fd);
+  // open(2) applies the umask and leaves an existing file's mode alone; set it explicitly.
+  if (::fchmod(fd, mode) != 0) return ErrnoToStatus(errno, "fchmod", path);
+  const char* p = data.data();
+  size_t left = data.size();
+  while (left > 0) {
+    ssize_t n = ::write(fd, p, left);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoToStatus(errno, "write", path);
+    }
+    p += n;
+    left -= static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0) return ErrnoToStatus(errno, "fsync", path);
+  return CloseChecked(closer.Release(), path);
+}
+
+FileInfo InfoFromStat(const struct stat& st) {
+  FileInfo info;
+  info.type = S_ISREG(st.st_mode)   ? FileInfo::Type::kRegular
+              : S_ISDIR(st.st_mode) ? FileInfo::Type::kDirectory
+              : S_ISLNK(st.st_mode) ? FileInfo::Type::kSymlink
+                                    : FileInfo::Type::kOther;
+  info.mode = st.st_mode & 07777;
+  info.uid = st.st_uid;
+  info.gid = st.st_gid;
+  return info;
+}
+
+// Entries of the directory open as `fd` (taken over and closed), without "." and "..".
+absl::StatusOr<std::vector<std::string>> ReadDirNamesAt(int fd, const std::string& path) {
+  DIR* dir = ::fdopendir(fd);
+  if (dir == nullptr) {
+    const int err = errno;
+    ::close(fd);
+    return ErrnoToStatus(err, "fdopendir", path);
+  }
+  std::vector<std::string> names;
+  errno = 0;
+  while (struct dirent* entry = ::readdir(dir)) {
+    absl::string_view name = entry->d_name;
+    if (name != "." && name != "..") names.emplace_back(name);
+  }
+  int err = errno;
+  ::closedir(dir);
+  if (err != 0) return ErrnoToStatus(err, "readdir", path);
+  return names;
+}
+
+// The error for an openat(O_NOFOLLOW) of `name` in `dir_fd` that failed with `err`: a clear
+// refusal when `name` is a symlink (ELOOP, or ENOTDIR with O_DIRECTORY), else the errno.
+absl::Status OpenAtError(int err, int dir_fd, const std::string& name, absl::string_view op,
+                         const std::string& path) {
+  struct stat st;
+  if ((err == ELOOP || err == ENOTDIR) &&
+      ::fstatat(dir_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(op, " ", path, ": ", name, " is a symlink: refusing to follow it"));
+  }
+  return ErrnoToStatus(err, op, path);
+}
+
+int OpenAtRetrying(int dir_fd, const std::string& name, int flags, mode_t mode = 0) {
+  int fd;
+  do {
+    fd = ::openat(dir_fd, name.c_str(), flags, mode);
+  } while (fd < 0 && errno == EINTR);
+  return fd;
+}
+
+// Removes `name` in `dir_fd` and, when it is a directory, everything below it, never following
+// a symlink. OK when absent. `path` names it in errors.
+absl::Status RemoveAllAt(int dir_fd, const std::string& name, const std::string& path) {
+  struct stat st;
+  if (::fstatat(dir_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+    if (errno == ENOENT) return absl::OkStatus();
+    return ErrnoToStatus(errno, "lstat", path);
+  }
+  if (S_ISDIR(st.st_mode)) {
+    const int fd = OpenAtRetrying(dir_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return OpenAtError(errno, dir_fd, name, "open", path);
+    const int list_fd = ::dup(fd);
+    FdCloser closer(fd);
+    if (list_fd < 0) return ErrnoToStatus(errno, "dup", path);
+    ASSIGN_OR_RETURN(std::vector<std::string> names, ReadDirNamesAt(list_fd, path));
+    for (const std::string& entry : names) {
+      RETURN_IF_ERROR(RemoveAllAt(fd, entry, JoinPath(path, entry)));
+    }
+    if (::unlinkat(dir_fd, name.c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT) {
+      return ErrnoToStatus(errno, "rmdir", path);
+    }
+    return absl::OkStatus();
+  }
+  if (::unlinkat(dir_fd, name.c_str(), 0) != 0 && errno != ENOENT) {
+    return ErrnoToStatus(errno, "unlink", path);
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::string> RandomHex(size_t bytes) {
   std::string raw(bytes, '\0');
   if (RAND_bytes(reinterpret_cast<unsigned char*>(raw.data()), static_cast<int>(raw.size())) != 1) {
@@ -155,24 +286,7 @@ std::string JoinPath(absl::string_view dir, absl::string_view name) {
 absl::StatusOr<std::string> PosixFilesystem::ReadFile(const std::string& path) {
   int fd = OpenRetrying(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return ErrnoToStatus(errno, "open", path);
-  FdCloser closer(fd);
-  struct stat st;
-  if (::fstat(fd, &st) != 0) return ErrnoToStatus(errno, "fstat", path);
-  std::string contents;
-  if (S_ISREG(st.st_mode) && st.st_size > 0) contents.reserve(static_cast<size_t>(st.st_size));
-  char buf[64 * 1024];
-  while (true) {
-    ssize_t n = ::read(fd, buf, sizeof(buf));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoToStatus(errno, "read", path);
-    }
-    if (n == 0) break;
-    contents.append(buf, static_cast<size_t>(n));
-  }
-  // The stack buffer may have held key material.
-  CleanseMemory(buf, sizeof(buf));
-  return contents;
+  return ReadAndClose(fd, path);
 }
 
 absl::Status PosixFilesystem::WriteFile(const std::string& path, absl::string_view data,
@@ -180,22 +294,7 @@ absl::Status PosixFilesystem::WriteFile(const std::string& path, absl::string_vi
   // O_NOFOLLOW: never write through a symlink someone planted in a state or key directory.
   int fd = OpenRetrying(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
   if (fd < 0) return ErrnoToStatus(errno, "open", path);
-  FdCloser closer(fd);
-  // open(2) applies the umask and leaves an existing file's mode alone; set it explicitly.
-  if (::fchmod(fd, mode) != 0) return ErrnoToStatus(errno, "fchmod", path);
-  const char* p = data.data();
-  size_t left = data.size();
-  while (left > 0) {
-    ssize_t n = ::write(fd, p, left);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoToStatus(errno, "write", path);
-    }
-    p += n;
-    left -= static_cast<size_t>(n);
-  }
-  if (::fsync(fd) != 0) return ErrnoToStatus(errno, "fsync", path);
-  return CloseChecked(closer.Release(), path);
+  return WriteAndClose(fd, path, data, mode);
 }
 
 absl::Status PosixFilesystem::Rename(const std::string& from, const std::string& to) {
@@ -278,15 +377,7 @@ bool PosixFilesystem::Exists(const std::string& path) {
 absl::StatusOr<FileInfo> PosixFilesystem::Stat(const std::string& path) {
   struct stat st;
   if (::lstat(path.c_str(), &st) != 0) return ErrnoToStatus(errno, "lstat", path);
-  FileInfo info;
-  info.type = S_ISREG(st.st_mode)   ? FileInfo::Type::kRegular
-              : S_ISDIR(st.st_mode) ? FileInfo::Type::kDirectory
-              : S_ISLNK(st.st_mode) ? FileInfo::Type::kSymlink
-                                    : FileInfo::Type::kOther;
-  info.mode = st.st_mode & 07777;
-  info.uid = st.st_uid;
-  info.gid = st.st_gid;
-  return info;
+  return InfoFromStat(st);
 }
 
 absl::Status PosixFilesystem::Chmod(const std::string& path, mode_t mode) {
@@ -316,6 +407,223 @@ FileOwner PosixFilesystem::Self() {
   }
   return self;
 }
+
+std::unique_ptr<Filesystem> Filesystem::ConfinedTo(const std::string& /*root*/) { return nullptr; }
+
+std::unique_ptr<Filesystem> PosixFilesystem::ConfinedTo(const std::string& root) {
+  return std::make_unique<ConfinedFilesystem>(root);
+}
+
+// An open directory (at or below root) and the last component of a path in it.
+struct ConfinedFilesystem::Parent {
+  int fd = -1;  // owned
+  std::string name;
+  Parent() = default;
+  Parent(Parent&& other) noexcept : fd(other.fd), name(std::move(other.name)) { other.fd = -1; }
+  Parent& operator=(Parent&&) = delete;
+  ~Parent() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+ConfinedFilesystem::ConfinedFilesystem(std::string root) : root_(std::move(root)) {}
+
+namespace {
+
+// The components of `path` below `root` (none for root itself); InvalidArgument when `path` is
+// not at or below `root`, or has a "." or ".." component.
+absl::StatusOr<std::vector<std::string>> Below(const std::string& root, const std::string& path) {
+  absl::string_view base = root;
+  while (base.size() > 1 && base.back() == '/') base.remove_suffix(1);
+  absl::string_view rest = path;
+  if (!absl::StartsWith(rest, base) ||
+      (rest.size() > base.size() && rest[base.size()] != '/' && base != "/")) {
+    return absl::InvalidArgumentError(absl::StrCat(path, " is not below ", root));
+  }
+  rest.remove_prefix(base.size());
+  std::vector<std::string> parts;
+  for (absl::string_view part : absl::StrSplit(rest, '/', absl::SkipEmpty())) {
+    if (part == "." || part == "..") {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": \".\" and \"..\" are not allowed below ", root));
+    }
+    parts.emplace_back(part);
+  }
+  return parts;
+}
+
+// Opens root, then each of `parts` as a directory with O_NOFOLLOW; the last one with `flags`.
+absl::StatusOr<int> WalkDown(const std::string& root, const std::vector<std::string>& parts,
+                             size_t count, int flags, const std::string& path) {
+  int fd = OpenRetrying(root, (count == 0 ? flags : O_PATH) | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return ErrnoToStatus(errno, "open", root);
+  for (size_t i = 0; i < count; ++i) {
+    FdCloser parent(fd);
+    const int next_flags = i + 1 == count ? flags : O_PATH;
+    fd = OpenAtRetrying(parent.get(), parts[i], next_flags | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return OpenAtError(errno, parent.get(), parts[i], "open", path);
+  }
+  return fd;
+}
+
+}  // namespace
+
+absl::StatusOr<ConfinedFilesystem::Parent> ConfinedFilesystem::OpenParent(
+    const std::string& path) const {
+  ASSIGN_OR_RETURN(std::vector<std::string> parts, Below(root_, path));
+  if (parts.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": this operation needs a path below ", root_));
+  }
+  Parent parent;
+  ASSIGN_OR_RETURN(parent.fd, WalkDown(root_, parts, parts.size() - 1, O_PATH, path));
+  parent.name = parts.back();
+  return parent;
+}
+
+absl::StatusOr<int> ConfinedFilesystem::OpenDirectory(const std::string& path, int flags) const {
+  ASSIGN_OR_RETURN(std::vector<std::string> parts, Below(root_, path));
+  return WalkDown(root_, parts, parts.size(), flags, path);
+}
+
+absl::StatusOr<std::string> ConfinedFilesystem::ReadFile(const std::string& path) {
+  ASSIGN_OR_RETURN(Parent parent, OpenParent(path));
+  const int fd = OpenAtRetrying(parent.fd, parent.name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return OpenAtError(errno, parent.fd, parent.name, "open", path);
+  return ReadAndClose(fd, path);
+}
+
+absl::Status ConfinedFilesystem::WriteFile(const std::string& path, absl::string_view data,
+                                           mode_t mode) {
+  ASSIGN_OR_RETURN(Parent parent, OpenParent(path));
+  const int fd = OpenAtRetrying(parent.fd, parent.name,
+                                O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, mode);
+  if (fd < 0) return OpenAtError(errno, parent.fd, parent.name, "open", path);
+  return WriteAndClose(fd, path, data, mode);
+}
+
+absl::Status ConfinedFilesystem::Rename(const std::string& from, const std::string& to) {
+  ASSIGN_OR_RETURN(Parent source, OpenParent(from));
+  ASSIGN_OR_RETURN(Parent target, OpenParent(to));
+  if (::renameat(source.fd, source.name.c_str(), target.fd, target.name.c_str()) != 0) {
+    return ErrnoToStatus(errno, "rename", absl::StrCat(from, " -> ", to));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ConfinedFilesystem::SyncDir(const std::string& path) {
+  ASSIGN_OR_RETURN(int fd, OpenDirectory(path, O_RDONLY));
+  FdCloser closer(fd);
+  if (::fsync(fd) != 0) return ErrnoToStatus(errno, "fsync", path);
+  return CloseChecked(closer.Release(), path);
+}
+
+absl::Status ConfinedFilesystem::CreateDir(const std::string& path, mode_t mode) {
+  ASSIGN_OR_RETURN(Parent parent, OpenParent(path));
+  if (::mkdirat(parent.fd, parent.name.c_str(), mode) != 0) {
+    const int err = errno;
+    struct stat st;
+    if (err == EEXIST && ::fstatat(parent.fd, parent.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
+      if (S_ISDIR(st.st_mode)) return absl::OkStatus();
+      if (S_ISLNK(st.st_mode)) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("mkdir ", path, ": is a symlink: refusing to follow it"));
+      }
+    }
+    return ErrnoToStatus(err, "mkdir", path);
+  }
+  // mkdir(2) applies the umask; the caller asked for exactly `mode`.
+  const int fd =
+      OpenAtRetrying(parent.fd, parent.name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return OpenAtError(errno, parent.fd, parent.name, "open", path);
+  FdCloser closer(fd);
+  if (::fchmod(fd, mode) != 0) return ErrnoToStatus(errno, "chmod", path);
+  return absl::OkStatus();
+}
+
+absl::Status ConfinedFilesystem::Remove(const std::string& path) {
+  ASSIGN_OR_RETURN(Parent parent, OpenParent(path));
+  struct stat st;
+  if (::fstatat(parent.fd, parent.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+    return ErrnoToStatus(errno, "lstat", path);
+  }
+  const bool dir = S_ISDIR(st.st_mode);
+  if (::unlinkat(parent.fd, parent.name.c_str(), dir ? AT_REMOVEDIR : 0) != 0) {
+    return ErrnoToStatus(errno, dir ? "rmdir" : "unlink", path);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ConfinedFilesystem::RemoveAll(const std::string& path) {
+  ASSIGN_OR_RETURN(Parent parent, OpenParent(path));
+  return RemoveAllAt(parent.fd, parent.name, path);
+}
+
+absl::StatusOr<std::vector<std::string>> ConfinedFilesystem::ListDir(const std::string& path) {
+  ASSIGN_OR_RETURN(int fd, OpenDirectory(path, O_RDONLY));
+  ASSIGN_OR_RETURN(std::vector<std::string> names, ReadDirNamesAt(fd, path));
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+absl::Status ConfinedFilesystem::Symlink(const std::string& target, const std::string& path) {
+  ASSIGN_OR_RETURN(Parent parent, OpenParent(path));
+  if (::symlinkat(target.c_str(), parent.fd, parent.name.c_str()) != 0) {
+    return ErrnoToStatus(errno, "symlink", path);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> ConfinedFilesystem::ReadLink(const std::string& path) {
+  ASSIGN_OR_RETURN(Parent parent, OpenParent(path));
+  std::string buf(256, '\0');
+  while (true) {
+    ssize_t n = ::readlinkat(parent.fd, parent.name.c_str(), buf.data(), buf.size());
+    if (n < 0) {
+      if (errno == EINVAL) {
+        return absl::InvalidArgumentError(absl::StrCat("readlink ", path, ": not a symlink"));
+      }
+      return ErrnoToStatus(errno, "readlink", path);
+    }
+    if (static_cast<size_t>(n) < buf.size()) {
+      buf.resize(static_cast<size_t>(n));
+      return buf;
+    }
+    buf.resize(buf.size() * 2);
+  }
+}
+
+bool ConfinedFilesystem::Exists(const std::string& path) { return Stat(path).ok(); }
+
+absl::StatusOr<FileInfo> ConfinedFilesystem::Stat(const std::string& path) {
+  ASSIGN_OR_RETURN(std::vector<std::string> parts, Below(root_, path));
+  struct stat st;
+  if (parts.empty()) {
+    if (::stat(root_.c_str(), &st) != 0) return ErrnoToStatus(errno, "stat", path);
+    return InfoFromStat(st);
+  }
+  ASSIGN_OR_RETURN(Parent parent, OpenParent(path));
+  if (::fstatat(parent.fd, parent.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+    return ErrnoToStatus(errno, "lstat", path);
+  }
+  return InfoFromStat(st);
+}
+
+absl::Status ConfinedFilesystem::Chmod(const std::string& path, mode_t mode) {
+  ASSIGN_OR_RETURN(Parent parent, OpenParent(path));
+  const int fd = OpenAtRetrying(parent.fd, parent.name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ELOOP) {
+      return absl::FailedPreconditionError(absl::StrCat("chmod ", path, ": is a symlink"));
+    }
+    return ErrnoToStatus(errno, "open", path);
+  }
+  FdCloser closer(fd);
+  if (::fchmod(fd, mode) != 0) return ErrnoToStatus(errno, "fchmod", path);
+  return CloseChecked(closer.Release(), path);
+}
+
+FileOwner ConfinedFilesystem::Self() { return PosixFilesystem().Self(); }
 
 bool FileOwner::InGroup(gid_t g) const {
   return g == gid || std::find(groups.begin(), groups.end(), g) != groups.end();

@@ -6,6 +6,7 @@
 
 #include <sys/types.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -78,6 +79,12 @@ class Filesystem {
 
   // The effective user and groups of this process.
   virtual FileOwner Self() = 0;
+
+  // A view of this filesystem for paths at or below directory `root` in which no symlink below
+  // `root` is ever followed (see ConfinedFilesystem), so that what a caller checked and what it
+  // then writes are the same objects. nullptr when an implementation has no such view (the test
+  // fakes); callers then rely on their own lstat checks.
+  virtual std::unique_ptr<Filesystem> ConfinedTo(const std::string& root);
 };
 
 // The real thing, on POSIX calls.
@@ -97,6 +104,46 @@ class PosixFilesystem final : public Filesystem {
   absl::StatusOr<FileInfo> Stat(const std::string& path) override;
   absl::Status Chmod(const std::string& path, mode_t mode) override;
   FileOwner Self() override;
+  std::unique_ptr<Filesystem> ConfinedTo(const std::string& root) override;
+};
+
+// The POSIX filesystem below directory `root`, never following a symlink below it (issue 10,
+// item 9: a symlink planted at OUTPUT_DIR/NAME must not redirect the key). Every operation opens
+// `root` (following the links that lead to it: the operator chose it), walks down one component
+// at a time with openat(O_NOFOLLOW | O_DIRECTORY), and acts on the last component with the *at
+// call relative to the directory it reached, never through a final symlink (ReadFile included).
+// There is no window between a check and a use: a directory swapped for a symlink after a
+// caller looked at it makes the next operation fail with FailedPrecondition ("... is a symlink:
+// refusing to follow it"), not write through the link. Paths must be `root` or below it, without
+// ".." (InvalidArgument otherwise). Operations on `root` itself are limited to those that act
+// on an existing directory (Stat, Exists, ListDir, SyncDir). Thread-safe (holds no descriptors).
+class ConfinedFilesystem final : public Filesystem {
+ public:
+  explicit ConfinedFilesystem(std::string root);
+
+  absl::StatusOr<std::string> ReadFile(const std::string& path) override;
+  absl::Status WriteFile(const std::string& path, absl::string_view data, mode_t mode) override;
+  absl::Status Rename(const std::string& from, const std::string& to) override;
+  absl::Status SyncDir(const std::string& path) override;
+  absl::Status CreateDir(const std::string& path, mode_t mode) override;
+  absl::Status Remove(const std::string& path) override;
+  absl::Status RemoveAll(const std::string& path) override;
+  absl::StatusOr<std::vector<std::string>> ListDir(const std::string& path) override;
+  absl::Status Symlink(const std::string& target, const std::string& path) override;
+  absl::StatusOr<std::string> ReadLink(const std::string& path) override;
+  bool Exists(const std::string& path) override;
+  absl::StatusOr<FileInfo> Stat(const std::string& path) override;
+  absl::Status Chmod(const std::string& path, mode_t mode) override;
+  FileOwner Self() override;
+
+ private:
+  struct Parent;  // an open directory below root and the last component of a path
+  absl::StatusOr<Parent> OpenParent(const std::string& path) const;
+  // A descriptor of `path` itself (root or a directory below it, never a symlink), opened with
+  // `flags`.
+  absl::StatusOr<int> OpenDirectory(const std::string& path, int flags) const;
+
+  const std::string root_;
 };
 
 // Replaces `path` so that a reader (or a crash) sees either the old or the new bytes, never a

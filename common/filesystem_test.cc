@@ -79,6 +79,13 @@ class FailingFilesystem : public Filesystem {
   Filesystem* base_;
 };
 
+// stat(2) of `path` (zeroed when it fails).
+struct stat StatOf(const std::string& path) {
+  struct stat st = {};
+  EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
+  return st;
+}
+
 class PosixFilesystemTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -280,6 +287,81 @@ TEST_F(PosixFilesystemTest, RenameReplacesAndNamesPathsOnFailure) {
   EXPECT_THAT(status.message(), HasSubstr(Path("c")));
   EXPECT_TRUE(fs_.SyncDir(dir_).ok());
   EXPECT_TRUE(absl::IsNotFound(fs_.SyncDir(Path("missing"))));
+}
+
+// ConfinedFilesystem works below its root like PosixFilesystem, and its root may itself be
+// reached through a symlink (the operator chose it).
+TEST_F(PosixFilesystemTest, ConfinedFilesystemWorksBelowItsRoot) {
+  ASSERT_TRUE(fs_.CreateDir(Path("out"), 0755).ok());
+  ASSERT_TRUE(fs_.Symlink(Path("out"), Path("out-link")).ok());
+  std::unique_ptr<Filesystem> confined = fs_.ConfinedTo(Path("out-link"));
+  ASSERT_NE(confined, nullptr);
+  const std::string base = Path("out-link");
+  ASSERT_TRUE(confined->CreateDir(base + "/web", 0750).ok());
+  EXPECT_TRUE(confined->CreateDir(base + "/web", 0750).ok());
+  EXPECT_EQ(confined->Stat(base + "/web")->mode, 0750u);
+  ASSERT_TRUE(confined->CreateDir(base + "/web/..v1", 0755).ok());
+  ASSERT_TRUE(confined->WriteFile(base + "/web/..v1/tls.key", "key", 0600).ok());
+  EXPECT_EQ(*confined->ReadFile(base + "/web/..v1/tls.key"), "key");
+  EXPECT_EQ(StatOf(Path("out/web/..v1/tls.key")).st_mode & 07777, 0600u);
+  ASSERT_TRUE(confined->Symlink("..v1", base + "/web/..tmp").ok());
+  ASSERT_TRUE(confined->Rename(base + "/web/..tmp", base + "/web/..data").ok());
+  EXPECT_EQ(*confined->ReadLink(base + "/web/..data"), "..v1");
+  EXPECT_THAT(*confined->ListDir(base + "/web"), ElementsAre("..data", "..v1"));
+  EXPECT_THAT(*confined->ListDir(base), ElementsAre("web"));
+  EXPECT_TRUE(confined->SyncDir(base).ok());
+  EXPECT_TRUE(confined->SyncDir(base + "/web").ok());
+  EXPECT_TRUE(confined->Exists(base + "/web/..data"));
+  EXPECT_EQ(confined->Stat(base + "/web/..data")->type, FileInfo::Type::kSymlink);
+  EXPECT_TRUE(confined->Chmod(base + "/web", 0700).ok());
+  EXPECT_TRUE(absl::IsNotFound(confined->ReadFile(base + "/web/missing").status()));
+  EXPECT_TRUE(confined->Remove(base + "/web/..data").ok());
+  EXPECT_TRUE(confined->RemoveAll(base + "/web").ok());
+  EXPECT_FALSE(fs_.Exists(Path("out/web")));
+  EXPECT_TRUE(confined->RemoveAll(base + "/web").ok());
+}
+
+// No operation of ConfinedFilesystem follows a symlink below its root, in the middle of a path
+// or at its end: each is refused with FailedPrecondition naming the link, and nothing happens
+// where the link points. Paths outside the root or with ".." are InvalidArgument.
+TEST_F(PosixFilesystemTest, ConfinedFilesystemNeverFollowsASymlinkBelowItsRoot) {
+  ASSERT_TRUE(fs_.CreateDir(Path("out"), 0755).ok());
+  ASSERT_TRUE(fs_.CreateDir(Path("elsewhere"), 0755).ok());
+  ASSERT_TRUE(fs_.CreateDir(Path("elsewhere/sub"), 0755).ok());
+  ASSERT_TRUE(fs_.WriteFile(Path("elsewhere/f"), "theirs", 0644).ok());
+  ASSERT_TRUE(fs_.Symlink(Path("elsewhere"), Path("out/web")).ok());
+  ASSERT_TRUE(fs_.Symlink(Path("elsewhere/f"), Path("out/file-link")).ok());
+  std::unique_ptr<Filesystem> confined = fs_.ConfinedTo(Path("out"));
+  const std::string web = Path("out/web");
+  auto refused = [&](const absl::Status& status, const std::string& what) {
+    EXPECT_TRUE(absl::IsFailedPrecondition(status)) << what << ": " << status;
+    EXPECT_THAT(status.message(), HasSubstr("symlink")) << what;
+  };
+  refused(confined->WriteFile(web + "/tls.key", "key", 0600), "WriteFile");
+  refused(confined->ReadFile(web + "/f").status(), "ReadFile through a directory link");
+  refused(confined->ReadFile(Path("out/file-link")).status(), "ReadFile of a final link");
+  refused(confined->CreateDir(web + "/..v1", 0755), "CreateDir");
+  refused(confined->CreateDir(web, 0755), "CreateDir of the link itself");
+  refused(confined->Symlink("..v1", web + "/..data"), "Symlink");
+  refused(confined->Rename(web + "/f", Path("out/g")), "Rename from");
+  refused(confined->SyncDir(web), "SyncDir");
+  refused(confined->ListDir(web).status(), "ListDir");
+  refused(confined->Chmod(web, 0700), "Chmod");
+  refused(confined->Stat(web + "/f").status(), "Stat below");
+  EXPECT_FALSE(confined->Exists(web + "/f"));
+  EXPECT_EQ(confined->Stat(web)->type, FileInfo::Type::kSymlink);  // lstat of the link is fine
+  EXPECT_THAT(*fs_.ListDir(Path("elsewhere")), ElementsAre("f", "sub"));
+  EXPECT_EQ(*fs_.ReadFile(Path("elsewhere/f")), "theirs");
+  EXPECT_EQ(StatOf(Path("elsewhere")).st_mode & 07777, 0755u);
+  // RemoveAll removes the link, never what it points at.
+  EXPECT_TRUE(confined->RemoveAll(web).ok());
+  EXPECT_FALSE(fs_.Exists(web));
+  EXPECT_EQ(*fs_.ReadFile(Path("elsewhere/f")), "theirs");
+  // Outside the root.
+  EXPECT_TRUE(absl::IsInvalidArgument(confined->WriteFile(Path("outside"), "x", 0600)));
+  EXPECT_TRUE(absl::IsInvalidArgument(confined->WriteFile(Path("out-other/x"), "x", 0600)));
+  EXPECT_TRUE(absl::IsInvalidArgument(confined->WriteFile(Path("out/../x"), "x", 0600)));
+  EXPECT_FALSE(fs_.Exists(Path("x")));
 }
 
 // errno values map to the most specific code; the message names operation and path.
