@@ -14,14 +14,39 @@ std::string PermissionHint(const std::string& ns, const std::string& name) {
                       name, "\" and create on secrets in namespace \"", ns, "\"");
 }
 
+// The Secret as the API returned it must have the shape certcast reads and updates in place:
+// nlohmann's value() and operator[] throw on any other type, and no answer from the API may
+// end the client. InvalidArgument naming the Secret and the part that is wrong.
+absl::Status CheckShape(const kube::Json& secret, const std::string& describe) {
+  auto wrong = [&](const std::string& part, const kube::Json& value, const char* expected) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(describe, " as the Kubernetes API returned it: ", part, " is a ",
+                     value.type_name(), ", not ", expected, "; refusing to use it"));
+  };
+  if (!secret.is_object()) return wrong("the object", secret, "an object");
+  const kube::Json& metadata = kube::Member(secret, "metadata");
+  if (!metadata.is_null() && !metadata.is_object()) return wrong("metadata", metadata, "an object");
+  for (const char* part : {"labels", "annotations"}) {
+    const kube::Json& value = kube::Member(metadata, part);
+    if (!value.is_null() && !value.is_object()) {
+      return wrong(absl::StrCat("metadata.", part), value, "an object");
+    }
+  }
+  const kube::Json& data = kube::Member(secret, "data");
+  if (!data.is_null() && !data.is_object()) return wrong("data", data, "an object");
+  const kube::Json& type = kube::Member(secret, "type");
+  if (!type.is_null() && !type.is_string()) return wrong("type", type, "a string");
+  return absl::OkStatus();
+}
+
 bool Matches(const kube::Json& secret, const VersionedMaterial& version) {
   absl::StatusOr<CertificateMaterial> held = kube::MaterialFromSecret(secret);
   if (!held.ok() || *held != version.material) return false;
-  const kube::Json annotations =
-      secret.value("metadata", kube::Json::object()).value("annotations", kube::Json::object());
-  return secret.value("type", "") == "kubernetes.io/tls" &&
-         annotations.value(kube::kVersionAnnotation, "") == std::to_string(version.version) &&
-         annotations.value(kube::kFingerprintAnnotation, "") == version.fingerprint;
+  const kube::Json& annotations = kube::Member(kube::Member(secret, "metadata"), "annotations");
+  return kube::StringMember(secret, "type") == "kubernetes.io/tls" &&
+         kube::StringMember(annotations, kube::kVersionAnnotation) ==
+             std::to_string(version.version) &&
+         kube::StringMember(annotations, kube::kFingerprintAnnotation) == version.fingerprint;
 }
 
 }  // namespace
@@ -69,6 +94,10 @@ absl::StatusOr<ApplyResult> SecretSink::ApplyLocked(const VersionedMaterial& ver
       return ApplyResult::kWritten;
     }
     if (!existing.ok()) return annotate(existing.status());
+    if (absl::Status shape = CheckShape(*existing, Describe()); !shape.ok()) {
+      kube::WipeSecretData(&*existing);
+      return shape;
+    }
     if (!kube::IsManagedByCertcast(*existing)) {
       kube::WipeSecretData(&*existing);
       return absl::AlreadyExistsError(absl::StrCat(
@@ -76,10 +105,10 @@ absl::StatusOr<ApplyResult> SecretSink::ApplyLocked(const VersionedMaterial& ver
           kube::kManagedByLabel, "=", kube::kManagedByValue,
           "); refusing to overwrite it: delete or rename it, or choose another --secret-name"));
     }
-    if (existing->value("type", "") != "kubernetes.io/tls") {
+    if (kube::StringMember(*existing, "type") != "kubernetes.io/tls") {
       kube::WipeSecretData(&*existing);
       return absl::FailedPreconditionError(absl::StrCat(
-          Describe(), " has type ", existing->value("type", "?"),
+          Describe(), " has type ", kube::StringMember(*existing, "type", "(none)"),
           " (the type of a Secret cannot change); delete it so certcast can recreate it"));
     }
     if (Matches(*existing, version)) {
@@ -112,6 +141,10 @@ absl::StatusOr<std::string> SecretSink::HeldFingerprint(const std::string& /*nam
   absl::StatusOr<kube::Json> existing =
       api_->Request("GET", kube::SecretPath(options_.namespace_, options_.secret_name));
   if (!existing.ok()) return existing.status();
+  if (absl::Status shape = CheckShape(*existing, Describe()); !shape.ok()) {
+    kube::WipeSecretData(&*existing);
+    return shape;
+  }
   if (!kube::IsManagedByCertcast(*existing)) {
     kube::WipeSecretData(&*existing);
     return absl::NotFoundError(Describe() + " is not managed by certcast");
@@ -170,17 +203,21 @@ absl::Status SecretSink::Remove(const std::string& /*name*/) {
   absl::StatusOr<kube::Json> existing = api_->Request("GET", path);
   if (absl::IsNotFound(existing.status())) return absl::OkStatus();
   if (!existing.ok()) return existing.status();
+  if (absl::Status shape = CheckShape(*existing, Describe()); !shape.ok()) {
+    kube::WipeSecretData(&*existing);
+    return shape;
+  }
   const bool managed = kube::IsManagedByCertcast(*existing);
-  const kube::Json metadata = existing->value("metadata", kube::Json::object());
+  const kube::Json& metadata = kube::Member(*existing, "metadata");
+  const std::string uid = kube::StringMember(metadata, "uid");
+  const std::string resource_version = kube::StringMember(metadata, "resourceVersion");
   kube::WipeSecretData(&*existing);
   if (!managed) return absl::OkStatus();
   // Delete exactly the Secret that was checked: a foreign one swapped in meanwhile has another
   // uid, and the API refuses the delete (409) instead of removing it.
   kube::Json options = {{"apiVersion", "v1"},
                         {"kind", "DeleteOptions"},
-                        {"preconditions",
-                         {{"uid", metadata.value("uid", "")},
-                          {"resourceVersion", metadata.value("resourceVersion", "")}}}};
+                        {"preconditions", {{"uid", uid}, {"resourceVersion", resource_version}}}};
   absl::StatusOr<kube::Json> deleted = api_->Request("DELETE", path, &options);
   if (kube::IsConflict(deleted.status())) {
     return absl::AbortedError(absl::StrCat(Describe(), " changed while being removed; retrying"));
