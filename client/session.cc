@@ -246,7 +246,10 @@ void Session::LogStreamEnd(const grpc::Status& status, const std::string& denial
     case grpc::StatusCode::PERMISSION_DENIED:
     case grpc::StatusCode::UNAUTHENTICATED:
       denied = true;
-      message = "the server refused this client; retrying with backoff";
+      // An expired credential is routine (certificates and tokens are renewed), not a refusal.
+      message = denial_reason == kDenialCredentialExpired
+                    ? "this client's credential expired; reconnecting with the current one"
+                    : "the server refused this client; retrying with backoff";
       break;
     default:
       message = "stream ended; reconnecting with backoff";
@@ -270,7 +273,9 @@ void Session::LogStreamEnd(const grpc::Status& status, const std::string& denial
     return;
   }
   last_end_message_ = key;
-  LogAt(denied ? spdlog::level::err : spdlog::level::warn, message, fields);
+  LogAt(denied && denial_reason != kDenialCredentialExpired ? spdlog::level::err
+                                                            : spdlog::level::warn,
+        message, fields);
 }
 
 }  // namespace certcast

@@ -672,6 +672,9 @@ TEST_F(IdentityScenarioTest, StreamEndsWhenItsTokenExpiresAndTheClientReconnects
   WriteText(tmp_.Join("sa.token"), sa_renewed_);  // what the kubelet does before exp
   ASSERT_FALSE(client.WaitForLog("token of this stream expired", absl::Seconds(30)).empty())
       << client.log() << server_->log();
+  // The client says what happened: its credential expired, it was not refused.
+  EXPECT_THAT(client.log(), HasSubstr("this client's credential expired"));
+  EXPECT_THAT(client.log(), ::testing::Not(HasSubstr("the server refused this client")));
   // Reconnected with the renewed token: subscribed a second time.
   ASSERT_TRUE(WaitFor(
       [&] {
