@@ -875,8 +875,8 @@ TEST_F(FaultScenarioTest, PartitionedClientNoticesAndConvergesAfterHealing) {
       << client->log();
   const absl::Duration client_noticed = absl::Now() - partitioned_at;
   // The server marks it disconnected within a few heartbeat intervals: its keepalive pings
-  // follow --heartbeat-interval (1 s here: a ping every second, 1 s to answer it). With fixed
-  // keepalive timings (30 s, 20 s) it took over 20 s.
+  // follow --heartbeat-interval (1 s here: a ping every second, 5 s at least to answer it). With
+  // fixed keepalive timings (30 s, 20 s) it took over 20 s.
   EXPECT_TRUE(WaitFor([&] { return !record().connected(); }, absl::Seconds(10)))
       << "the server still lists the partitioned client as connected "
       << absl::Now() - partitioned_at << " into the partition\n"
