@@ -76,10 +76,26 @@ std::vector<prometheus::MetricFamily> ClientMetrics::Collect() const {
              MetricType::Counter);
   AddSample(heartbeat_misses, {}, static_cast<double>(counters.heartbeat_misses));
 
-  return {metrics::BuildInfo(),       std::move(version),          std::move(not_after),
-          std::move(last_apply),      std::move(apply_failures),   std::move(hook_failures),
-          std::move(reconnects),      std::move(heartbeat_misses), std::move(serving_verified),
-          std::move(serving_failures)};
+  const StreamLiveness liveness = session_->liveness();
+  auto connected = Family("certcast_client_connected",
+                          "1 while the stream to the server is up (a message arrived on it and it "
+                          "has not ended), else 0.",
+                          MetricType::Gauge);
+  AddSample(connected, {}, liveness.connected ? 1 : 0);
+  auto last_message =
+      Family("certcast_client_last_server_message_timestamp_seconds",
+             "When the server was last heard from (any message, heartbeats included; Unix time). "
+             "Absent until the first message.",
+             MetricType::Gauge);
+  if (liveness.last_message_at != absl::InfinitePast()) {
+    AddSample(last_message, {},
+              absl::ToDoubleSeconds(liveness.last_message_at - absl::UnixEpoch()));
+  }
+
+  return {metrics::BuildInfo(),        std::move(version),          std::move(not_after),
+          std::move(last_apply),       std::move(apply_failures),   std::move(hook_failures),
+          std::move(reconnects),       std::move(heartbeat_misses), std::move(serving_verified),
+          std::move(serving_failures), std::move(connected),        std::move(last_message)};
 }
 
 }  // namespace certcast

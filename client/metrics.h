@@ -23,7 +23,8 @@ class ClientMetrics final : public prometheus::Collectable {
   // certcast_client_not_after_seconds and certcast_client_last_apply_timestamp_seconds (when
   // known), certcast_client_apply_failures_total{sink}, certcast_client_hook_failures_total,
   // certcast_client_serving_verified, certcast_client_serving_failures_total; and
-  // certcast_client_reconnects_total, certcast_client_heartbeat_misses_total.
+  // certcast_client_reconnects_total, certcast_client_heartbeat_misses_total,
+  // certcast_client_connected and certcast_client_last_server_message_timestamp_seconds.
   std::vector<prometheus::MetricFamily> Collect() const override;
 
  private:

@@ -40,6 +40,8 @@ void Session::Init() { state_.Init(); }
 
 std::map<std::string, HeldVersion> Session::held() { return state_.held(); }
 
+StreamLiveness Session::liveness() { return state_.liveness(); }
+
 std::map<std::string, AppliedCertificate> Session::applied() { return state_.applied(); }
 
 bool Session::Ready(std::string* why) { return state_.Ready(why); }
@@ -192,12 +194,14 @@ void Session::RunConnection() {
         absl::MutexLock lock(&mu_);
         ++transport_counters_.heartbeat_misses;
       }
+      state_.Disconnected();
       context.TryCancel();
       cancelled = true;
       continue;
     }
     for (const v1::SubscribeRequest& reply : state_.RunDue(absl::Now())) Send(reply);
   }
+  state_.Disconnected();
   reader.join();
   {
     absl::MutexLock lock(&stream_mu_);

@@ -67,6 +67,8 @@ class Session {
   void Reconnect();
 
   SessionCounters counters();
+  // Whether the stream is up and when the server was last heard from.
+  StreamLiveness liveness();
   // What the client holds per certificate (fully applied versions).
   std::map<std::string, HeldVersion> held();
   // The same for every requested certificate, with the time of the last apply.

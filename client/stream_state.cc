@@ -154,8 +154,23 @@ void StreamState::Revoked() {
   }
 }
 
+StreamLiveness StreamState::liveness() {
+  absl::MutexLock lock(&mu_);
+  return liveness_;
+}
+
+void StreamState::Disconnected() {
+  absl::MutexLock lock(&mu_);
+  liveness_.connected = false;
+}
+
 std::vector<v1::SubscribeRequest> StreamState::Receive(v1::SubscribeResponse& message) {
   std::vector<v1::SubscribeRequest> out;
+  {
+    absl::MutexLock lock(&mu_);
+    liveness_.connected = true;
+    liveness_.last_message_at = clock_->Now();
+  }
   switch (message.kind_case()) {
     case v1::SubscribeResponse::kHeartbeat: {
       const uint32_t interval = std::max<uint32_t>(1, message.heartbeat().interval_seconds());

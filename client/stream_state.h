@@ -1,9 +1,10 @@
 // StreamState: the client's side of the Subscribe protocol, without any gRPC stream in it. It
 // says what the client holds (the hello), applies pushed versions to every sink, runs the hooks,
-// proves serving (--verify), and decides each ACK and NACK; it retries failed applies and
-// verifications with backoff. The transport (Session in session.cc) connects, reads and writes,
-// watches heartbeats and reconnects; it feeds this class the server's messages and the time, and
-// sends what it returns. A unit test can do the same with fake sinks and a fake probe.
+// proves serving (--verify), decides each ACK and NACK, and records whether the stream is up; it
+// retries failed applies and verifications with backoff. The transport (Session in session.cc)
+// connects, reads and writes, watches heartbeats and reconnects; it feeds this class the server's
+// messages and the time, and sends what it returns. A unit test can do the same with fake sinks and
+// a fake probe.
 //
 // Not thread-safe for the protocol calls (Hello, Receive, RunDue, NextDue, Revoked): the
 // session thread makes them all. The observers (held, applied, Ready, counters) are thread-safe:
@@ -53,6 +54,13 @@ struct SessionCounters {
   std::map<std::string, uint64_t> serving_failures_by_certificate;
 };
 
+// Whether the stream to the server is up and when the server was last heard from, for metrics
+// (a client that lost the server shows before the next renewal does).
+struct StreamLiveness {
+  bool connected = false;  // a message arrived on the current stream, which has not ended
+  absl::Time last_message_at = absl::InfinitePast();  // any message; InfinitePast: none yet
+};
+
 // What the sinks hold of one certificate, for metrics.
 struct AppliedCertificate {
   uint64_t version = 0;                          // 0: nothing (or an unknown version) held
@@ -95,12 +103,15 @@ class StreamState {
   void set_heartbeat_timeout(absl::Duration timeout) { heartbeat_timeout_ = timeout; }
   // --delete-on-revoke: empties every sink and forgets what was held.
   void Revoked();
+  // The transport's stream ended (or was given up): not connected until the next message.
+  void Disconnected();
 
   // Observers (thread-safe).
   std::map<std::string, HeldVersion> held();
   std::map<std::string, AppliedCertificate> applied();
   bool Ready(std::string* why);
   SessionCounters counters();
+  StreamLiveness liveness();
 
  private:
   // An update that could not be applied to every sink; retried with backoff.
@@ -158,6 +169,7 @@ class StreamState {
   std::map<std::string, std::string> failing_ ABSL_GUARDED_BY(mu_);  // name → last apply error
   std::set<std::string> verified_ ABSL_GUARDED_BY(mu_);              // held version proven served
   SessionCounters counters_ ABSL_GUARDED_BY(mu_);
+  StreamLiveness liveness_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace certcast

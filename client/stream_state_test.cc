@@ -110,6 +110,28 @@ TEST_F(StreamStateTest, WithoutVerifyAcksAtOnceUnverified) {
   EXPECT_EQ(probes_, 0);
 }
 
+// Any message from the server (a heartbeat too) marks the stream up and stamps the time;
+// the transport's Disconnected() marks it down and keeps the time of the last message.
+TEST_F(StreamStateTest, LivenessFollowsMessagesAndTheEndOfTheStream) {
+  std::unique_ptr<StreamState> state = Make(/*verify=*/false);
+  EXPECT_FALSE(state->liveness().connected);
+  EXPECT_EQ(state->liveness().last_message_at, absl::InfinitePast());
+  v1::SubscribeResponse heartbeat;
+  heartbeat.mutable_heartbeat()->set_interval_seconds(30);
+  state->Receive(heartbeat);
+  const absl::Time first = clock_.Now();
+  EXPECT_TRUE(state->liveness().connected);
+  EXPECT_EQ(state->liveness().last_message_at, first);
+  clock_.Advance(absl::Seconds(5));
+  state->Disconnected();
+  EXPECT_FALSE(state->liveness().connected);
+  EXPECT_EQ(state->liveness().last_message_at, first);
+  v1::SubscribeResponse update = Update(1, v1_);
+  state->Receive(update);
+  EXPECT_TRUE(state->liveness().connected);
+  EXPECT_EQ(state->liveness().last_message_at, first + absl::Seconds(5));
+}
+
 // With --verify the ACK waits until the endpoint serves the new leaf, then says it was verified.
 TEST_F(StreamStateTest, AcksOnlyOnceTheEndpointServesTheNewLeaf) {
   std::unique_ptr<StreamState> state = Make(/*verify=*/true);

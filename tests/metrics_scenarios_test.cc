@@ -238,6 +238,41 @@ TEST_F(MetricsScenarioTest, ReconnectsAndHeartbeatMissesAreCounted) {
       << "the client connects again after giving up on the silent stream";
 }
 
+// certcast_client_connected follows the stream: 1 while the server is up, 0 once it stops
+// (killed, and stopped silent: only the heartbeat timeout tells), 1 again when it is back;
+// certcast_client_last_server_message_timestamp_seconds keeps the last time it heard from it.
+TEST_F(MetricsScenarioTest, ClientShowsWhetherItHearsTheServer) {
+  const std::vector<std::string> flags = {
+      absl::StrCat("--listen=127.0.0.1:", scenario::PickFreePort()), "--heartbeat-interval=2s"};
+  StartServer(flags);
+  Scraper client_metrics;
+  auto client = StartClient("tenant-a", &client_metrics);
+  ASSERT_TRUE(client_metrics.WaitForValue("certcast_client_connected", {}, 1)) << client->log();
+  ASSERT_TRUE(client_metrics.WaitUntil("certcast_client_last_server_message_timestamp_seconds", {},
+                                       AtLeast(absl::ToUnixSeconds(absl::Now()) - 60)));
+
+  server_->Signal(SIGKILL);
+  server_->Wait(absl::Seconds(10));
+  ASSERT_TRUE(client_metrics.WaitForValue("certcast_client_connected", {}, 0)) << client->log();
+  const double last_heard =
+      client_metrics.Value("certcast_client_last_server_message_timestamp_seconds", {});
+  EXPECT_GT(last_heard, 0) << "the last time it heard the server stays visible";
+  EXPECT_LE(last_heard, absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch()));
+
+  StartServer(flags);
+  ASSERT_TRUE(client_metrics.WaitForValue("certcast_client_connected", {}, 1)) << client->log();
+  EXPECT_TRUE(client_metrics.WaitUntil("certcast_client_last_server_message_timestamp_seconds", {},
+                                       [&](double at) { return at > last_heard; }));
+
+  // Stopped, the server keeps the connection open and says nothing: 0 after the heartbeat
+  // timeout (two intervals), not only when the connection breaks.
+  server_->Signal(SIGSTOP);
+  const bool silent = client_metrics.WaitForValue("certcast_client_connected", {}, 0);
+  server_->Signal(SIGCONT);
+  ASSERT_TRUE(silent) << client->log();
+  EXPECT_TRUE(client_metrics.WaitForValue("certcast_client_connected", {}, 1)) << client->log();
+}
+
 // Invalid source content is counted by reason; a removed source reads as absent while the last
 // good version is still served (metrics, inspection and a new subscriber agree).
 TEST_F(MetricsScenarioTest, SourceRejectionAndRemoval) {
@@ -302,8 +337,9 @@ TEST_F(MetricsScenarioTest, DenialsAreCounted) {
       std::vector<std::string>{
           "--listen=127.0.0.1:0", "--tls-cert=" + tmp_.Join("server.crt"),
           "--tls-key=" + tmp_.Join("server.key"), "--client-ca=" + tmp_.Join("client-ca.pem"),
-          "--trust-domain=cluster.local", "--policy=" + tmp_.Join("policy.yaml"), "--certificate=wildcard=" + Source(),
-          "--state-dir=" + tmp_.Join("server-state"), "--metrics-listen=127.0.0.1:0"},
+          "--trust-domain=cluster.local", "--policy=" + tmp_.Join("policy.yaml"),
+          "--certificate=wildcard=" + Source(), "--state-dir=" + tmp_.Join("server-state"),
+          "--metrics-listen=127.0.0.1:0"},
       tmp_.Join("server-tls.log"));
   port_ = server_->WaitForPort();
   ASSERT_NE(port_, 0) << server_->log();

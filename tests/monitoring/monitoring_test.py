@@ -102,6 +102,8 @@ CLIENT_METRICS = {
     "certcast_client_hook_failures_total": {"certificate"},
     "certcast_client_reconnects_total": set(),
     "certcast_client_heartbeat_misses_total": set(),
+    "certcast_client_connected": set(),
+    "certcast_client_last_server_message_timestamp_seconds": set(),
     "certcast_build_info": {"version", "commit"},
 }
 ISSUE_METRICS = set(SERVER_METRICS) | set(CLIENT_METRICS)
@@ -117,6 +119,7 @@ SERVER_EXPECTED = {
 CLIENT_EXPECTED = {
     "certcast_client_applied_version", "certcast_client_not_after_seconds",
     "certcast_client_last_apply_timestamp_seconds", "certcast_build_info",
+    "certcast_client_connected", "certcast_client_last_server_message_timestamp_seconds",
 }
 
 # Alerts the issue asks for: name -> severities.
@@ -128,6 +131,7 @@ REQUIRED_ALERTS = {
     "CertcastSourceMissing": {"warning"},
     "CertcastClientVersionMismatch": {"warning"},
     "CertcastServerDown": {"critical"},
+    "CertcastClientDisconnected": {"warning"},
 }
 SEVERITIES = {"warning", "critical"}
 JOBS = {"certcast-server", "certcast-client"}
