@@ -203,10 +203,9 @@ absl::StatusOr<std::set<std::string>> ParseValues(const YAML::Node& node, const 
   return values;
 }
 
+// `what` names the selector in errors ("certificate \"X\": namespaceSelector").
 absl::StatusOr<LabelSelector> ParseSelector(const YAML::Node& node, const YAML::Mark& key_mark,
-                                            const std::string& label,
-                                            const std::string& certificate) {
-  const std::string what = absl::StrCat("certificate \"", certificate, "\": namespaceSelector");
+                                            const std::string& label, const std::string& what) {
   if (!node.IsMap()) {
     return Problem(label, node.IsNull() ? key_mark : node.Mark(),
                    absl::StrCat(what, " must be a map with matchLabels and/or matchExpressions"));
@@ -331,11 +330,12 @@ absl::StatusOr<std::shared_ptr<const RolloutSpec>> ParseRollout(const YAML::Node
       if (!item.IsMap()) {
         return Problem(label, item.Mark(),
                        absl::StrCat(wave_what,
-                                    " must be a map with namespaces (and optionally "
-                                    "name, soak, require)"));
+                                    " must be a map with namespaces and/or "
+                                    "namespaceSelector (and optionally name, soak, require)"));
       }
-      ASSIGN_OR_RETURN(auto wave_fields, MapEntries(item, label, wave_what,
-                                                    {"name", "namespaces", "soak", "require"}));
+      ASSIGN_OR_RETURN(auto wave_fields,
+                       MapEntries(item, label, wave_what,
+                                  {"name", "namespaces", "namespaceSelector", "soak", "require"}));
       WaveSpec wave;
       wave.name = absl::StrCat("wave-", spec->waves.size() + 1);
       bool has_namespaces = false;
@@ -354,6 +354,11 @@ absl::StatusOr<std::shared_ptr<const RolloutSpec>> ParseRollout(const YAML::Node
           has_namespaces = true;
           ASSIGN_OR_RETURN(wave.namespaces,
                            ParseNamespaces(wave_value, wave_key.Mark(), label, certificate));
+        } else if (wave_field == "namespaceSelector") {
+          has_namespaces = true;
+          ASSIGN_OR_RETURN(wave.selector,
+                           ParseSelector(wave_value, wave_key.Mark(), label,
+                                         absl::StrCat(wave_what, ": namespaceSelector")));
         } else if (wave_field == "soak") {
           ASSIGN_OR_RETURN(wave.soak, ParseDurationValue(wave_value, wave_key.Mark(), label,
                                                          wave_what + ": soak"));
@@ -371,7 +376,8 @@ absl::StatusOr<std::shared_ptr<const RolloutSpec>> ParseRollout(const YAML::Node
         }
       }
       if (!has_namespaces) {
-        return Problem(label, item.Mark(), absl::StrCat(wave_what, " has no namespaces"));
+        return Problem(label, item.Mark(),
+                       absl::StrCat(wave_what, " has no namespaces and no namespaceSelector"));
       }
       if (!names.insert(wave.name).second) {
         return Problem(label, item.Mark(),
@@ -391,19 +397,26 @@ absl::StatusOr<std::shared_ptr<const RolloutSpec>> ParseRollout(const YAML::Node
 
 }  // namespace
 
-bool WaveSpec::Matches(const std::string& namespace_) const {
-  if (namespaces.empty()) return true;  // everyone else
+bool WaveSpec::Matches(const std::string& namespace_, const NamespaceLabels* labels) const {
+  if (namespaces.empty() && !selector.has_value()) return true;  // everyone else
   for (const std::string& pattern : namespaces) {
     if (GlobMatches(pattern, namespace_)) return true;
   }
-  return false;
+  return labels != nullptr && selector.has_value() && selector->Matches(*labels);
 }
 
-size_t RolloutSpec::WaveOf(const std::string& namespace_) const {
+size_t RolloutSpec::WaveOf(const std::string& namespace_, const NamespaceLabels* labels) const {
   for (size_t i = 0; i + 1 < waves.size(); ++i) {
-    if (waves[i].Matches(namespace_)) return i;
+    if (waves[i].Matches(namespace_, labels)) return i;
   }
   return waves.empty() ? 0 : waves.size() - 1;
+}
+
+bool RolloutSpec::UsesSelectors() const {
+  for (const WaveSpec& wave : waves) {
+    if (wave.selector.has_value()) return true;
+  }
+  return false;
 }
 
 absl::StatusOr<Policy> Policy::Parse(const std::string& yaml, const std::string& origin,
@@ -446,7 +459,8 @@ absl::StatusOr<Policy> Policy::Parse(const std::string& yaml, const std::string&
             } else if (field.Scalar() == "namespaceSelector") {
               granted = true;
               ASSIGN_OR_RETURN(grant.selector,
-                               ParseSelector(field_value, field.Mark(), label, name));
+                               ParseSelector(field_value, field.Mark(), label,
+                                             absl::StrCat(what, ": namespaceSelector")));
             } else {
               ASSIGN_OR_RETURN(policy.rollouts_[name],
                                ParseRollout(field_value, field.Mark(), label, name));
@@ -504,6 +518,22 @@ bool LabelSelector::Matches(const NamespaceLabels& labels) const {
   return true;
 }
 
+std::string LabelSelector::ToString() const {
+  std::vector<std::string> parts;
+  for (const auto& [key, value] : match_labels) parts.push_back(absl::StrCat(key, "=", value));
+  for (const Requirement& requirement : match_expressions) {
+    if (requirement.op == "Exists") {
+      parts.push_back(requirement.key);
+    } else if (requirement.op == "DoesNotExist") {
+      parts.push_back(absl::StrCat("!", requirement.key));
+    } else {
+      parts.push_back(absl::StrCat(requirement.key, requirement.op == "In" ? " in (" : " notin (",
+                                   absl::StrJoin(requirement.values, ","), ")"));
+    }
+  }
+  return absl::StrJoin(parts, ",");
+}
+
 bool Policy::Allows(const std::string& certificate, const std::string& namespace_,
                     const NamespaceLabels* labels) const {
   auto it = grants_.find(certificate);
@@ -518,6 +548,9 @@ bool Policy::Allows(const std::string& certificate, const std::string& namespace
 bool Policy::UsesSelectors() const {
   for (const auto& [name, grant] : grants_) {
     if (grant.selector.has_value()) return true;
+  }
+  for (const auto& [name, rollout] : rollouts_) {
+    if (rollout->UsesSelectors()) return true;
   }
   return false;
 }

@@ -56,16 +56,20 @@ struct LabelSelector {
   std::vector<Requirement> match_expressions;
 
   bool Matches(const NamespaceLabels& labels) const;
+  // As kubectl's -l writes it: "a=b,tier in (free,trial),!gone", for inspection output.
+  std::string ToString() const;
 };
 
-// One wave of a staged rollout. Namespaces are matched by name or glob; waves by namespaceSelector
-// would plug in at Matches() (the rollout controller does not see namespace labels yet).
+// One wave of a staged rollout: the namespaces its names or globs match, or whose labels its
+// namespaceSelector matches. Neither: everyone else (the last wave).
 struct WaveSpec {
   std::string name;
-  std::vector<std::string> namespaces;  // empty: everyone else (the last wave)
+  std::vector<std::string> namespaces;
+  std::optional<LabelSelector> selector;
   absl::Duration soak = absl::ZeroDuration();
   bool require_verified = false;
-  bool Matches(const std::string& namespace_) const;
+  // Null `labels` (not known) never match the selector.
+  bool Matches(const std::string& namespace_, const NamespaceLabels* labels) const;
 };
 
 struct RolloutSpec {
@@ -73,8 +77,11 @@ struct RolloutSpec {
   std::vector<WaveSpec> waves;
   absl::Duration wave_timeout = absl::Minutes(30);
   absl::Duration expiry_margin = absl::Hours(24 * 7);
-  // 0-based index of the first wave that matches `namespace_` (the last wave when none does).
-  size_t WaveOf(const std::string& namespace_) const;
+  // 0-based index of the first wave that matches `namespace_` with `labels` (the last wave when
+  // none does).
+  size_t WaveOf(const std::string& namespace_, const NamespaceLabels* labels) const;
+  // True when a wave chooses namespaces by label (the server then needs the namespace watch).
+  bool UsesSelectors() const;
 };
 
 class Policy {
@@ -90,8 +97,8 @@ class Policy {
   // not listed yet, or no such namespace) never match a selector.
   bool Allows(const std::string& certificate, const std::string& namespace_,
               const NamespaceLabels* labels = nullptr) const;
-  // True when some certificate is granted by label selector (the server then needs the
-  // namespace watch).
+  // True when some certificate is granted, or some rollout wave chosen, by label selector (the
+  // server then needs the namespace watch).
   bool UsesSelectors() const;
   std::vector<std::string> Certificates() const;
   // True when `identity` (a SPIFFE ID or system:serviceaccount:NS:SA) is listed as an admin.

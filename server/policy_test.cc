@@ -130,10 +130,45 @@ TEST(PolicyTest, ParsesRolloutWavesWithEveryoneElseLast) {
   EXPECT_EQ(spec->waves[2].name, "everyone-else");
   EXPECT_EQ(spec->wave_timeout, absl::Minutes(5));
   EXPECT_EQ(spec->expiry_margin, absl::Hours(24 * 7));
-  EXPECT_EQ(spec->WaveOf("canary"), 0u);
-  EXPECT_EQ(spec->WaveOf("tenant-a"), 1u);
-  EXPECT_EQ(spec->WaveOf("shop"), 2u);
+  EXPECT_EQ(spec->WaveOf("canary", nullptr), 0u);
+  EXPECT_EQ(spec->WaveOf("tenant-a", nullptr), 1u);
+  EXPECT_EQ(spec->WaveOf("shop", nullptr), 2u);
+  EXPECT_FALSE(spec->UsesSelectors());
+  EXPECT_FALSE(policy.UsesSelectors());
   EXPECT_EQ(policy.RolloutOf("internal"), nullptr);
+}
+
+// A wave may choose its namespaces by label, with names besides; unknown labels match no
+// selector, so such a namespace waits for the last wave. A selector wave needs the namespace
+// watch, like a selector grant.
+TEST(PolicyTest, RolloutWavesChooseNamespacesByLabel) {
+  Policy policy = ParseOrDie(R"(certificates:
+  wildcard:
+    namespaces: ["*"]
+    rollout:
+      waves:
+        - name: canary
+          namespaceSelector: {matchLabels: {certcast.io/wave: canary}}
+          namespaces: [ops]
+        - name: early
+          namespaceSelector:
+            matchExpressions: [{key: tier, operator: In, values: [free, trial]}]
+)");
+  std::shared_ptr<const RolloutSpec> spec = policy.RolloutOf("wildcard");
+  ASSERT_NE(spec, nullptr);
+  ASSERT_EQ(spec->waves.size(), 3u);
+  const NamespaceLabels canary = {{"certcast.io/wave", "canary"}, {"tier", "free"}};
+  const NamespaceLabels free = {{"tier", "free"}};
+  const NamespaceLabels paid = {{"tier", "paid"}};
+  EXPECT_EQ(spec->WaveOf("tenant-a", &canary), 0u);  // the first wave that matches
+  EXPECT_EQ(spec->WaveOf("ops", &paid), 0u);         // by name
+  EXPECT_EQ(spec->WaveOf("tenant-b", &free), 1u);
+  EXPECT_EQ(spec->WaveOf("tenant-c", &paid), 2u);
+  EXPECT_EQ(spec->WaveOf("tenant-a", nullptr), 2u);  // labels unknown
+  EXPECT_TRUE(spec->UsesSelectors());
+  EXPECT_TRUE(policy.UsesSelectors());
+  EXPECT_EQ(spec->waves[0].selector->ToString(), "certcast.io/wave=canary");
+  EXPECT_EQ(spec->waves[1].selector->ToString(), "tier in (free,trial)");
 }
 
 struct BadPolicy {
@@ -224,7 +259,11 @@ INSTANTIATE_TEST_SUITE_P(
         BadPolicy{"RolloutWaveWithoutNamespaces",
                   "certificates:\n  wildcard:\n    namespaces: [a]\n    rollout:\n"
                   "      waves: [{name: canary}]\n",
-                  "rollout: wave 1 has no namespaces"},
+                  "rollout: wave 1 has no namespaces and no namespaceSelector"},
+        BadPolicy{"RolloutWaveWithEmptySelector",
+                  "certificates:\n  wildcard:\n    namespaces: [a]\n    rollout:\n"
+                  "      waves: [{namespaceSelector: {}}]\n",
+                  "rollout: wave 1: namespaceSelector is empty"},
         BadPolicy{"RolloutBadSoak",
                   "certificates:\n  wildcard:\n    namespaces: [a]\n    rollout:\n"
                   "      waves: [{namespaces: [a], soak: soon}]\n",

@@ -51,6 +51,16 @@ std::shared_ptr<const RolloutSpec> RolloutController::SpecOf(const std::string& 
   return policy == nullptr ? nullptr : policy->RolloutOf(name);
 }
 
+size_t RolloutController::WaveOf(const RolloutSpec& spec, const kube::NamespaceSet* namespaces,
+                                 const std::string& namespace_) {
+  const NamespaceLabels* labels = nullptr;
+  if (namespaces != nullptr) {
+    auto it = namespaces->find(namespace_);
+    if (it != namespaces->end()) labels = &it->second;
+  }
+  return spec.WaveOf(namespace_, labels);
+}
+
 void RolloutController::ApplyGate(const std::string& name, Entry& entry) {
   if (!entry.active() || entry.spec == nullptr) {
     entry.gate = nullptr;
@@ -59,8 +69,11 @@ void RolloutController::ApplyGate(const std::string& name, Entry& entry) {
     gate->held_back = entry.previous;
     std::shared_ptr<const RolloutSpec> spec = entry.spec;
     const size_t released = entry.state.wave();
-    gate->released = [spec, released](const std::string& namespace_) {
-      return spec->WaveOf(namespace_) <= released;
+    // The labels as they are now; OnNamespacesChanged builds a new gate when they change.
+    std::shared_ptr<const kube::NamespaceSet> namespaces =
+        spec->UsesSelectors() ? Namespaces() : nullptr;
+    gate->released = [spec, released, namespaces](const std::string& namespace_) {
+      return WaveOf(*spec, namespaces.get(), namespace_) <= released;
     };
     entry.gate = std::move(gate);
   }
@@ -157,6 +170,15 @@ void RolloutController::Restore(Publisher* publisher) {
             {{"certificate", restored.name},
              {"version", entry.state.version()},
              {"previous_version", entry.state.previous_version()}});
+  }
+}
+
+void RolloutController::OnNamespacesChanged() {
+  absl::MutexLock lock(&mu_);
+  for (auto& [name, entry] : entries_) {
+    if (entry.active() && entry.spec != nullptr && entry.spec->UsesSelectors()) {
+      ApplyGate(name, entry);
+    }
   }
 }
 
@@ -298,13 +320,14 @@ std::vector<RolloutController::WaveCounts> RolloutController::Count(const std::s
   const std::set<std::string> excused(entry.state.excused().begin(), entry.state.excused().end());
   const absl::Time now = clock_->Now();
   const bool timed_out = now - GetTime(entry.state.wave_started_at()) >= spec.wave_timeout;
+  const std::shared_ptr<const kube::NamespaceSet> namespaces = Namespaces();
   uint64_t after = 0;
   while (true) {
     Fleet::Page page = fleet_->List("", name, kFleetPage, after);
     for (const ClientRecord& record : page.clients) {
       const ClientCertificateState* state = StateOf(record, name);
       if (state == nullptr) continue;
-      const size_t wave = spec.WaveOf(record.namespace_);
+      const size_t wave = WaveOf(spec, namespaces.get(), record.namespace_);
       WaveCounts& wave_counts = counts[wave];
       const bool required = spec.waves[wave].require_verified;
       const std::string key = Key(record);
@@ -436,18 +459,19 @@ absl::StatusOr<v1::Rollout> RolloutController::Resume(const std::string& name) {
     // Excuse whoever stopped it: refusals, and ACKs without the proof a wave requires.
     if (entry.spec != nullptr) {
       const uint64_t version = entry.state.version();
+      const std::shared_ptr<const kube::NamespaceSet> namespaces = Namespaces();
       uint64_t after = 0;
       while (true) {
         Fleet::Page page = fleet_->List("", name, kFleetPage, after);
         for (const ClientRecord& record : page.clients) {
           const ClientCertificateState* state = StateOf(record, name);
-          if (state == nullptr || entry.spec->WaveOf(record.namespace_) > entry.state.wave()) {
-            continue;
-          }
+          if (state == nullptr) continue;
+          const size_t wave = WaveOf(*entry.spec, namespaces.get(), record.namespace_);
+          if (wave > entry.state.wave()) continue;
           const bool refused = state->last_error_version == version;
-          const bool unverified =
-              state->acknowledged_version == version && !state->serving_verified &&
-              entry.spec->waves[entry.spec->WaveOf(record.namespace_)].require_verified;
+          const bool unverified = state->acknowledged_version == version &&
+                                  !state->serving_verified &&
+                                  entry.spec->waves[wave].require_verified;
           if (refused || unverified) entry.state.add_excused(Key(record));
         }
         if (page.next_page_token.empty()) break;
@@ -517,6 +541,7 @@ v1::Rollout RolloutController::DescribeLocked(const std::string& name, const Ent
     v1::RolloutWave* out = rollout.add_waves();
     out->set_name(wave.name);
     for (const std::string& pattern : wave.namespaces) out->add_namespaces(pattern);
+    if (wave.selector.has_value()) out->set_namespace_selector(wave.selector->ToString());
     out->set_soak_seconds(static_cast<uint32_t>(absl::ToInt64Seconds(wave.soak)));
     out->set_require_verified(wave.require_verified);
     const bool finished = !state.outcome().empty();
@@ -544,7 +569,7 @@ uint32_t RolloutController::WaitingFor(const std::string& name, const std::strin
   absl::MutexLock lock(&mu_);
   auto it = entries_.find(name);
   if (it == entries_.end() || !it->second.active() || it->second.spec == nullptr) return 0;
-  const size_t wave = it->second.spec->WaveOf(namespace_);
+  const size_t wave = WaveOf(*it->second.spec, Namespaces().get(), namespace_);
   return wave > it->second.state.wave() ? static_cast<uint32_t>(wave + 1) : 0;
 }
 

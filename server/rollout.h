@@ -33,6 +33,7 @@
 #include "certcast/state/v1/state.pb.h"
 #include "certcast/v1/certcast.pb.h"
 #include "common/clock.h"
+#include "kube/namespace_cache.h"
 #include "server/distribution.h"
 #include "server/fleet.h"
 #include "server/policy.h"
@@ -49,6 +50,9 @@ class RolloutController final : public PublicationListener {
     // Only a replica for which this is true advances and persists rollouts (the seam for leader
     // election with several replicas); null: always. Others keep serving the gates they have.
     std::function<bool()> may_advance;
+    // The cluster's namespaces with their labels (--watch-namespaces), for waves chosen by
+    // namespaceSelector; null, or a null snapshot: labels unknown, such waves match nobody.
+    std::function<std::shared_ptr<const kube::NamespaceSet>()> namespaces;
   };
   // The current policy; may return null (no policy: no rollouts).
   using PolicySource = std::function<std::shared_ptr<const Policy>()>;
@@ -65,6 +69,9 @@ class RolloutController final : public PublicationListener {
   // Once every certificate is added to `publisher` and before sources are evaluated: restores
   // the persisted rollouts of the current versions, and persists through `publisher` from now on.
   void Restore(Publisher* publisher);
+  // A namespace was added or removed or its labels changed: re-gates every rollout in progress,
+  // so a namespace that joins a wave already reached gets the version now.
+  void OnNamespacesChanged();
   // Starts and stops the thread that evaluates rollouts every tick.
   void Start();
   void Stop();
@@ -131,6 +138,12 @@ class RolloutController final : public PublicationListener {
   void Follow() ABSL_LOCKS_EXCLUDED(mu_);
   // Writes the changed states through the Publisher; call without mu_.
   void Persist() ABSL_LOCKS_EXCLUDED(mu_);
+  // The wave of `namespace_` in `spec`, with the labels in `namespaces` (may be null).
+  static size_t WaveOf(const RolloutSpec& spec, const kube::NamespaceSet* namespaces,
+                       const std::string& namespace_);
+  std::shared_ptr<const kube::NamespaceSet> Namespaces() const {
+    return options_.namespaces ? options_.namespaces() : nullptr;
+  }
   bool MayAdvance() const { return options_.may_advance == nullptr || options_.may_advance(); }
 
   const PolicySource policy_;

@@ -80,6 +80,15 @@ class RolloutControllerTest : public ::testing::Test {
 
   uint32_t Wave() { return controller_->Statuses()["wildcard"].wave; }
 
+  // Replaces the policy and the controller; `options.namespaces` may give namespace labels.
+  void UsePolicy(const std::string& yaml, RolloutController::Options options) {
+    absl::StatusOr<Policy> policy = Policy::Parse(yaml, "test", {"wildcard"});
+    ASSERT_TRUE(policy.ok()) << policy.status();
+    policy_ = std::make_shared<const Policy>(*std::move(policy));
+    controller_ = std::make_unique<RolloutController>([this] { return policy_; }, &fleet_, &hub_,
+                                                      &clock_, std::move(options));
+  }
+
   FakeClock clock_;
   Fleet fleet_;
   AllowAllAuthorizer authorizer_;
@@ -121,6 +130,53 @@ TEST_F(RolloutControllerTest, WalksTheWavesAfterAcksAndSoak) {
   EXPECT_EQ(rollout.state(), "complete");
   EXPECT_EQ(controller_->WaitingFor("wildcard", "tenant-z"), 0u);
   EXPECT_EQ(controller_->ExpectedVersions()("wildcard", "tenant-z", 2), 2u);
+}
+
+// A wave chosen by label: the canary wave is every namespace labelled certcast.io/wave=canary.
+// A namespace labelled while the rollout is under way joins the wave it now matches at once
+// (OnNamespacesChanged), and the wave's progress counts the clients its labels put in it.
+TEST_F(RolloutControllerTest, WavesChosenByLabelFollowLabelChanges) {
+  auto namespaces = std::make_shared<std::shared_ptr<const kube::NamespaceSet>>(
+      std::make_shared<const kube::NamespaceSet>(kube::NamespaceSet{
+          {"shop-a", {{"certcast.io/wave", "canary"}}}, {"shop-b", {}}, {"shop-c", {}}}));
+  RolloutController::Options options;
+  options.namespaces = [namespaces] { return *namespaces; };
+  UsePolicy(R"(certificates:
+  wildcard:
+    namespaces: ["*"]
+    rollout:
+      waves:
+        - name: canary
+          namespaceSelector: {matchLabels: {certcast.io/wave: canary}}
+)",
+            std::move(options));
+  auto v1 = Publish(1, absl::Hours(24 * 60));
+  const uint64_t canary = Connect("shop-a", *v1);
+  const uint64_t joined = Connect("shop-b", *v1);
+  Connect("shop-c", *v1);
+  auto v2 = Publish(2, absl::Hours(24 * 90));
+  EXPECT_EQ(controller_->WaitingFor("wildcard", "shop-a"), 0u);
+  EXPECT_EQ(controller_->WaitingFor("wildcard", "shop-b"), 2u);
+  EXPECT_EQ(controller_->ExpectedVersions()("wildcard", "shop-a", 2), 2u);
+  EXPECT_EQ(controller_->ExpectedVersions()("wildcard", "shop-b", 2), 1u);
+
+  *namespaces = std::make_shared<const kube::NamespaceSet>(kube::NamespaceSet{
+      {"shop-a", {{"certcast.io/wave", "canary"}}},
+      {"shop-b", {{"certcast.io/wave", "canary"}}},
+      {"shop-c", {}}});
+  controller_->OnNamespacesChanged();
+  EXPECT_EQ(controller_->WaitingFor("wildcard", "shop-b"), 0u);
+  EXPECT_EQ(controller_->ExpectedVersions()("wildcard", "shop-b", 2), 2u)
+      << "the gate still holds back a namespace that joined the canary wave";
+  EXPECT_EQ(controller_->ExpectedVersions()("wildcard", "shop-c", 2), 1u);
+
+  Ack(canary, *v2);
+  controller_->Tick();
+  EXPECT_EQ(Wave(), 1u) << "advanced before shop-b, now in the canary wave, acknowledged";
+  Ack(joined, *v2);
+  controller_->Tick();
+  EXPECT_EQ(controller_->Describe("wildcard")->state(), "complete");
+  EXPECT_EQ(controller_->ExpectedVersions()("wildcard", "shop-c", 2), 2u);
 }
 
 // A refusal in the canary wave halts; resume excuses the refusing client and the rollout goes on.

@@ -228,10 +228,30 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
     server->policy_->OnChange([hub] { hub->ReauthorizeAll(); });
     server->policy_->Start();
   }
+  PolicyFile* policy_file = server->policy_.get();
+  RolloutController::Options rollout_options;
+  if (server->replication_ != nullptr) {  // only the leader advances rollouts
+    Leadership* leadership = server->replication_.get();
+    rollout_options.may_advance = [leadership] { return leadership->IsLeader(); };
+  }
   if (server->namespaces_ != nullptr) {
-    // A namespace that gains or loses a label gains or loses its grants, like a policy edit.
+    const kube::NamespaceCache* namespaces = server->namespaces_.get();
+    rollout_options.namespaces = [namespaces] { return namespaces->snapshot(); };
+  }
+  server->rollout_ = std::make_unique<RolloutController>(
+      [policy_file]() -> std::shared_ptr<const Policy> {
+        return policy_file == nullptr ? nullptr : policy_file->current();
+      },
+      server->fleet_.get(), server->hub_.get(), clock, rollout_options);
+  if (server->namespaces_ != nullptr) {
+    // A namespace that gains or loses a label gains or loses its grants, like a policy edit, and
+    // may move to another rollout wave.
     DistributionHub* hub = server->hub_.get();
-    server->namespaces_->OnChange([hub] { hub->ReauthorizeAll(); });
+    RolloutController* rollout = server->rollout_.get();
+    server->namespaces_->OnChange([hub, rollout] {
+      hub->ReauthorizeAll();
+      rollout->OnNamespacesChanged();
+    });
     server->namespaces_->Start();
     // Label grants are unknown (denied) until the first list: wait for it a little, so that
     // clients reconnecting after a restart are not refused; /readyz says why while it lasts.
@@ -240,17 +260,6 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
               {{"error", server->namespaces_->last_error()}});
     }
   }
-  PolicyFile* policy_file = server->policy_.get();
-  RolloutController::Options rollout_options;
-  if (server->replication_ != nullptr) {  // only the leader advances rollouts
-    Leadership* leadership = server->replication_.get();
-    rollout_options.may_advance = [leadership] { return leadership->IsLeader(); };
-  }
-  server->rollout_ = std::make_unique<RolloutController>(
-      [policy_file]() -> std::shared_ptr<const Policy> {
-        return policy_file == nullptr ? nullptr : policy_file->current();
-      },
-      server->fleet_.get(), server->hub_.get(), clock, rollout_options);
   server->readiness_ = std::make_unique<Readiness>(server->rollout_.get(), names.size());
   server->publisher_ =
       std::make_unique<Publisher>(store, clock, server->readiness_.get(), options.publisher);

@@ -502,6 +502,81 @@ TEST_F(IdentityScenarioTest, NamespaceSelectorGrantsFollowLabels) {
   EXPECT_TRUE(update.has_value() && update->has_update());
 }
 
+// A rollout wave chosen by label: the canary wave is every namespace labelled
+// certcast.io/wildcard=true. A new version reaches tenant-a (labelled) first while tenant-b waits
+// for the last wave; labelling tenant-b moves it into the canary wave, and it gets the version at
+// once, with tenant-a's ACK still outstanding (so the canary wave has not completed).
+TEST_F(IdentityScenarioTest, RolloutWaveByLabelFollowsNamespaceLabels) {
+  WriteText(tmp_.Join("policy.yaml"),
+            "certificates:\n  wildcard:\n    namespaces: [\"tenant-*\"]\n    rollout:\n"
+            "      waves:\n        - name: canary\n          namespaceSelector:\n"
+            "            matchLabels: {certcast.io/wildcard: \"true\"}\nadmins:\n"
+            "  - spiffe://cluster.local/ns/certcast-system/sa/operator\n");
+  server_.reset();
+  StartServer({"--watch-namespaces"});
+  PosixFilesystem fs;
+  kube::CurlKubeApi kube_admin(
+      kube::KubeConfig{absl::StrCat("https://localhost:", kube_port_), tmp_.Join("admin.token"),
+                       tmp_.Join("server-ca.pem")},
+      &fs);
+  auto subscribe = [&](const std::string& ns, Issued* who) {
+    auto subscriber = std::make_unique<TestSubscriber>(Channel(who));
+    v1::HeldCertificate held;
+    held.set_name("wildcard");
+    subscriber->SendHello(ns, "pod-" + ns, {held});
+    return subscriber;
+  };
+  auto waiting_for_wave = [&](const std::string& ns) -> int {
+    auto stub = v1::Inspection::NewStub(Channel(&operator_));
+    grpc::ClientContext context;
+    v1::ListClientsRequest request;
+    request.set_namespace_(ns);
+    v1::ListClientsResponse response;
+    if (!stub->ListClients(&context, request, &response).ok() || response.clients_size() != 1 ||
+        response.clients(0).certificates_size() != 1) {
+      return -1;
+    }
+    return static_cast<int>(response.clients(0).certificates(0).waiting_for_wave());
+  };
+
+  Issued tenant_a = Tenant("tenant-a"), tenant_b = Tenant("tenant-b");
+  auto a = subscribe("tenant-a", &tenant_a);
+  auto b = subscribe("tenant-b", &tenant_b);
+  for (TestSubscriber* subscriber : {a.get(), b.get()}) {
+    std::optional<v1::SubscribeResponse> first = subscriber->NextNonHeartbeat();
+    ASSERT_TRUE(first.has_value() && first->has_update()) << server_->log();
+    ASSERT_EQ(first->update().version(), 1u);
+    subscriber->SendAck(first->update());
+  }
+
+  fixtures::WriteKubeletDir(tmp_.Join("source"), fixtures::MakeChain().material);
+  std::optional<v1::SubscribeResponse> canary = a->NextNonHeartbeat();
+  ASSERT_TRUE(canary.has_value() && canary->has_update()) << server_->log();
+  EXPECT_EQ(canary->update().version(), 2u);
+  ASSERT_TRUE(WaitFor([&] { return waiting_for_wave("tenant-b") == 2; })) << server_->log();
+  {
+    auto stub = v1::Inspection::NewStub(Channel(&operator_));
+    grpc::ClientContext context;
+    v1::GetCertificateRequest request;
+    request.set_name("wildcard");
+    v1::Certificate certificate;
+    ASSERT_TRUE(stub->GetCertificate(&context, request, &certificate).ok());
+    ASSERT_EQ(certificate.rollout().waves_size(), 2);
+    EXPECT_EQ(certificate.rollout().waves(0).namespace_selector(), "certcast.io/wildcard=true");
+    EXPECT_EQ(certificate.rollout().wave(), 1u);
+  }
+
+  Json patch = Json::parse(R"({"metadata": {"labels": {"certcast.io/wildcard": "true"}}})");
+  ASSERT_TRUE(kube_admin
+                  .Request("PATCH", "/api/v1/namespaces/tenant-b", &patch,
+                           "application/merge-patch+json")
+                  .ok());
+  std::optional<v1::SubscribeResponse> joined = b->NextNonHeartbeat();
+  ASSERT_TRUE(joined.has_value() && joined->has_update()) << server_->log();
+  EXPECT_EQ(joined->update().version(), 2u);
+  EXPECT_EQ(waiting_for_wave("tenant-b"), 0);
+}
+
 // A selector grant without the namespace watch is a start-up error that says what is missing.
 TEST_F(IdentityScenarioTest, NamespaceSelectorNeedsTheNamespaceWatch) {
   WriteText(tmp_.Join("selector.yaml"),
