@@ -14,13 +14,14 @@ std::vector<NamespaceCoverage> Coverage::List(const std::string& certificate_fil
   if (!known()) return rows;
   std::shared_ptr<const Policy> policy = policy_->current();
   std::shared_ptr<const kube::NamespaceSet> namespaces = namespaces_->snapshot();
+  const Fleet::ExpectedVersion expected =
+      rollout_ != nullptr ? rollout_->ExpectedVersions() : nullptr;
   for (const std::string& certificate : policy->Certificates()) {
     if (!certificate_filter.empty() && certificate != certificate_filter) continue;
-    std::optional<CertificateSnapshot> snapshot = publisher_->Snapshot(certificate);
-    if (!snapshot.has_value()) continue;  // the policy names only served certificates
-    const uint64_t current = snapshot->current.has_value() ? snapshot->current->version : 0;
+    std::shared_ptr<const Publication> publication = publisher_->Current(certificate);
+    const uint64_t current = publication != nullptr ? publication->version : 0;
     const std::map<std::string, Fleet::Counts> counts =
-        fleet_->CountByNamespace(certificate, current);
+        fleet_->CountByNamespace(certificate, current, expected);
     for (const auto& [name, labels] : *namespaces) {
       if (!namespace_filter.empty() && name != namespace_filter) continue;
       if (!policy->Allows(certificate, name, &labels)) continue;
@@ -28,11 +29,13 @@ std::vector<NamespaceCoverage> Coverage::List(const std::string& certificate_fil
       row.certificate = certificate;
       row.namespace_ = name;
       row.granted_by = policy->Allows(certificate, name) ? "name" : "selector";
+      const uint64_t should_run = expected ? expected(certificate, name, current) : current;
       auto found = counts.find(name);
       if (found != counts.end()) {
         row.clients = found->second.clients;
         row.clients_on_current = found->second.acknowledged;
       }
+      if (should_run != current) row.waiting_for_wave = rollout_->WaitingFor(certificate, name);
       row.state = row.clients == 0 ? NamespaceCoverage::State::kNoClient
                   : row.clients_on_current > 0 || current == 0
                       ? NamespaceCoverage::State::kInSync
@@ -43,16 +46,17 @@ std::vector<NamespaceCoverage> Coverage::List(const std::string& certificate_fil
   return rows;
 }
 
-std::map<std::string, uint32_t> Coverage::MissingByCertificate() const {
-  std::map<std::string, uint32_t> missing;
-  if (!known()) return missing;
+CoverageReport Coverage::Report() const {
+  CoverageReport report;
+  if (!known()) return report;
   for (const std::string& certificate : policy_->current()->Certificates()) {
-    missing[certificate] = 0;
+    report.missing[certificate] = 0;
   }
-  for (const NamespaceCoverage& row : List("", "")) {
-    if (row.state != NamespaceCoverage::State::kInSync) ++missing[row.certificate];
+  report.rows = List("", "");
+  for (const NamespaceCoverage& row : report.rows) {
+    if (row.state != NamespaceCoverage::State::kInSync) ++report.missing[row.certificate];
   }
-  return missing;
+  return report;
 }
 
 }  // namespace certcast

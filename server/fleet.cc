@@ -197,7 +197,8 @@ Fleet::Counts Fleet::CountFor(const std::string& name, uint64_t version,
 }
 
 std::map<std::string, Fleet::Counts> Fleet::CountByNamespace(const std::string& name,
-                                                             uint64_t version) {
+                                                             uint64_t version,
+                                                             const ExpectedVersion& expected) {
   absl::MutexLock lock(&mu_);
   std::map<std::string, Counts> counts;
   for (const auto& [id, record] : records_) {
@@ -206,7 +207,10 @@ std::map<std::string, Fleet::Counts> Fleet::CountByNamespace(const std::string& 
       if (state.name != name) continue;
       Counts& namespace_counts = counts[record.namespace_];
       ++namespace_counts.clients;
-      if (version != 0 && state.acknowledged_version == version) ++namespace_counts.acknowledged;
+      const uint64_t should_run = expected ? expected(name, record.namespace_, version) : version;
+      if (should_run != 0 && state.acknowledged_version == should_run) {
+        ++namespace_counts.acknowledged;
+      }
     }
   }
   return counts;

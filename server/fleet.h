@@ -123,16 +123,18 @@ class Fleet {
   // Counts only clients of `namespace_filter` when it is not empty.
   Counts CountFor(const std::string& name, uint64_t version,
                   const std::string& namespace_filter = "");
-  // Counts per namespace of the connected clients subscribed to `name`, in one pass
-  // (namespaces without such a client are absent).
-  std::map<std::string, Counts> CountByNamespace(const std::string& name, uint64_t version);
-  FleetCounters counters();
-
   // The version a client of `namespace_` should run of `certificate` whose newest version is
   // `current` (a staged rollout holds some namespaces back). Called under the fleet's lock: it
   // must not call into the fleet.
   using ExpectedVersion = std::function<uint64_t(const std::string& certificate,
                                                  const std::string& namespace_, uint64_t current)>;
+
+  // Counts per namespace of the connected clients subscribed to `name`, in one pass
+  // (namespaces without such a client are absent). `acknowledged` counts the clients holding
+  // the version `expected` gives their namespace (`version` when it is null).
+  std::map<std::string, Counts> CountByNamespace(const std::string& name, uint64_t version,
+                                                 const ExpectedVersion& expected = nullptr);
+  FleetCounters counters();
 
   // Per-certificate statistics in one pass over the clients (O(clients)). `current` maps each
   // certificate to its current version (0: none yet); every one of them gets an entry. Names

@@ -281,6 +281,7 @@ grpc::Status InspectionService::ListNamespacesAs(const PeerIdentity& transport,
     granted->set_clients(row.clients);
     granted->set_clients_on_current(row.clients_on_current);
     granted->set_granted_by(row.granted_by);
+    granted->set_waiting_for_wave(row.waiting_for_wave);
     switch (row.state) {
       case NamespaceCoverage::State::kInSync:
         granted->set_state(v1::GrantedNamespace::IN_SYNC);

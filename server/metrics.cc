@@ -73,6 +73,10 @@ std::vector<prometheus::MetricFamily> ServerMetrics::Collect() const {
                               "Waves of the certificate's rollout, everyone else included (0: "
                               "none).",
                               MetricType::Gauge);
+  auto rollout_held = Family("certcast_rollout_held_version",
+                             "While a staged rollout is in progress: the version the namespaces "
+                             "it has not reached yet keep running (0: none).",
+                             MetricType::Gauge);
   auto verified = Family("certcast_clients_serving_verified",
                          "Connected clients whose ACK of the version they should run said their "
                          "--verify endpoints serve it.",
@@ -120,6 +124,7 @@ std::vector<prometheus::MetricFamily> ServerMetrics::Collect() const {
     AddSample(rollout_halted, labels, status.halted ? 1 : 0);
     AddSample(rollout_wave, labels, status.wave);
     AddSample(rollout_waves, labels, status.waves);
+    AddSample(rollout_held, labels, status.in_progress ? status.held_version : 0);
     AddSample(oldest, labels, absl::ToDoubleSeconds(stats.oldest_unacked_push_age));
     AddSample(acks, labels, static_cast<double>(stats.acks));
     for (const auto& [reason, count] : stats.nacks) {
@@ -155,13 +160,15 @@ std::vector<prometheus::MetricFamily> ServerMetrics::Collect() const {
       std::move(denials),        std::move(verified),
       std::move(waiting),        std::move(rollout_in_progress),
       std::move(rollout_halted), std::move(rollout_wave),
-      std::move(rollout_waves)};
+      std::move(rollout_waves),  std::move(rollout_held)};
   if (coverage_ != nullptr && coverage_->known()) {
+    const CoverageReport report = coverage_->Report();
     auto missing = Family("certcast_namespaces_missing",
                           "Namespaces the policy grants the certificate that have no connected "
-                          "client on its current version (no client, or behind).",
+                          "client on the version it should run (no client, or behind; waiting "
+                          "for a rollout wave is not missing).",
                           MetricType::Gauge);
-    for (const auto& [certificate, count] : coverage_->MissingByCertificate()) {
+    for (const auto& [certificate, count] : report.missing) {
       AddSample(missing, {{"certificate", certificate}}, count);
     }
     families.push_back(std::move(missing));
@@ -169,9 +176,10 @@ std::vector<prometheus::MetricFamily> ServerMetrics::Collect() const {
     // sum by (certificate, namespace) (...) == 0 is a namespace no replica serves.
     auto on_current = Family("certcast_namespace_clients_on_current",
                              "Per namespace the policy grants the certificate: this replica's "
-                             "connected clients holding its current version.",
+                             "connected clients holding the version it should run (the current "
+                             "one, or the one a staged rollout holds it at).",
                              MetricType::Gauge);
-    for (const NamespaceCoverage& row : coverage_->List("", "")) {
+    for (const NamespaceCoverage& row : report.rows) {
       AddSample(on_current, {{"certificate", row.certificate}, {"namespace", row.namespace_}},
                 row.clients_on_current);
     }

@@ -9,38 +9,20 @@
 #include "metrics/families.h"
 #include "prometheus/text_serializer.h"
 #include "tests/fixtures/cert_factory.h"
+#include "tests/fixtures/fake_source.h"
 #include "tests/fixtures/fake_filesystem.h"
 #include "tests/fixtures/metrics_text.h"
 
 namespace certcast {
 namespace {
 
+using ::certcast::fixtures::FakeSource;
+
 using ::certcast::fixtures::Chain;
 using ::certcast::fixtures::FakeFilesystem;
 using ::certcast::fixtures::MakeChain;
 using ::certcast::fixtures::MetricLabels;
 using ::certcast::fixtures::MetricSamples;
-
-// A source whose content the test sets directly.
-class FakeSource final : public CertificateSource {
- public:
-  void Set(absl::StatusOr<CertificateMaterial> content) {
-    absl::MutexLock lock(&mu_);
-    content_ = std::move(content);
-  }
-  absl::StatusOr<CertificateMaterial> Read() override {
-    absl::MutexLock lock(&mu_);
-    return content_;
-  }
-  bool WaitForChange(absl::Time) override { return false; }
-  void Interrupt() override {}
-  std::string Describe() const override { return "fake:"; }
-
- private:
-  absl::Mutex mu_;
-  absl::StatusOr<CertificateMaterial> content_ ABSL_GUARDED_BY(mu_) =
-      absl::NotFoundError("empty fake source");
-};
 
 const MetricLabels kWildcard = {{"certificate", "wildcard"}};
 

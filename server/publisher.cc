@@ -310,6 +310,10 @@ absl::Status Publisher::Commit(Entry& entry, StoredVersion version, CertificateI
   infos.push_back(std::move(info));
   if (pin.version == kPinNewVersion) pin.version = next.last_version;
   next.pin = std::move(pin);
+  if (std::optional<std::string> rollout = listener_->RolloutStateFor(
+          name, next.last_version, next.pin.version == next.last_version)) {
+    next.rollout = *std::move(rollout);
+  }
   const size_t limit = static_cast<size_t>(store_->history_limit());
   while (next.versions.size() > limit) {
     next.versions.erase(next.versions.begin());

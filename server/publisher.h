@@ -31,9 +31,17 @@
 
 namespace certcast {
 
+// Told of every publication, with the Publisher's lock held.
 class PublicationListener {
  public:
   virtual ~PublicationListener() = default;
+  // Before a new version of `name` is stored: the rollout state to store in the same write
+  // (CertificateState.rollout), or nullopt to keep the stored one. A staged rollout starts here,
+  // so that a crash after the write cannot lose its start and let the version reach everyone.
+  virtual std::optional<std::string> RolloutStateFor(const std::string& /*name*/,
+                                                     uint64_t /*version*/, bool /*pinned*/) {
+    return std::nullopt;
+  }
   virtual void OnPublish(std::shared_ptr<const Publication> publication) = 0;
 };
 

@@ -10,9 +10,12 @@
 #include "gtest/gtest.h"
 #include "server/publisher.h"
 #include "tests/fixtures/cert_factory.h"
+#include "tests/fixtures/fake_source.h"
 
 namespace certcast {
 namespace {
+
+using ::certcast::fixtures::FakeSource;
 
 using ::certcast::fixtures::CertOptions;
 using ::certcast::fixtures::Issued;
@@ -76,33 +79,6 @@ class FakeLeadership final : public Leadership {
   bool leader = false;
 };
 
-// A source with a revision, like a Secret read through the API; a directory when it is empty.
-class RevisionedSource final : public CertificateSource {
- public:
-  void Set(const CertificateMaterial& material, std::string revision = "") {
-    absl::MutexLock lock(&mu_);
-    content_ = material;
-    revision_ = std::move(revision);
-  }
-  absl::StatusOr<CertificateMaterial> Read() override {
-    absl::MutexLock lock(&mu_);
-    if (!content_.has_value()) return absl::NotFoundError("empty");
-    return *content_;
-  }
-  std::string LastReadRevision() override {
-    absl::MutexLock lock(&mu_);
-    return revision_;
-  }
-  bool WaitForChange(absl::Time) override { return false; }
-  void Interrupt() override {}
-  std::string Describe() const override { return "fake:"; }
-
- private:
-  absl::Mutex mu_;
-  std::optional<CertificateMaterial> content_ ABSL_GUARDED_BY(mu_);
-  std::string revision_ ABSL_GUARDED_BY(mu_);
-};
-
 class NullListener final : public PublicationListener {
  public:
   void OnPublish(std::shared_ptr<const Publication> publication) override {
@@ -114,7 +90,7 @@ class NullListener final : public PublicationListener {
 struct Replica {
   FakeLeadership leadership;
   NullListener listener;
-  RevisionedSource* source = nullptr;
+  FakeSource* source = nullptr;
   std::unique_ptr<Publisher> publisher;
 
   uint64_t version() { return listener.last == nullptr ? 0 : listener.last->version; }
@@ -132,7 +108,7 @@ class ReplicatedPublisherTest : public ::testing::Test {
       options.leadership = &replica->leadership;
       replica->publisher =
           std::make_unique<Publisher>(&store_, &clock_, &replica->listener, options);
-      auto source = std::make_unique<RevisionedSource>();
+      auto source = std::make_unique<FakeSource>();
       replica->source = source.get();
       CertificateSpec spec;
       spec.name = "wildcard";

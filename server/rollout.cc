@@ -80,6 +80,35 @@ void RolloutController::ApplyGate(const std::string& name, Entry& entry) {
   hub_->SetGate(name, entry.gate);
 }
 
+state::v1::RolloutState RolloutController::Started(uint64_t version, uint64_t held_back) const {
+  const absl::Time now = clock_->Now();
+  state::v1::RolloutState state;
+  state.set_version(version);
+  state.set_previous_version(held_back);
+  state.set_wave(0);
+  SetTime(now, state.mutable_started_at());
+  SetTime(now, state.mutable_wave_started_at());
+  return state;
+}
+
+std::optional<std::string> RolloutController::RolloutStateFor(const std::string& name,
+                                                              uint64_t version, bool pinned) {
+  std::shared_ptr<const RolloutSpec> spec = SpecOf(name);
+  absl::MutexLock lock(&mu_);
+  auto it = entries_.find(name);
+  // The cases OnPublish sends to everyone: the stored state stays (an older version's).
+  if (spec == nullptr || pinned || it == entries_.end() || it->second.current == nullptr ||
+      it->second.current->version == version) {
+    return std::nullopt;
+  }
+  const Entry& entry = it->second;
+  state::v1::RolloutState state =
+      Started(version, entry.active() ? entry.previous->version : entry.current->version);
+  std::string bytes = state.SerializeAsString();
+  pending_[name] = std::move(state);
+  return bytes;
+}
+
 void RolloutController::OnPublish(std::shared_ptr<const Publication> publication) {
   const std::string name = publication->name;
   std::shared_ptr<const RolloutSpec> spec = SpecOf(name);
@@ -107,18 +136,18 @@ void RolloutController::OnPublish(std::shared_ptr<const Publication> publication
   }
   // Namespaces not reached yet keep what they run: the version before an unfinished rollout.
   std::shared_ptr<const Publication> held_back = entry.active() ? entry.previous : before;
-  const absl::Time now = clock_->Now();
   entry.previous = held_back;
   entry.spec = spec;
-  entry.state = state::v1::RolloutState();
-  entry.state.set_version(publication->version);
-  entry.state.set_previous_version(held_back->version);
-  entry.state.set_wave(0);
-  SetTime(now, entry.state.mutable_started_at());
-  SetTime(now, entry.state.mutable_wave_started_at());
+  auto stored = pending_.find(name);
+  if (stored != pending_.end() && stored->second.version() == publication->version) {
+    entry.state = std::move(stored->second);  // RolloutStateFor: stored with the version
+  } else {
+    entry.state = Started(publication->version, held_back->version);
+    dirty_.insert(name);
+  }
+  pending_.erase(name);
   ApplyGate(name, entry);
   hub_->OnPublish(std::move(publication));
-  dirty_.insert(name);
   LogInfo(
       absl::StrCat("rollout of version ", entry.state.version(), " started: wave ",
                    WaveLabel(*spec, 0), " gets it; the others keep version ", held_back->version),
@@ -585,6 +614,7 @@ std::map<std::string, RolloutController::Status> RolloutController::Statuses() {
     std::shared_ptr<const RolloutSpec> spec = entry.spec;
     status.waves = spec != nullptr ? static_cast<uint32_t>(spec->waves.size()) : 0;
     status.version = entry.state.version();
+    status.held_version = entry.state.previous_version();
   }
   return statuses;
 }

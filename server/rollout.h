@@ -61,6 +61,10 @@ class RolloutController final : public PublicationListener {
                     Options options);
   ~RolloutController() override;
 
+  // From the Publisher (its lock held), before it stores a new version: the start of its
+  // rollout, stored in the same write, when OnPublish will start one.
+  std::optional<std::string> RolloutStateFor(const std::string& name, uint64_t version,
+                                             bool pinned) override;
   // From the Publisher (its lock held): a new version starts a rollout when the policy gives the
   // certificate one and a previous version exists; a rollback (pinned) or a certificate without
   // a rollout goes to everyone, ending any rollout.
@@ -96,6 +100,7 @@ class RolloutController final : public PublicationListener {
     uint32_t wave = 0;   // 1-based wave that has the version last (0: none in progress)
     uint32_t waves = 0;  // waves of the policy, everyone else included
     uint64_t version = 0;
+    uint64_t held_version = 0;  // what the waves not reached yet keep running
   };
   // Per certificate that ever had a rollout.
   std::map<std::string, Status> Statuses();
@@ -121,6 +126,8 @@ class RolloutController final : public PublicationListener {
   };
 
   std::shared_ptr<const RolloutSpec> SpecOf(const std::string& name);
+  // A rollout of `version` at its first wave, the others keeping `held_back`, starting now.
+  state::v1::RolloutState Started(uint64_t version, uint64_t held_back) const;
   // Rebuilds the gate of `entry` and hands it to the hub.
   void ApplyGate(const std::string& name, Entry& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Ends the rollout with `outcome` (complete, promoted, forced, rolled_back): everyone gets it.
@@ -157,6 +164,8 @@ class RolloutController final : public PublicationListener {
   Publisher* publisher_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::map<std::string, Entry> entries_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> dirty_ ABSL_GUARDED_BY(mu_);
+  // Rollout starts handed to the Publisher to store with a version, until OnPublish takes them.
+  std::map<std::string, state::v1::RolloutState> pending_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
 };

@@ -10,6 +10,8 @@
 #include "gtest/gtest.h"
 #include "server/authorizer.h"
 #include "tests/fixtures/cert_factory.h"
+#include "tests/fixtures/fake_filesystem.h"
+#include "tests/fixtures/fake_source.h"
 
 namespace certcast {
 namespace {
@@ -43,7 +45,8 @@ class RolloutControllerTest : public ::testing::Test {
                                                       &clock_, RolloutController::Options());
   }
 
-  std::shared_ptr<const Publication> Publish(uint64_t version, absl::Duration lifetime) {
+  // A wildcard chain and key valid for `lifetime` from now.
+  static CertificateMaterial Material(absl::Duration lifetime) {
     fixtures::Chain chain = fixtures::MakeChain();
     fixtures::CertOptions leaf;
     leaf.dns_names = {"*.example.test"};
@@ -52,6 +55,11 @@ class RolloutControllerTest : public ::testing::Test {
     CertificateMaterial material;
     material.chain_pem = issued.cert_pem + chain.intermediate.cert_pem;
     material.key_pem = SecretBytes(issued.key_pem);
+    return material;
+  }
+
+  std::shared_ptr<const Publication> Publish(uint64_t version, absl::Duration lifetime) {
+    CertificateMaterial material = Material(lifetime);
     ValidationOptions options;
     options.now = absl::Now();
     absl::StatusOr<CertificateInfo> info = ValidateMaterial("wildcard", material, options);
@@ -177,6 +185,54 @@ TEST_F(RolloutControllerTest, WavesChosenByLabelFollowLabelChanges) {
   controller_->Tick();
   EXPECT_EQ(controller_->Describe("wildcard")->state(), "complete");
   EXPECT_EQ(controller_->ExpectedVersions()("wildcard", "shop-c", 2), 2u);
+}
+
+// The start of a rollout is stored in the same write as its version. A server killed right after
+// publishing, before the controller persisted anything (it never ticks here), resumes the rollout
+// at wave 1 after a restart instead of sending the version to every wave.
+TEST_F(RolloutControllerTest, ARestartRightAfterPublishingResumesTheRollout) {
+  fixtures::FakeFilesystem fs;
+  fs.AddDir("/state", 0700);
+  struct Server {
+    std::unique_ptr<FileVersionStore> store;
+    std::unique_ptr<RolloutController> rollout;
+    std::unique_ptr<Publisher> publisher;
+    fixtures::FakeSource* source = nullptr;
+  };
+  auto start = [&](Server& server) {
+    auto store = FileVersionStore::Open(&fs, "/state");
+    ASSERT_TRUE(store.ok()) << store.status();
+    server.store = *std::move(store);
+    server.rollout = std::make_unique<RolloutController>(
+        [this] { return policy_; }, &fleet_, &hub_, &clock_, RolloutController::Options());
+    server.publisher =
+        std::make_unique<Publisher>(server.store.get(), &clock_, server.rollout.get());
+    auto source = std::make_unique<fixtures::FakeSource>();
+    server.source = source.get();
+    CertificateSpec spec;
+    spec.name = "wildcard";
+    spec.source = std::move(source);
+    ASSERT_TRUE(server.publisher->AddCertificate(std::move(spec)).ok());
+    server.rollout->Restore(server.publisher.get());
+  };
+  Server first;
+  start(first);
+  first.source->Set(Material(absl::Hours(24 * 60)));
+  ASSERT_EQ(first.publisher->Evaluate("wildcard", true), Verdict::kSettled);
+  first.source->Set(Material(absl::Hours(24 * 90)));
+  ASSERT_EQ(first.publisher->Evaluate("wildcard", true), Verdict::kSettled);
+  ASSERT_EQ(first.publisher->Current("wildcard")->version, 2u);
+  ASSERT_EQ(first.rollout->WaitingFor("wildcard", "tenant-z"), 3u);
+
+  Server restarted;  // the first one is never stopped cleanly: it persisted nothing itself
+  start(restarted);
+  std::optional<v1::Rollout> rollout = restarted.rollout->Describe("wildcard");
+  ASSERT_TRUE(rollout.has_value()) << "the rollout's start was lost: version 2 went to everyone";
+  EXPECT_EQ(rollout->state(), "rolling");
+  EXPECT_EQ(rollout->version(), 2u);
+  EXPECT_EQ(rollout->wave(), 1u);
+  EXPECT_EQ(restarted.rollout->WaitingFor("wildcard", "tenant-z"), 3u);
+  EXPECT_EQ(restarted.rollout->ExpectedVersions()("wildcard", "tenant-z", 2), 1u);
 }
 
 // A refusal in the canary wave halts; resume excuses the refusing client and the rollout goes on.

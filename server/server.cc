@@ -331,8 +331,9 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
   }
 
   server->distribution_service_ = std::make_unique<DistributionService>(server->hub_.get());
-  server->coverage_ = std::make_unique<Coverage>(server->namespaces_.get(), server->policy_.get(),
-                                                 server->fleet_.get(), publisher);
+  server->coverage_ =
+      std::make_unique<Coverage>(server->namespaces_.get(), server->policy_.get(),
+                                 server->fleet_.get(), publisher, server->rollout_.get());
   server->inspection_service_ = std::make_unique<InspectionService>(
       publisher, server->fleet_.get(), server->authorizer_.get(), server->authenticator_.get(),
       server->coverage_.get(), server->rollout_.get());

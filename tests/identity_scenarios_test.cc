@@ -554,6 +554,24 @@ TEST_F(IdentityScenarioTest, RolloutWaveByLabelFollowsNamespaceLabels) {
   ASSERT_TRUE(canary.has_value() && canary->has_update()) << server_->log();
   EXPECT_EQ(canary->update().version(), 2u);
   ASSERT_TRUE(WaitFor([&] { return waiting_for_wave("tenant-b") == 2; })) << server_->log();
+  // Waiting for a wave is not missing: tenant-b holds the version it should run (version 1),
+  // tenant-a, in the canary wave, has not acknowledged version 2 yet.
+  auto coverage = [&] {
+    auto stub = v1::Inspection::NewStub(Channel(&operator_));
+    grpc::ClientContext context;
+    v1::ListNamespacesRequest request;
+    v1::ListNamespacesResponse response;
+    EXPECT_TRUE(stub->ListNamespaces(&context, request, &response).ok());
+    std::map<std::string, std::string> states;
+    for (const auto& row : response.namespaces()) {
+      states[row.namespace_()] = absl::StrCat(v1::GrantedNamespace::State_Name(row.state()), "/",
+                                              row.waiting_for_wave());
+    }
+    return states;
+  };
+  EXPECT_THAT(coverage(), ::testing::ElementsAre(::testing::Pair("tenant-a", "BEHIND/0"),
+                                                 ::testing::Pair("tenant-b", "IN_SYNC/2"),
+                                                 ::testing::Pair("tenant-c", "NO_CLIENT/0")));
   {
     auto stub = v1::Inspection::NewStub(Channel(&operator_));
     grpc::ClientContext context;
