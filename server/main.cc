@@ -37,7 +37,22 @@ ABSL_FLAG(std::string, state_dir, "./certcast-state",
 ABSL_FLAG(std::string, store, "",
           "Where the version history lives. Empty: --state-dir (one replica). "
           "kubernetes://NAMESPACE/NAME: Secrets NAME-CERTIFICATE in NAMESPACE, shared by every "
-          "replica; the Lease NAME elects the one that publishes (docs/REPLICAS.md).");
+          "replica; the Lease NAME elects the one that publishes. "
+          "etcd://HOST:PORT[,HOST:PORT...]/PREFIX: keys under PREFIX in etcd, encrypted; the "
+          "leader key PREFIX/leader elects the one that publishes (docs/REPLICAS.md).");
+ABSL_FLAG(std::string, store_ca, "",
+          "With an etcd --store: CA bundle (PEM) that verifies etcd's serving certificate "
+          "(TLS to etcd). Empty: plaintext unless --store-cert is set.");
+ABSL_FLAG(std::string, store_cert, "",
+          "With an etcd --store: client certificate (PEM) presented to etcd (with --store-key).");
+ABSL_FLAG(std::string, store_key, "", "With an etcd --store: private key (PEM) of --store-cert.");
+ABSL_FLAG(std::string, store_encryption_key_file, "",
+          "With an etcd --store (required): file holding the base64 of 32 random bytes, the "
+          "AES-256-GCM key that encrypts every stored state before it is written to etcd.");
+ABSL_FLAG(std::string, store_encryption_previous_key_file, "",
+          "With an etcd --store: a second key file accepted for reading only, for key rotation "
+          "(docs/REPLICAS.md); values are re-encrypted with the current key when a leader "
+          "takes over.");
 ABSL_FLAG(absl::Duration, leader_lease_duration, absl::Seconds(15),
           "With a shared --store: how long the leader's Lease lasts without renewal before "
           "another replica takes over (whole seconds).");
@@ -138,7 +153,9 @@ std::string Help() {
            {"heartbeat_interval", "hello_timeout", "max_hello_pending_per_connection",
             "max_hello_pending_per_address", "client_retention", "shutdown_grace"}},
           {"Replicas (shared version store)",
-           {"store", "leader_lease_duration", "leader_renew_deadline", "leader_retry_period"}},
+           {"store", "leader_lease_duration", "leader_renew_deadline", "leader_retry_period",
+            "store_ca", "store_cert", "store_key", "store_encryption_key_file",
+            "store_encryption_previous_key_file"}},
           {"Kubernetes API (secret: sources, TokenReview, the Kubernetes store)",
            {"kube_api_url", "kube_token_file", "kube_ca_file"}},
           {"Probes, metrics and logs",
@@ -212,6 +229,12 @@ int main(int argc, char** argv) {
   options.election.lease_duration = absl::GetFlag(FLAGS_leader_lease_duration);
   options.election.renew_deadline = absl::GetFlag(FLAGS_leader_renew_deadline);
   options.election.retry_period = absl::GetFlag(FLAGS_leader_retry_period);
+  options.store_tls.ca_file = absl::GetFlag(FLAGS_store_ca);
+  options.store_tls.cert_file = absl::GetFlag(FLAGS_store_cert);
+  options.store_tls.key_file = absl::GetFlag(FLAGS_store_key);
+  options.store_encryption_key_file = absl::GetFlag(FLAGS_store_encryption_key_file);
+  options.store_encryption_previous_key_file =
+      absl::GetFlag(FLAGS_store_encryption_previous_key_file);
   options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key = absl::GetFlag(FLAGS_tls_key);
   options.client_ca = absl::GetFlag(FLAGS_client_ca);

@@ -1,5 +1,5 @@
 // The seam between the server and a version store that several replicas share (the Kubernetes
-// API now, etcd next): who may publish (Leadership), and the machinery that keeps a replica in
+// API, etcd): who may publish (Leadership), and the machinery that keeps a replica in
 // step with the others (Replication: a leader election plus a watch on the stored history).
 //
 // Implementations are thread-safe.
@@ -8,10 +8,14 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "prometheus/collectable.h"
 #include "prometheus/metric_family.h"
@@ -63,6 +67,35 @@ class Replication : public Leadership {
   // Stops them and gives up the lease (if held), so another replica takes over at once.
   virtual void Stop() = 0;
   virtual ReplicationStatus Status() const = 0;
+};
+
+// Hands the certificates whose stored state changed to Callbacks::stored_state_changed on a
+// thread of its own, and retries the ones that failed with backoff (200 ms doubling to 5 s): an
+// event may arrive on a watch that was open while the store stopped answering this replica's other
+// requests. A certificate marked again while it waits for a retry is followed at once.
+// Thread-safe.
+class StoredStateFollower {
+ public:
+  explicit StoredStateFollower(std::function<absl::Status(const std::string&)> follow)
+      : follow_(std::move(follow)) {}
+  ~StoredStateFollower() { Stop(); }
+
+  void Start();
+  // Follow `name` as soon as possible.
+  void MarkChanged(const std::string& name);
+  // Returns once a callback in progress has returned; nothing runs after.
+  void Stop();
+
+ private:
+  void Run();
+
+  const std::function<absl::Status(const std::string&)> follow_;
+  absl::Mutex mu_;
+  // Certificates whose stored state must be handed to the callback, and when (a retry waits).
+  std::map<std::string, absl::Time> due_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, absl::Duration> backoff_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
 };
 
 // Per-replica gauges of a Replication, for /metrics (sum or max them across replicas in

@@ -18,6 +18,7 @@
 #include "grpcpp/security/tls_certificate_provider.h"
 #include "grpcpp/security/tls_credentials_options.h"
 #include "grpcpp/server_builder.h"
+#include "server/etcd_replication.h"
 #include "server/kube_replication.h"
 #include "server/secret_source.h"
 
@@ -204,6 +205,28 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
   if (options.store.empty()) {
     ASSIGN_OR_RETURN(server->store_, FileVersionStore::Open(fs, options.state_dir));
     store = server->store_.get();
+  } else if (absl::StartsWith(options.store, "etcd://")) {
+    ASSIGN_OR_RETURN(EtcdStoreLocation location, ParseEtcdStoreUrl(options.store));
+    RETURN_IF_ERROR(CheckLeaderElectionOptions(options.election));
+    ASSIGN_OR_RETURN(StoreEncryption encryption,
+                     StoreEncryption::FromFiles(*fs, options.store_encryption_key_file,
+                                                options.store_encryption_previous_key_file));
+    // Each etcd call may take half the renew deadline (at most 5 s), so a leader notices a
+    // silent etcd in time.
+    const absl::Duration timeout = std::min(options.election.renew_deadline / 2, absl::Seconds(5));
+    ASSIGN_OR_RETURN(std::unique_ptr<EtcdClient> client,
+                     EtcdClient::Create(*fs, location.endpoints, options.store_tls, timeout));
+    LeaderElectionOptions election = options.election;
+    if (election.identity.empty()) election.identity = MakeReplicaIdentity();
+    LogInfo("version history in etcd, encrypted; the leader key elects the replica that publishes",
+            {{"store", options.store},
+             {"identity", election.identity},
+             {"encryption_key_id", encryption.key_id()},
+             {"tls", options.store_tls.ca_file.empty() ? "no" : "yes"}});
+    server->replication_ = std::make_unique<EtcdReplication>(
+        std::move(client), clock, std::move(location), std::move(encryption), election);
+    store = server->replication_->store();
+    options.publisher.leadership = server->replication_.get();
   } else {
     ASSIGN_OR_RETURN(KubeStoreLocation location, ParseKubeStoreUrl(options.store));
     RETURN_IF_ERROR(CheckLeaderElectionOptions(options.election));

@@ -21,9 +21,10 @@
 #include "server/authentication.h"
 #include "server/authorizer.h"
 #include "server/distribution.h"
+#include "server/etcd_client.h"
 #include "server/fleet.h"
 #include "server/inspection.h"
-#include "server/kube_leader_election.h"
+#include "server/leader_election.h"
 #include "server/metrics.h"
 #include "server/policy.h"
 #include "server/publisher.h"
@@ -49,10 +50,15 @@ struct ServerOptions {
   std::string state_dir = "./certcast-state";
   // Empty: the embedded state directory (one replica). "kubernetes://NAMESPACE/NAME": replicas
   // share the version history through the Kubernetes API (server/kube_replication.h).
+  // "etcd://HOST:PORT[,HOST:PORT...]/PREFIX": through etcd (server/etcd_replication.h).
   std::string store;
-  // Leader election with a shared store. The namespace and Lease name come from `store`; an
-  // empty identity becomes MakeReplicaIdentity().
+  // Leader election with a shared store. The Lease or leader key comes from `store`; an empty
+  // identity becomes MakeReplicaIdentity().
   LeaderElectionOptions election;
+  // With an etcd store: client TLS, and the AES-256 keys that seal stored states (required).
+  EtcdTlsFiles store_tls;
+  std::string store_encryption_key_file;
+  std::string store_encryption_previous_key_file;
   std::string tls_cert;
   std::string tls_key;
   std::string client_ca;       // client certificates verified (required unless tokens are accepted)

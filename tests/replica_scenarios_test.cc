@@ -1,10 +1,15 @@
-// Several certcast-server replicas sharing one version history through the Kubernetes API
-// (--store=kubernetes://NAMESPACE/NAME), against the fake API server (tests/kube_api_server):
-// real binaries, real HTTPS, the Role a replica needs checked by the fake's RBAC. Each replica
-// reads its own directory source, as pods reading their own Secret volume, which kubelet may
-// update minutes apart.
+// Several certcast-server replicas sharing one version history, for both shared stores:
+// - the Kubernetes API (--store=kubernetes://NAMESPACE/NAME) against the fake API server
+//   (tests/kube_api_server): real HTTPS, the Role a replica needs checked by the fake's RBAC;
+// - etcd (--store=etcd://HOST:PORT/PREFIX) against a real etcd on loopback (tests/etcd_process.h)
+//   with TLS and client certificates, each replica reaching it through its own TCP forwarder
+//   (tests/tcp_forwarder.h), which a test cuts to partition that replica from the store.
+// The scenarios run once per store (parameter "kubernetes" or "etcd"). Each replica reads its own
+// directory source, as pods reading their own Secret volume, which kubelet may update minutes
+// apart.
 //
 // CERTCAST_LONG=1 runs the fleet test with 1,000 clients (docs/REPLICAS.md); the default is 300.
+#include <openssl/rand.h>
 #include <signal.h>
 
 #include <cstdlib>
@@ -22,10 +27,15 @@
 #include "gtest/gtest.h"
 #include "kube/api.h"
 #include "kube/secret.h"
+#include "server/etcd_client.h"
+#include "server/etcd_store.h"
 #include "server/kube_store.h"
+#include "server/store_encryption.h"
 #include "tests/child_process.h"
+#include "tests/etcd_process.h"
 #include "tests/fixtures/cert_factory.h"
 #include "tests/subscriber_fleet.h"
+#include "tests/tcp_forwarder.h"
 #include "tests/test_subscriber.h"
 
 namespace certcast {
@@ -39,10 +49,11 @@ using ::certcast::scenario::WaitFor;
 using ::testing::HasSubstr;
 
 constexpr char kNamespace[] = "certcast-system";
-constexpr char kStore[] = "kubernetes://certcast-system/certcast";
+constexpr char kKubeStore[] = "kubernetes://certcast-system/certcast";
 constexpr char kStateSecret[] = "certcast-wildcard";
 constexpr char kLeasePath[] =
     "/apis/coordination.k8s.io/v1/namespaces/certcast-system/leases/certcast";
+constexpr char kEtcdPrefix[] = "/certcast";
 constexpr int kReplicas = 3;
 // Short election times (the defaults are 15 s / 10 s / 2 s).
 constexpr char kLeaseDuration[] = "2s";
@@ -68,6 +79,13 @@ void WriteText(const std::string& path, const std::string& text) {
   ASSERT_TRUE(WriteFileAtomically(fs, path, text, 0600).ok());
 }
 
+// 32 random bytes: an AES-256 key.
+std::string RandomKey() {
+  std::string key(32, '\0');
+  RAND_bytes(reinterpret_cast<unsigned char*>(key.data()), static_cast<int>(key.size()));
+  return key;
+}
+
 // A leaf of one test CA whose notBefore is `minutes` after a fixed base: a larger number is
 // newer material in the directory sources' order.
 struct Leaf {
@@ -75,10 +93,29 @@ struct Leaf {
   std::string fingerprint;
 };
 
-class ReplicaScenarioTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    scenario::RaiseFileLimit();
+// The shared store under test, as the scenarios need it: started, reached by each replica's
+// flags, read by the test itself, cut off from one replica, crashed and restarted.
+class StoreUnderTest {
+ public:
+  virtual ~StoreUnderTest() = default;
+  // The --store flag and its credentials for replica `i`.
+  virtual std::vector<std::string> ReplicaFlags(int i) = 0;
+  // The leader's identity as the store records it ("" when none).
+  virtual std::string LeaderIdentity() = 0;
+  // The stored state of certificate "wildcard", read with the test's own client.
+  virtual absl::StatusOr<std::optional<CertificateState>> LoadState() = 0;
+  // Replica `i` gets no answer from the store until Reconnect().
+  virtual void CutOff(int i) = 0;
+  virtual void Reconnect() = 0;
+  // kill -9 of the store, then the same address and data again.
+  virtual void Crash() = 0;
+  virtual void Restart() = 0;
+};
+
+// The fake Kubernetes API server, with a token per replica and the Role a replica needs.
+class KubeStore final : public StoreUnderTest {
+ public:
+  explicit KubeStore(const TempDir& tmp) : tmp_(tmp) {
     api_ca_ = fixtures::MakeRootCa("fake kube api ca");
     fixtures::CertOptions serving;
     serving.common_name = "kube-apiserver";
@@ -116,10 +153,40 @@ class ReplicaScenarioTest : public ::testing::Test {
     StartApi();
     admin_ = std::make_unique<kube::CurlKubeApi>(
         kube::KubeConfig{ApiUrl(), tmp_.Join("admin.token"), tmp_.Join("api-ca.crt")}, &fs_);
-    ca_ = fixtures::MakeRootCa("replicas root");
-    replicas_.resize(kReplicas);
   }
 
+  std::vector<std::string> ReplicaFlags(int i) override {
+    return {absl::StrCat("--store=", kKubeStore), "--kube-api-url=" + ApiUrl(),
+            "--kube-token-file=" + tmp_.Join(absl::StrCat("replica", i, ".token")),
+            "--kube-ca-file=" + tmp_.Join("api-ca.crt")};
+  }
+
+  std::string LeaderIdentity() override {
+    absl::StatusOr<Json> lease = admin_->Request("GET", kLeasePath);
+    if (!lease.ok()) return "";
+    return kube::StringMember(kube::Member(*lease, "spec"), "holderIdentity");
+  }
+
+  absl::StatusOr<std::optional<CertificateState>> LoadState() override {
+    KubernetesVersionStore store(admin_.get(), {kNamespace, "certcast"}, "test");
+    return store.Load("wildcard");
+  }
+
+  // The fake's per-user failure rule: every request of replica `i` gets 503.
+  void CutOff(int i) override {
+    Control("POST", "fail", {{"status", 503}, {"count", -1}, {"user", ReplicaUser(i)}});
+  }
+  void Reconnect() override { Control("DELETE", "fail"); }
+  void Crash() override {
+    api_process_->Signal(SIGKILL);
+    api_process_->Wait(absl::Seconds(10));
+  }
+  void Restart() override { StartApi(api_port_); }
+
+  kube::KubeApi* admin() { return admin_.get(); }
+  std::string ApiUrl() { return absl::StrCat("https://localhost:", api_port_); }
+
+ private:
   void StartApi(int port = 0) {
     api_process_.reset();
     api_process_ = std::make_unique<ChildProcess>(
@@ -134,13 +201,151 @@ class ReplicaScenarioTest : public ::testing::Test {
     api_port_ = std::stoi(bound);
   }
 
-  std::string ApiUrl() { return absl::StrCat("https://localhost:", api_port_); }
-
   Json Control(const std::string& method, const std::string& path, const Json& body = Json()) {
     absl::StatusOr<Json> result =
         admin_->Request(method, "/_control/" + path, body.is_null() ? nullptr : &body);
     EXPECT_TRUE(result.ok()) << result.status();
     return result.ok() ? *result : Json();
+  }
+
+  const TempDir& tmp_;
+  PosixFilesystem fs_;
+  fixtures::Issued api_ca_;
+  std::unique_ptr<ChildProcess> api_process_;
+  int api_port_ = 0;
+  int api_starts_ = 0;
+  std::unique_ptr<kube::KubeApi> admin_;
+};
+
+// A real etcd with TLS and client certificates; each replica reaches it through a forwarder of
+// its own; stored states encrypted with one key every replica is given.
+class EtcdStore final : public StoreUnderTest {
+ public:
+  explicit EtcdStore(const TempDir& tmp) : tmp_(tmp) {
+    const fixtures::Issued ca = fixtures::MakeRootCa("etcd ca");
+    fixtures::CertOptions serving;
+    serving.common_name = "etcd";
+    serving.dns_names = {"localhost"};
+    const fixtures::Issued server = fixtures::MakeCert(ca, serving);
+    fixtures::CertOptions client;
+    client.common_name = "certcast-server";
+    client.client_auth = true;
+    const fixtures::Issued replica = fixtures::MakeCert(ca, client);
+    WriteText(tmp_.Join("etcd-ca.crt"), ca.cert_pem);
+    WriteText(tmp_.Join("etcd-server.crt"), server.cert_pem);
+    WriteText(tmp_.Join("etcd-server.key"), server.key_pem);
+    WriteText(tmp_.Join("etcd-client.crt"), replica.cert_pem);
+    WriteText(tmp_.Join("etcd-client.key"), replica.key_pem);
+    WriteText(tmp_.Join("store.key"), absl::Base64Escape(RandomKey()) + "\n");
+    etcd_ = std::make_unique<scenario::EtcdProcess>(
+        tmp_.path(), scenario::EtcdTls{tmp_.Join("etcd-server.crt"), tmp_.Join("etcd-server.key"),
+                                       tmp_.Join("etcd-ca.crt")});
+    if (!etcd_->Start()) ADD_FAILURE() << "etcd does not start:\n" << etcd_->log();
+    for (int i = 0; i < kReplicas; ++i) {
+      forwarders_.push_back(std::make_unique<scenario::TcpForwarder>(etcd_->port()));
+    }
+    PosixFilesystem fs;
+    client_ = *EtcdClient::Create(fs, {etcd_->endpoint()}, Tls(), absl::Seconds(5));
+    encryption_ = std::make_unique<StoreEncryption>(
+        *StoreEncryption::FromFiles(fs, tmp_.Join("store.key"), ""));
+  }
+
+  EtcdTlsFiles Tls() const {
+    return {tmp_.Join("etcd-ca.crt"), tmp_.Join("etcd-client.crt"), tmp_.Join("etcd-client.key")};
+  }
+
+  std::vector<std::string> ReplicaFlags(int i) override {
+    return {absl::StrCat("--store=etcd://localhost:", forwarders_[i]->port(), kEtcdPrefix),
+            "--store-ca=" + tmp_.Join("etcd-ca.crt"),
+            "--store-cert=" + tmp_.Join("etcd-client.crt"),
+            "--store-key=" + tmp_.Join("etcd-client.key"),
+            "--store-encryption-key-file=" + tmp_.Join("store.key")};
+  }
+
+  std::string LeaderIdentity() override {
+    etcdserverpb::RangeRequest request;
+    request.set_key(absl::StrCat(kEtcdPrefix, "/leader"));
+    absl::StatusOr<etcdserverpb::RangeResponse> range = client_->Range(request);
+    if (!range.ok() || range->kvs_size() == 0) return "";
+    return range->kvs(0).value();
+  }
+
+  absl::StatusOr<std::optional<CertificateState>> LoadState() override {
+    EtcdVersionStore store(client_.get(), kEtcdPrefix, encryption_.get(), nullptr);
+    return store.Load("wildcard");
+  }
+
+  // Every key under the prefix with its value, as etcd holds it.
+  std::map<std::string, std::string> ReadAll() {
+    etcdserverpb::RangeRequest request;
+    request.set_key(kEtcdPrefix);
+    request.set_range_end(PrefixRangeEnd(kEtcdPrefix));
+    absl::StatusOr<etcdserverpb::RangeResponse> range = client_->Range(request);
+    EXPECT_TRUE(range.ok()) << range.status();
+    std::map<std::string, std::string> values;
+    if (range.ok()) {
+      for (const mvccpb::KeyValue& kv : range->kvs()) values[kv.key()] = kv.value();
+    }
+    return values;
+  }
+
+  void CutOff(int i) override { forwarders_[i]->Cut(); }
+  void Reconnect() override {
+    for (auto& forwarder : forwarders_) forwarder->Restore();
+  }
+  void Crash() override { etcd_->Kill(); }
+  void Restart() override { ASSERT_TRUE(etcd_->Restart()) << etcd_->log(); }
+
+  EtcdClient* client() { return client_.get(); }
+  const StoreEncryption* encryption() { return encryption_.get(); }
+
+ private:
+  const TempDir& tmp_;
+  std::unique_ptr<scenario::EtcdProcess> etcd_;
+  std::vector<std::unique_ptr<scenario::TcpForwarder>> forwarders_;
+  std::unique_ptr<EtcdClient> client_;
+  std::unique_ptr<StoreEncryption> encryption_;
+};
+
+// A history of one version: `leaf`, read from source revision `source_revision`.
+CertificateState FirstVersion(const Leaf& leaf, const std::string& source_revision) {
+  CertificateState state;
+  state.last_version = 1;
+  StoredVersion version;
+  version.version = 1;
+  version.material = leaf.material;
+  version.published_at = absl::Now();
+  version.source.revision = source_revision;
+  state.versions.push_back(version);
+  return state;
+}
+
+class ReplicaScenarioTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  // The store under test: the parameter, or a subclass's fixed choice.
+  virtual std::string Kind() { return GetParam(); }
+
+  void SetUp() override {
+    scenario::RaiseFileLimit();
+    if (Kind() == "etcd") {
+      if (!scenario::EtcdProcess::Installed()) {
+        if (std::getenv("CI") != nullptr) FAIL() << "etcd is not installed";
+        GTEST_SKIP() << "etcd is not installed (scripts/install-deps.sh)";
+      }
+      auto etcd = std::make_unique<EtcdStore>(tmp_);
+      etcd_ = etcd.get();
+      store_ = std::move(etcd);
+    } else {
+      auto kube = std::make_unique<KubeStore>(tmp_);
+      kube_ = kube.get();
+      store_ = std::move(kube);
+    }
+    ca_ = fixtures::MakeRootCa("replicas root");
+    replicas_.resize(kReplicas);
+  }
+
+  void TearDown() override {
+    replicas_.clear();  // the replicas go before the store they write to
   }
 
   Leaf MakeLeaf(int minutes) {
@@ -181,7 +386,6 @@ class ReplicaScenarioTest : public ::testing::Test {
         "--listen=127.0.0.1:0",
         "--insecure",
         "--certificate=wildcard=" + (source.empty() ? SourceDir(i) : source),
-        absl::StrCat("--store=", kStore),
         absl::StrCat("--leader-lease-duration=", election[0]),
         absl::StrCat("--leader-renew-deadline=", election[1]),
         absl::StrCat("--leader-retry-period=", election[2]),
@@ -190,10 +394,8 @@ class ReplicaScenarioTest : public ::testing::Test {
         "--quiet-period=20ms",
         "--confirm-delay=300ms",
         "--heartbeat-interval=1s",
-        "--log-format=json",
-        "--kube-api-url=" + ApiUrl(),
-        "--kube-token-file=" + tmp_.Join(absl::StrCat("replica", i, ".token")),
-        "--kube-ca-file=" + tmp_.Join("api-ca.crt")};
+        "--log-format=json"};
+    for (std::string& flag : store_->ReplicaFlags(i)) args.push_back(std::move(flag));
     replica.process = std::make_unique<ChildProcess>(
         CERTCAST_SERVER_BINARY, args,
         tmp_.Join(absl::StrCat("replica", i, "-", ++starts_, ".log")));
@@ -242,23 +444,26 @@ class ReplicaScenarioTest : public ::testing::Test {
     return true;
   }
 
-  // The Lease's holder, as the admin reads it ("" when none).
-  std::string LeaseHolder() {
-    absl::StatusOr<Json> lease = admin_->Request("GET", kLeasePath);
-    if (!lease.ok()) return "";
-    return kube::StringMember(kube::Member(*lease, "spec"), "holderIdentity");
+  bool AllReady(int status) {
+    for (int i = 0; i < kReplicas; ++i) {
+      if (replicas_[i].process != nullptr &&
+          scenario::HttpGet(replicas_[i].health_port, "/readyz") != status) {
+        return false;
+      }
+    }
+    return true;
   }
 
-  // Index of the replica holding the Lease, or -1.
+  // Index of the replica holding the leadership, or -1.
   int Leader() {
-    const std::string holder = LeaseHolder();
+    const std::string holder = store_->LeaderIdentity();
     for (int i = 0; i < kReplicas; ++i) {
       if (replicas_[i].process != nullptr && replicas_[i].identity == holder) return i;
     }
     return -1;
   }
 
-  // The history in the state Secret: last_version and version -> fingerprint of the material.
+  // The stored history: last_version and version -> fingerprint of the material.
   struct Stored {
     uint64_t last_version = 0;
     std::map<uint64_t, std::string> fingerprints;
@@ -266,11 +471,7 @@ class ReplicaScenarioTest : public ::testing::Test {
   };
   Stored StoredState() {
     Stored stored;
-    PosixFilesystem fs;
-    kube::CurlKubeApi api(
-        kube::KubeConfig{ApiUrl(), tmp_.Join("admin.token"), tmp_.Join("api-ca.crt")}, &fs);
-    KubernetesVersionStore store(&api, {kNamespace, "certcast"}, "test");
-    absl::StatusOr<std::optional<CertificateState>> loaded = store.Load("wildcard");
+    absl::StatusOr<std::optional<CertificateState>> loaded = store_->LoadState();
     if (!loaded.ok() || !loaded->has_value()) return stored;
     stored.last_version = (*loaded)->last_version;
     stored.revision = (*loaded)->store_revision;
@@ -307,22 +508,29 @@ class ReplicaScenarioTest : public ::testing::Test {
   }
 
   TempDir tmp_;
-  PosixFilesystem fs_;
-  fixtures::Issued api_ca_;
   fixtures::Issued ca_;
   absl::Time base_ = absl::Now() - absl::Hours(2);
-  std::unique_ptr<ChildProcess> api_process_;
-  int api_port_ = 0;
-  int api_starts_ = 0;
   int starts_ = 0;
-  std::unique_ptr<kube::KubeApi> admin_;
+  std::unique_ptr<StoreUnderTest> store_;
+  KubeStore* kube_ = nullptr;  // one of these is store_
+  EtcdStore* etcd_ = nullptr;
   std::vector<Replica> replicas_;
+};
+
+// Scenarios that only one store has.
+class KubeReplicaScenarioTest : public ReplicaScenarioTest {
+ protected:
+  std::string Kind() override { return "kubernetes"; }
+};
+class EtcdReplicaScenarioTest : public ReplicaScenarioTest {
+ protected:
+  std::string Kind() override { return "etcd"; }
 };
 
 // Three replicas, one history: a rotation every replica's source sees becomes ONE new version,
 // pushed to the clients of every replica; versions and material are identical everywhere; a
 // client that reconnects to another replica resumes without a payload.
-TEST_F(ReplicaScenarioTest, RotationReachesClientsOfEveryReplicaWithOneHistory) {
+TEST_P(ReplicaScenarioTest, RotationReachesClientsOfEveryReplicaWithOneHistory) {
   const Leaf first = MakeLeaf(1);
   StartAll(first);
   ASSERT_TRUE(WaitFor([&] { return Leader() >= 0; })) << Logs();
@@ -359,11 +567,25 @@ TEST_F(ReplicaScenarioTest, RotationReachesClientsOfEveryReplicaWithOneHistory) 
   std::optional<v1::SubscribeResponse> answer = moved.NextNonHeartbeat();
   ASSERT_TRUE(answer.has_value());
   EXPECT_TRUE(answer->has_in_sync()) << "a client in sync gets no payload from another replica";
+
+  if (etcd_ != nullptr) {
+    // Every value under the prefix, read with the test's own etcd client: the state is sealed,
+    // no value holds a PEM private key (nor the key's base64 body).
+    const std::map<std::string, std::string> values = etcd_->ReadAll();
+    ASSERT_EQ(values.count("/certcast/state/wildcard"), 1u);
+    EXPECT_TRUE(IsSealedEnvelope(values.at("/certcast/state/wildcard")));
+    for (const auto& [key, value] : values) {
+      EXPECT_EQ(value.find("PRIVATE KEY"), std::string::npos) << key;
+      EXPECT_EQ(value.find(std::string(second.material.key_pem.reveal().substr(40, 32))),
+                std::string::npos)
+          << key;
+    }
+  }
 }
 
 // kill -9 of the leader: another replica takes the Lease within about the lease duration, and
 // the next rotation gets the next version number, identical on the survivors.
-TEST_F(ReplicaScenarioTest, LeaderKilledAnotherLeadsAndVersionsContinue) {
+TEST_P(ReplicaScenarioTest, LeaderKilledAnotherLeadsAndVersionsContinue) {
   const Leaf first = MakeLeaf(1);
   StartAll(first);
   ASSERT_TRUE(WaitFor([&] { return Leader() >= 0; })) << Logs();
@@ -393,12 +615,12 @@ TEST_F(ReplicaScenarioTest, LeaderKilledAnotherLeadsAndVersionsContinue) {
 // A replica cut off from the API (the leader, here) stops publishing, keeps serving what it
 // has, says so on /readyz, gRPC health and /metrics; another replica takes over; once the API
 // answers again it follows the history by itself.
-TEST_F(ReplicaScenarioTest, ReplicaCutOffFromTheStoreNeverPublishes) {
+TEST_P(ReplicaScenarioTest, ReplicaCutOffFromTheStoreNeverPublishes) {
   const Leaf first = MakeLeaf(1);
   StartAll(first);
   ASSERT_TRUE(WaitFor([&] { return Leader() >= 0; })) << Logs();
   const int cut = Leader();
-  Control("POST", "fail", {{"status", 503}, {"count", -1}, {"user", ReplicaUser(cut)}});
+  store_->CutOff(cut);
   const Leaf second = MakeLeaf(2);
   SetSource(cut, second);  // only the cut-off replica's source changes
   ASSERT_TRUE(WaitFor([&] { return Leader() >= 0 && Leader() != cut; })) << Logs();
@@ -433,7 +655,7 @@ TEST_F(ReplicaScenarioTest, ReplicaCutOffFromTheStoreNeverPublishes) {
   })) << Logs();
   EXPECT_TRUE(Serves(cut, 1, first.fingerprint));
 
-  Control("DELETE", "fail");
+  store_->Reconnect();
   ASSERT_TRUE(WaitFor([&] { return Serves(cut, 2, third.fingerprint); })) << Logs();
   EXPECT_TRUE(
       WaitFor([&] { return scenario::HttpGet(replicas_[cut].health_port, "/readyz") == 200; }));
@@ -447,7 +669,7 @@ TEST_F(ReplicaScenarioTest, ReplicaCutOffFromTheStoreNeverPublishes) {
 // A replica whose source lags (still the previous leaf) becomes the only one left: it leads,
 // but never publishes the older material; it keeps serving the newer version it followed, and
 // publishes the next version once its source catches up with something newer.
-TEST_F(ReplicaScenarioTest, ReplicaWhoseSourceLagsNeverPublishesOlderMaterial) {
+TEST_P(ReplicaScenarioTest, ReplicaWhoseSourceLagsNeverPublishesOlderMaterial) {
   const Leaf first = MakeLeaf(1);
   StartAll(first);
   const int lagging = 2;
@@ -475,7 +697,7 @@ TEST_F(ReplicaScenarioTest, ReplicaWhoseSourceLagsNeverPublishesOlderMaterial) {
 
 // A replica that starts while the API does not answer it is not ready and publishes nothing;
 // once the API answers, it follows the stored history by itself.
-TEST_F(ReplicaScenarioTest, ReplicaStartedWithoutTheStoreFollowsItOnceItAnswers) {
+TEST_P(ReplicaScenarioTest, ReplicaStartedWithoutTheStoreFollowsItOnceItAnswers) {
   const Leaf first = MakeLeaf(1);
   StartAll(first);
   Kill(2);
@@ -483,7 +705,7 @@ TEST_F(ReplicaScenarioTest, ReplicaStartedWithoutTheStoreFollowsItOnceItAnswers)
   SetSource(0, second);
   SetSource(1, second);
   ASSERT_TRUE(WaitFor([&] { return AllServe(2, second.fingerprint); })) << Logs();
-  Control("POST", "fail", {{"status", 503}, {"count", -1}, {"user", ReplicaUser(2)}});
+  store_->CutOff(2);
   const Leaf third = MakeLeaf(3);
   SetSource(2, third);  // newer than anything stored, but it cannot know what is stored
   StartReplica(2);
@@ -495,7 +717,7 @@ TEST_F(ReplicaScenarioTest, ReplicaStartedWithoutTheStoreFollowsItOnceItAnswers)
       << Logs();
   EXPECT_EQ(GetCertificate(2).current().version(), 0u);
   EXPECT_EQ(StoredState().last_version, 2u);
-  Control("DELETE", "fail");
+  store_->Reconnect();
   // It follows version 2, then (its source being newer) may lead and publish version 3 — never a
   // second version 2 or a version 1 of other material.
   ASSERT_TRUE(WaitFor([&] {
@@ -512,26 +734,14 @@ TEST_F(ReplicaScenarioTest, ReplicaStartedWithoutTheStoreFollowsItOnceItAnswers)
 
 // The API server restarts (kill -9, then the same port and data): replicas say the store is
 // unreachable meanwhile, then recover by themselves; versions continue.
-TEST_F(ReplicaScenarioTest, RestartedStoreIsRecoveredFrom) {
+TEST_P(ReplicaScenarioTest, RestartedStoreIsRecoveredFrom) {
   const Leaf first = MakeLeaf(1);
   StartAll(first);
   ASSERT_TRUE(WaitFor([&] { return Leader() >= 0; })) << Logs();
-  const int port = api_port_;
-  api_process_->Signal(SIGKILL);
-  api_process_->Wait(absl::Seconds(10));
-  ASSERT_TRUE(WaitFor([&] {
-    for (int i = 0; i < kReplicas; ++i) {
-      if (scenario::HttpGet(replicas_[i].health_port, "/readyz") != 503) return false;
-    }
-    return true;
-  })) << Logs();
-  StartApi(port);
-  ASSERT_TRUE(WaitFor([&] {
-    for (int i = 0; i < kReplicas; ++i) {
-      if (scenario::HttpGet(replicas_[i].health_port, "/readyz") != 200) return false;
-    }
-    return Leader() >= 0;
-  })) << Logs();
+  store_->Crash();
+  ASSERT_TRUE(WaitFor([&] { return AllReady(503); })) << Logs();
+  store_->Restart();
+  ASSERT_TRUE(WaitFor([&] { return AllReady(200) && Leader() >= 0; })) << Logs();
   const Leaf second = MakeLeaf(2);
   for (int i = 0; i < kReplicas; ++i) SetSource(i, second);
   ASSERT_TRUE(WaitFor([&] { return AllServe(2, second.fingerprint); })) << Logs();
@@ -540,7 +750,7 @@ TEST_F(ReplicaScenarioTest, RestartedStoreIsRecoveredFrom) {
 
 // A rollback's pin is in the stored history: it survives the leader's death, and ends only when
 // a source holds something newer than what was current when it was pinned.
-TEST_F(ReplicaScenarioTest, RollbackPinSurvivesFailover) {
+TEST_P(ReplicaScenarioTest, RollbackPinSurvivesFailover) {
   const Leaf first = MakeLeaf(1);
   StartAll(first);
   const Leaf second = MakeLeaf(2);
@@ -583,7 +793,7 @@ TEST_F(ReplicaScenarioTest, RollbackPinSurvivesFailover) {
 // first, as a Service would spread them): the leader dies, its clients reconnect to the others,
 // and after the next rotation every client holds it; no version number ever carried two
 // different certificates, no pushed pair was torn.
-TEST_F(ReplicaScenarioTest, ClientsConvergeAfterAReplicaDies) {
+TEST_P(ReplicaScenarioTest, ClientsConvergeAfterAReplicaDies) {
   const int per_replica = std::getenv("CERTCAST_LONG") != nullptr ? 334 : 100;
   const Leaf first = MakeLeaf(1);
   StartAll(first);
@@ -631,7 +841,7 @@ TEST_F(ReplicaScenarioTest, ClientsConvergeAfterAReplicaDies) {
 
 // The in-cluster shape: every replica reads the cert-manager Secret through the API. A renewal is
 // one new version (whichever replica leads), recorded with the source Secret's resourceVersion.
-TEST_F(ReplicaScenarioTest, SecretSourceRenewalIsOneVersionOnEveryReplica) {
+TEST_F(KubeReplicaScenarioTest, SecretSourceRenewalIsOneVersionOnEveryReplica) {
   const Leaf first = MakeLeaf(1);
   auto put_source = [&](const Leaf& leaf) {
     Json secret = Json::object();
@@ -640,11 +850,11 @@ TEST_F(ReplicaScenarioTest, SecretSourceRenewalIsOneVersionOnEveryReplica) {
     secret["metadata"].erase("labels");
     secret["metadata"].erase("annotations");
     absl::StatusOr<Json> existing =
-        admin_->Request("GET", kube::SecretPath(kNamespace, "wildcard-tls"));
+        kube_->admin()->Request("GET", kube::SecretPath(kNamespace, "wildcard-tls"));
     absl::StatusOr<Json> written =
         existing.ok()
-            ? admin_->Request("PUT", kube::SecretPath(kNamespace, "wildcard-tls"), &secret)
-            : admin_->Request("POST", kube::SecretsPath(kNamespace), &secret);
+            ? kube_->admin()->Request("PUT", kube::SecretPath(kNamespace, "wildcard-tls"), &secret)
+            : kube_->admin()->Request("POST", kube::SecretsPath(kNamespace), &secret);
     EXPECT_TRUE(written.ok()) << written.status();
     return written.ok() ? kube::ResourceVersion(*written) : std::string();
   };
@@ -656,7 +866,7 @@ TEST_F(ReplicaScenarioTest, SecretSourceRenewalIsOneVersionOnEveryReplica) {
   ASSERT_TRUE(WaitFor([&] { return AllServe(2, second.fingerprint); })) << Logs();
   PosixFilesystem fs;
   kube::CurlKubeApi api(
-      kube::KubeConfig{ApiUrl(), tmp_.Join("admin.token"), tmp_.Join("api-ca.crt")}, &fs);
+      kube::KubeConfig{kube_->ApiUrl(), tmp_.Join("admin.token"), tmp_.Join("api-ca.crt")}, &fs);
   KubernetesVersionStore store(&api, {kNamespace, "certcast"}, "test");
   absl::StatusOr<std::optional<CertificateState>> loaded = store.Load("wildcard");
   ASSERT_TRUE(loaded.ok() && loaded->has_value()) << loaded.status();
@@ -666,7 +876,7 @@ TEST_F(ReplicaScenarioTest, SecretSourceRenewalIsOneVersionOnEveryReplica) {
 
 // SIGTERM of the leader gives the Lease up: another replica leads long before the (here 30 s)
 // lease would have expired.
-TEST_F(ReplicaScenarioTest, StoppedLeaderGivesTheLeaseUp) {
+TEST_P(ReplicaScenarioTest, StoppedLeaderGivesTheLeaseUp) {
   const Leaf first = MakeLeaf(1);
   for (int i = 0; i < 2; ++i) SetSource(i, first);
   for (int i = 0; i < 2; ++i) StartReplica(i, "", {"30s", "20s", "200ms"});
@@ -677,7 +887,7 @@ TEST_F(ReplicaScenarioTest, StoppedLeaderGivesTheLeaseUp) {
   EXPECT_EQ(replicas_[leader].process->Wait(absl::Seconds(20)), 0);
   replicas_[leader].process.reset();
   ASSERT_TRUE(WaitFor([&] { return Leader() == 1 - leader; }, absl::Seconds(15)))
-      << "the Lease was not given up: " << LeaseHolder() << "\n"
+      << "the leadership was not given up: " << store_->LeaderIdentity() << "\n"
       << Logs();
   const Leaf second = MakeLeaf(2);
   SetSource(1 - leader, second);
@@ -686,24 +896,17 @@ TEST_F(ReplicaScenarioTest, StoppedLeaderGivesTheLeaseUp) {
 
 // The Kubernetes store itself: compare-and-swap on every write, Claim moves the revision, the
 // Secret holds the same checksummed bytes as the state file, corruption is DataLoss.
-TEST_F(ReplicaScenarioTest, KubernetesStoreWritesAreCompareAndSwap) {
+TEST_F(KubeReplicaScenarioTest, KubernetesStoreWritesAreCompareAndSwap) {
   PosixFilesystem fs;
   kube::CurlKubeApi api(
-      kube::KubeConfig{ApiUrl(), tmp_.Join("replica0.token"), tmp_.Join("api-ca.crt")}, &fs);
+      kube::KubeConfig{kube_->ApiUrl(), tmp_.Join("replica0.token"), tmp_.Join("api-ca.crt")}, &fs);
   KubernetesVersionStore store(&api, {kNamespace, "certcast"}, "replica-0");
   absl::StatusOr<std::optional<CertificateState>> loaded = store.Load("wildcard");
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_FALSE(loaded->has_value());
 
   const Leaf leaf = MakeLeaf(1);
-  CertificateState state;
-  state.last_version = 1;
-  StoredVersion version;
-  version.version = 1;
-  version.material = leaf.material;
-  version.published_at = absl::Now();
-  version.source.revision = "42";
-  state.versions.push_back(version);
+  const CertificateState state = FirstVersion(leaf, "42");
   absl::StatusOr<std::string> created = store.Save("wildcard", state);
   ASSERT_TRUE(created.ok()) << created.status();
   // A second create (another replica that also found nothing) loses.
@@ -727,7 +930,8 @@ TEST_F(ReplicaScenarioTest, KubernetesStoreWritesAreCompareAndSwap) {
   ASSERT_TRUE(saved.ok()) << saved.status();
 
   // The Secret: labelled, the state's bytes under `state`, nothing in annotations but names.
-  absl::StatusOr<Json> secret = admin_->Request("GET", kube::SecretPath(kNamespace, kStateSecret));
+  absl::StatusOr<Json> secret =
+      kube_->admin()->Request("GET", kube::SecretPath(kNamespace, kStateSecret));
   ASSERT_TRUE(secret.ok()) << secret.status();
   EXPECT_EQ((*secret)["metadata"]["labels"][kStoreLabel], "certcast");
   EXPECT_EQ((*secret)["metadata"]["annotations"][kube::kVersionAnnotation], "2");
@@ -740,12 +944,119 @@ TEST_F(ReplicaScenarioTest, KubernetesStoreWritesAreCompareAndSwap) {
   // Damaged bytes are DataLoss naming the Secret, never a silent reset.
   bytes[bytes.size() - 1] ^= 1;
   (*secret)["data"]["state"] = absl::Base64Escape(bytes);
-  ASSERT_TRUE(admin_->Request("PUT", kube::SecretPath(kNamespace, kStateSecret), &*secret).ok());
+  ASSERT_TRUE(
+      kube_->admin()->Request("PUT", kube::SecretPath(kNamespace, kStateSecret), &*secret).ok());
   loaded = store.Load("wildcard");
   EXPECT_TRUE(absl::IsDataLoss(loaded.status())) << loaded.status();
   EXPECT_THAT(std::string(loaded.status().message()),
               HasSubstr("state Secret certcast-system/certcast-wildcard is corrupt"));
 }
+
+// The etcd store itself, with the test's own client: every write is a transaction that needs the
+// state key's revision AND the leader key bound to the writer's lease, so a replica that lost
+// the leader key can never write; values are sealed; a tampered value is DataLoss naming the key;
+// another encryption key cannot read them.
+TEST_F(EtcdReplicaScenarioTest, EtcdStoreWritesNeedTheRevisionAndTheLeaderKey) {
+  EtcdClient* client = etcd_->client();
+  absl::StatusOr<int64_t> lease = client->LeaseGrant(30);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  int64_t held = 0;  // the lease the store believes it holds
+  EtcdVersionStore store(client, kEtcdPrefix, etcd_->encryption(), [&held] { return held; });
+  auto put = [&](const std::string& key, const std::string& value, int64_t with_lease) {
+    etcdserverpb::TxnRequest txn;
+    etcdserverpb::PutRequest* request = txn.add_success()->mutable_request_put();
+    request->set_key(key);
+    request->set_value(value);
+    request->set_lease(with_lease);
+    ASSERT_TRUE(client->Txn(txn).ok());
+  };
+  const Leaf leaf = MakeLeaf(1);
+  const CertificateState state = FirstVersion(leaf, "");
+  absl::StatusOr<std::optional<CertificateState>> loaded = store.Load("wildcard");
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_FALSE(loaded->has_value());
+  // Not holding the leader key: no write, even a first one.
+  EXPECT_TRUE(absl::IsAborted(store.Save("wildcard", state).status()));
+  held = *lease;
+  absl::StatusOr<std::string> refused = store.Save("wildcard", state);
+  EXPECT_TRUE(absl::IsAborted(refused.status())) << "the leader key does not exist yet";
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("/certcast/leader"));
+  put("/certcast/leader", "test-replica", *lease);
+  absl::StatusOr<std::string> created = store.Save("wildcard", state);
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_TRUE(absl::IsAborted(store.Save("wildcard", state).status()))
+      << "a second create (another replica that also found nothing) loses";
+  loaded = store.Load("wildcard");
+  ASSERT_TRUE(loaded.ok() && loaded->has_value()) << loaded.status();
+  EXPECT_EQ((*loaded)->store_revision, *created);
+  EXPECT_EQ((*loaded)->versions.back().material, leaf.material);
+
+  // Claim re-seals and moves the revision: a write based on the older one fails.
+  CertificateState next = **loaded;
+  next.last_version = 2;
+  next.versions.back().version = 2;
+  const std::string before = etcd_->ReadAll().at("/certcast/state/wildcard");
+  absl::StatusOr<std::string> claimed = store.Claim("wildcard", *created);
+  ASSERT_TRUE(claimed.ok()) << claimed.status();
+  EXPECT_NE(*claimed, *created);
+  EXPECT_NE(etcd_->ReadAll().at("/certcast/state/wildcard"), before) << "a fresh nonce";
+  EXPECT_TRUE(absl::IsAborted(store.Save("wildcard", next).status()));
+  next.store_revision = *claimed;
+
+  // The leader key now belongs to another lease (this replica was deposed while it believed
+  // it led): its write fails although the state's revision is right.
+  absl::StatusOr<int64_t> other = client->LeaseGrant(30);
+  ASSERT_TRUE(other.ok());
+  ASSERT_TRUE(client->LeaseRevoke(*lease).ok());  // deletes the leader key
+  put("/certcast/leader", "another-replica", *other);
+  absl::StatusOr<std::string> deposed = store.Save("wildcard", next);
+  EXPECT_TRUE(absl::IsAborted(deposed.status())) << deposed.status();
+  EXPECT_THAT(std::string(deposed.status().message()), HasSubstr("another-replica"));
+  held = *other;
+  absl::StatusOr<std::string> saved = store.Save("wildcard", next);
+  ASSERT_TRUE(saved.ok()) << saved.status();
+
+  // Stored bytes: sealed, no key material; a flipped byte is DataLoss naming the key.
+  std::string sealed = etcd_->ReadAll().at("/certcast/state/wildcard");
+  EXPECT_TRUE(IsSealedEnvelope(sealed));
+  EXPECT_EQ(sealed.find("PRIVATE KEY"), std::string::npos);
+  EXPECT_EQ(sealed.find("certcast-state v1"), std::string::npos);
+  absl::StatusOr<StoreEncryption> other_key =
+      StoreEncryption::FromKeys(SecretBytes(std::string(32, 'x')), std::nullopt);
+  EtcdVersionStore stranger(client, kEtcdPrefix, &*other_key, nullptr);
+  EXPECT_TRUE(absl::IsFailedPrecondition(stranger.Load("wildcard").status()));
+  sealed[sealed.size() - 1] ^= 1;
+  put("/certcast/state/wildcard", sealed, 0);
+  loaded = store.Load("wildcard");
+  EXPECT_TRUE(absl::IsDataLoss(loaded.status())) << loaded.status();
+  EXPECT_THAT(std::string(loaded.status().message()),
+              HasSubstr("etcd key /certcast/state/wildcard fails authentication"));
+}
+
+// An etcd store without an encryption key, or with a bad one, does not start: the error names
+// the flag and the file, never the file's content.
+TEST_F(EtcdReplicaScenarioTest, StartupRefusesAMissingOrBadEncryptionKey) {
+  SetSource(0, MakeLeaf(1));
+  std::vector<std::string> flags = etcd_->ReplicaFlags(0);
+  flags.pop_back();  // --store-encryption-key-file
+  std::vector<std::string> args = {"--listen=127.0.0.1:0", "--insecure",
+                                   "--certificate=wildcard=" + SourceDir(0)};
+  args.insert(args.end(), flags.begin(), flags.end());
+  ChildProcess missing(CERTCAST_SERVER_BINARY, args, tmp_.Join("missing.log"));
+  EXPECT_NE(missing.Wait(absl::Seconds(20)), 0);
+  EXPECT_THAT(missing.log(), HasSubstr("--store-encryption-key-file is required"));
+  WriteText(tmp_.Join("short.key"), absl::Base64Escape("0123456789abcdef") + "\n");
+  args.push_back("--store-encryption-key-file=" + tmp_.Join("short.key"));
+  ChildProcess short_key(CERTCAST_SERVER_BINARY, args, tmp_.Join("short.log"));
+  EXPECT_NE(short_key.Wait(absl::Seconds(20)), 0);
+  EXPECT_THAT(short_key.log(), HasSubstr(tmp_.Join("short.key") + ": holds 16 bytes"));
+  EXPECT_THAT(short_key.log(), ::testing::Not(HasSubstr(absl::Base64Escape("0123456789abcdef"))));
+}
+
+INSTANTIATE_TEST_SUITE_P(Stores, ReplicaScenarioTest, ::testing::Values("kubernetes", "etcd"),
+                         [](const ::testing::TestParamInfo<std::string>& param) {
+                           return param.param;
+                         });
 
 }  // namespace
 }  // namespace certcast
