@@ -255,11 +255,21 @@ class EtcdStore final : public StoreUnderTest {
   }
 
   std::vector<std::string> ReplicaFlags(int i) override {
-    return {absl::StrCat("--store=etcd://localhost:", forwarders_[i]->port(), kEtcdPrefix),
-            "--store-ca=" + tmp_.Join("etcd-ca.crt"),
-            "--store-cert=" + tmp_.Join("etcd-client.crt"),
-            "--store-key=" + tmp_.Join("etcd-client.key"),
-            "--store-encryption-key-file=" + tmp_.Join("store.key")};
+    std::vector<std::string> flags = {
+        absl::StrCat("--store=etcd://localhost:", forwarders_[i]->port(), kEtcdPrefix),
+        "--store-ca=" + tmp_.Join("etcd-ca.crt"), "--store-cert=" + tmp_.Join("etcd-client.crt"),
+        "--store-key=" + tmp_.Join("etcd-client.key"),
+        "--store-encryption-key-file=" + tmp_.Join(key_files_[i].first)};
+    if (!key_files_[i].second.empty()) {
+      flags.push_back("--store-encryption-previous-key-file=" + tmp_.Join(key_files_[i].second));
+    }
+    return flags;
+  }
+
+  // Replica `i`'s next start uses key file `current` (and `previous`, unless empty), both under
+  // the test's directory; "store.key" is the key every replica starts with.
+  void SetKeyFiles(int i, const std::string& current, const std::string& previous) {
+    key_files_[i] = {current, previous};
   }
 
   std::string LeaderIdentity() override {
@@ -305,6 +315,8 @@ class EtcdStore final : public StoreUnderTest {
   std::vector<std::unique_ptr<scenario::TcpForwarder>> forwarders_;
   std::unique_ptr<EtcdClient> client_;
   std::unique_ptr<StoreEncryption> encryption_;
+  std::pair<std::string, std::string> key_files_[kReplicas] = {
+      {"store.key", ""}, {"store.key", ""}, {"store.key", ""}};
 };
 
 // A history of one version: `leaf`, read from source revision `source_revision`.
@@ -394,6 +406,7 @@ class ReplicaScenarioTest : public ::testing::TestWithParam<std::string> {
         "--quiet-period=20ms",
         "--confirm-delay=300ms",
         "--heartbeat-interval=1s",
+        "--shutdown-grace=1s",
         "--log-format=json"};
     for (std::string& flag : store_->ReplicaFlags(i)) args.push_back(std::move(flag));
     replica.process = std::make_unique<ChildProcess>(
@@ -1051,6 +1064,55 @@ TEST_F(EtcdReplicaScenarioTest, StartupRefusesAMissingOrBadEncryptionKey) {
   EXPECT_NE(short_key.Wait(absl::Seconds(20)), 0);
   EXPECT_THAT(short_key.log(), HasSubstr(tmp_.Join("short.key") + ": holds 16 bytes"));
   EXPECT_THAT(short_key.log(), ::testing::Not(HasSubstr(absl::Base64Escape("0123456789abcdef"))));
+}
+
+// The documented key rotation (docs/REPLICAS.md), as rolling restarts of three replicas: first
+// every replica may read the new key, then every replica writes with it; the leader that takes
+// over re-seals the stored state with the new key, nobody ever fails to read a value, and the
+// old key is then not needed.
+TEST_F(EtcdReplicaScenarioTest, KeyRotationReSealsTheHistoryWithoutAGap) {
+  WriteText(tmp_.Join("new.key"), absl::Base64Escape(RandomKey()) + "\n");
+  PosixFilesystem fs;
+  absl::StatusOr<StoreEncryption> new_only =
+      StoreEncryption::FromFiles(fs, tmp_.Join("new.key"), "");
+  ASSERT_TRUE(new_only.ok()) << new_only.status();
+  const Leaf first = MakeLeaf(1);
+  StartAll(first);
+  auto roll = [&](const std::string& current, const std::string& previous) {
+    for (int i = 0; i < kReplicas; ++i) {
+      replicas_[i].process->Signal(SIGTERM);
+      ASSERT_EQ(replicas_[i].process->Wait(absl::Seconds(20)), 0);
+      etcd_->SetKeyFiles(i, current, previous);
+      StartReplica(i);
+      ASSERT_TRUE(WaitFor([&] { return AllServe(1, first.fingerprint) && Leader() >= 0; }))
+          << Logs();
+    }
+  };
+  roll("store.key", "new.key");  // 1. the new key may be read everywhere
+  roll("new.key", "store.key");  // 2. the new key writes everywhere
+  auto sealed_with_new_key = [&] {
+    const std::map<std::string, std::string> values = etcd_->ReadAll();
+    auto state = values.find("/certcast/state/wildcard");
+    return state != values.end() && new_only->SealedWithCurrentKey(state->second);
+  };
+  ASSERT_TRUE(WaitFor(sealed_with_new_key)) << Logs();
+  const Leaf second = MakeLeaf(2);
+  for (int i = 0; i < kReplicas; ++i) SetSource(i, second);
+  ASSERT_TRUE(WaitFor([&] { return AllServe(2, second.fingerprint); })) << Logs();
+  // 3. The old key is no longer needed: the new key alone reads the history.
+  EtcdVersionStore reader(etcd_->client(), kEtcdPrefix, &*new_only, nullptr);
+  absl::StatusOr<std::optional<CertificateState>> loaded = reader.Load("wildcard");
+  ASSERT_TRUE(loaded.ok() && loaded->has_value()) << loaded.status();
+  EXPECT_EQ((*loaded)->last_version, 2u);
+  for (int start = 1; start <= starts_; ++start) {
+    for (int i = 0; i < kReplicas; ++i) {
+      const std::string log =
+          scenario::ReadFileOrEmpty(tmp_.Join(absl::StrCat("replica", i, "-", start, ".log")));
+      EXPECT_EQ(log.find("which is neither --store-encryption-key-file"), std::string::npos)
+          << "replica " << i << " met a value it could not read:\n"
+          << log;
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Stores, ReplicaScenarioTest, ::testing::Values("kubernetes", "etcd"),

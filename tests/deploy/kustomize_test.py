@@ -22,8 +22,9 @@ cannot be built alone; components are covered by the overlays that use them) is 
     directories on writable mounts, the --ca ConfigMap present in the render;
   - certcast-server: with --store=kubernetes://NS/NAME, NS is its own namespace, its
     ServiceAccount may get/update/list/watch the Secrets NAME-CERTIFICATE and get/update the
-    Lease NAME (and create both), and more than one replica has a PodDisruptionBudget; without
-    it, its --state-dir is a PVC that exists in the render (strategy Recreate when it is
+    Lease NAME (and create both); with --store=etcd://..., --store-encryption-key-file is set
+    (and, as every file flag, on a mount); with either store more than one replica has a
+    PodDisruptionBudget; without a store, its --state-dir is a PVC that exists in the render (strategy Recreate when it is
     ReadWriteOnce); its ServiceAccount is bound to system:auth-delegator when it checks
     tokens, and may get/list/watch a Secret it reads through the API;
   - certcast-client: a projected ServiceAccount token with audience certcast behind
@@ -71,7 +72,8 @@ AUTH_DELEGATOR = "system:auth-delegator"
 TOKEN_AUDIENCE = "certcast"
 # Flags whose value is a file or directory the container reads.
 READ_PATH_FLAGS = ("ca", "tls_cert", "tls_key", "client_ca", "token_file", "policy", "pid_file",
-                   "kube_token_file", "kube_ca_file")
+                   "kube_token_file", "kube_ca_file", "store_ca", "store_cert", "store_key",
+                   "store_encryption_key_file", "store_encryption_previous_key_file")
 # Flags whose value is a directory the container writes.
 WRITE_PATH_FLAGS = ("state_dir", "output_dir")
 
@@ -560,6 +562,11 @@ def check_certcast_container(render, deployment, container, role, volumes, error
                                   f"{verb} it")
         if not allows(store_rules, "coordination.k8s.io", "leases", "create"):
             error(deployment, f"{where} elects its leader with a Lease but may not create it")
+    etcd = role == "server" and any(v.startswith("etcd://") for v in flags.get("store", []))
+    if etcd and not flags.get("store_encryption_key_file"):
+        error(deployment, f"{where} keeps its versions in etcd without "
+                          "--store-encryption-key-file (it would not start)")
+    if store is not None or etcd:
         replicas = (deployment.get("spec") or {}).get("replicas", 1)
         if replicas > 1 and not any(
                 namespace_of(b) == namespace
@@ -568,7 +575,7 @@ def check_certcast_container(render, deployment, container, role, volumes, error
                             .get("metadata", {}).get("labels"))
                 for b in render.of_kind("PodDisruptionBudget")):
             error(deployment, f"{where}: {replicas} replicas and no PodDisruptionBudget")
-    if role == "server" and store is None:
+    if role == "server" and store is None and not etcd:
         state = (flags.get("state_dir") or [""])[-1]
         mount = mount_for(container, state) if state else None
         claim = ((volumes.get((mount or {}).get("name")) or {}).get("persistentVolumeClaim")
@@ -928,6 +935,24 @@ def plant_no_lease_grant(objects):
     role["rules"] = [r for r in role["rules"] if "leases" not in as_list(r.get("resources"))]
 
 
+def is_etcd_server(obj):
+    return is_server(obj) and any(a.startswith("--store=etcd://")
+                                  for c in certcast_containers(obj, "server")
+                                  for a in as_list(c.get("args")))
+
+
+def plant_no_encryption_key(objects):
+    for container in certcast_containers(first(objects, is_etcd_server), "server"):
+        container["args"] = [a for a in container["args"]
+                             if not a.startswith("--store-encryption-key-file")]
+
+
+def plant_unmounted_store_key(objects):
+    container = certcast_containers(first(objects, is_etcd_server), "server")[0]
+    container["volumeMounts"] = [m for m in container["volumeMounts"]
+                                 if m.get("mountPath") != "/etc/certcast/store-encryption"]
+
+
 def plant_no_pdb(objects):
     objects[:] = [o for o in objects if o.get("kind") != "PodDisruptionBudget"]
 
@@ -981,6 +1006,12 @@ PLANTS = [
      "elects its leader with Lease"),
     ("replicas without a PodDisruptionBudget", is_server, plant_no_pdb,
      "no PodDisruptionBudget"),
+    ("etcd replicas without a PodDisruptionBudget", is_etcd_server, plant_no_pdb,
+     "no PodDisruptionBudget"),
+    ("etcd store without an encryption key", is_etcd_server, plant_no_encryption_key,
+     "without --store-encryption-key-file"),
+    ("etcd encryption key file not mounted", is_etcd_server, plant_unmounted_store_key,
+     "--store-encryption-key-file=/etc/certcast/store-encryption/key is on no volume"),
     ("certcast's Namespace not restricted", is_server, plant_privileged_namespace,
      "restricted Pod Security"),
     ("--admin of another namespace", is_server, plant_foreign_admin,
