@@ -1115,6 +1115,50 @@ TEST_F(EtcdReplicaScenarioTest, KeyRotationReSealsTheHistoryWithoutAGap) {
   }
 }
 
+// A replica that cannot read the stored history (started with another encryption key) may
+// lead, but never publishes over it: the stored version stays the one sealed with the right
+// key; given the right key as the previous one, it follows the history and publishes the next
+// version.
+TEST_F(EtcdReplicaScenarioTest, ReplicaWithTheWrongKeyNeverOverwritesTheHistory) {
+  WriteText(tmp_.Join("other.key"), absl::Base64Escape(RandomKey()) + "\n");
+  const Leaf first = MakeLeaf(1);
+  StartAll(first);
+  Kill(1);
+  Kill(2);
+  Kill(0);
+  const Leaf second = MakeLeaf(2);
+  SetSource(0, second);
+  etcd_->SetKeyFiles(0, "other.key", "");
+  StartReplica(0);
+  ASSERT_TRUE(WaitFor([&] { return Leader() == 0; })) << Logs();
+  ASSERT_FALSE(
+      replicas_[0].process->WaitForLog("which is neither --store-encryption-key-file").empty())
+      << Logs();
+  ASSERT_FALSE(replicas_[0].process->WaitForLog("not publishing until it can be loaded").empty())
+      << Logs();
+  EXPECT_EQ(GetCertificate(0).current().version(), 0u);
+  EXPECT_EQ(StoredState().last_version, 1u) << "a replica that cannot read the history wrote it";
+  EXPECT_EQ(StoredState().fingerprints.at(1), first.fingerprint);
+
+  replicas_[0].process->Signal(SIGTERM);
+  ASSERT_EQ(replicas_[0].process->Wait(absl::Seconds(20)), 0);
+  etcd_->SetKeyFiles(0, "other.key", "store.key");
+  StartReplica(0);
+  ASSERT_TRUE(WaitFor([&] { return Serves(0, 2, second.fingerprint); })) << Logs();
+  const std::map<uint64_t, std::string> expected = {{1, first.fingerprint},
+                                                    {2, second.fingerprint}};
+  EXPECT_EQ(History(0), expected);
+  // Version 2 is sealed with the replica's current key.
+  PosixFilesystem fs;
+  absl::StatusOr<StoreEncryption> other =
+      StoreEncryption::FromFiles(fs, tmp_.Join("other.key"), "");
+  ASSERT_TRUE(other.ok());
+  EtcdVersionStore reader(etcd_->client(), kEtcdPrefix, &*other, nullptr);
+  absl::StatusOr<std::optional<CertificateState>> loaded = reader.Load("wildcard");
+  ASSERT_TRUE(loaded.ok() && loaded->has_value()) << loaded.status();
+  EXPECT_EQ((*loaded)->last_version, 2u);
+}
+
 INSTANTIATE_TEST_SUITE_P(Stores, ReplicaScenarioTest, ::testing::Values("kubernetes", "etcd"),
                          [](const ::testing::TestParamInfo<std::string>& param) {
                            return param.param;
