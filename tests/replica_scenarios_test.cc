@@ -16,6 +16,7 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -388,9 +389,11 @@ class ReplicaScenarioTest : public ::testing::TestWithParam<std::string> {
   };
 
   // `source`: empty for the replica's own directory; `election`: the three election flags' values.
+  // `store_flags`: instead of the store's own flags for replica `i`.
   void StartReplica(int i, const std::string& source = "",
                     std::vector<std::string> election = {kLeaseDuration, kRenewDeadline,
-                                                         kRetryPeriod}) {
+                                                         kRetryPeriod},
+                    std::optional<std::vector<std::string>> store_flags = std::nullopt) {
     Replica& replica = replicas_[i];
     replica = Replica();
     replica.health_port = scenario::PickFreePort();
@@ -408,7 +411,9 @@ class ReplicaScenarioTest : public ::testing::TestWithParam<std::string> {
         "--heartbeat-interval=1s",
         "--shutdown-grace=1s",
         "--log-format=json"};
-    for (std::string& flag : store_->ReplicaFlags(i)) args.push_back(std::move(flag));
+    for (std::string& flag : store_flags.has_value() ? *store_flags : store_->ReplicaFlags(i)) {
+      args.push_back(std::move(flag));
+    }
     replica.process = std::make_unique<ChildProcess>(
         CERTCAST_SERVER_BINARY, args,
         tmp_.Join(absl::StrCat("replica", i, "-", ++starts_, ".log")));
@@ -1157,6 +1162,30 @@ TEST_F(EtcdReplicaScenarioTest, ReplicaWithTheWrongKeyNeverOverwritesTheHistory)
   absl::StatusOr<std::optional<CertificateState>> loaded = reader.Load("wildcard");
   ASSERT_TRUE(loaded.ok() && loaded->has_value()) << loaded.status();
   EXPECT_EQ((*loaded)->last_version, 2u);
+}
+
+// etcd without TLS, named by IP address, behind a first endpoint that does not answer: the
+// replica moves on to the next endpoint, leads and publishes.
+TEST_F(EtcdReplicaScenarioTest, PlaintextEtcdBehindADeadFirstEndpoint) {
+  PosixFilesystem fs;
+  ASSERT_TRUE(fs.CreateDir(tmp_.Join("plain"), 0700).ok());
+  scenario::EtcdProcess plain(tmp_.Join("plain"));
+  ASSERT_TRUE(plain.Start()) << plain.log();
+  const Leaf first = MakeLeaf(1);
+  SetSource(0, first);
+  StartReplica(
+      0, "", {kLeaseDuration, kRenewDeadline, kRetryPeriod},
+      std::vector<std::string>{absl::StrCat("--store=etcd://127.0.0.1:", scenario::PickFreePort(),
+                                            ",127.0.0.1:", plain.port(), "/plain"),
+                               "--store-encryption-key-file=" + tmp_.Join("store.key")});
+  ASSERT_TRUE(WaitFor([&] { return Serves(0, 1, first.fingerprint); })) << Logs();
+  std::unique_ptr<EtcdClient> client =
+      *EtcdClient::Create(fs, {absl::StrCat("127.0.0.1:", plain.port())}, {}, absl::Seconds(5));
+  etcdserverpb::RangeRequest request;
+  request.set_key("/plain/leader");
+  absl::StatusOr<etcdserverpb::RangeResponse> leader = client->Range(request);
+  ASSERT_TRUE(leader.ok() && leader->kvs_size() == 1) << leader.status();
+  EXPECT_EQ(leader->kvs(0).value(), replicas_[0].identity);
 }
 
 INSTANTIATE_TEST_SUITE_P(Stores, ReplicaScenarioTest, ::testing::Values("kubernetes", "etcd"),
