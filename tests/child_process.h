@@ -1,5 +1,6 @@
 // A child process for tests that run the real binaries: spawned with posix_spawn, stderr to a
-// log file, killed (SIGKILL) and reaped by the destructor.
+// log file, killed (SIGKILL; in the sanitized build SIGTERM first, so LeakSanitizer checks it at
+// exit) and reaped by the destructor.
 #ifndef CERTCAST_TESTS_CHILD_PROCESS_H_
 #define CERTCAST_TESTS_CHILD_PROCESS_H_
 

@@ -59,6 +59,15 @@ bool LongRun() {
 }
 int Sized(int short_value, int long_value) { return LongRun() ? long_value : short_value; }
 
+// Under AddressSanitizer freed memory waits in its quarantine (up to 256 MiB) and every block
+// carries redzones, so the server's RSS says nothing about its own memory: the memory bounds are
+// checked in the plain build only (the sanitized run checks everything else, and leaks at exit).
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kMeasuresMemory = false;
+#else
+constexpr bool kMeasuresMemory = true;
+#endif
+
 // One line per scenario, collected into docs/RELIABILITY.md by hand.
 void Figures(const std::string& scenario, const std::string& text) {
   std::printf("FIGURES %s (%s): %s\n", scenario.c_str(), LongRun() ? "long" : "short",
@@ -198,6 +207,14 @@ class FaultScenarioTest : public ::testing::Test {
       token = response.next_page_token();
     } while (!token.empty());
     return connected;
+  }
+
+  // The server's descriptors and every TCP connection to its port with the process that holds
+  // each end (to tell a socket the server keeps from a connection the test process keeps open).
+  std::string DescribeConnections(int pid) {
+    const std::string port = target_.substr(target_.rfind(':') + 1);
+    return Shell(absl::StrCat("ls -l /proc/", pid, "/fd; ss -tanpo '( sport = :", port,
+                              " or dport = :", port, " )' | grep -v TIME-WAIT"));
   }
 
   FleetOptions Options() const {
@@ -554,8 +571,10 @@ TEST_F(FaultScenarioTest, StalledClientsHoldNothingBackAndGetTheLatestLater) {
   // Stated bound: 32 MiB plus 256 KiB per stalled stream (its flow-control window and buffers),
   // independent of the number of rotations.
   const long bound_kb = 32 * 1024 + 256L * stalled;
-  EXPECT_LE(rss_peak - rss_before, bound_kb)
-      << "server RSS grew from " << rss_before << " KiB to " << rss_peak << " KiB";
+  if (kMeasuresMemory) {
+    EXPECT_LE(rss_peak - rss_before, bound_kb)
+        << "server RSS grew from " << rss_before << " KiB to " << rss_peak << " KiB";
+  }
   // A backlog would deliver every rotation; latest-wins delivers what was buffered in the
   // transport when the client stopped plus the latest.
   EXPECT_LT(backlog, rotations / 4) << "stalled clients were sent a backlog of old versions";
@@ -571,8 +590,14 @@ TEST_F(FaultScenarioTest, StalledClientsHoldNothingBackAndGetTheLatestLater) {
 }
 
 // Fault 7. Many clients connecting and disconnecting over and over (a third of them silent until
-// the server's hello deadline ends them): afterwards the server's open descriptors return to the
-// baseline and its RSS to near the baseline, and it still serves.
+// the server's hello deadline ends them): afterwards no client is listed as connected, the
+// server's open descriptors return to the baseline, its memory stops growing, and it still serves.
+//
+// Memory: glibc keeps what the server freed after a storm in its arenas (5,000 clients: 193 MiB
+// from the system, 5.5 MiB of it in use once they left; malloc_trim gave 106 MiB back), so RSS
+// after a storm is not the baseline. What a leak does and retention does not: grow again with
+// every storm. The bound is on the growth over the last of two equal storms. (A leak also fails
+// the sanitized run: LeakSanitizer checks the server when the test ends it.)
 TEST_F(FaultScenarioTest, ConnectionStormLeavesNoDescriptorsOrMemoryBehind) {
   const int slots = Sized(300, 5000);
   const absl::Duration duration = LongRun() ? absl::Seconds(60) : absl::Seconds(12);
@@ -586,63 +611,77 @@ TEST_F(FaultScenarioTest, ConnectionStormLeavesNoDescriptorsOrMemoryBehind) {
   const int fds_idle = scenario::OpenFds(pid);  // no client has connected yet
   FleetOptions options = Options();
   options.churn = true;
-  // One storm runs before the baseline, so that what the server keeps after a first storm
-  // (thread pools, allocator arenas, caches) is in the baseline; the second must add nothing.
-  auto storm = [&](absl::Duration length, int* fds_peak, long* rss_peak) {
+  struct Storm {
+    FleetStats stats;
+    int fds_peak = 0;
+    int fds_after = 0;
+    long rss_peak = 0;
+    long rss_after = 0;
+  };
+  // A storm, then (waiting on conditions, so a loaded machine only makes it slower) no client
+  // connected and the descriptors back at the idle count.
+  auto storm = [&](absl::Duration length) {
+    Storm result;
     SubscriberFleet fleet(options, slots);
     fleet.Start();
     const absl::Time end = absl::Now() + length;
     // Sampling, not waiting for a condition: the storm runs for `length`.
     while (absl::Now() < end) {
       absl::SleepFor(absl::Milliseconds(250));
-      *fds_peak = std::max(*fds_peak, scenario::OpenFds(pid));
-      *rss_peak = std::max(*rss_peak, scenario::RssKb(pid));
+      result.fds_peak = std::max(result.fds_peak, scenario::OpenFds(pid));
+      result.rss_peak = std::max(result.rss_peak, scenario::RssKb(pid));
     }
     EXPECT_TRUE(fleet.Stop(absl::Seconds(60)));
-    return fleet.stats();
+    result.stats = fleet.stats();
+    EXPECT_GT(result.stats.streams_started, slots) << "no storm happened";
+    int connected = -1;
+    EXPECT_TRUE(WaitFor(
+        [&] {
+          connected = ConnectedClients();
+          return connected == 0;
+        },
+        absl::Seconds(60)))
+        << connected << " clients still listed as connected (-1: ListClients failed)";
+    EXPECT_TRUE(WaitFor(
+        [&] {
+          result.fds_after = scenario::OpenFds(pid);
+          return result.fds_after <= fds_idle;
+        },
+        absl::Seconds(60)))
+        << "the server holds " << result.fds_after << " descriptors, " << fds_idle
+        << " before any client:\n"
+        << DescribeConnections(pid);
+    result.rss_after = scenario::RssKb(pid);
+    return result;
   };
-  int warm_fds = 0;
-  long warm_rss = 0;
-  const FleetStats warm = storm(duration / 3, &warm_fds, &warm_rss);
-  ASSERT_GT(warm.streams_started, slots);
-  ASSERT_TRUE(WaitFor([&] { return ConnectedClients() == 0; }, absl::Seconds(60)));
-  ASSERT_TRUE(WaitFor([&] { return scenario::OpenFds(pid) <= fds_idle; }, absl::Seconds(60)))
-      << Shell(absl::StrCat("ls -l /proc/", pid, "/fd"));
-  const int fds_before = scenario::OpenFds(pid);
-  const long rss_before = scenario::RssKb(pid);
-
-  int fds_peak = fds_before;
-  long rss_peak = rss_before;
-  const FleetStats stats = storm(duration, &fds_peak, &rss_peak);
-  EXPECT_TRUE(WaitFor([&] { return ConnectedClients() == 0; }, absl::Seconds(60)));
-  int fds_after = 0;
-  EXPECT_TRUE(WaitFor(
-      [&] {
-        fds_after = scenario::OpenFds(pid);
-        return fds_after <= fds_before;
-      },
-      absl::Seconds(60)))
-      << "the server holds " << fds_after << " descriptors, " << fds_before
-      << " before the storm:\n"
-      << Shell(absl::StrCat("ls -l /proc/", pid, "/fd; ss -tanp | grep -v TIME-WAIT | grep ",
-                            target_.substr(target_.rfind(':') + 1)));
-  const long rss_after = scenario::RssKb(pid);
-  // Stated bound: RSS after the storm at most 8 MiB above the baseline taken after the first
-  // storm (a leak of 1 KiB per connection would exceed it within ~8,000 connections).
-  EXPECT_LE(rss_after - rss_before, 8 * 1024)
-      << "server RSS " << rss_before << " KiB before, " << rss_after << " KiB after";
-  EXPECT_GT(stats.streams_started, slots) << "no storm happened";
+  // One short storm before the baseline, so that what the server keeps after a first storm
+  // (thread pools, allocator arenas, caches) is in it.
+  const Storm warm = storm(duration / 3);
+  if (HasFailure()) return;
+  const long rss_before = warm.rss_after;
+  const Storm first = storm(duration / 2);
+  const Storm second = storm(duration / 2);
+  // Stated bound: the last storm adds at most 8 MiB (a leak of 1 KiB per connection would add
+  // about as much as the storm had connections).
+  if (kMeasuresMemory) {
+    EXPECT_LE(second.rss_after - first.rss_after, 8 * 1024)
+        << "server RSS " << rss_before << " KiB before the storms, " << first.rss_after
+        << " KiB after the first, " << second.rss_after << " KiB after the second";
+  }
   // Still serving.
   SubscriberFleet after(Options(), 5);
   after.Start();
   EXPECT_TRUE(WaitFor([&] { return after.CountHolding(1, fingerprint) == 5; }));
   Figures("connection storm",
-          absl::StrCat(slots, " clients churning for ", absl::FormatDuration(duration), ": ",
-                       stats.streams_started, " connections (a third never said hello; ",
-                       warm.streams_started, " more in a first storm before the baseline); ",
-                       "server fds ", fds_before, " before, peak ", fds_peak, ", after ", fds_after,
-                       "; RSS ", rss_before / 1024, " MiB before, peak ", rss_peak / 1024,
-                       " MiB, after ", rss_after / 1024, " MiB"));
+          absl::StrCat(
+              slots, " clients churning, two storms of ", absl::FormatDuration(duration / 2), ": ",
+              first.stats.streams_started, " and ", second.stats.streams_started,
+              " connections (a third never said hello; ", warm.stats.streams_started,
+              " more in a first storm before the baseline); server fds ", fds_idle, " idle, peak ",
+              std::max(first.fds_peak, second.fds_peak), ", after ", first.fds_after, " and ",
+              second.fds_after, "; RSS ", rss_before / 1024, " MiB before, peak ",
+              std::max(first.rss_peak, second.rss_peak) / 1024, " MiB, after the storms ",
+              first.rss_after / 1024, " and ", second.rss_after / 1024, " MiB"));
 }
 
 // A tmpfs mounted for one test, unmounted (lazily) by the destructor even when the test fails.

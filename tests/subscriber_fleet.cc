@@ -142,15 +142,25 @@ bool SubscriberFleet::Stop(absl::Duration timeout) {
   absl::MutexLock lock(&mu_);
   stopping_ = true;
   due_.clear();
+  const absl::Condition all_ended(
+      +[](int* open) { return *open == 0; }, &open_streams_);
+  // In a churn every stream ends by itself (after its first message, or at the server's hello
+  // deadline). Cancelling one whose channel is still connecting would leave gRPC 1.51 holding
+  // that connection open in this process, where it counts against the server (seen under load:
+  // a server socket whose peer was this process, 60 s after the storm). So let them end first.
+  if (options_.churn && mu_.AwaitWithTimeout(all_ended, timeout)) {
+    mu_.Unlock();
+    if (reconnector_.joinable()) reconnector_.join();
+    mu_.Lock();
+    DeleteFinishedLocked();
+    return true;
+  }
   for (Slot& slot : slots_) {
     if (slot.stream == nullptr) continue;
     slot.stream->Cancel();
     slot.stream->ReleasePaused();
   }
-  const bool ended =
-      mu_.AwaitWithTimeout(absl::Condition(
-                               +[](int* open) { return *open == 0; }, &open_streams_),
-                           timeout);
+  const bool ended = mu_.AwaitWithTimeout(all_ended, timeout);
   mu_.Unlock();
   if (reconnector_.joinable()) reconnector_.join();
   mu_.Lock();
@@ -309,8 +319,8 @@ bool IsMatchingPair(const v1::CertificateUpdate& update) {
 
 }  // namespace
 
-std::string SubscriberFleet::MaterialDigest(const std::string& chain_pem,
-                                            absl::string_view key_pem, const std::string& ca_pem) {
+std::string SubscriberFleet::MaterialDigest(const std::string& chain_pem, absl::string_view key_pem,
+                                            const std::string& ca_pem) {
   return Sha256Hex(absl::StrCat(chain_pem, "\n--\n", key_pem, "\n--\n", ca_pem));
 }
 

@@ -68,7 +68,8 @@ class SubscriberFleet {
   // Opens every client's stream (reconnecting from then on until Stop or destruction).
   void Start();
   // Stops reconnecting, cancels every stream and waits (up to `timeout`) until all have ended.
-  // True when they all ended.
+  // In a churn it first lets the streams end by themselves (up to `timeout`), cancelling only
+  // the rest. True when they all ended.
   bool Stop(absl::Duration timeout = absl::Seconds(30));
 
   // Client `i` stops reading its stream after the next message (stalled = true), or reads again.
