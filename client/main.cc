@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -22,6 +23,7 @@
 #include "client/secret_sink.h"
 #include "client/serving_verifier.h"
 #include "client/session.h"
+#include "client/shared_writer.h"
 #include "client/state_store.h"
 #include "common/build_info.h"
 #include "common/clock.h"
@@ -32,6 +34,7 @@
 #include "common/logging.h"
 #include "common/process.h"
 #include "kube/flags.h"
+#include "kube/leader_election.h"
 #include "metrics/endpoint.h"
 
 ABSL_FLAG(std::string, server, "", "certcast-server address, HOST:PORT.");
@@ -84,6 +87,17 @@ ABSL_FLAG(std::vector<std::string>, verify, {},
           "acknowledging it; NACK when it still serves another one after --verify-timeout.");
 ABSL_FLAG(std::string, verify_server_name, "",
           "Server name (SNI) sent to the --verify endpoints. Default: the host of each.");
+ABSL_FLAG(bool, shared_writer, false,
+          "Run as the shared writer: write the certificate as Secret --secret-name into every "
+          "namespace the server names for this identity (granted the certificate, and the "
+          "policy lists this identity in its writers), one stream per namespace, while this "
+          "replica holds the Lease --writer-lease in --namespace. A namespace opts in with a "
+          "RoleBinding on that Secret (docs/SHARED-WRITER.md).");
+ABSL_FLAG(std::string, writer_lease, "certcast-writer",
+          "--shared-writer: the coordination.k8s.io Lease in --namespace that elects the one "
+          "replica that writes.");
+ABSL_FLAG(absl::Duration, writer_refresh_interval, absl::Seconds(30),
+          "--shared-writer: how often to ask the server for the namespaces to write.");
 ABSL_FLAG(absl::Duration, verify_timeout, absl::Minutes(2),
           "How long a --verify endpoint may take to serve an applied version before the client "
           "NACKs it (it keeps checking, and ACKs once the endpoint serves it).");
@@ -118,6 +132,8 @@ std::string Help() {
             "delete_on_revoke"}},
           {"After each applied version", {"on_update", "signal", "pid_file", "rollout_restart"}},
           {"Proof of serving", {"verify", "verify_server_name", "verify_timeout"}},
+          {"Shared writer (one Deployment for every opted-in namespace)",
+           {"shared_writer", "writer_lease", "writer_refresh_interval"}},
           {"Kubernetes API (--secret-name, --rollout-restart)",
            {"kube_api_url", "kube_token_file", "kube_ca_file"}},
           {"Probes, metrics and logs",
@@ -136,6 +152,146 @@ std::string Hostname() {
     id += absl::ascii_isalnum(c) || c == '-' || c == '.' || c == '_' ? c : '-';
   }
   return id.empty() ? "certcast-client" : id;
+}
+
+// Waits for SIGTERM/SIGINT; SIGHUP re-reads the TLS files and calls `reconnect`.
+void ServeSignals(const sigset_t& signals, certcast::CredentialsProvider* credentials,
+                  const std::function<void()>& reconnect) {
+  while (true) {
+    int signal_number = 0;
+    sigwait(&signals, &signal_number);
+    if (signal_number == SIGHUP) {
+      absl::Status reloaded = credentials->Reload();
+      if (reloaded.ok()) {
+        certcast::LogInfo("SIGHUP: TLS files re-read; reconnecting");
+        reconnect();
+      } else {
+        certcast::LogError("SIGHUP: cannot re-read the TLS files, keeping the previous ones",
+                           {{"error", reloaded}});
+      }
+      continue;
+    }
+    certcast::LogInfo("signal received; stopping", {{"signal", signal_number}});
+    return;
+  }
+}
+
+// --shared-writer: the Lease election and the SharedWriter (client/shared_writer.h).
+// `rollouts` and `verify` say whether those repeated flags (taken out of argv before parsing)
+// were given.
+int RunSharedWriter(certcast::SessionOptions options, bool rollouts, bool verify,
+                    const sigset_t& signals, certcast::PosixFilesystem* fs,
+                    certcast::RealClock* clock) {
+  const std::string secret_name = absl::GetFlag(FLAGS_secret_name);
+  if (secret_name.empty()) return Fail("--shared-writer needs --secret-name=NAME");
+  if (options.certificates.size() != 1) {
+    return Fail("--shared-writer needs exactly one --certificate");
+  }
+  for (const auto& [flag, set] : std::vector<std::pair<const char*, bool>>{
+           {"--output-dir", !absl::GetFlag(FLAGS_output_dir).empty()},
+           {"--rollout-restart", rollouts},
+           {"--on-update", !absl::GetFlag(FLAGS_on_update).empty()},
+           {"--signal", !absl::GetFlag(FLAGS_signal).empty()},
+           {"--verify", verify},
+           {"--combined-pem", absl::GetFlag(FLAGS_combined_pem)}}) {
+    if (set) {
+      return Fail(absl::StrCat("--shared-writer writes only Secrets; ", flag,
+                               " needs a client in the tenant's namespace (per-namespace "
+                               "clients, docs/SHARED-WRITER.md)"));
+    }
+  }
+  if (absl::GetFlag(FLAGS_insecure)) {
+    return Fail("--shared-writer needs a TLS server with a policy that names it in writers");
+  }
+  if (absl::GetFlag(FLAGS_writer_refresh_interval) <= absl::ZeroDuration()) {
+    return Fail("--writer-refresh-interval must be positive");
+  }
+  absl::StatusOr<certcast::kube::KubeConfig> config = certcast::kube::KubeConfigFromFlags();
+  if (!config.ok()) return Fail(config.status().message());
+  certcast::kube::CurlKubeApi kube(*std::move(config), fs);
+  const std::string state_dir = absl::GetFlag(FLAGS_state_dir);
+  if (absl::Status parents = certcast::CreateParentDirectories(*fs, "--state-dir", state_dir);
+      !parents.ok()) {
+    return Fail(parents.message());
+  }
+  certcast::ClientStateStore root(fs, state_dir);
+  if (absl::Status ready = root.Init(); !ready.ok()) return Fail(ready.message());
+  certcast::CredentialsProvider credentials(
+      fs, {false, absl::GetFlag(FLAGS_ca), absl::GetFlag(FLAGS_tls_cert),
+           absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_token_file)});
+  if (absl::Status loaded = credentials.Reload(); !loaded.ok()) return Fail(loaded.message());
+  if (absl::GetFlag(FLAGS_token_file).empty() && absl::GetFlag(FLAGS_tls_cert).empty()) {
+    return Fail(
+        "--shared-writer needs an identity the policy names in writers: --token-file or "
+        "--tls-cert/--tls-key");
+  }
+  options.delete_on_revoke = absl::GetFlag(FLAGS_delete_on_revoke);
+
+  certcast::kube::LeaderElectionOptions election;
+  election.ns = options.namespace_;
+  election.lease_name = absl::GetFlag(FLAGS_writer_lease);
+  election.identity = certcast::kube::MakeReplicaIdentity();
+  election.duty = "writes the tenant Secrets";
+  certcast::kube::LeaderElector elector(&kube, clock, election);
+
+  certcast::SharedWriter::Options writer_options;
+  writer_options.session = options;
+  writer_options.secret_name = secret_name;
+  writer_options.state_dir = state_dir;
+  writer_options.refresh_interval = absl::GetFlag(FLAGS_writer_refresh_interval);
+  certcast::SharedWriter writer(std::move(writer_options), &kube, fs, &credentials, clock,
+                                [&elector] { return elector.IsLeader(); });
+
+  certcast::HttpProbeServer probes;
+  if (const std::string health = absl::GetFlag(FLAGS_health_listen); !health.empty()) {
+    probes.Handle("/healthz", [&writer]() -> absl::Status {
+      if (writer.Alive(absl::Minutes(3))) return absl::OkStatus();
+      return absl::UnavailableError("the writer loop has not run for 3 minutes");
+    });
+    // Both replicas are ready: the standby takes over when the leader goes.
+    probes.Handle("/readyz", []() -> absl::Status { return absl::OkStatus(); });
+    absl::StatusOr<int> port = probes.Start(health);
+    if (!port.ok()) return Fail(absl::StrCat("--health-listen: ", port.status().message()));
+    certcast::LogInfo(absl::StrCat("health endpoints on port ", *port), {{"port", *port}});
+  }
+  std::unique_ptr<certcast::metrics::MetricsEndpoint> metrics;
+  if (const std::string listen = absl::GetFlag(FLAGS_metrics_listen); !listen.empty()) {
+    absl::StatusOr<std::unique_ptr<certcast::metrics::MetricsEndpoint>> started =
+        certcast::metrics::MetricsEndpoint::Start(listen);
+    if (!started.ok()) {
+      return Fail(absl::StrCat("--metrics-listen: ", started.status().message()));
+    }
+    metrics = *std::move(started);
+    metrics->Register(std::make_shared<certcast::WriterMetrics>(&writer));
+    certcast::LogInfo(absl::StrCat("metrics on port ", metrics->port()),
+                      {{"port", metrics->port()}});
+  }
+  certcast::LogInfo("shared writer started; campaigning for the lease",
+                    {{"lease", absl::StrCat(election.ns, "/", election.lease_name)},
+                     {"identity", election.identity},
+                     {"certificate", options.certificates.front()},
+                     {"secret", secret_name}});
+  elector.Start({[&writer] { writer.Wake(); },
+                 [&election](bool reachable) {
+                   if (reachable) {
+                     certcast::LogInfo("the Kubernetes API answers the Lease requests again",
+                                       {{"lease", election.lease_name}});
+                   } else {
+                     certcast::LogWarn(
+                         "the Kubernetes API does not answer the Lease requests: this replica "
+                         "stops writing until it can renew",
+                         {{"lease", election.lease_name}});
+                   }
+                 }});
+  std::thread runner([&writer] { writer.Run(); });
+  ServeSignals(signals, &credentials, [&writer] { writer.Reconnect(); });
+  writer.Stop();
+  runner.join();
+  metrics.reset();
+  probes.Stop();
+  elector.Stop();  // gives the Lease up: the other replica writes at once
+  certcast::LogInfo("certcast-client stopped");
+  return 0;
 }
 
 }  // namespace
@@ -190,6 +346,10 @@ int main(int argc, char** argv) {
   }
   options.client_id = absl::GetFlag(FLAGS_client_id);
   if (options.client_id.empty()) options.client_id = Hostname();
+  if (absl::GetFlag(FLAGS_shared_writer)) {
+    return RunSharedWriter(std::move(options), !rollouts.empty(), !verify.empty(), signals, &fs,
+                           &clock);
+  }
 
   const std::string output_dir = absl::GetFlag(FLAGS_output_dir);
   const std::string secret_name = absl::GetFlag(FLAGS_secret_name);
@@ -334,24 +494,7 @@ int main(int argc, char** argv) {
                       {{"port", metrics->port()}});
   }
   std::thread runner([&session] { session.Run(); });
-
-  while (true) {
-    int signal_number = 0;
-    sigwait(&signals, &signal_number);
-    if (signal_number == SIGHUP) {
-      absl::Status reloaded = credentials.Reload();
-      if (reloaded.ok()) {
-        certcast::LogInfo("SIGHUP: TLS files re-read; reconnecting");
-        session.Reconnect();
-      } else {
-        certcast::LogError("SIGHUP: cannot re-read the TLS files, keeping the previous ones",
-                           {{"error", reloaded}});
-      }
-      continue;
-    }
-    certcast::LogInfo("signal received; stopping", {{"signal", signal_number}});
-    break;
-  }
+  ServeSignals(signals, &credentials, [&session] { session.Reconnect(); });
   session.Stop();
   runner.join();
   probes.Stop();

@@ -98,4 +98,33 @@ std::vector<prometheus::MetricFamily> ClientMetrics::Collect() const {
           std::move(serving_failures), std::move(connected),        std::move(last_message)};
 }
 
+std::vector<prometheus::MetricFamily> WriterMetrics::Collect() const {
+  const std::vector<WriterNamespaceStatus> namespaces = writer_->Namespaces();
+  double connected_count = 0;
+  double not_ready_count = 0;
+  for (const WriterNamespaceStatus& status : namespaces) {
+    if (status.liveness.connected) ++connected_count;
+    if (!status.ready) ++not_ready_count;
+  }
+  auto leader = Family("certcast_writer_leader",
+                       "1 while this shared-writer replica holds the Lease and writes, else 0.",
+                       MetricType::Gauge);
+  AddSample(leader, {}, writer_->leading() ? 1 : 0);
+  auto total = Family("certcast_writer_namespaces",
+                      "Namespaces this replica writes into (the server's list; 0 on the standby).",
+                      MetricType::Gauge);
+  AddSample(total, {}, static_cast<double>(namespaces.size()));
+  auto connected = Family("certcast_writer_namespaces_connected",
+                          "Namespaces whose stream to the server is up.", MetricType::Gauge);
+  AddSample(connected, {}, connected_count);
+  auto not_ready =
+      Family("certcast_writer_namespaces_not_ready",
+             "Namespaces whose Secret does not hold the newest version received (NACKed, e.g. "
+             "no RoleBinding yet, or still being written).",
+             MetricType::Gauge);
+  AddSample(not_ready, {}, not_ready_count);
+  return {metrics::BuildInfo(), std::move(leader), std::move(total), std::move(connected),
+          std::move(not_ready)};
+}
+
 }  // namespace certcast

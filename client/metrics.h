@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "client/session.h"
+#include "client/shared_writer.h"
 #include "prometheus/collectable.h"
 #include "prometheus/metric_family.h"
 
@@ -29,6 +30,21 @@ class ClientMetrics final : public prometheus::Collectable {
 
  private:
   Session* const session_;
+};
+
+// WriterMetrics exports a SharedWriter's state (aggregated: one series each, whatever the number
+// of namespaces; the server's fleet view and ListNamespaces have the per-namespace rows).
+// Thread-safe. Does not own `writer`; it must outlive the scrapes.
+class WriterMetrics final : public prometheus::Collectable {
+ public:
+  explicit WriterMetrics(SharedWriter* writer) : writer_(writer) {}
+
+  // certcast_build_info, certcast_writer_leader, certcast_writer_namespaces,
+  // certcast_writer_namespaces_connected, certcast_writer_namespaces_not_ready.
+  std::vector<prometheus::MetricFamily> Collect() const override;
+
+ private:
+  SharedWriter* const writer_;
 };
 
 }  // namespace certcast

@@ -71,7 +71,9 @@ absl::StatusOr<ApplyResult> SecretSink::ApplyLocked(const VersionedMaterial& ver
   auto annotate = [&](const absl::Status& status) {
     std::string message = absl::StrCat(Describe(), ": ", status.message());
     if (absl::IsPermissionDenied(status)) {
-      message += PermissionHint(options_.namespace_, options_.secret_name);
+      message += options_.permission_hint.empty()
+                     ? PermissionHint(options_.namespace_, options_.secret_name)
+                     : options_.permission_hint;
     }
     return absl::Status(status.code(), message);
   };

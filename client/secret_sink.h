@@ -33,6 +33,9 @@ class SecretSink final : public Sink {
     std::string secret_name;
     int max_conflict_retries = 5;
     absl::Duration watch_idle_timeout = absl::Seconds(90);
+    // Appended to a 403 instead of the client's own Role: what the namespace must grant (the
+    // shared writer names the RoleBinding a tenant creates to opt in).
+    std::string permission_hint = {};
   };
   SecretSink(kube::KubeApi* api, Options options) : api_(api), options_(std::move(options)) {}
   ~SecretSink() override { Stop(); }

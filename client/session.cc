@@ -104,17 +104,9 @@ void Session::RunConnection() {
     events_.clear();
     if (++transport_counters_.connects > 1) ++transport_counters_.reconnects;
   }
-  grpc::ChannelArguments args;
-  // A dead server or half-open connection is noticed by keepalive as well as by heartbeats.
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30'000);
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20'000);
-  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
-  // Never reuse a connection from an earlier attempt: it may be the half-open one we left.
-  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  if (!options_.tls_server_name.empty()) args.SetSslTargetNameOverride(options_.tls_server_name);
   std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateCustomChannel(options_.server, credentials_->Get(), args);
+      options_.channel ? options_.channel()
+                       : MakeServerChannel(options_.server, options_.tls_server_name, credentials_);
   std::unique_ptr<v1::Distribution::Stub> stub = v1::Distribution::NewStub(channel);
   absl::StatusOr<std::string> token = credentials_->BearerToken();
   if (!token.ok()) {
@@ -128,6 +120,17 @@ void Session::RunConnection() {
     context.AddMetadata("authorization", "Bearer " + *token);
     CleanseString(&*token);
   }
+  if (!AcquireConnectSlot()) {
+    absl::MutexLock lock(&mu_);
+    context_ = nullptr;
+    return;
+  }
+  bool holds_slot = options_.connect_limiter != nullptr;
+  auto release_slot = [this, &holds_slot] {
+    if (!holds_slot) return;
+    holds_slot = false;
+    options_.connect_limiter->Release();
+  };
   std::unique_ptr<grpc::ClientReaderWriter<v1::SubscribeRequest, v1::SubscribeResponse>> stream =
       stub->Subscribe(&context);
   {
@@ -174,6 +177,7 @@ void Session::RunConnection() {
       }
       if (!got_first) {
         got_first = true;
+        release_slot();
         reconnect_backoff_.Reset();
         last_end_message_.clear();
         LogInfo("subscribed to the server", {{"server", options_.server},
@@ -202,6 +206,7 @@ void Session::RunConnection() {
     for (const v1::SubscribeRequest& reply : state_.RunDue(absl::Now())) Send(reply);
   }
   state_.Disconnected();
+  release_slot();
   reader.join();
   {
     absl::MutexLock lock(&stream_mu_);
@@ -209,6 +214,16 @@ void Session::RunConnection() {
   }
   absl::MutexLock lock(&mu_);
   context_ = nullptr;
+}
+
+bool Session::AcquireConnectSlot() {
+  if (options_.connect_limiter == nullptr) return true;
+  while (!options_.connect_limiter->Acquire(absl::Milliseconds(100))) {
+    absl::MutexLock lock(&mu_);
+    last_wake_ = absl::Now();
+    if (stopping_ || reconnect_now_) return false;
+  }
+  return true;
 }
 
 void Session::ReadLoop(

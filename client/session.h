@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -25,6 +26,7 @@
 #include "certcast/v1/certcast.grpc.pb.h"
 #include "client/credentials.h"
 #include "client/hooks.h"
+#include "client/server_channel.h"
 #include "client/sink.h"
 #include "client/state_store.h"
 #include "client/stream_state.h"
@@ -47,6 +49,12 @@ struct SessionOptions {
   bool delete_on_revoke = false;
   // Until the server's first heartbeat says otherwise: two intervals of 30 s.
   absl::Duration heartbeat_timeout = absl::Seconds(60);
+  // The shared writer runs one session per namespace over one channel: when set, every
+  // connection uses the channel this returns (which reconnects by itself) instead of a new one,
+  // and takes a slot of `connect_limiter` (if set) from opening its stream until the server's
+  // first message.
+  std::function<std::shared_ptr<grpc::Channel>()> channel;
+  ConnectLimiter* connect_limiter = nullptr;
 };
 
 class Session {
@@ -96,6 +104,8 @@ class Session {
   void RunConnection();
   void ReadLoop(grpc::ClientReaderWriter<v1::SubscribeRequest, v1::SubscribeResponse>* stream);
   bool Send(const v1::SubscribeRequest& request);
+  // Waits for a slot of options_.connect_limiter; false when stopping or reconnecting first.
+  bool AcquireConnectSlot();
   // `denial_reason` is the server's kDenialReasonMetadata trailer (empty when none).
   void LogStreamEnd(const grpc::Status& status, const std::string& denial_reason = "");
 

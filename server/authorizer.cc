@@ -147,6 +147,13 @@ void Authorizer::Audit(const PeerIdentity& peer, const std::string& method,
                     {"detail", Peer(decision.message())}});
 }
 
+absl::StatusOr<std::vector<std::string>> Authorizer::WriterNamespaces(
+    const PeerIdentity& peer, const std::string& certificate) {
+  return Denied(absl::StatusCode::kPermissionDenied, "not_writer",
+                absl::StrCat("identity ", peer.identity, " is not a writer of certificate \"",
+                             certificate, "\""));
+}
+
 AuditCounters Authorizer::audit_counters() {
   absl::MutexLock lock(&mu_);
   return counters_;
@@ -167,18 +174,23 @@ absl::Status PolicyAuthorizer::AuthorizeSubscribe(const PeerIdentity& peer,
                                                   const std::string& namespace_,
                                                   const std::string& certificate) {
   if (absl::Status proven = RequireTrustedIdentity(peer); !proven.ok()) return proven;
-  if (peer.namespace_.empty()) {
+  std::shared_ptr<const Policy> policy = policy_ == nullptr ? nullptr : policy_->current();
+  // A shared writer (policy: writers) subscribes on behalf of the namespaces the certificate is
+  // granted to; the grant itself is checked below like for anyone.
+  const bool writer = policy != nullptr && policy->IsWriter(certificate, peer.identity);
+  if (peer.namespace_.empty() && !writer) {
     return Denied(absl::StatusCode::kPermissionDenied, "no_namespace",
                   absl::StrCat("identity ", peer.identity,
                                " names no namespace (expected spiffe://TRUST_DOMAIN/ns/NAMESPACE/"
                                "sa/SERVICEACCOUNT, a ServiceAccount token or a static token)"));
   }
-  if (namespace_ != peer.namespace_) {
+  if (namespace_ != peer.namespace_ && !writer) {
     return Denied(absl::StatusCode::kPermissionDenied, "namespace_mismatch",
                   absl::StrCat("the hello names namespace \"", namespace_, "\" but identity ",
-                               peer.identity, " belongs to namespace \"", peer.namespace_, "\""));
+                               peer.identity, " belongs to namespace \"", peer.namespace_,
+                               "\" and is not a writer of certificate \"", certificate,
+                               "\" (policy: writers)"));
   }
-  std::shared_ptr<const Policy> policy = policy_ == nullptr ? nullptr : policy_->current();
   if (policy == nullptr) {
     return Denied(absl::StatusCode::kPermissionDenied, "no_policy",
                   "this server has no policy (--policy) and hands out no key material");
@@ -193,6 +205,30 @@ absl::Status PolicyAuthorizer::AuthorizeSubscribe(const PeerIdentity& peer,
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::vector<std::string>> PolicyAuthorizer::WriterNamespaces(
+    const PeerIdentity& peer, const std::string& certificate) {
+  if (absl::Status proven = RequireTrustedIdentity(peer); !proven.ok()) return proven;
+  std::shared_ptr<const Policy> policy = policy_ == nullptr ? nullptr : policy_->current();
+  if (policy == nullptr || !policy->IsWriter(certificate, peer.identity)) {
+    return Denied(absl::StatusCode::kPermissionDenied, "not_writer",
+                  absl::StrCat("identity ", peer.identity, " is not a writer of certificate \"",
+                               certificate, "\" (policy: writers)"));
+  }
+  if (namespaces_ == nullptr) {
+    return absl::FailedPreconditionError(
+        "the server does not watch namespaces (--watch-namespaces), so it cannot list the "
+        "namespaces a shared writer serves");
+  }
+  if (!namespaces_->synced()) {
+    return absl::UnavailableError("the server has not listed the namespaces yet; retry");
+  }
+  std::vector<std::string> granted;
+  for (const auto& [name, labels] : *namespaces_->snapshot()) {
+    if (policy->Allows(certificate, name, &labels)) granted.push_back(name);
+  }
+  return granted;
+}
+
 bool PolicyAuthorizer::IsAdmin(const std::string& identity) const {
   if (admins_.count(identity) > 0) return true;
   std::shared_ptr<const Policy> policy = policy_ == nullptr ? nullptr : policy_->current();
@@ -202,9 +238,9 @@ bool PolicyAuthorizer::IsAdmin(const std::string& identity) const {
 absl::Status PolicyAuthorizer::AuthorizeAdmin(const PeerIdentity& peer) {
   if (absl::Status proven = RequireTrustedIdentity(peer); !proven.ok()) return proven;
   if (IsAdmin(peer.identity)) return absl::OkStatus();
-  return Denied(absl::StatusCode::kPermissionDenied, "not_admin",
-                absl::StrCat("identity ", peer.identity,
-                             " is not an admin (policy: admins, or --admin)"));
+  return Denied(
+      absl::StatusCode::kPermissionDenied, "not_admin",
+      absl::StrCat("identity ", peer.identity, " is not an admin (policy: admins, or --admin)"));
 }
 
 absl::StatusOr<InspectionScope> PolicyAuthorizer::AuthorizeInspection(const PeerIdentity& peer) {

@@ -13,6 +13,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -68,6 +69,12 @@ class Authorizer {
                                           const std::string& certificate) = 0;
   virtual absl::Status AuthorizeAdmin(const PeerIdentity& peer) = 0;
   virtual absl::StatusOr<InspectionScope> AuthorizeInspection(const PeerIdentity& peer) = 0;
+  // The shared writer's work list: the existing namespaces `certificate` is granted to, when
+  // the policy names `peer` among its `writers`; sorted. PERMISSION_DENIED when it does not,
+  // FAILED_PRECONDITION without a namespace watch (--watch-namespaces), UNAVAILABLE before the
+  // watch's first list. By default nobody is a writer.
+  virtual absl::StatusOr<std::vector<std::string>> WriterNamespaces(const PeerIdentity& peer,
+                                                                    const std::string& certificate);
 
   // Writes an audit line (identity, peer, method, certificate, decision) and counts denials.
   void Audit(const PeerIdentity& peer, const std::string& method, const std::string& certificate,
@@ -90,11 +97,18 @@ class AllowAllAuthorizer final : public Authorizer {
   absl::StatusOr<InspectionScope> AuthorizeInspection(const PeerIdentity&) override {
     return InspectionScope{true, ""};
   }
+  absl::StatusOr<std::vector<std::string>> WriterNamespaces(const PeerIdentity&,
+                                                            const std::string&) override {
+    return absl::FailedPreconditionError(
+        "this server runs --insecure without a policy, so it names no namespaces for a shared "
+        "writer (policy: writers)");
+  }
 };
 
-// The TLS default: proven identities, the hello's namespace equal to the identity's, and the
-// policy file's namespaces per certificate and admins. Without a policy (`policy` null) nothing
-// is handed out. Does not own `policy`.
+// The TLS default: proven identities, the hello's namespace equal to the identity's (or any
+// namespace the certificate is granted to, for an identity the policy lists among the
+// certificate's `writers`), and the policy file's namespaces per certificate and admins. Without a
+// policy (`policy` null) nothing is handed out. Does not own `policy`.
 class PolicyAuthorizer final : public Authorizer {
  public:
   // With a `trust_domain`, client certificates from another SPIFFE trust domain are refused
@@ -114,6 +128,8 @@ class PolicyAuthorizer final : public Authorizer {
                                   const std::string& certificate) override;
   absl::Status AuthorizeAdmin(const PeerIdentity& peer) override;
   absl::StatusOr<InspectionScope> AuthorizeInspection(const PeerIdentity& peer) override;
+  absl::StatusOr<std::vector<std::string>> WriterNamespaces(
+      const PeerIdentity& peer, const std::string& certificate) override;
 
  private:
   // The identity proven and, for mTLS, from the configured trust domain.

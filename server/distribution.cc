@@ -10,6 +10,7 @@
 #include "common/protocol.h"
 #include "common/secret.h"
 #include "grpcpp/support/proto_buffer_reader.h"
+#include "server/inspection.h"
 
 namespace certcast {
 
@@ -321,8 +322,9 @@ absl::StatusOr<std::vector<std::shared_ptr<const Publication>>> DistributionHub:
     const std::vector<std::string>& names) {
   absl::MutexLock lock(&mu_);
   LeaveAwaitingHelloLocked(stream);
-  const std::string& identity = peer.identity;
-  if (!identity.empty()) {
+  if (!peer.identity.empty()) {
+    // Per identity and namespace: a shared writer holds one stream per namespace it serves.
+    const std::string identity = absl::StrCat(peer.identity, " in namespace ", namespace_);
     int& streams = streams_per_identity_[identity];
     if (streams >= options_.max_streams_per_identity) {
       if (streams == 0) streams_per_identity_.erase(identity);
@@ -553,6 +555,40 @@ void DistributionHub::Housekeep() {
       stream->Unref();
     }
   }
+}
+
+grpc::ServerUnaryReactor* DistributionService::ListWriterNamespaces(
+    grpc::CallbackServerContext* context, const v1::ListWriterNamespacesRequest* request,
+    v1::ListWriterNamespacesResponse* response) {
+  if (authorizer_ == nullptr) {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "no shared writers here"));
+    return reactor;
+  }
+  return WithCaller(
+      context, authenticator_,
+      [this, request, response](const PeerIdentity& transport,
+                                absl::StatusOr<PeerIdentity> caller) -> grpc::Status {
+        constexpr char kMethod[] = "Distribution/ListWriterNamespaces";
+        if (!caller.ok()) {
+          authorizer_->Audit(transport, kMethod, request->certificate(), caller.status());
+          return grpc::Status(static_cast<grpc::StatusCode>(caller.status().code()),
+                              std::string(caller.status().message()));
+        }
+        absl::StatusOr<std::vector<std::string>> namespaces =
+            authorizer_->WriterNamespaces(*caller, request->certificate());
+        if (!namespaces.ok()) {
+          if (absl::IsPermissionDenied(namespaces.status()) ||
+              absl::IsUnauthenticated(namespaces.status())) {
+            authorizer_->Audit(*caller, kMethod, request->certificate(), namespaces.status());
+          }
+          return grpc::Status(static_cast<grpc::StatusCode>(namespaces.status().code()),
+                              std::string(namespaces.status().message()));
+        }
+        for (const std::string& ns : *namespaces) response->add_namespaces(ns);
+        response->set_identity(caller->identity);
+        return grpc::Status::OK;
+      });
 }
 
 }  // namespace certcast

@@ -178,18 +178,29 @@ class DistributionHub final : public PublicationListener {
   std::thread housekeeper_;
 };
 
-// Registers Subscribe as a raw (ByteBuffer) method so publications are written as shared bytes.
+// Registers Subscribe as a raw (ByteBuffer) method so publications are written as shared bytes,
+// and serves the shared writer's ListWriterNamespaces. Does not own its arguments;
+// `authenticator` may be null (transport identity only), `authorizer` too (then nobody is a
+// writer: tests of the hub alone).
 class DistributionService final
-    : public v1::Distribution::WithRawCallbackMethod_Subscribe<v1::Distribution::Service> {
+    : public v1::Distribution::WithCallbackMethod_ListWriterNamespaces<
+          v1::Distribution::WithRawCallbackMethod_Subscribe<v1::Distribution::Service>> {
  public:
-  explicit DistributionService(DistributionHub* hub) : hub_(hub) {}
+  explicit DistributionService(DistributionHub* hub, Authorizer* authorizer = nullptr,
+                               Authenticator* authenticator = nullptr)
+      : hub_(hub), authorizer_(authorizer), authenticator_(authenticator) {}
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Subscribe(
       grpc::CallbackServerContext* context) override {
     return hub_->NewStream(context);
   }
+  grpc::ServerUnaryReactor* ListWriterNamespaces(
+      grpc::CallbackServerContext* context, const v1::ListWriterNamespacesRequest* request,
+      v1::ListWriterNamespacesResponse* response) override;
 
  private:
   DistributionHub* const hub_;
+  Authorizer* const authorizer_;
+  Authenticator* const authenticator_;
 };
 
 }  // namespace certcast

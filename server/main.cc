@@ -89,7 +89,8 @@ ABSL_FLAG(std::string, trust_domain, "",
           "other domains are refused. Required with --client-ca; \"*\" accepts any domain the "
           "--client-ca verifies (with a warning).");
 ABSL_FLAG(int, max_streams_per_identity, 16,
-          "Concurrent Subscribe streams one identity may hold (RESOURCE_EXHAUSTED beyond).");
+          "Concurrent Subscribe streams one identity may hold per namespace (RESOURCE_EXHAUSTED "
+          "beyond; a shared writer holds one per namespace it serves).");
 ABSL_FLAG(int, max_hello_pending_per_connection, 64,
           "Streams one connection may hold open before their hello is authenticated "
           "(RESOURCE_EXHAUSTED beyond).");

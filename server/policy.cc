@@ -447,8 +447,9 @@ absl::StatusOr<Policy> Policy::Parse(const std::string& yaml, const std::string&
             return Problem(label, name_node.Mark(),
                            absl::StrCat(what, " must be a map with key namespaces"));
           }
-          ASSIGN_OR_RETURN(auto fields, MapEntries(spec, label, what,
-                                                   {"namespaces", "namespaceSelector", "rollout"}));
+          ASSIGN_OR_RETURN(auto fields,
+                           MapEntries(spec, label, what,
+                                      {"namespaces", "namespaceSelector", "rollout", "writers"}));
           Grant& grant = policy.grants_[name];
           bool granted = false;
           for (const auto& [field, field_value] : fields) {
@@ -461,6 +462,15 @@ absl::StatusOr<Policy> Policy::Parse(const std::string& yaml, const std::string&
               ASSIGN_OR_RETURN(grant.selector,
                                ParseSelector(field_value, field.Mark(), label,
                                              absl::StrCat(what, ": namespaceSelector")));
+            } else if (field.Scalar() == "writers") {
+              if (!field_value.IsSequence() || field_value.size() == 0) {
+                return Problem(label, field.Mark(),
+                               absl::StrCat(what,
+                                            ": writers must be a non-empty list of "
+                                            "identities"));
+              }
+              ASSIGN_OR_RETURN(grant.writers, ParseValues(field_value, field.Mark(), label,
+                                                          absl::StrCat(what, ": writers")));
             } else {
               ASSIGN_OR_RETURN(policy.rollouts_[name],
                                ParseRollout(field_value, field.Mark(), label, name));
@@ -543,6 +553,11 @@ bool Policy::Allows(const std::string& certificate, const std::string& namespace
   }
   return labels != nullptr && it->second.selector.has_value() &&
          it->second.selector->Matches(*labels);
+}
+
+bool Policy::IsWriter(const std::string& certificate, const std::string& identity) const {
+  auto it = grants_.find(certificate);
+  return it != grants_.end() && !identity.empty() && it->second.writers.count(identity) > 0;
 }
 
 bool Policy::UsesSelectors() const {

@@ -7,6 +7,9 @@
 //       namespaceSelector:                # and/or: namespaces whose labels match, as Kubernetes
 //         matchLabels: {certcast.io/wildcard: "true"}        # writes selectors
 //         matchExpressions: [{key: tier, operator: In, values: [prod]}]
+//       writers:                          # optional: identities that may write this certificate
+//         - system:serviceaccount:certcast-system:certcast-writer  # into any namespace granted
+//                                         # above (the shared writer, docs/SHARED-WRITER.md)
 //       rollout:                          # optional: staged rollout (docs/ROLLOUT.md)
 //         waves:                          # in order; everyone else is the implicit last wave
 //           - name: canary
@@ -97,6 +100,9 @@ class Policy {
   // not listed yet, or no such namespace) never match a selector.
   bool Allows(const std::string& certificate, const std::string& namespace_,
               const NamespaceLabels* labels = nullptr) const;
+  // True when `identity` is one of the certificate's `writers`: it may subscribe on behalf of
+  // every namespace the certificate is granted to (Allows), not only its own.
+  bool IsWriter(const std::string& certificate, const std::string& identity) const;
   // True when some certificate is granted, or some rollout wave chosen, by label selector (the
   // server then needs the namespace watch).
   bool UsesSelectors() const;
@@ -117,6 +123,7 @@ class Policy {
   struct Grant {
     std::vector<std::string> patterns;
     std::optional<LabelSelector> selector;
+    std::set<std::string> writers;
   };
   std::map<std::string, Grant> grants_;  // by certificate
   std::map<std::string, std::shared_ptr<const RolloutSpec>> rollouts_;

@@ -58,6 +58,28 @@ TEST(PolicyTest, ParsesValidPolicy) {
   EXPECT_TRUE(policy.Allows("internal", "ops"));
 }
 
+// `writers` names identities that may write a certificate into the namespaces it is granted to;
+// only for that certificate, and exactly those identities.
+TEST(PolicyTest, WritersArePerCertificate) {
+  Policy policy = ParseOrDie(R"(certificates:
+  wildcard:
+    namespaces: ["tenant-*"]
+    writers: ["system:serviceaccount:certcast-system:certcast-writer"]
+  internal:
+    namespaces: [ops]
+)");
+  EXPECT_TRUE(policy.IsWriter("wildcard", "system:serviceaccount:certcast-system:certcast-writer"));
+  EXPECT_FALSE(
+      policy.IsWriter("internal", "system:serviceaccount:certcast-system:certcast-writer"));
+  EXPECT_FALSE(policy.IsWriter("wildcard", "system:serviceaccount:tenant-a:certcast-client"));
+  EXPECT_FALSE(policy.IsWriter("wildcard", ""));
+  EXPECT_FALSE(policy.IsWriter("unknown", "system:serviceaccount:certcast-system:certcast-writer"));
+  absl::StatusOr<Policy> empty = Policy::Parse(
+      "certificates:\n  wildcard:\n    namespaces: [a]\n    writers: []\n", kOrigin, Known());
+  ASSERT_FALSE(empty.ok());
+  EXPECT_THAT(empty.status().message(), HasSubstr("writers must be a non-empty list"));
+}
+
 // namespaceSelector grants by labels, with Kubernetes' semantics (NotIn and DoesNotExist also
 // match a namespace without the key); names and selectors add up; unknown labels grant nothing.
 TEST(PolicyTest, NamespaceSelectorMatchesLabels) {

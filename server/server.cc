@@ -353,7 +353,8 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
     server->replication_metrics_ = std::make_shared<ReplicationMetrics>(server->replication_.get());
   }
 
-  server->distribution_service_ = std::make_unique<DistributionService>(server->hub_.get());
+  server->distribution_service_ = std::make_unique<DistributionService>(
+      server->hub_.get(), server->authorizer_.get(), server->authenticator_.get());
   server->coverage_ =
       std::make_unique<Coverage>(server->namespaces_.get(), server->policy_.get(),
                                  server->fleet_.get(), publisher, server->rollout_.get());

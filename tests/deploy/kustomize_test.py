@@ -30,7 +30,12 @@ cannot be built alone; components are covered by the overlays that use them) is 
   - certcast-client: a projected ServiceAccount token with audience certcast behind
     --token-file; its ServiceAccount may do exactly what its flags need (Secret sink,
     --rollout-restart, --delete-on-revoke) and nothing on Secrets without a Secret sink; an API
-    token is mounted when it uses the API.
+    token is mounted when it uses the API;
+  - the shared writer (certcast-client --shared-writer): in its own namespace only its Lease
+    (get/update by name, create) and nothing on Secrets; in a tenant namespace a RoleBinding of
+    its ServiceAccount to a Role that allows get/update/patch on exactly its --secret-name and
+    create (the opt-in of components/shared-writer-tenant), nothing more; such a Role counts as
+    using that Secret in the tenant namespace.
 
   - anywhere certcast runs: the recommended labels (app.kubernetes.io/name, instance, version,
     component, part-of, managed-by) on every certcast Deployment and its pod template; a
@@ -74,6 +79,10 @@ TOKEN_AUDIENCE = "certcast"
 READ_PATH_FLAGS = ("ca", "tls_cert", "tls_key", "client_ca", "token_file", "policy", "pid_file",
                    "kube_token_file", "kube_ca_file", "store_ca", "store_cert", "store_key",
                    "store_encryption_key_file", "store_encryption_previous_key_file")
+# The shared writer's ServiceAccount and Secret as deploy/ ships them (a tenant overlay that
+# opts in is rendered without the writer).
+SHARED_WRITER_ACCOUNT = "certcast-writer"
+SHARED_WRITER_SECRET = "wildcard-tls"
 # Flags whose value is a directory the container writes.
 WRITE_PATH_FLAGS = ("state_dir", "output_dir")
 
@@ -225,8 +234,34 @@ class Render:
                     store = kubernetes_store(container)
                     if store and store[0] == namespace:
                         names.add(f"{store[1]}-{certificate}")
+        # A tenant's opt-in to the shared writer: its Role grants the writer's Secret here.
+        for binding in self.of_kind("RoleBinding"):
+            if namespace_of(binding) != namespace:
+                continue
+            for subject in as_list(binding.get("subjects")):
+                if subject.get("kind") != "ServiceAccount" or \
+                        subject.get("namespace", namespace) == namespace:
+                    continue
+                writers = self.shared_writers(subject.get("namespace"), subject.get("name"))
+                if writers:
+                    for container in writers:
+                        names.update(parse_flags(container).get("secret_name", []))
+                elif subject.get("name") == SHARED_WRITER_ACCOUNT:
+                    # The writer lives in another render (a tenant overlay alone).
+                    names.add(SHARED_WRITER_SECRET)
         names.discard(None)
         return names
+
+    def shared_writers(self, namespace, account):
+        """--shared-writer containers of Deployments in `namespace` running as `account`."""
+        found = []
+        for deployment in self.of_kind("Deployment"):
+            if namespace_of(deployment) != namespace or \
+                    (pod_spec(deployment).get("serviceAccountName") or "default") != account:
+                continue
+            found.extend(c for c in certcast_containers(deployment, "client")
+                         if "shared_writer" in parse_flags(c))
+        return found
 
 
 def allows(rules, group, resource, verb, name=None):
@@ -346,6 +381,8 @@ def check_shape(render, raw, error):
     for deployment in render.of_kind("Deployment"):
         if not certcast_containers(deployment, "client") or deployment in servers:
             continue
+        if is_shared_writer(deployment):
+            continue  # runs in certcast's own namespace, next to the server
         namespace = namespace_of(deployment)
         if render.find("Namespace", "", namespace) is not None:
             error(deployment, f"the render holds the tenant's Namespace {namespace}: "
@@ -625,7 +662,10 @@ def check_certcast_container(render, deployment, container, role, volumes, error
 
     if role == "client":
         check_client_identity(deployment, container, flags, volumes, error, where)
-        check_client_permissions(deployment, flags, rules, error, where)
+        if "shared_writer" in flags:
+            check_shared_writer_permissions(render, deployment, flags, rules, error, where)
+        else:
+            check_client_permissions(deployment, flags, rules, error, where)
         uses_api = flags.get("secret_name") or flags.get("rollout_restart")
         if uses_api and spec.get("automountServiceAccountToken") is False \
                 and not flags.get("kube_token_file"):
@@ -658,6 +698,41 @@ def check_client_identity(deployment, container, flags, volumes, error, where):
                for s in sources):
         error(deployment, f"{where} --token-file={token} is not a projected ServiceAccount token "
                           f"with audience {TOKEN_AUDIENCE}")
+
+
+def check_shared_writer_permissions(render, deployment, flags, rules, error, where):
+    lease = (flags.get("writer_lease") or ["certcast-writer"])[-1]
+    for verb in ("get", "update"):
+        if not allows(rules, "coordination.k8s.io", "leases", verb, lease):
+            error(deployment, f"{where} elects its writer with Lease {lease} but may not {verb} it")
+    if not allows(rules, "coordination.k8s.io", "leases", "create"):
+        error(deployment, f"{where} may not create its Lease {lease}")
+    if any(rule_touches(r, "", "secrets") for r in rules):
+        error(deployment, f"{where} is the shared writer but may touch Secrets in its own "
+                          "namespace; it writes only tenants' Secrets, each granted by the tenant")
+    namespace = namespace_of(deployment)
+    account = pod_spec(deployment).get("serviceAccountName") or "default"
+    secrets = flags.get("secret_name", [])
+    for binding in render.of_kind("RoleBinding"):
+        tenant = namespace_of(binding)
+        if tenant == namespace or not any(
+                s.get("kind") == "ServiceAccount" and s.get("name") == account
+                and s.get("namespace") == namespace for s in as_list(binding.get("subjects"))):
+            continue
+        granted = render.rules_for_service_account(tenant, account, namespace)
+        for secret in secrets:
+            for verb in ("get", "update", "patch"):
+                if not allows(granted, "", "secrets", verb, secret):
+                    error(binding, f"{tenant} opts in to the shared writer but does not let it "
+                                   f"{verb} Secret {secret}")
+        if not allows(granted, "", "secrets", "create"):
+            error(binding, f"{tenant} opts in to the shared writer but does not let it create "
+                           "Secrets")
+        for rule in granted:
+            extra = set(as_list(rule.get("resourceNames"))) - set(secrets)
+            if not rule_touches(rule, "", "secrets") or extra or \
+                    set(as_list(rule.get("verbs"))) - {"get", "update", "patch", "create"}:
+                error(binding, f"{tenant} grants the shared writer more than its Secret: {rule}")
 
 
 def check_client_permissions(deployment, flags, rules, error, where):
@@ -715,12 +790,57 @@ def is_server(obj):
 
 def is_secret_client(obj):
     return obj.get("kind") == "Deployment" and any(
-        "secret_name" in parse_flags(c) for c in certcast_containers(obj, "client"))
+        "secret_name" in parse_flags(c) and "shared_writer" not in parse_flags(c)
+        for c in certcast_containers(obj, "client"))
 
 
 def is_file_client(obj):
     return obj.get("kind") == "Deployment" and any(
         "secret_name" not in parse_flags(c) for c in certcast_containers(obj, "client"))
+
+
+def is_shared_writer(obj):
+    return obj.get("kind") == "Deployment" and any(
+        "shared_writer" in parse_flags(c) for c in certcast_containers(obj, "client"))
+
+
+def is_writer_opt_in_role(obj):
+    return obj.get("kind") == "Role" and name_of(obj) == SHARED_WRITER_ACCOUNT
+
+
+def plant_writer_secret_grant(objects):
+    d = first(objects, is_shared_writer)
+    ns, account = namespace_of(d), pod_spec(d).get("serviceAccountName") or "default"
+    objects.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                    "metadata": {"name": "extra", "namespace": ns},
+                    "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}]})
+    objects.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                    "metadata": {"name": "extra", "namespace": ns},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                "name": "extra"},
+                    "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": ns}]})
+
+
+def plant_writer_without_lease(objects):
+    for obj in objects:
+        if isinstance(obj, dict) and obj.get("kind") == "Role":
+            for rule in as_list(obj.get("rules")):
+                if rule_touches(rule, "coordination.k8s.io", "leases") and \
+                        "certcast-writer" in as_list(rule.get("resourceNames")):
+                    rule["verbs"] = ["get"]
+
+
+def plant_writer_opt_in_too_wide(objects):
+    role = first(objects, is_writer_opt_in_role)
+    role["rules"].append({"apiGroups": [""], "resources": ["secrets"],
+                          "resourceNames": ["wildcard-tls"], "verbs": ["delete"]})
+
+
+def plant_writer_opt_in_without_update(objects):
+    role = first(objects, is_writer_opt_in_role)
+    for rule in role["rules"]:
+        if "update" in rule.get("verbs", []):
+            rule["verbs"].remove("update")
 
 
 def is_secret_role(obj):
@@ -1018,6 +1138,14 @@ PLANTS = [
      "not the certcast-operator ServiceAccount of its own namespace"),
     ("RBAC subject left in certcast-system", is_moved_server, plant_subject_left_behind,
      "still name certcast-system"),
+    ("shared writer with a Secret grant at home", is_shared_writer, plant_writer_secret_grant,
+     "may touch Secrets in its own namespace"),
+    ("shared writer without its Lease", is_shared_writer, plant_writer_without_lease,
+     "may not update it"),
+    ("tenant grants the shared writer more", (is_shared_writer, is_writer_opt_in_role),
+     plant_writer_opt_in_too_wide, "grants the shared writer more than its Secret"),
+    ("tenant opt-in without update", (is_shared_writer, is_writer_opt_in_role),
+     plant_writer_opt_in_without_update, "does not let it update"),
     ("client pointed at a server elsewhere", (is_server, is_secret_client),
      plant_client_to_other_server,
      "the server of this render runs in"),

@@ -7,6 +7,9 @@ tries to behave like the real kube-apiserver where a client could notice the dif
 * core/v1 Secrets and ConfigMaps, apps/v1 Deployments, coordination.k8s.io/v1 Leases: get, list,
   watch, create, update (PUT), patch (merge, strategic merge, JSON patch, a simplified server-side
   apply), delete;
+* rbac.authorization.k8s.io/v1 Roles and RoleBindings (namespaced, the same verbs): a stored
+  RoleBinding to a stored Role in its namespace grants like the config's "roles" (ClusterRole
+  references grant nothing: the fake has no ClusterRoles as objects);
 * core/v1 Namespaces (cluster-scoped, the same verbs; the API adds the immutable label
   kubernetes.io/metadata.name; deletion is immediate, without the Terminating phase);
 * POST /apis/authentication.k8s.io/v1/tokenreviews;
@@ -59,7 +62,7 @@ CONTROL_HELP = """control API (no authentication), all bodies JSON:
   POST   /_control/expire {"on":true}   every watch from an explicit resourceVersion gets 410
   POST   /_control/compact       forget the event history (older versions become too old)
   POST   /_control/bookmark_interval {"seconds":0.2}
-  GET    /_control/requests      [{method,path,query,user,status,verb}] of every API request
+  GET    /_control/requests      [{method,path,query,user,status,verb[,pod]}] of every API request
   DELETE /_control/requests
   GET    /_control/objects[?resource=secrets&namespace=NS]
   POST   /_control/down {"on":true}     close every non-control connection immediately
@@ -756,8 +759,40 @@ class NamespaceType(ResourceType):
         return super().field_value(obj, label)
 
 
+class RoleType(ResourceType):
+    known_fields = ("kind", "apiVersion", "metadata", "rules")
+
+    def __init__(self):
+        super().__init__("rbac.authorization.k8s.io", "v1", "roles", "Role")
+
+    def validate(self, obj, old):
+        errs = validate_object_meta(obj["metadata"], old is None)
+        if not isinstance(obj.get("rules", []), list):
+            errs.append(FieldError("Invalid", "rules", None, "must be a list"))
+        return errs
+
+
+class RoleBindingType(ResourceType):
+    known_fields = ("kind", "apiVersion", "metadata", "subjects", "roleRef")
+
+    def __init__(self):
+        super().__init__("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding")
+
+    def validate(self, obj, old):
+        errs = validate_object_meta(obj["metadata"], old is None)
+        ref = obj.get("roleRef")
+        if not isinstance(ref, dict) or not ref.get("name") or \
+                ref.get("kind") not in ("Role", "ClusterRole"):
+            errs.append(FieldError("Required", "roleRef", None, "kind Role or ClusterRole and a name"))
+        elif old is not None and ref != old.get("roleRef"):
+            errs.append(FieldError("Invalid", "roleRef", None, "cannot change roleRef"))
+        if not isinstance(obj.get("subjects", []), list):
+            errs.append(FieldError("Invalid", "subjects", None, "must be a list"))
+        return errs
+
+
 RESOURCE_TYPES = [SecretType(), ConfigMapType(), DeploymentType(), LeaseType(),
-                  NamespaceType()]
+                  NamespaceType(), RoleType(), RoleBindingType()]
 RESOURCES_BY_PATH = {(rt.group, rt.version, rt.plural): rt for rt in RESOURCE_TYPES}
 RESOURCES_BY_KIND = {(rt.api_version, rt.kind): rt for rt in RESOURCE_TYPES}
 
@@ -1479,6 +1514,17 @@ class App:
             for role in self.roles:
                 if role.get("namespace") == info.namespace:
                     bindings.append(role)
+        if info.namespace:
+            # RoleBindings stored through the API, each to a Role of its namespace.
+            for (plural, ns, _), binding in list(self.objects.items()):
+                if plural != "rolebindings" or ns != info.namespace:
+                    continue
+                ref = binding.get("roleRef") or {}
+                role = self.objects.get(("roles", ns, ref.get("name", "")))
+                if ref.get("kind") != "Role" or role is None:
+                    continue
+                bindings.append({"subjects": binding.get("subjects") or [],
+                                 "rules": role.get("rules") or []})
         for role in bindings:
             if not any(subject_matches(s, user) for s in role.get("subjects") or []):
                 continue
@@ -1634,6 +1680,10 @@ class Handler(BaseHTTPRequestHandler):
         user = self.app.authenticate(self.headers.get("Authorization"))
         entry = {"method": self.command, "path": path, "query": raw_query,
                  "user": user.name if user else None, "status": 0, "verb": info.verb}
+        if user and user.extra.get("authentication.kubernetes.io/pod-name"):
+            # A bound ServiceAccount token names its pod: which replica made the request.
+            pod = user.extra["authentication.kubernetes.io/pod-name"]
+            entry["pod"] = pod[0] if isinstance(pod, list) else pod
         try:
             try:
                 body = self.read_body()

@@ -241,6 +241,41 @@ class FakeKubeApiTest(unittest.TestCase):
         self.assertEqual(status, 403)
         self.assertIn('in the namespace "tenant-b"', body["message"])
 
+    def test_stored_role_binding_grants_until_deleted(self):
+        # tenant-b has no config role for the client: a Role and RoleBinding created through the
+        # API grant exactly what the Role says, and deleting the binding takes it away again.
+        path = "/api/v1/namespaces/tenant-b/secrets/wildcard-tls"
+        status, _, _ = self.call("GET", path)
+        self.assertEqual(status, 403)
+        rbac = "/apis/rbac.authorization.k8s.io/v1/namespaces/tenant-b/"
+        role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": {"name": "reader", "namespace": "tenant-b"},
+                "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"],
+                           "resourceNames": ["wildcard-tls"]}]}
+        binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                   "metadata": {"name": "reader", "namespace": "tenant-b"},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                               "name": "reader"},
+                   "subjects": [{"kind": "ServiceAccount", "name": "certcast-client",
+                                 "namespace": "tenant-a"}]}
+        status, _, obj = self.admin("POST", rbac + "rolebindings", binding)
+        self.assertEqual(status, 201, obj)
+        status, _, _ = self.call("GET", path)
+        self.assertEqual(status, 403, "a binding to a Role that does not exist grants nothing")
+        status, _, obj = self.admin("POST", rbac + "roles", role)
+        self.assertEqual(status, 201, obj)
+        status, _, body = self.call("GET", path)
+        self.assertEqual(status, 404, body)  # allowed; the Secret does not exist
+        status, _, _ = self.call("GET", "/api/v1/namespaces/tenant-b/secrets/other")
+        self.assertEqual(status, 403, "only the Role's resourceNames")
+        status, _, _ = self.call("GET", "/api/v1/namespaces/tenant-c/secrets/wildcard-tls")
+        self.assertEqual(status, 403, "only in the binding's namespace")
+        status, _, _ = self.admin("DELETE", rbac + "rolebindings/reader")
+        self.assertEqual(status, 200)
+        status, _, _ = self.call("GET", path)
+        self.assertEqual(status, 403)
+        self.admin("DELETE", rbac + "roles/reader")
+
     def test_list_and_watch_need_the_field_selector(self):
         status, _, body = self.call("GET", SECRETS)
         self.assertEqual(status, 403)
