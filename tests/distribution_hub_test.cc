@@ -3,6 +3,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "common/clock.h"
 #include "grpcpp/grpcpp.h"
@@ -57,9 +58,13 @@ TEST(SlowReaderTest, LatestVersionWinsForAClientThatStopsReading) {
 
   // The test subscriber's reader thread keeps reading, but 60 x 512 KiB published back to back
   // outruns one stream's flow-control window; superseded versions must be dropped, not queued.
+  // Built first, so that nothing slows the publications down between them (under ASan building
+  // each one took long enough for the reader to keep up, and nothing was replaced).
   constexpr uint64_t kVersions = 60;
+  std::vector<std::shared_ptr<const Publication>> publications;
   for (uint64_t version = 2; version <= kVersions; ++version)
-    hub.OnPublish(BigPublication(version));
+    publications.push_back(BigPublication(version));
+  for (const auto& publication : publications) hub.OnPublish(publication);
 
   uint64_t last = 0;
   int updates = 0;
