@@ -9,7 +9,8 @@ bool Coverage::known() const {
 }
 
 std::vector<NamespaceCoverage> Coverage::List(const std::string& certificate_filter,
-                                              const std::string& namespace_filter) const {
+                                              const std::string& namespace_filter,
+                                              FleetScope scope) const {
   std::vector<NamespaceCoverage> rows;
   if (!known()) return rows;
   std::shared_ptr<const Policy> policy = policy_->current();
@@ -21,7 +22,7 @@ std::vector<NamespaceCoverage> Coverage::List(const std::string& certificate_fil
     std::shared_ptr<const Publication> publication = publisher_->Current(certificate);
     const uint64_t current = publication != nullptr ? publication->version : 0;
     const std::map<std::string, Fleet::Counts> counts =
-        fleet_->CountByNamespace(certificate, current, expected);
+        fleet_->CountByNamespace(certificate, current, expected, scope);
     for (const auto& [name, labels] : *namespaces) {
       if (!namespace_filter.empty() && name != namespace_filter) continue;
       if (!policy->Allows(certificate, name, &labels)) continue;
@@ -52,7 +53,7 @@ CoverageReport Coverage::Report() const {
   for (const std::string& certificate : policy_->current()->Certificates()) {
     report.missing[certificate] = 0;
   }
-  report.rows = List("", "");
+  report.rows = List("", "", FleetScope::kThisReplica);
   for (const NamespaceCoverage& row : report.rows) {
     if (row.state != NamespaceCoverage::State::kInSync) ++report.missing[row.certificate];
   }

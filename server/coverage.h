@@ -54,10 +54,13 @@ class Coverage {
   bool known() const;
   // Granted namespaces of `certificate_filter` (all certificates when empty), ordered by
   // certificate, then namespace. Only `namespace_filter` when not empty.
+  // `scope`: this replica's clients (metrics) or every replica's (inspection).
   std::vector<NamespaceCoverage> List(const std::string& certificate_filter,
-                                      const std::string& namespace_filter) const;
+                                      const std::string& namespace_filter,
+                                      FleetScope scope) const;
   // Every row, and per certificate the policy knows the granted namespaces not in sync (no
-  // client, or none on the version it should run). Empty when !known().
+  // client, or none on the version it should run), from this replica's clients (metrics sum
+  // the replicas' per-namespace series). Empty when !known().
   CoverageReport Report() const;
 
  private:

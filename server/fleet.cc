@@ -158,51 +158,92 @@ AckOutcome Fleet::RecordNack(uint64_t id, const std::string& name, uint64_t vers
   return outcome;
 }
 
+void Fleet::Visit(FleetScope scope, uint64_t after_id,
+                  const std::function<bool(const ClientRecord&)>& visit) {
+  const bool everywhere = scope == FleetScope::kAllReplicas;
+  auto moved = [&](const ClientRecord& record) {
+    if (!everywhere || record.connected) return false;
+    const auto key = std::make_pair(record.namespace_, record.client_id);
+    if (remote_connected_.count(key) > 0) return true;
+    if (record.replica.empty()) return false;
+    auto local = by_key_.find(key);
+    if (local == by_key_.end()) return false;
+    auto found = records_.find(local->second);
+    return found != records_.end() && found->second.connected;
+  };
+  if (after_id < kFirstRemoteId) {
+    for (auto it = records_.upper_bound(after_id); it != records_.end(); ++it) {
+      if (!moved(it->second) && !visit(it->second)) return;
+    }
+  }
+  if (!everywhere) return;
+  size_t start = after_id < kFirstRemoteId ? 0 : after_id - kFirstRemoteId + 1;
+  for (size_t i = start; i < remote_.size(); ++i) {
+    if (!moved(remote_[i]) && !visit(remote_[i])) return;
+  }
+}
+
 Fleet::Page Fleet::List(const std::string& namespace_filter, const std::string& name_filter,
-                        size_t page_size, uint64_t after_id) {
+                        size_t page_size, uint64_t after_id, FleetScope scope) {
   absl::MutexLock lock(&mu_);
   Prune();
   Page page;
-  for (auto it = records_.upper_bound(after_id); it != records_.end(); ++it) {
-    const ClientRecord& record = it->second;
-    if (!namespace_filter.empty() && record.namespace_ != namespace_filter) continue;
+  Visit(scope, after_id, [&](const ClientRecord& record) {
+    if (!namespace_filter.empty() && record.namespace_ != namespace_filter) return true;
     if (!name_filter.empty()) {
       bool subscribed = false;
       for (const auto& state : record.certificates) subscribed |= state.name == name_filter;
-      if (!subscribed) continue;
+      if (!subscribed) return true;
     }
     if (page.clients.size() == page_size) {
       page.next_page_token = std::to_string(page.clients.back().id);
-      break;
+      return false;
     }
     page.clients.push_back(record);
-  }
+    return true;
+  });
   return page;
 }
 
+void Fleet::SetRemote(std::map<std::string, std::vector<ClientRecord>> by_replica) {
+  absl::MutexLock lock(&mu_);
+  remote_.clear();
+  remote_connected_.clear();
+  for (auto& [replica, records] : by_replica) {
+    for (ClientRecord& record : records) {
+      record.id = kFirstRemoteId + remote_.size();
+      record.replica = replica;
+      if (record.connected) remote_connected_.emplace(record.namespace_, record.client_id);
+      remote_.push_back(std::move(record));
+    }
+  }
+}
+
 Fleet::Counts Fleet::CountFor(const std::string& name, uint64_t version,
-                              const std::string& namespace_filter) {
+                              const std::string& namespace_filter, FleetScope scope) {
   absl::MutexLock lock(&mu_);
   Counts counts;
-  for (const auto& [id, record] : records_) {
-    if (!record.connected) continue;
-    if (!namespace_filter.empty() && record.namespace_ != namespace_filter) continue;
+  Visit(scope, 0, [&](const ClientRecord& record) {
+    if (!record.connected) return true;
+    if (!namespace_filter.empty() && record.namespace_ != namespace_filter) return true;
     for (const auto& state : record.certificates) {
       if (state.name != name) continue;
       ++counts.clients;
       if (version != 0 && state.acknowledged_version == version) ++counts.acknowledged;
     }
-  }
+    return true;
+  });
   return counts;
 }
 
 std::map<std::string, Fleet::Counts> Fleet::CountByNamespace(const std::string& name,
                                                              uint64_t version,
-                                                             const ExpectedVersion& expected) {
+                                                             const ExpectedVersion& expected,
+                                                             FleetScope scope) {
   absl::MutexLock lock(&mu_);
   std::map<std::string, Counts> counts;
-  for (const auto& [id, record] : records_) {
-    if (!record.connected) continue;
+  Visit(scope, 0, [&](const ClientRecord& record) {
+    if (!record.connected) return true;
     for (const auto& state : record.certificates) {
       if (state.name != name) continue;
       Counts& namespace_counts = counts[record.namespace_];
@@ -212,7 +253,8 @@ std::map<std::string, Fleet::Counts> Fleet::CountByNamespace(const std::string& 
         ++namespace_counts.acknowledged;
       }
     }
-  }
+    return true;
+  });
   return counts;
 }
 

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -42,7 +43,13 @@ struct ClientRecord {
   absl::Time last_seen;
   bool connected = true;
   std::vector<ClientCertificateState> certificates;
+  // The replica the client is connected to, when that is another one (FleetExchange).
+  std::string replica;
 };
+
+// Whose clients a read covers: this replica's streams (metrics: each replica reports its own,
+// and PromQL sums them), or every replica's (inspection and rollouts).
+enum class FleetScope { kThisReplica, kAllReplicas };
 
 enum class AckOutcome { kRecorded, kStale, kUnknownCertificate };
 
@@ -111,10 +118,18 @@ class Fleet {
     std::vector<ClientRecord> clients;
     std::string next_page_token;
   };
-  // Clients ordered by connection, optionally filtered by namespace and certificate name.
-  // InvalidArgument-worthy tokens are treated as the start; callers validate them.
+  // Clients ordered by connection (this replica's, then the others'), optionally filtered by
+  // namespace and certificate name. InvalidArgument-worthy tokens are treated as the start;
+  // callers validate them. With kAllReplicas, a disconnected record of a client that is
+  // connected elsewhere is left out (it moved).
   Page List(const std::string& namespace_filter, const std::string& name_filter, size_t page_size,
-            uint64_t after_id);
+            uint64_t after_id, FleetScope scope = FleetScope::kThisReplica);
+
+  // Other replicas' clients (FleetExchange) by replica, replacing all that was known of them.
+  // Read-only here: ACKs are recorded by the replica that holds the stream. They are listed
+  // with ids from kFirstRemoteId on.
+  void SetRemote(std::map<std::string, std::vector<ClientRecord>> by_replica);
+  static constexpr uint64_t kFirstRemoteId = uint64_t{1} << 62;
 
   struct Counts {
     uint32_t clients = 0;       // connected clients subscribed to the certificate
@@ -122,7 +137,8 @@ class Fleet {
   };
   // Counts only clients of `namespace_filter` when it is not empty.
   Counts CountFor(const std::string& name, uint64_t version,
-                  const std::string& namespace_filter = "");
+                  const std::string& namespace_filter = "",
+                  FleetScope scope = FleetScope::kThisReplica);
   // The version a client of `namespace_` should run of `certificate` whose newest version is
   // `current` (a staged rollout holds some namespaces back). Called under the fleet's lock: it
   // must not call into the fleet.
@@ -133,7 +149,8 @@ class Fleet {
   // (namespaces without such a client are absent). `acknowledged` counts the clients holding
   // the version `expected` gives their namespace (`version` when it is null).
   std::map<std::string, Counts> CountByNamespace(const std::string& name, uint64_t version,
-                                                 const ExpectedVersion& expected = nullptr);
+                                                 const ExpectedVersion& expected = nullptr,
+                                                 FleetScope scope = FleetScope::kThisReplica);
   FleetCounters counters();
 
   // Per-certificate statistics in one pass over the clients (O(clients)). `current` maps each
@@ -152,6 +169,10 @@ class Fleet {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Prune() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Erase(std::map<uint64_t, ClientRecord>::iterator record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Calls `visit` for the records of `scope` after `after_id` in List's order until it returns
+  // false; with kAllReplicas, skips disconnected records of clients connected elsewhere.
+  void Visit(FleetScope scope, uint64_t after_id,
+             const std::function<bool(const ClientRecord&)>& visit) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const Clock* const clock_;
   const absl::Duration retention_;
@@ -161,6 +182,9 @@ class Fleet {
   std::map<std::pair<std::string, std::string>, uint64_t> by_key_ ABSL_GUARDED_BY(mu_);
   // Disconnected records by disconnection time, so pruning touches only expired ones.
   std::multimap<absl::Time, uint64_t> disconnected_ ABSL_GUARDED_BY(mu_);
+  // Other replicas' records (ids kFirstRemoteId + index), and which clients are connected there.
+  std::vector<ClientRecord> remote_ ABSL_GUARDED_BY(mu_);
+  std::set<std::pair<std::string, std::string>> remote_connected_ ABSL_GUARDED_BY(mu_);
   FleetCounters counters_ ABSL_GUARDED_BY(mu_);
   // Only the counters of CertificateFleetStats are kept here; the rest is computed by Stats().
   std::map<std::string, CertificateFleetStats> per_certificate_ ABSL_GUARDED_BY(mu_);

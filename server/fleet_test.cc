@@ -1,5 +1,9 @@
 #include "server/fleet.h"
 
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
 namespace certcast {
@@ -69,6 +73,50 @@ TEST(FleetTest, DisconnectedClientsAreKeptForRetention) {
   page = fleet.List("", "", 10, 0);
   ASSERT_EQ(page.clients.size(), 1u);
   EXPECT_EQ(page.clients[0].namespace_, "tenant-a");
+}
+
+// Other replicas' clients count with kAllReplicas only, after this replica's, and page through
+// with tokens above kFirstRemoteId. A disconnected record of a client connected elsewhere (it
+// moved) is left out, whichever replica holds which record.
+TEST(FleetTest, OtherReplicasClientsJoinTheWholeFleetView) {
+  FakeClock clock;
+  Fleet fleet(&clock, absl::Hours(1));
+  const uint64_t moved_here = fleet.Connect(Client("tenant-a", "moved-away"));
+  fleet.Disconnect(moved_here);
+  const uint64_t local = fleet.Connect(Client("tenant-a", "local"));
+  fleet.RecordSent(local, "wildcard", 2, "n2", true);
+
+  ClientRecord remote = Client("tenant-b", "remote");
+  remote.certificates[0].acknowledged_version = 2;
+  ClientRecord moved = Client("tenant-a", "moved-away");  // connected on replica-2 now
+  ClientRecord gone = Client("tenant-a", "local");        // it was on replica-2 before
+  gone.connected = false;
+  fleet.SetRemote({{"replica-2", {remote, moved, gone}}});
+
+  EXPECT_EQ(fleet.CountFor("wildcard", 2).clients, 1u) << "this replica's own";
+  const Fleet::Counts all = fleet.CountFor("wildcard", 2, "", FleetScope::kAllReplicas);
+  EXPECT_EQ(all.clients, 3u);
+  EXPECT_EQ(all.acknowledged, 2u);
+  EXPECT_EQ(fleet.CountByNamespace("wildcard", 2, nullptr, FleetScope::kAllReplicas)["tenant-b"]
+                .acknowledged,
+            1u);
+
+  std::vector<std::string> listed;
+  uint64_t after = 0;
+  while (true) {
+    Fleet::Page page = fleet.List("", "wildcard", 1, after, FleetScope::kAllReplicas);
+    for (const ClientRecord& record : page.clients) {
+      listed.push_back(absl::StrCat(record.client_id, "@", record.replica,
+                                    record.connected ? "" : " (gone)"));
+    }
+    if (page.next_page_token.empty()) break;
+    after = std::stoull(page.next_page_token);
+  }
+  EXPECT_EQ(listed, (std::vector<std::string>{"local@", "remote@replica-2", "moved-away@replica-2"}));
+  EXPECT_EQ(fleet.List("", "", 10, 0).clients.size(), 2u) << "kThisReplica keeps its own";
+
+  fleet.SetRemote({});  // replica-2 died
+  EXPECT_EQ(fleet.CountFor("wildcard", 2, "", FleetScope::kAllReplicas).clients, 1u);
 }
 
 }  // namespace

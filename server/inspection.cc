@@ -106,7 +106,8 @@ grpc::Status InspectionService::ListCertificatesAs(const PeerIdentity& transport
       summary->set_pinned(snapshot->pin.version == version);
     }
     const Fleet::Counts counts =
-        fleet_->CountFor(name, version, scope->everything ? "" : scope->namespace_);
+        fleet_->CountFor(name, version, scope->everything ? "" : scope->namespace_,
+                         FleetScope::kAllReplicas);
     summary->set_clients(counts.clients);
     summary->set_clients_acknowledged(counts.acknowledged);
   }
@@ -208,7 +209,8 @@ grpc::Status InspectionService::ListClientsAs(const PeerIdentity& transport,
   }
   uint32_t page_size = request.page_size() == 0 ? kDefaultPageSize : request.page_size();
   page_size = std::min(page_size, kMaxPageSize);
-  Fleet::Page page = fleet_->List(namespace_filter, request.name(), page_size, after);
+  Fleet::Page page = fleet_->List(namespace_filter, request.name(), page_size, after,
+                                  FleetScope::kAllReplicas);
   for (const ClientRecord& record : page.clients) {
     v1::ClientInfo* info = response->add_clients();
     info->set_client_id(record.client_id);
@@ -216,6 +218,7 @@ grpc::Status InspectionService::ListClientsAs(const PeerIdentity& transport,
     info->set_peer(record.peer);
     info->set_identity(record.identity);
     info->set_connected(record.connected);
+    info->set_replica(record.replica);
     *info->mutable_connected_since() = ToProtoTime(record.connected_since);
     *info->mutable_last_seen() = ToProtoTime(record.last_seen);
     for (const ClientCertificateState& state : record.certificates) {
@@ -273,7 +276,8 @@ grpc::Status InspectionService::ListNamespacesAs(const PeerIdentity& transport,
     return grpc::Status::OK;
   }
   response->set_namespaces_known(true);
-  for (const NamespaceCoverage& row : coverage_->List(request.name(), namespace_filter)) {
+  for (const NamespaceCoverage& row :
+       coverage_->List(request.name(), namespace_filter, FleetScope::kAllReplicas)) {
     if (request.missing_only() && row.state == NamespaceCoverage::State::kInSync) continue;
     v1::GrantedNamespace* granted = response->add_namespaces();
     granted->set_name(row.certificate);

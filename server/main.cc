@@ -61,6 +61,11 @@ ABSL_FLAG(absl::Duration, leader_renew_deadline, absl::Seconds(10),
           "publishing (shorter than --leader-lease-duration).");
 ABSL_FLAG(absl::Duration, leader_retry_period, absl::Seconds(2),
           "With a shared --store: how often the leader renews and the others try to take over.");
+ABSL_FLAG(absl::Duration, fleet_sync_interval, absl::Seconds(2),
+          "With a shared --store: how often a replica writes its clients' summary (when it "
+          "changed; at least every 5 intervals) and reads the other replicas', so that any "
+          "replica lists the whole fleet and a rollout counts every client. A summary "
+          "unchanged for 15 intervals is a dead replica's.");
 ABSL_FLAG(std::string, tls_cert, "", "Serving certificate chain (PEM); re-read when it changes.");
 ABSL_FLAG(std::string, tls_key, "", "Serving private key (PEM); re-read when it changes.");
 ABSL_FLAG(std::string, client_ca, "",
@@ -156,7 +161,7 @@ std::string Help() {
           {"Replicas (shared version store)",
            {"store", "leader_lease_duration", "leader_renew_deadline", "leader_retry_period",
             "store_ca", "store_cert", "store_key", "store_encryption_key_file",
-            "store_encryption_previous_key_file"}},
+            "store_encryption_previous_key_file", "fleet_sync_interval"}},
           {"Kubernetes API (secret: sources, TokenReview, the Kubernetes store)",
            {"kube_api_url", "kube_token_file", "kube_ca_file"}},
           {"Probes, metrics and logs",
@@ -261,6 +266,8 @@ int main(int argc, char** argv) {
   options.watcher.confirm_delay = absl::GetFlag(FLAGS_confirm_delay);
   options.watcher.resync_interval = absl::GetFlag(FLAGS_source_resync_interval);
   options.client_retention = absl::GetFlag(FLAGS_client_retention);
+  options.fleet_exchange.interval = absl::GetFlag(FLAGS_fleet_sync_interval);
+  options.fleet_exchange.keepalive = 5 * options.fleet_exchange.interval;
   options.publisher.expiry_warning = absl::GetFlag(FLAGS_expiry_warning);
 
   certcast::PosixFilesystem fs;

@@ -49,6 +49,10 @@ google::protobuf::Timestamp ToProtoTime(absl::Time t) {
   return ts;
 }
 
+absl::Time FromProtoTime(const google::protobuf::Timestamp& t) {
+  return absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos());
+}
+
 std::shared_ptr<const Publication> MakePublication(const std::string& name, uint64_t version,
                                                    bool pinned, const CertificateInfo& info,
                                                    const CertificateMaterial& material) {

@@ -41,6 +41,7 @@ grpc::ByteBuffer Serialize(const google::protobuf::MessageLite& message);
 std::string RandomNonce();
 
 google::protobuf::Timestamp ToProtoTime(absl::Time t);
+absl::Time FromProtoTime(const google::protobuf::Timestamp& t);
 
 }  // namespace certcast
 

@@ -16,6 +16,7 @@
 
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "prometheus/collectable.h"
 #include "prometheus/metric_family.h"
@@ -67,6 +68,17 @@ class Replication : public Leadership {
   // Stops them and gives up the lease (if held), so another replica takes over at once.
   virtual void Stop() = 0;
   virtual ReplicationStatus Status() const = 0;
+
+  // Fleet summaries (server/fleet_exchange.h): what each replica's clients hold, exchanged
+  // through the store, so that every replica shows the whole fleet and the leader counts every
+  // client of a staged rollout.
+  // Writes this replica's summary, replacing its previous one.
+  virtual absl::Status PublishFleetSummary(const std::string& summary) = 0;
+  // The other replicas' summaries by identity, of live replicas only: a summary that did not
+  // change for `max_age` is a dead replica's (writers rewrite theirs more often than that), and
+  // is left out.
+  virtual absl::StatusOr<std::map<std::string, std::string>> FleetSummaries(
+      absl::Duration max_age) = 0;
 };
 
 // Hands the certificates whose stored state changed to Callbacks::stored_state_changed on a

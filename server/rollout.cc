@@ -15,9 +15,7 @@ constexpr size_t kFleetPage = 1000;
 
 void SetTime(absl::Time t, google::protobuf::Timestamp* out) { *out = ToProtoTime(t); }
 
-absl::Time GetTime(const google::protobuf::Timestamp& t) {
-  return absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos());
-}
+absl::Time GetTime(const google::protobuf::Timestamp& t) { return FromProtoTime(t); }
 
 std::string Key(const ClientRecord& record) {
   return absl::StrCat(record.namespace_, "/", record.client_id);
@@ -352,7 +350,7 @@ std::vector<RolloutController::WaveCounts> RolloutController::Count(const std::s
   const std::shared_ptr<const kube::NamespaceSet> namespaces = Namespaces();
   uint64_t after = 0;
   while (true) {
-    Fleet::Page page = fleet_->List("", name, kFleetPage, after);
+    Fleet::Page page = fleet_->List("", name, kFleetPage, after, FleetScope::kAllReplicas);
     for (const ClientRecord& record : page.clients) {
       const ClientCertificateState* state = StateOf(record, name);
       if (state == nullptr) continue;
@@ -491,7 +489,7 @@ absl::StatusOr<v1::Rollout> RolloutController::Resume(const std::string& name) {
       const std::shared_ptr<const kube::NamespaceSet> namespaces = Namespaces();
       uint64_t after = 0;
       while (true) {
-        Fleet::Page page = fleet_->List("", name, kFleetPage, after);
+        Fleet::Page page = fleet_->List("", name, kFleetPage, after, FleetScope::kAllReplicas);
         for (const ClientRecord& record : page.clients) {
           const ClientCertificateState* state = StateOf(record, name);
           if (state == nullptr) continue;

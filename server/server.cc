@@ -351,6 +351,9 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
     };
     server->replication_->Start(names, std::move(callbacks));
     server->replication_metrics_ = std::make_shared<ReplicationMetrics>(server->replication_.get());
+    server->fleet_exchange_ = std::make_unique<FleetExchange>(
+        server->fleet_.get(), server->replication_.get(), clock, options.fleet_exchange);
+    server->fleet_exchange_->Start();
   }
 
   server->distribution_service_ = std::make_unique<DistributionService>(
@@ -466,14 +469,20 @@ absl::StatusOr<kube::KubeApi*> CertcastServer::Kube(Filesystem* fs) {
 
 absl::Status CertcastServer::SetUpIdentities(Filesystem* fs, const Clock* clock,
                                              const std::vector<std::string>& names) {
-  if (options_.insecure) {
-    authorizer_ = std::make_unique<AllowAllAuthorizer>();
-    return absl::OkStatus();
-  }
   if (!options_.policy_file.empty()) {
     ASSIGN_OR_RETURN(policy_, PolicyFile::Open(fs, options_.policy_file,
                                                std::set<std::string>(names.begin(), names.end())));
-  } else {
+  }
+  if (options_.insecure) {
+    if (policy_ != nullptr) {
+      LogWarn("--insecure: clients have no identities, so the policy's grants and admins are "
+              "NOT enforced (every client receives what it asks for); its rollouts apply",
+              {{"policy", options_.policy_file}});
+    }
+    authorizer_ = std::make_unique<AllowAllAuthorizer>();
+    return absl::OkStatus();
+  }
+  if (policy_ == nullptr) {
     LogWarn(
         "no --policy: this server hands out NO key material (every Subscribe is "
         "PERMISSION_DENIED) until a policy names who may receive what");
@@ -529,6 +538,7 @@ void CertcastServer::Shutdown(absl::Duration grace) {
   shut_down_ = true;
   for (auto& [name, watcher] : watchers_) watcher->Stop();
   if (rollout_ != nullptr) rollout_->Stop();  // before the lease goes: it persists as leader
+  if (fleet_exchange_ != nullptr) fleet_exchange_->Stop();
   // Gives the lease up at once, so another replica publishes without waiting for it to expire.
   if (replication_ != nullptr) replication_->Stop();
   if (policy_ != nullptr) policy_->Stop();

@@ -23,6 +23,7 @@
 #include "server/distribution.h"
 #include "server/etcd_client.h"
 #include "server/fleet.h"
+#include "server/fleet_exchange.h"
 #include "server/inspection.h"
 #include "server/leader_election.h"
 #include "server/metrics.h"
@@ -74,6 +75,7 @@ struct ServerOptions {
   std::string health_listen;  // empty: no plain-HTTP probe endpoint
   absl::Duration tls_refresh_interval = absl::Seconds(10);
   absl::Duration client_retention = absl::Hours(1);
+  FleetExchange::Options fleet_exchange;  // with a shared --store
   DistributionHub::Options distribution;
   PublisherOptions publisher;
   SourceWatcher::Options watcher;
@@ -125,6 +127,7 @@ class CertcastServer {
   // The shared store and its election; before publisher_, which writes through it.
   std::unique_ptr<Replication> replication_;
   std::unique_ptr<Fleet> fleet_;
+  std::unique_ptr<FleetExchange> fleet_exchange_;  // with a shared --store
   std::unique_ptr<PolicyFile> policy_;
   std::unique_ptr<kube::NamespaceCache> namespaces_;  // --watch-namespaces
   std::unique_ptr<Coverage> coverage_;

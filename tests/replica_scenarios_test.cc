@@ -67,12 +67,12 @@ std::string ReplicaUser(int i) {
 
 // A hello asking for the certificate, holding `version` (0: nothing yet).
 bool Hello(TestSubscriber& subscriber, const std::string& client_id, uint64_t version = 0,
-           const std::string& fingerprint = "") {
+           const std::string& fingerprint = "", const std::string& ns = "tenant-a") {
   v1::HeldCertificate held;
   held.set_name("wildcard");
   held.set_version(version);
   held.set_fingerprint(fingerprint);
-  return subscriber.SendHello("tenant-a", client_id, {held});
+  return subscriber.SendHello(ns, client_id, {held});
 }
 
 void WriteText(const std::string& path, const std::string& text) {
@@ -146,7 +146,10 @@ class KubeStore final : public StoreUnderTest {
          "resourceNames": ["wildcard-tls"]},
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
          "verbs": ["get", "update"], "resourceNames": ["certcast"]},
-        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]}]})");
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "update"],
+         "resourceNames": ["certcast-fleet"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]}]})");
     role["subjects"] = subjects;
     config["roles"] = Json::array({role});
     config["bookmark_interval"] = 0.5;
@@ -410,10 +413,12 @@ class ReplicaScenarioTest : public ::testing::TestWithParam<std::string> {
         "--confirm-delay=300ms",
         "--heartbeat-interval=1s",
         "--shutdown-grace=1s",
+        "--fleet-sync-interval=200ms",
         "--log-format=json"};
     for (std::string& flag : store_flags.has_value() ? *store_flags : store_->ReplicaFlags(i)) {
       args.push_back(std::move(flag));
     }
+    args.insert(args.end(), extra_args_.begin(), extra_args_.end());
     replica.process = std::make_unique<ChildProcess>(
         CERTCAST_SERVER_BINARY, args,
         tmp_.Join(absl::StrCat("replica", i, "-", ++starts_, ".log")));
@@ -533,6 +538,7 @@ class ReplicaScenarioTest : public ::testing::TestWithParam<std::string> {
   KubeStore* kube_ = nullptr;  // one of these is store_
   EtcdStore* etcd_ = nullptr;
   std::vector<Replica> replicas_;
+  std::vector<std::string> extra_args_;  // for every replica started
 };
 
 // Scenarios that only one store has.
@@ -599,6 +605,157 @@ TEST_P(ReplicaScenarioTest, RotationReachesClientsOfEveryReplicaWithOneHistory) 
           << key;
     }
   }
+}
+
+// Any replica lists every replica's clients: each replica's summary travels through the store
+// (the ConfigMap certcast-fleet, or the etcd keys PREFIX/fleet/REPLICA), marked with the replica that holds the stream. The clients of
+// a replica that died disappear once its summary stopped changing (15 x --fleet-sync-interval).
+TEST_P(ReplicaScenarioTest, AnyReplicaListsTheWholeFleet) {
+  StartAll(MakeLeaf(1));
+  std::vector<std::unique_ptr<TestSubscriber>> subscribers;
+  for (int i = 0; i < kReplicas; ++i) {
+    subscribers.push_back(
+        std::make_unique<TestSubscriber>(scenario::InsecureChannel(replicas_[i].port)));
+    ASSERT_TRUE(Hello(*subscribers[i], absl::StrCat("client-", i)));
+    std::optional<v1::SubscribeResponse> update = subscribers[i]->NextNonHeartbeat();
+    ASSERT_TRUE(update.has_value() && update->has_update()) << i;
+    ASSERT_TRUE(subscribers[i]->SendAck(update->update()));
+  }
+  // client id -> the replica listed for it, as replica `i` answers ListClients.
+  auto listed = [&](int i) {
+    std::map<std::string, std::string> clients;
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    v1::ListClientsRequest request;
+    v1::ListClientsResponse response;
+    if (!replicas_[i].inspection->ListClients(&context, request, &response).ok()) return clients;
+    for (const v1::ClientInfo& client : response.clients()) {
+      if (client.connected() && client.certificates_size() == 1 &&
+          client.certificates(0).acknowledged_version() == 1) {
+        clients[client.client_id()] = client.replica();
+      }
+    }
+    return clients;
+  };
+  auto whole_fleet_from = [&](int i) {
+    std::map<std::string, std::string> expected;
+    for (int j = 0; j < kReplicas; ++j) {
+      if (replicas_[j].process == nullptr) continue;
+      expected[absl::StrCat("client-", j)] = j == i ? "" : replicas_[j].identity;
+    }
+    return listed(i) == expected;
+  };
+  for (int i = 0; i < kReplicas; ++i) {
+    ASSERT_TRUE(WaitFor([&] { return whole_fleet_from(i); })) << i << "\n" << Logs();
+  }
+  {
+    grpc::ClientContext context;
+    v1::ListCertificatesResponse certificates;
+    ASSERT_TRUE(replicas_[1]
+                    .inspection->ListCertificates(&context, v1::ListCertificatesRequest(),
+                                                  &certificates)
+                    .ok());
+    ASSERT_EQ(certificates.certificates_size(), 1);
+    EXPECT_EQ(certificates.certificates(0).clients(), 3u) << "counts every replica's clients";
+    EXPECT_EQ(certificates.certificates(0).clients_acknowledged(), 3u);
+  }
+
+  Kill(2);
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(WaitFor([&] { return whole_fleet_from(i); })) << i << "\n" << Logs();
+  }
+}
+
+// A staged rollout across replicas (--insecure with a policy gives rollouts without identities).
+// The canary's client is connected to a follower: the leader counts it through the fleet
+// summaries and waits for its ACK, while tenant-b's client, on the other follower, keeps version
+// 1 (that follower gates by the leader's stored progress). After the ACK, tenant-b gets version
+// 2. Then kill -9 of the leader in the middle of the next rollout: the new leader continues that
+// same rollout (same start, same wave) instead of starting over or sending it to everyone.
+TEST_P(ReplicaScenarioTest, RolloutCountsEveryReplicasClientsAndSurvivesFailover) {
+  WriteText(tmp_.Join("policy.yaml"),
+            "certificates:\n  wildcard:\n    namespaces: [\"*\"]\n    rollout:\n"
+            "      waves:\n        - {name: canary, namespaces: [canary]}\n");
+  extra_args_ = {"--policy=" + tmp_.Join("policy.yaml")};
+  StartAll(MakeLeaf(1));
+  ASSERT_TRUE(WaitFor([&] { return Leader() >= 0; })) << Logs();
+  const int leader = Leader();
+  const int canary_replica = (leader + 1) % kReplicas, tenant_replica = (leader + 2) % kReplicas;
+  TestSubscriber canary(scenario::InsecureChannel(replicas_[canary_replica].port));
+  TestSubscriber tenant(scenario::InsecureChannel(replicas_[tenant_replica].port));
+  ASSERT_TRUE(Hello(canary, "canary-pod", 0, "", "canary"));
+  ASSERT_TRUE(Hello(tenant, "tenant-pod", 0, "", "tenant-b"));
+  for (TestSubscriber* subscriber : {&canary, &tenant}) {
+    std::optional<v1::SubscribeResponse> first = subscriber->NextNonHeartbeat();
+    ASSERT_TRUE(first.has_value() && first->has_update()) << Logs();
+    ASSERT_TRUE(subscriber->SendAck(first->update()));
+  }
+  // What replica `i` says of tenant-b's client: "sent/waiting_for_wave".
+  auto tenant_state = [&](int i) -> std::string {
+    grpc::ClientContext context;
+    v1::ListClientsRequest request;
+    request.set_namespace_("tenant-b");
+    v1::ListClientsResponse response;
+    if (!replicas_[i].inspection->ListClients(&context, request, &response).ok() ||
+        response.clients_size() != 1 || response.clients(0).certificates_size() != 1) {
+      return "?";
+    }
+    const v1::ClientCertificate& held = response.clients(0).certificates(0);
+    return absl::StrCat(held.sent_version(), "/", held.waiting_for_wave());
+  };
+  // The leader's view of the rollout: "version wave state clients-of-wave-1".
+  auto rollout_on = [&](int i) -> std::string {
+    const v1::Rollout rollout = GetCertificate(i).rollout();
+    return absl::StrCat(rollout.version(), " ", rollout.wave(), " ", rollout.state(), " ",
+                        rollout.waves_size() > 0 ? rollout.waves(0).clients() : 0);
+  };
+
+  auto rotate_and_hold = [&](int minutes, uint64_t version, int at) {
+    const Leaf next = MakeLeaf(minutes);
+    for (int i = 0; i < kReplicas; ++i) {
+      if (replicas_[i].process != nullptr) SetSource(i, next);
+    }
+    std::optional<v1::SubscribeResponse> update = canary.NextNonHeartbeat();
+    ASSERT_TRUE(update.has_value() && update->has_update()) << Logs();
+    ASSERT_EQ(update->update().version(), version);
+    // The leader counts the follower's canary client, and holds tenant-b back meanwhile.
+    ASSERT_TRUE(WaitFor([&] { return rollout_on(at) == absl::StrCat(version, " 1 rolling 1"); }))
+        << rollout_on(at) << "\n" << Logs();
+    ASSERT_TRUE(WaitFor([&] { return tenant_state(tenant_replica) ==
+                                     absl::StrCat(version - 1, "/2"); }))
+        << tenant_state(tenant_replica);
+    EXPECT_TRUE(WaitFor([&] { return tenant_state(at) == absl::StrCat(version - 1, "/2"); }))
+        << "seen from the leader: " << tenant_state(at);
+    ASSERT_TRUE(canary.SendAck(update->update()));
+    update = tenant.NextNonHeartbeat();
+    ASSERT_TRUE(update.has_value() && update->has_update()) << Logs();
+    EXPECT_EQ(update->update().version(), version);
+    ASSERT_TRUE(tenant.SendAck(update->update()));
+  };
+  rotate_and_hold(2, 2, leader);
+  ASSERT_TRUE(WaitFor([&] { return GetCertificate(leader).rollout().state() == "complete"; }))
+      << rollout_on(leader);
+
+  // The next rollout, interrupted by kill -9 of the leader once it started.
+  const Leaf third = MakeLeaf(3);
+  for (int i = 0; i < kReplicas; ++i) SetSource(i, third);
+  std::optional<v1::SubscribeResponse> update = canary.NextNonHeartbeat();
+  ASSERT_TRUE(update.has_value() && update->has_update()) << Logs();
+  ASSERT_EQ(update->update().version(), 3u);
+  ASSERT_TRUE(WaitFor([&] { return rollout_on(leader) == "3 1 rolling 1"; })) << Logs();
+  const auto started_at = GetCertificate(leader).rollout().started_at();
+  Kill(leader);
+  ASSERT_TRUE(WaitFor([&] { return Leader() >= 0; })) << Logs();
+  const int next = Leader();
+  ASSERT_TRUE(WaitFor([&] { return rollout_on(next) == "3 1 rolling 1"; }))
+      << rollout_on(next) << "\n" << Logs();
+  EXPECT_EQ(GetCertificate(next).rollout().started_at().seconds(), started_at.seconds())
+      << "the new leader started the rollout over";
+  EXPECT_EQ(tenant_state(tenant_replica), "2/2") << "tenant-b got version 3 early";
+  ASSERT_TRUE(canary.SendAck(update->update()));
+  update = tenant.NextNonHeartbeat();
+  ASSERT_TRUE(update.has_value() && update->has_update()) << Logs();
+  EXPECT_EQ(update->update().version(), 3u);
 }
 
 // kill -9 of the leader: another replica takes the Lease within about the lease duration, and
