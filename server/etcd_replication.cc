@@ -6,6 +6,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "common/status_macros.h"
 
 namespace certcast {
 namespace {
@@ -96,6 +97,7 @@ EtcdReplication::EtcdReplication(std::unique_ptr<EtcdClient> client, const Clock
     : ElectedReplication(&lock_, clock, election),
       client_(std::move(client)),
       location_(std::move(location)),
+      identity_(election.identity),
       encryption_(std::move(encryption)),
       lock_(client_.get(), location_.prefix + "/leader", election),
       store_(client_.get(), location_.prefix, &encryption_,
@@ -210,6 +212,36 @@ void EtcdReplication::Stop() {
   }
   if (watcher_.joinable()) watcher_.join();
   StopElection();
+}
+
+absl::Status EtcdReplication::PublishFleetSummary(const std::string& summary) {
+  etcdserverpb::TxnRequest txn;
+  etcdserverpb::PutRequest* put = txn.add_success()->mutable_request_put();
+  put->set_key(FleetPrefix() + identity_);
+  put->set_value(summary);
+  return client_->Txn(txn).status();
+}
+
+absl::StatusOr<std::map<std::string, std::string>> EtcdReplication::FleetSummaries() {
+  const std::string prefix = FleetPrefix();
+  etcdserverpb::RangeRequest range;
+  range.set_key(prefix);
+  range.set_range_end(PrefixRangeEnd(prefix));
+  ASSIGN_OR_RETURN(etcdserverpb::RangeResponse response, client_->Range(range));
+  std::map<std::string, std::string> summaries;
+  for (const mvccpb::KeyValue& kv : response.kvs()) {
+    const std::string replica = kv.key().substr(prefix.size());
+    if (replica != identity_) summaries[replica] = kv.value();
+  }
+  return summaries;
+}
+
+absl::Status EtcdReplication::RemoveFleetSummaries(const std::vector<std::string>& replicas) {
+  etcdserverpb::TxnRequest txn;
+  for (const std::string& replica : replicas) {
+    txn.add_success()->mutable_request_delete_range()->set_key(FleetPrefix() + replica);
+  }
+  return client_->Txn(txn).status();
 }
 
 }  // namespace certcast

@@ -13,6 +13,7 @@
 #define CERTCAST_SERVER_ETCD_REPLICATION_H_
 
 #include <atomic>
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -64,6 +65,10 @@ class EtcdReplication final : public ElectedReplication {
   VersionStore* store() override { return &store_; }
   void Start(const std::vector<std::string>& certificates, Callbacks callbacks) override;
   void Stop() override;
+  // Fleet summaries are plain keys PREFIX/fleet/IDENTITY (no key material, not encrypted).
+  absl::Status PublishFleetSummary(const std::string& summary) override;
+  absl::StatusOr<std::map<std::string, std::string>> FleetSummaries() override;
+  absl::Status RemoveFleetSummaries(const std::vector<std::string>& replicas) override;
 
  private:
   void Watch();
@@ -71,7 +76,10 @@ class EtcdReplication final : public ElectedReplication {
   bool WaitStopping(absl::Duration timeout);
 
   const std::unique_ptr<EtcdClient> client_;
+  std::string FleetPrefix() const { return location_.prefix + "/fleet/"; }
+
   const EtcdStoreLocation location_;
+  const std::string identity_;
   const StoreEncryption encryption_;
   EtcdLeaderLock lock_;
   EtcdVersionStore store_;

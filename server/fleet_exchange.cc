@@ -120,12 +120,28 @@ void FleetExchange::SyncOnce() {
       last_written_ = now;
     }
   }
-  absl::StatusOr<std::map<std::string, std::string>> others =
-      replication_->FleetSummaries(3 * options_.keepalive);
+  absl::StatusOr<std::map<std::string, std::string>> others = replication_->FleetSummaries();
   if (others.ok()) {
     std::map<std::string, std::vector<ClientRecord>> by_replica;
-    for (const auto& [replica, summary] : *others) by_replica[replica] = Records(summary);
+    std::map<std::string, std::pair<std::string, absl::Time>> seen;
+    std::vector<std::string> dead;
+    for (auto& [replica, summary] : *others) {
+      auto before = seen_.find(replica);
+      const absl::Time since =
+          before != seen_.end() && before->second.first == summary ? before->second.second : now;
+      if (now - since >= 12 * options_.keepalive) {
+        dead.push_back(replica);
+      } else if (now - since < 3 * options_.keepalive) {
+        by_replica[replica] = Records(summary);
+      }
+      seen[replica] = {std::move(summary), since};
+    }
+    seen_ = std::move(seen);
     fleet_->SetRemote(std::move(by_replica));
+    // Best effort, by the leader only; a failure is retried next round.
+    if (!dead.empty() && replication_->IsLeader()) {
+      (void)replication_->RemoveFleetSummaries(dead);
+    }
   } else if (status.ok()) {
     status = others.status();
   }

@@ -3,13 +3,16 @@
 // when it changed, and at least every keepalive so that the others know it is alive, and reads
 // the other live replicas' summaries into its Fleet (Fleet::SetRemote). Inspection on any
 // replica then lists the whole fleet, and the leader counts every client in a staged rollout.
-// A replica whose summary stopped changing for `max_age` is taken for dead: its clients
-// disappear (they reconnect to a live replica and show up there). Metrics stay per replica.
+// A replica whose summary stopped changing for 3 keepalives is taken for dead: its clients
+// disappear (they reconnect to a live replica and show up there), and the leader deletes its
+// summary after 12 keepalives. Liveness is judged on this replica's clock (when a summary was
+// first seen as it is), so the replicas' clocks may differ. Metrics stay per replica.
 // Thread-safe; one background thread between Start() and Stop(). Owns nothing.
 #ifndef CERTCAST_SERVER_FLEET_EXCHANGE_H_
 #define CERTCAST_SERVER_FLEET_EXCHANGE_H_
 
 #include <map>
+#include <utility>
 #include <string>
 #include <thread>
 #include <vector>
@@ -60,6 +63,8 @@ class FleetExchange {
   std::string last_content_;  // the summary without written_at, as last written
   absl::Time last_written_ = absl::InfinitePast();
   std::string last_error_;
+  // Per other replica: its summary as last read, and when it was first read so.
+  std::map<std::string, std::pair<std::string, absl::Time>> seen_;
   absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;

@@ -16,22 +16,27 @@ class SummaryBoard final : public Replication {
   void Start(const std::vector<std::string>&, Callbacks) override {}
   void Stop() override {}
   ReplicationStatus Status() const override { return ReplicationStatus(); }
-  bool IsLeader() const override { return false; }
+  bool IsLeader() const override { return leader; }
   std::string Leader() const override { return ""; }
   absl::Status PublishFleetSummary(const std::string& summary) override {
     ++writes;
     (*board)[identity] = summary;
     return absl::OkStatus();
   }
-  absl::StatusOr<std::map<std::string, std::string>> FleetSummaries(absl::Duration) override {
+  absl::StatusOr<std::map<std::string, std::string>> FleetSummaries() override {
     std::map<std::string, std::string> others = *board;
     others.erase(identity);
     return others;
+  }
+  absl::Status RemoveFleetSummaries(const std::vector<std::string>& replicas) override {
+    for (const std::string& replica : replicas) board->erase(replica);
+    return absl::OkStatus();
   }
 
   std::string identity;
   std::map<std::string, std::string>* board = nullptr;
   int writes = 0;
+  bool leader = false;
 };
 
 ClientRecord Client(const std::string& ns, const std::string& id) {
@@ -83,6 +88,18 @@ TEST(FleetExchangeTest, EachReplicaSeesTheOthersClients) {
   clock.Advance(options.keepalive);
   a.SyncOnce();
   EXPECT_EQ(store_a.writes, writes + 1) << "no keepalive write";
+
+  // replica-a dies: after 3 keepalives without a change its clients leave b's view, and b, the
+  // leader, deletes its summary after 12.
+  store_b.leader = true;
+  b.SyncOnce();  // sees a's last write
+  clock.Advance(3 * options.keepalive);
+  b.SyncOnce();
+  EXPECT_EQ(fleet_b.List("", "", 10, 0, FleetScope::kAllReplicas).clients.size(), 0u);
+  EXPECT_EQ(board.count("replica-a"), 1u);
+  clock.Advance(9 * options.keepalive);
+  b.SyncOnce();
+  EXPECT_EQ(board.count("replica-a"), 0u);
 }
 
 // Above the size cap the texts go first, then the disconnected clients; connected clients and

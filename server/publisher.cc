@@ -356,11 +356,7 @@ absl::StatusOr<RollbackResult> Publisher::Rollback(const std::string& name, uint
     return absl::NotFoundError(absl::StrCat("certificate \"", name, "\" is not configured"));
   }
   if (options_.leadership != nullptr && !options_.leadership->IsLeader()) {
-    const std::string leader = options_.leadership->Leader();
-    return absl::UnavailableError(absl::StrCat(
-        "this replica is not the leader, which alone publishes; retry (the Service reaches "
-        "another replica) or call the leader",
-        leader.empty() ? std::string() : absl::StrCat(" (", leader, ")")));
+    return NotTheLeader(*options_.leadership, "publishes");
   }
   if (options_.leadership != nullptr && !entry->loaded) {
     RETURN_IF_ERROR(RefreshLocked(*entry));

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "metrics/families.h"
 
 namespace certcast {
@@ -64,6 +65,15 @@ void StoredStateFollower::Run() {
       due_[name] = absl::Now() + delay;
     }
   }
+}
+
+absl::Status NotTheLeader(const Leadership& leadership, const std::string& what) {
+  const std::string leader = leadership.Leader();
+  return absl::UnavailableError(absl::StrCat(
+      "this replica is not the leader, which alone ", what,
+      "; retry (the Service may reach the leader next time) or call the leader",
+      leader.empty() ? std::string(" (none elected right now)")
+                     : absl::StrCat(" (", leader, ")")));
 }
 
 std::vector<prometheus::MetricFamily> ReplicationMetrics::Collect() const {

@@ -36,6 +36,11 @@ class Leadership {
   virtual std::string Leader() const = 0;
 };
 
+// Unavailable, for a change only the leader may make (a rollback, a rollout's resume or
+// promotion) asked of another replica: names the leader (its identity starts with its pod name)
+// so that the caller can reach it, e.g. with kubectl port-forward.
+absl::Status NotTheLeader(const Leadership& leadership, const std::string& what);
+
 // What inspection, /readyz, health and metrics show about replication.
 struct ReplicationStatus {
   std::string identity;         // this replica's holder identity
@@ -71,14 +76,13 @@ class Replication : public Leadership {
 
   // Fleet summaries (server/fleet_exchange.h): what each replica's clients hold, exchanged
   // through the store, so that every replica shows the whole fleet and the leader counts every
-  // client of a staged rollout.
+  // client of a staged rollout. The store only keeps them; FleetExchange judges liveness.
   // Writes this replica's summary, replacing its previous one.
   virtual absl::Status PublishFleetSummary(const std::string& summary) = 0;
-  // The other replicas' summaries by identity, of live replicas only: a summary that did not
-  // change for `max_age` is a dead replica's (writers rewrite theirs more often than that), and
-  // is left out.
-  virtual absl::StatusOr<std::map<std::string, std::string>> FleetSummaries(
-      absl::Duration max_age) = 0;
+  // Every other replica's summary, by replica identity.
+  virtual absl::StatusOr<std::map<std::string, std::string>> FleetSummaries() = 0;
+  // Deletes the summaries of `replicas` (dead ones).
+  virtual absl::Status RemoveFleetSummaries(const std::vector<std::string>& replicas) = 0;
 };
 
 // Hands the certificates whose stored state changed to Callbacks::stored_state_changed on a

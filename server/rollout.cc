@@ -472,6 +472,7 @@ void RolloutController::Evaluate(const std::string& name, Entry& entry) {
 
 absl::StatusOr<v1::Rollout> RolloutController::Resume(const std::string& name) {
   v1::Rollout described;
+  if (!MayAdvance()) return NotTheLeader(*options_.leadership, "advances rollouts");
   {
     absl::MutexLock lock(&mu_);
     auto it = entries_.find(name);
@@ -520,6 +521,7 @@ absl::StatusOr<v1::Rollout> RolloutController::Resume(const std::string& name) {
 
 absl::StatusOr<v1::Rollout> RolloutController::Promote(const std::string& name) {
   v1::Rollout described;
+  if (!MayAdvance()) return NotTheLeader(*options_.leadership, "advances rollouts");
   {
     absl::MutexLock lock(&mu_);
     auto it = entries_.find(name);

@@ -38,6 +38,7 @@
 #include "server/fleet.h"
 #include "server/policy.h"
 #include "server/publisher.h"
+#include "server/replication.h"
 #include "server/rollout_gate.h"
 
 namespace certcast {
@@ -47,9 +48,9 @@ class RolloutController final : public PublicationListener {
   struct Options {
     // How often rollouts are evaluated (waves complete, soaks end, timeouts, expiry).
     absl::Duration tick = absl::Seconds(1);
-    // Only a replica for which this is true advances and persists rollouts (the seam for leader
-    // election with several replicas); null: always. Others keep serving the gates they have.
-    std::function<bool()> may_advance;
+    // With several replicas only the leader advances and persists rollouts, and takes admin
+    // calls; the others adopt its stored progress. Null: one replica, always.
+    const Leadership* leadership = nullptr;
     // The cluster's namespaces with their labels (--watch-namespaces), for waves chosen by
     // namespaceSelector; null, or a null snapshot: labels unknown, such waves match nobody.
     std::function<std::shared_ptr<const kube::NamespaceSet>()> namespaces;
@@ -83,10 +84,11 @@ class RolloutController final : public PublicationListener {
   void Tick();
 
   // Admin/ResumeRollout: a halted rollout continues; the clients that refused the version are
-  // excused. NotFound for an unknown certificate, FailedPrecondition when not halted.
+  // excused. NotFound for an unknown certificate, FailedPrecondition when not halted,
+  // Unavailable (NotTheLeader) on a replica that is not the leader.
   absl::StatusOr<v1::Rollout> Resume(const std::string& name);
   // Admin/PromoteRollout: the version goes to everyone now. FailedPrecondition when no rollout
-  // is in progress.
+  // is in progress, Unavailable (NotTheLeader) on a replica that is not the leader.
   absl::StatusOr<v1::Rollout> Promote(const std::string& name);
 
   // GetCertificate's view; nullopt when the certificate never had a rollout.
@@ -151,7 +153,9 @@ class RolloutController final : public PublicationListener {
   std::shared_ptr<const kube::NamespaceSet> Namespaces() const {
     return options_.namespaces ? options_.namespaces() : nullptr;
   }
-  bool MayAdvance() const { return options_.may_advance == nullptr || options_.may_advance(); }
+  bool MayAdvance() const {
+    return options_.leadership == nullptr || options_.leadership->IsLeader();
+  }
 
   const PolicySource policy_;
   Fleet* const fleet_;

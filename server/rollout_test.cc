@@ -235,6 +235,29 @@ TEST_F(RolloutControllerTest, ARestartRightAfterPublishingResumesTheRollout) {
   EXPECT_EQ(restarted.rollout->ExpectedVersions()("wildcard", "tenant-z", 2), 1u);
 }
 
+// On a replica that is not the leader, admin calls are refused with the leader's name instead of
+// answering OK for a change that only the leader could persist (and the next refresh of the
+// leader's state would undo).
+TEST_F(RolloutControllerTest, AdminCallsOnAFollowerNameTheLeader) {
+  struct Follower final : Leadership {
+    bool IsLeader() const override { return false; }
+    std::string Leader() const override { return "certcast-server-7d9f-abc12_0a1b2c3d"; }
+  } follower;
+  RolloutController::Options options;
+  options.leadership = &follower;
+  UsePolicy(kPolicy, options);
+  auto v1 = Publish(1, absl::Hours(24 * 60));
+  Publish(2, absl::Hours(24 * 90));
+  for (auto call : {&RolloutController::Resume, &RolloutController::Promote}) {
+    absl::StatusOr<v1::Rollout> answer = (controller_.get()->*call)("wildcard");
+    ASSERT_FALSE(answer.ok());
+    EXPECT_EQ(answer.status().code(), absl::StatusCode::kUnavailable);
+    EXPECT_THAT(answer.status().message(), HasSubstr("not the leader"));
+    EXPECT_THAT(answer.status().message(), HasSubstr("certcast-server-7d9f-abc12_0a1b2c3d"));
+  }
+  EXPECT_EQ(controller_->Describe("wildcard")->state(), "rolling");
+}
+
 // A refusal in the canary wave halts; resume excuses the refusing client and the rollout goes on.
 TEST_F(RolloutControllerTest, NackHaltsAndResumeExcusesTheRefusingClient) {
   auto v1 = Publish(1, absl::Hours(24 * 60));

@@ -254,8 +254,7 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
   PolicyFile* policy_file = server->policy_.get();
   RolloutController::Options rollout_options;
   if (server->replication_ != nullptr) {  // only the leader advances rollouts
-    Leadership* leadership = server->replication_.get();
-    rollout_options.may_advance = [leadership] { return leadership->IsLeader(); };
+    rollout_options.leadership = server->replication_.get();
   }
   if (server->namespaces_ != nullptr) {
     const kube::NamespaceCache* namespaces = server->namespaces_.get();
