@@ -1,5 +1,6 @@
 #include "server/fleet_exchange.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "certcast/state/v1/state.pb.h"
@@ -137,7 +138,16 @@ void FleetExchange::SyncOnce() {
       seen[replica] = {std::move(summary), since};
     }
     seen_ = std::move(seen);
+    // A summary first seen at `since` was written after the read before it.
+    absl::Time as_of = now;
+    for (const auto& [replica, value] : seen_) {
+      if (by_replica.count(replica) > 0) as_of = std::min(as_of, value.second - options_.interval);
+    }
     fleet_->SetRemote(std::move(by_replica));
+    {
+      absl::MutexLock lock(&mu_);
+      view_as_of_ = as_of;
+    }
     // Best effort, by the leader only; a failure is retried next round.
     if (!dead.empty() && replication_->IsLeader()) {
       (void)replication_->RemoveFleetSummaries(dead);
@@ -157,6 +167,11 @@ void FleetExchange::SyncOnce() {
     }
     last_error_ = error;
   }
+}
+
+absl::Time FleetExchange::ViewAsOf() const {
+  absl::MutexLock lock(&mu_);
+  return view_as_of_;
 }
 
 void FleetExchange::Start() {

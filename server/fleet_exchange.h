@@ -48,6 +48,10 @@ class FleetExchange {
   // (once per distinct message) and retried next round.
   void SyncOnce();
 
+  // The time as of which every live other replica's clients are known: each one's current
+  // summary was written after it (InfinitePast before the first successful read).
+  absl::Time ViewAsOf() const;
+
   // Serialized state::v1::FleetSummary of `records`, within `max_bytes` as described above.
   static std::string Summarize(const std::vector<ClientRecord>& records, absl::Time written_at,
                                size_t max_bytes);
@@ -65,8 +69,9 @@ class FleetExchange {
   std::string last_error_;
   // Per other replica: its summary as last read, and when it was first read so.
   std::map<std::string, std::pair<std::string, absl::Time>> seen_;
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time view_as_of_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   std::thread thread_;
 };
 

@@ -435,6 +435,13 @@ void RolloutController::Evaluate(const std::string& name, Entry& entry) {
   }
   const WaveCounts& current = counts[wave];
   if (current.waiting > 0) return;
+  // With several replicas the counts include the others' clients from their fleet summaries: a
+  // wave is concluded only from a view taken after it started, so that a client connected to
+  // another replica is never missed (each replica rewrites its summary at least every keepalive).
+  if (options_.fleet_view_as_of &&
+      options_.fleet_view_as_of() < GetTime(entry.state.wave_started_at())) {
+    return;
+  }
   if (!entry.state.has_soak_started_at()) {
     SetTime(now, entry.state.mutable_soak_started_at());
     dirty_.insert(name);

@@ -51,6 +51,9 @@ class RolloutController final : public PublicationListener {
     // With several replicas only the leader advances and persists rollouts, and takes admin
     // calls; the others adopt its stored progress. Null: one replica, always.
     const Leadership* leadership = nullptr;
+    // With several replicas: the time as of which the other replicas' clients are known
+    // (FleetExchange::ViewAsOf); a wave is not concluded from an older view. Null: always now.
+    std::function<absl::Time()> fleet_view_as_of;
     // The cluster's namespaces with their labels (--watch-namespaces), for waves chosen by
     // namespaceSelector; null, or a null snapshot: labels unknown, such waves match nobody.
     std::function<std::shared_ptr<const kube::NamespaceSet>()> namespaces;

@@ -258,6 +258,27 @@ TEST_F(RolloutControllerTest, AdminCallsOnAFollowerNameTheLeader) {
   EXPECT_EQ(controller_->Describe("wildcard")->state(), "rolling");
 }
 
+// With replicas, a wave is concluded only from a fleet view taken after it started: a view from
+// before could miss a client connected to another replica (its summary not read yet) and send the
+// version on. Here the canary acknowledged, but the view is older than the wave: it waits.
+TEST_F(RolloutControllerTest, AWaveWaitsForAFleetViewFromAfterItStarted) {
+  auto view_as_of = std::make_shared<absl::Time>(absl::InfinitePast());
+  RolloutController::Options options;
+  options.fleet_view_as_of = [view_as_of] { return *view_as_of; };
+  UsePolicy(kPolicy, options);
+  auto v1 = Publish(1, absl::Hours(24 * 60));
+  const uint64_t canary = Connect("canary", *v1);
+  auto v2 = Publish(2, absl::Hours(24 * 90));
+  Ack(canary, *v2);
+  *view_as_of = clock_.Now() - absl::Seconds(1);
+  controller_->Tick();
+  EXPECT_FALSE(controller_->Describe("wildcard")->waves(0).has_soak_until())
+      << "concluded the canary wave from a view older than the wave";
+  *view_as_of = clock_.Now();
+  controller_->Tick();
+  EXPECT_TRUE(controller_->Describe("wildcard")->waves(0).has_soak_until());
+}
+
 // A refusal in the canary wave halts; resume excuses the refusing client and the rollout goes on.
 TEST_F(RolloutControllerTest, NackHaltsAndResumeExcusesTheRefusingClient) {
   auto v1 = Publish(1, absl::Hours(24 * 60));

@@ -253,8 +253,13 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
   }
   PolicyFile* policy_file = server->policy_.get();
   RolloutController::Options rollout_options;
-  if (server->replication_ != nullptr) {  // only the leader advances rollouts
+  if (server->replication_ != nullptr) {
+    // Only the leader advances rollouts, counting every replica's clients.
     rollout_options.leadership = server->replication_.get();
+    server->fleet_exchange_ = std::make_unique<FleetExchange>(
+        server->fleet_.get(), server->replication_.get(), clock, options.fleet_exchange);
+    const FleetExchange* exchange = server->fleet_exchange_.get();
+    rollout_options.fleet_view_as_of = [exchange] { return exchange->ViewAsOf(); };
   }
   if (server->namespaces_ != nullptr) {
     const kube::NamespaceCache* namespaces = server->namespaces_.get();
@@ -350,8 +355,6 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
     };
     server->replication_->Start(names, std::move(callbacks));
     server->replication_metrics_ = std::make_shared<ReplicationMetrics>(server->replication_.get());
-    server->fleet_exchange_ = std::make_unique<FleetExchange>(
-        server->fleet_.get(), server->replication_.get(), clock, options.fleet_exchange);
     server->fleet_exchange_->Start();
   }
 

@@ -141,6 +141,22 @@ class IdentityScenarioTest : public ::testing::Test {
     operator_ = Spiffe("spiffe://cluster.local/ns/certcast-system/sa/operator");
   }
 
+  // The fake API as its admin (no RBAC), e.g. to label namespaces.
+  std::unique_ptr<kube::KubeApi> KubeAdmin() {
+    return std::make_unique<kube::CurlKubeApi>(
+        kube::KubeConfig{absl::StrCat("https://localhost:", kube_port_), tmp_.Join("admin.token"),
+                         tmp_.Join("server-ca.pem")},
+        &fs_);
+  }
+  // A stream of `who` that said hello for `ns`, asking for the wildcard.
+  std::unique_ptr<TestSubscriber> Subscriber(const std::string& ns, Issued* who) {
+    auto subscriber = std::make_unique<TestSubscriber>(Channel(who));
+    v1::HeldCertificate held;
+    held.set_name("wildcard");
+    subscriber->SendHello(ns, "pod-" + ns, {held});
+    return subscriber;
+  }
+
   // A client certificate with `uri` as its URI SAN (none when empty).
   Issued Spiffe(const std::string& uri) {
     fixtures::CertOptions options;
@@ -201,6 +217,7 @@ class IdentityScenarioTest : public ::testing::Test {
   }
 
   TempDir tmp_;
+  PosixFilesystem fs_;
   Issued server_ca_;
   Issued client_ca_;
   Issued operator_;
@@ -436,18 +453,8 @@ TEST_F(IdentityScenarioTest, NamespaceSelectorGrantsFollowLabels) {
             "  - spiffe://cluster.local/ns/certcast-system/sa/operator\n");
   server_.reset();
   StartServer({"--watch-namespaces"});
-  PosixFilesystem fs;
-  auto kube_admin = std::make_unique<kube::CurlKubeApi>(
-      kube::KubeConfig{absl::StrCat("https://localhost:", kube_port_), tmp_.Join("admin.token"),
-                       tmp_.Join("server-ca.pem")},
-      &fs);
-  auto subscribe = [&](const std::string& ns, Issued* who) {
-    auto subscriber = std::make_unique<TestSubscriber>(Channel(who));
-    v1::HeldCertificate held;
-    held.set_name("wildcard");
-    subscriber->SendHello(ns, "pod-" + ns, {held});
-    return subscriber;
-  };
+  std::unique_ptr<kube::KubeApi> kube_admin = KubeAdmin();
+  auto subscribe = [&](const std::string& ns, Issued* who) { return Subscriber(ns, who); };
   auto namespaces = [&](bool missing_only) {
     auto stub = v1::Inspection::NewStub(Channel(&operator_));
     grpc::ClientContext context;
@@ -514,18 +521,8 @@ TEST_F(IdentityScenarioTest, RolloutWaveByLabelFollowsNamespaceLabels) {
             "  - spiffe://cluster.local/ns/certcast-system/sa/operator\n");
   server_.reset();
   StartServer({"--watch-namespaces"});
-  PosixFilesystem fs;
-  kube::CurlKubeApi kube_admin(
-      kube::KubeConfig{absl::StrCat("https://localhost:", kube_port_), tmp_.Join("admin.token"),
-                       tmp_.Join("server-ca.pem")},
-      &fs);
-  auto subscribe = [&](const std::string& ns, Issued* who) {
-    auto subscriber = std::make_unique<TestSubscriber>(Channel(who));
-    v1::HeldCertificate held;
-    held.set_name("wildcard");
-    subscriber->SendHello(ns, "pod-" + ns, {held});
-    return subscriber;
-  };
+  std::unique_ptr<kube::KubeApi> kube_admin = KubeAdmin();
+  auto subscribe = [&](const std::string& ns, Issued* who) { return Subscriber(ns, who); };
   auto waiting_for_wave = [&](const std::string& ns) -> int {
     auto stub = v1::Inspection::NewStub(Channel(&operator_));
     grpc::ClientContext context;
@@ -585,9 +582,8 @@ TEST_F(IdentityScenarioTest, RolloutWaveByLabelFollowsNamespaceLabels) {
   }
 
   Json patch = Json::parse(R"({"metadata": {"labels": {"certcast.io/wildcard": "true"}}})");
-  ASSERT_TRUE(kube_admin
-                  .Request("PATCH", "/api/v1/namespaces/tenant-b", &patch,
-                           "application/merge-patch+json")
+  ASSERT_TRUE(kube_admin->Request("PATCH", "/api/v1/namespaces/tenant-b", &patch,
+                                  "application/merge-patch+json")
                   .ok());
   std::optional<v1::SubscribeResponse> joined = b->NextNonHeartbeat();
   ASSERT_TRUE(joined.has_value() && joined->has_update()) << server_->log();
