@@ -18,6 +18,7 @@
 #include "client/credentials.h"
 #include "client/file_sink.h"
 #include "client/hooks.h"
+#include "client/lazy_curl.h"
 #include "client/metrics.h"
 #include "client/rollout_hook.h"
 #include "client/secret_sink.h"
@@ -208,6 +209,7 @@ int RunSharedWriter(certcast::SessionOptions options, bool rollouts, bool verify
   }
   absl::StatusOr<certcast::kube::KubeConfig> config = certcast::kube::KubeConfigFromFlags();
   if (!config.ok()) return Fail(config.status().message());
+  if (absl::Status curl = certcast::LoadLibcurl(); !curl.ok()) return Fail(curl.message());
   certcast::kube::CurlKubeApi kube(*std::move(config), fs);
   const std::string state_dir = absl::GetFlag(FLAGS_state_dir);
   if (absl::Status parents = certcast::CreateParentDirectories(*fs, "--state-dir", state_dir);
@@ -363,6 +365,7 @@ int main(int argc, char** argv) {
   if (!secret_name.empty() || !rollouts.empty()) {
     absl::StatusOr<certcast::kube::KubeConfig> config = certcast::kube::KubeConfigFromFlags();
     if (!config.ok()) return Fail(config.status().message());
+    if (absl::Status curl = certcast::LoadLibcurl(); !curl.ok()) return Fail(curl.message());
     kube = std::make_unique<certcast::kube::CurlKubeApi>(*std::move(config), &fs);
   }
   std::vector<std::unique_ptr<certcast::Sink>> sinks;

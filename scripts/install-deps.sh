@@ -13,6 +13,10 @@ PACKAGES=(
   libfmt-dev libabsl-dev libssl-dev libgtest-dev libgmock-dev pkg-config grpc-proto cmake g++
   libcurl4-openssl-dev nlohmann-json3-dev make openssl nodejs npm ca-certificates procps curl
   python3 python3-yaml libyaml-cpp-dev prometheus prometheus-cpp-dev
+  # The static certcast-client (CERTCAST_STATIC_CLIENT) links these packages' archives:
+  # libgrpc.a libgpr.a libupb.a libaddress_sorting.a, libcares.a, libre2.a, libz.a (and
+  # libgrpc++.a, libprotobuf.a, libabsl_*.a, libssl.a, libcrypto.a from the packages above).
+  libgrpc-dev libc-ares-dev libre2-dev zlib1g-dev
   # bench/run compares with etcd; its v3 API protos (protos/etcd) follow etcd's own.
   etcd-server golang-etcd-server-dev
   # libFuzzer targets (scripts/fuzz.sh): clang 14 with its fuzzer and sanitizer runtimes.

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# The memory of one idle certcast-client (bench/README.md, "The client's memory"): starts a
+# certcast-server on loopback, one client with the files sink, waits until the client wrote the
+# published chain, lets it settle, and prints what /proc says about the client: VmRSS and its
+# parts, Threads (with their names), Pss and its parts from smaps_rollup, the largest mappings,
+# and the binary's size and dynamic dependencies. Builds nothing: BUILD (default ./build) must
+# hold server/certcast-server and client/certcast-client.
+#
+# Parameters, as environment variables or KEY=VALUE arguments:
+#   TLS=0         1: TLS (minted CA, server certificate for 127.0.0.1 / certcast.bench.test), a
+#                 policy and a static bearer token for the client. 0: --insecure on both sides.
+#   SETTLE=10     seconds to wait after the client wrote the files, before reading /proc
+#   CLIENT_BIN=, SERVER_BIN=   other binaries (default: under BUILD)
+#   CLIENT_ENV=   environment for the client only, e.g. CLIENT_ENV="MALLOC_ARENA_MAX=8"
+#   SMAPS=FILE    also copy the client's /proc/PID/smaps to FILE
+# Example: bench/client_memory.sh TLS=1
+set -euo pipefail
+
+for arg in "$@"; do
+  case "$arg" in
+    *=*) export "${arg?}" ;;
+    *) echo "usage: $0 [KEY=VALUE]...  (see the header of this script)" >&2; exit 2 ;;
+  esac
+done
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BUILD=${BUILD:-$ROOT/build}
+TLS=${TLS:-0}
+SETTLE=${SETTLE:-10}
+SERVER_BIN=${SERVER_BIN:-$BUILD/server/certcast-server}
+CLIENT_BIN=${CLIENT_BIN:-$BUILD/client/certcast-client}
+CLIENT_ENV=${CLIENT_ENV:-}
+for bin in "$SERVER_BIN" "$CLIENT_BIN"; do
+  [[ -x $bin ]] || { echo "missing $bin: build it first" >&2; exit 2; }
+done
+
+WORK=$(mktemp -d /tmp/certcast-client-memory.XXXXXX)
+SERVER_PID= CLIENT_PID=
+cleanup() {
+  for pid in $CLIENT_PID $SERVER_PID; do
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+cd "$WORK"
+"$ROOT/bench/run" --mint-only="$WORK" --rounds=1 > /dev/null
+mkdir -p source
+cp -r material/0 "source/..round_0"
+ln -s ..round_0 source/..data
+for f in tls.crt tls.key ca.crt; do ln -s "..data/$f" "source/$f"; done
+
+if [[ $TLS == 1 ]]; then
+  printf 'certificates:\n  bench:\n    namespaces: ["bench"]\n' > policy.yaml
+  openssl rand -hex 24 > client.token
+  printf 'tokens:\n  - sha256: %s\n    namespace: bench\n    name: client-1\n' \
+    "$(tr -d '\n' < client.token | sha256sum | cut -d' ' -f1)" > tokens.yaml
+  SERVER_SECURITY=(--tls-cert="$WORK/server.crt" --tls-key="$WORK/server.key"
+                   --policy="$WORK/policy.yaml" --token-map="$WORK/tokens.yaml")
+  CLIENT_SECURITY=(--ca="$WORK/ca.crt" --tls-server-name=certcast.bench.test
+                   --token-file="$WORK/client.token")
+else
+  SERVER_SECURITY=(--insecure)
+  CLIENT_SECURITY=(--insecure)
+fi
+"$SERVER_BIN" --listen=127.0.0.1:0 "${SERVER_SECURITY[@]}" --certificate=bench="$WORK/source" \
+  --state-dir="$WORK/state" > server.log 2>&1 &
+SERVER_PID=$!
+PORT=
+for _ in $(seq 1 100); do
+  PORT=$(sed -n 's/.*listening on port \([0-9]\+\).*/\1/p' server.log | head -1)
+  [[ -n $PORT ]] && break
+  kill -0 "$SERVER_PID" 2>/dev/null || { cat server.log >&2; exit 1; }
+  sleep 0.1
+done
+[[ -n $PORT ]] || { echo "server did not report its port" >&2; cat server.log >&2; exit 1; }
+
+# shellcheck disable=SC2086  # CLIENT_ENV is a list of NAME=VALUE words
+env $CLIENT_ENV "$CLIENT_BIN" --server="127.0.0.1:$PORT" "${CLIENT_SECURITY[@]}" \
+  --namespace=bench --client-id=client-1 --certificate=bench --output-dir="$WORK/out" \
+  --state-dir="$WORK/client-state" --log-level=warn > client.log 2>&1 &
+CLIENT_PID=$!
+for _ in $(seq 1 300); do
+  cmp -s source/tls.crt out/bench/tls.crt 2> /dev/null && break
+  kill -0 "$CLIENT_PID" 2>/dev/null || { cat client.log >&2; exit 1; }
+  sleep 0.1
+done
+cmp -s source/tls.crt out/bench/tls.crt || { echo "client did not write the chain" >&2; exit 1; }
+sleep "$SETTLE"
+
+status_kb() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$CLIENT_PID/status"; }
+rollup_kb() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$CLIENT_PID/smaps_rollup"; }
+echo "# certcast-client pid $CLIENT_PID, $([[ $TLS == 1 ]] && echo TLS || echo plaintext)," \
+  "${SETTLE} s after it wrote version 1; $(nproc) cores, kernel $(uname -r)"
+echo "# binary: $(stat -c %s "$CLIENT_BIN") bytes ($(size "$CLIENT_BIN" | awk 'NR == 2 { print $1 + $2 }')" \
+  "bytes text+data), $(readelf -d "$CLIENT_BIN" | grep -c NEEDED) NEEDED libraries:" \
+  "$(readelf -d "$CLIENT_BIN" | sed -n 's/.*NEEDED.*\[\(.*\)\]/\1/p' | tr '\n' ' ')"
+echo "# maps: $(wc -l < "/proc/$CLIENT_PID/maps") mappings"
+printf '%-10s %8s KiB\n' VmRSS "$(status_kb VmRSS)" RssAnon "$(status_kb RssAnon)" \
+  RssFile "$(status_kb RssFile)" RssShmem "$(status_kb RssShmem)" VmHWM "$(status_kb VmHWM)" \
+  Pss "$(rollup_kb Pss)" Pss_Anon "$(rollup_kb Pss_Anon)" Pss_File "$(rollup_kb Pss_File)" \
+  Private "$(($(rollup_kb Private_Clean) + $(rollup_kb Private_Dirty)))"
+echo "Threads    $(status_kb Threads): $(cat /proc/"$CLIENT_PID"/task/*/comm | sort | uniq -c \
+  | awk '{ printf "%s%s×%s", (NR > 1 ? ", " : ""), $1, $2 }')"
+echo "# largest mappings: Rss, Private_Dirty (KiB), file; TOP=${TOP:-15} of them"
+awk '/^[0-9a-f]+-[0-9a-f]+ / { name = (NF >= 6 ? $6 : "[anon]") }
+     /^Rss:/ { rss[name] += $2 }
+     /^Private_Dirty:/ { dirty[name] += $2 }
+     END { for (n in rss) if (rss[n] > 0) printf "%8d %6d  %s\n", rss[n], dirty[n], n }' \
+  "/proc/$CLIENT_PID/smaps" | sort -rn | head -"${TOP:-15}" | sed 's/^/#   /'
+[[ -n ${SMAPS:-} ]] && cp "/proc/$CLIENT_PID/smaps" "$SMAPS"
+exit 0
