@@ -32,10 +32,11 @@
 #include "common/filesystem.h"
 #include "common/flags_util.h"
 #include "common/http_probe_server.h"
+#include "common/leader_election.h"
 #include "common/logging.h"
 #include "common/process.h"
 #include "kube/flags.h"
-#include "kube/leader_election.h"
+#include "kube/lease_lock.h"
 #include "metrics/endpoint.h"
 
 ABSL_FLAG(std::string, server, "", "certcast-server address, HOST:PORT.");
@@ -229,12 +230,12 @@ int RunSharedWriter(certcast::SessionOptions options, bool rollouts, bool verify
   }
   options.delete_on_revoke = absl::GetFlag(FLAGS_delete_on_revoke);
 
-  certcast::kube::LeaderElectionOptions election;
-  election.ns = options.namespace_;
-  election.lease_name = absl::GetFlag(FLAGS_writer_lease);
-  election.identity = certcast::kube::MakeReplicaIdentity();
+  certcast::LeaderElectionOptions election;
+  election.identity = certcast::MakeReplicaIdentity();
   election.duty = "writes the tenant Secrets";
-  certcast::kube::LeaderElector elector(&kube, clock, election);
+  certcast::kube::LeaseLock lease(&kube, options.namespace_, absl::GetFlag(FLAGS_writer_lease),
+                                  election);
+  certcast::LeaderElector elector(&lease, clock, election);
 
   certcast::SharedWriter::Options writer_options;
   writer_options.session = options;
@@ -269,22 +270,12 @@ int RunSharedWriter(certcast::SessionOptions options, bool rollouts, bool verify
                       {{"port", metrics->port()}});
   }
   certcast::LogInfo("shared writer started; campaigning for the lease",
-                    {{"lease", absl::StrCat(election.ns, "/", election.lease_name)},
+                    {{"lock", lease.Describe()},
                      {"identity", election.identity},
                      {"certificate", options.certificates.front()},
                      {"secret", secret_name}});
-  elector.Start({[&writer] { writer.Wake(); },
-                 [&election](bool reachable) {
-                   if (reachable) {
-                     certcast::LogInfo("the Kubernetes API answers the Lease requests again",
-                                       {{"lease", election.lease_name}});
-                   } else {
-                     certcast::LogWarn(
-                         "the Kubernetes API does not answer the Lease requests: this replica "
-                         "stops writing until it can renew",
-                         {{"lease", election.lease_name}});
-                   }
-                 }});
+  // The elector logs when the Kubernetes API stops and starts answering the Lease requests.
+  elector.Start({[&writer] { writer.Wake(); }, nullptr});
   std::thread runner([&writer] { writer.Run(); });
   ServeSignals(signals, &credentials, [&writer] { writer.Reconnect(); });
   writer.Stop();

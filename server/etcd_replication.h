@@ -22,9 +22,9 @@
 
 #include "absl/synchronization/mutex.h"
 #include "common/clock.h"
+#include "server/elected_replication.h"
 #include "server/etcd_client.h"
 #include "server/etcd_store.h"
-#include "server/leader_election.h"
 #include "server/replication.h"
 #include "server/store_encryption.h"
 

@@ -1,5 +1,5 @@
 // KubeReplication is the Replication of `--store=kubernetes://NAMESPACE/NAME`: the state Secrets
-// (KubernetesVersionStore), the Lease election (KubeLeaseLock under a LeaderElector), and one
+// (KubernetesVersionStore), the Lease election (kube::LeaseLock under a LeaderElector), and one
 // watch per state Secret (by name, so the Role can name every object it may read), resumed from
 // its resourceVersion and re-listed after 410 Gone (kube::NamedObjectWatcher). A
 // StoredStateFollower hands every change to the callback and retries the ones that failed, and
@@ -16,10 +16,10 @@
 
 #include "common/clock.h"
 #include "kube/api.h"
+#include "kube/lease_lock.h"
 #include "kube/watcher.h"
-#include "server/kube_leader_election.h"
+#include "server/elected_replication.h"
 #include "server/kube_store.h"
-#include "server/leader_election.h"
 #include "server/replication.h"
 
 namespace certcast {
@@ -44,7 +44,7 @@ class KubeReplication final : public ElectedReplication {
   const KubeStoreLocation location_;
   const std::string identity_;
   KubernetesVersionStore store_;
-  KubeLeaseLock lock_;
+  kube::LeaseLock lock_;
   std::vector<std::unique_ptr<kube::NamedObjectWatcher>> watchers_;
   bool stopped_ = false;
 };

@@ -15,9 +15,10 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/leader_election.h"
 #include "prometheus/collectable.h"
 #include "prometheus/metric_family.h"
 
@@ -41,16 +42,8 @@ class Leadership {
 // so that the caller can reach it, e.g. with kubectl port-forward.
 absl::Status NotTheLeader(const Leadership& leadership, const std::string& what);
 
-// What inspection, /readyz, health and metrics show about replication.
-struct ReplicationStatus {
-  std::string identity;         // this replica's holder identity
-  std::string leader;           // the observed holder ("" when none)
-  bool is_leader = false;       // Leadership::IsLeader()
-  bool store_reachable = true;  // a store request succeeded within the renew deadline
-  std::string store_error;      // the latest store error while unreachable
-  absl::Time unreachable_since = absl::InfinitePast();
-  uint64_t leader_transitions = 0;  // times this replica became the leader
-};
+// What inspection, /readyz, health and metrics show about replication: the election's status.
+using ReplicationStatus = LeaderElectionStatus;
 
 class Replication : public Leadership {
  public:

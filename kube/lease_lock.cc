@@ -1,4 +1,4 @@
-#include "server/kube_leader_election.h"
+#include "kube/lease_lock.h"
 
 #include <utility>
 
@@ -6,7 +6,7 @@
 #include "common/logging.h"
 #include "kube/secret.h"
 
-namespace certcast {
+namespace certcast::kube {
 namespace {
 
 // metav1.MicroTime as the API server writes it.
@@ -14,15 +14,14 @@ std::string MicroTime(absl::Time t) {
   return absl::FormatTime("%Y-%m-%dT%H:%M:%E6SZ", t, absl::UTCTimeZone());
 }
 
-int64_t IntMember(const kube::Json& object, const char* key, int64_t fallback) {
-  const kube::Json& member = kube::Member(object, key);
+int64_t IntMember(const Json& object, const char* key, int64_t fallback) {
+  const Json& member = Member(object, key);
   return member.is_number_integer() ? member.get<int64_t>() : fallback;
 }
 
 }  // namespace
 
-KubeLeaseLock::KubeLeaseLock(kube::KubeApi* api, std::string ns, std::string name,
-                             LeaderElectionOptions options)
+LeaseLock::LeaseLock(KubeApi* api, std::string ns, std::string name, LeaderElectionOptions options)
     : api_(api),
       ns_(std::move(ns)),
       name_(std::move(name)),
@@ -30,16 +29,14 @@ KubeLeaseLock::KubeLeaseLock(kube::KubeApi* api, std::string ns, std::string nam
       lease_path_(
           absl::StrCat("/apis/coordination.k8s.io/v1/namespaces/", ns_, "/leases/", name_)) {}
 
-std::string KubeLeaseLock::Describe() const { return absl::StrCat("Lease ", ns_, "/", name_); }
+std::string LeaseLock::Describe() const { return absl::StrCat("Lease ", ns_, "/", name_); }
 
-kube::Json KubeLeaseLock::LeaseBody(const kube::Json* existing, absl::Time now,
-                                    bool acquiring) const {
-  kube::Json lease = existing != nullptr
-                         ? *existing
-                         : kube::Json{{"apiVersion", "coordination.k8s.io/v1"},
-                                      {"kind", "Lease"},
-                                      {"metadata", {{"name", name_}, {"namespace", ns_}}}};
-  kube::Json spec = kube::Member(lease, "spec").is_object() ? lease["spec"] : kube::Json::object();
+Json LeaseLock::LeaseBody(const Json* existing, absl::Time now, bool acquiring) const {
+  Json lease = existing != nullptr ? *existing
+                                   : Json{{"apiVersion", "coordination.k8s.io/v1"},
+                                          {"kind", "Lease"},
+                                          {"metadata", {{"name", name_}, {"namespace", ns_}}}};
+  Json spec = Member(lease, "spec").is_object() ? lease["spec"] : Json::object();
   spec["holderIdentity"] = options_.identity;
   spec["leaseDurationSeconds"] = absl::ToInt64Seconds(options_.lease_duration);
   spec["renewTime"] = MicroTime(now);
@@ -52,27 +49,27 @@ kube::Json KubeLeaseLock::LeaseBody(const kube::Json* existing, absl::Time now,
   return lease;
 }
 
-bool KubeLeaseLock::TryAcquireOrRenew(absl::Time now, std::string* holder_out,
-                                      const RequestObserver& observe) {
-  absl::StatusOr<kube::Json> lease = api_->Request("GET", lease_path_);
+bool LeaseLock::TryAcquireOrRenew(absl::Time now, std::string* holder_out,
+                                  const RequestObserver& observe) {
+  absl::StatusOr<Json> lease = api_->Request("GET", lease_path_);
   observe(lease.status());
   if (absl::IsNotFound(lease.status())) {
-    kube::Json body = LeaseBody(nullptr, now, /*acquiring=*/true);
-    absl::StatusOr<kube::Json> created = api_->Request(
+    Json body = LeaseBody(nullptr, now, /*acquiring=*/true);
+    absl::StatusOr<Json> created = api_->Request(
         "POST", absl::StrCat("/apis/coordination.k8s.io/v1/namespaces/", ns_, "/leases"), &body);
     observe(created.status());
     if (!created.ok()) return false;
-    observed_record_ = kube::ResourceVersion(*created);
+    observed_record_ = ResourceVersion(*created);
     observed_at_ = now;
     return true;
   }
   if (!lease.ok()) return false;
-  const kube::Json& spec = kube::Member(*lease, "spec");
-  const std::string holder = kube::StringMember(spec, "holderIdentity");
+  const Json& spec = Member(*lease, "spec");
+  const std::string holder = StringMember(spec, "holderIdentity");
   *holder_out = holder;
   const absl::Duration duration = absl::Seconds(
       IntMember(spec, "leaseDurationSeconds", absl::ToInt64Seconds(options_.lease_duration)));
-  const std::string record = kube::ResourceVersion(*lease);
+  const std::string record = ResourceVersion(*lease);
   if (record != observed_record_) {
     observed_record_ = record;
     observed_at_ = now;
@@ -81,27 +78,26 @@ bool KubeLeaseLock::TryAcquireOrRenew(absl::Time now, std::string* holder_out,
   if (!holder.empty() && holder != options_.identity && observed_at_ + duration > now) {
     return false;
   }
-  kube::Json body = LeaseBody(&*lease, now, /*acquiring=*/holder != options_.identity);
-  absl::StatusOr<kube::Json> updated = api_->Request("PUT", lease_path_, &body);
+  Json body = LeaseBody(&*lease, now, /*acquiring=*/holder != options_.identity);
+  absl::StatusOr<Json> updated = api_->Request("PUT", lease_path_, &body);
   observe(updated.status());
   if (!updated.ok()) return false;
-  observed_record_ = kube::ResourceVersion(*updated);
+  observed_record_ = ResourceVersion(*updated);
   observed_at_ = now;
   return true;
 }
 
-void KubeLeaseLock::Release() {
-  absl::StatusOr<kube::Json> lease = api_->Request("GET", lease_path_);
-  if (!lease.ok() ||
-      kube::StringMember(kube::Member(*lease, "spec"), "holderIdentity") != options_.identity) {
+void LeaseLock::Release() {
+  absl::StatusOr<Json> lease = api_->Request("GET", lease_path_);
+  if (!lease.ok() || StringMember(Member(*lease, "spec"), "holderIdentity") != options_.identity) {
     return;
   }
   // As client-go's ReleaseOnCancel: no holder, so a candidate takes over at its next attempt.
-  kube::Json& spec = (*lease)["spec"];
+  Json& spec = (*lease)["spec"];
   spec["holderIdentity"] = "";
   spec["leaseDurationSeconds"] = 1;
   spec["renewTime"] = MicroTime(absl::Now());
-  absl::StatusOr<kube::Json> released = api_->Request("PUT", lease_path_, &*lease);
+  absl::StatusOr<Json> released = api_->Request("PUT", lease_path_, &*lease);
   if (released.ok()) {
     LogInfo("gave up the lease", {{"lock", Describe()}});
   } else {
@@ -110,4 +106,4 @@ void KubeLeaseLock::Release() {
   }
 }
 
-}  // namespace certcast
+}  // namespace certcast::kube

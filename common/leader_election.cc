@@ -1,13 +1,14 @@
-#include "server/leader_election.h"
+#include "common/leader_election.h"
 
 #include <unistd.h>
 
 #include <cstdlib>
 #include <utility>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
-#include "server/publication.h"
+#include "openssl/rand.h"
 
 namespace certcast {
 
@@ -40,7 +41,11 @@ std::string MakeReplicaIdentity() {
     char name[256] = {};
     host = gethostname(name, sizeof(name) - 1) == 0 && name[0] != '\0' ? name : "certcast";
   }
-  return absl::StrCat(host, "_", RandomNonce().substr(0, 8));
+  unsigned char bytes[4];
+  if (RAND_bytes(bytes, sizeof(bytes)) != 1) std::abort();  // no entropy: nothing is safe
+  return absl::StrCat(host, "_",
+                      absl::BytesToHexString(
+                          absl::string_view(reinterpret_cast<const char*>(bytes), sizeof(bytes))));
 }
 
 LeaderElector::LeaderElector(LeaderLock* lock, const Clock* clock, LeaderElectionOptions options)
@@ -83,9 +88,9 @@ std::string LeaderElector::Leader() const {
   return holder_;
 }
 
-ReplicationStatus LeaderElector::Status() const {
+LeaderElectionStatus LeaderElector::Status() const {
   absl::MutexLock hold(&mu_);
-  ReplicationStatus status;
+  LeaderElectionStatus status;
   const absl::Time now = clock_->Now();
   status.identity = options_.identity;
   status.leader = holder_;
@@ -115,7 +120,7 @@ void LeaderElector::NoteRequest(const absl::Status& status) {
         reachable_ = true;
         reachable = true;
         notify = callbacks_.reachability_changed;
-        LogInfo("version store reachable again",
+        LogInfo("the store of the leader lock answers again",
                 {{"lock", lock_->Describe()}, {"unreachable_for", now - unreachable_since_}});
       }
     } else {
@@ -124,10 +129,10 @@ void LeaderElector::NoteRequest(const absl::Status& status) {
         reachable_ = false;
         unreachable_since_ = last_success_;
         notify = callbacks_.reachability_changed;
-        LogWarn(
-            "version store unreachable: serving the versions this replica has, publishing "
-            "nothing until it is back",
-            {{"lock", lock_->Describe()}, {"error", store_error_}});
+        LogWarn(absl::StrCat("the store of the leader lock does not answer: this replica cannot "
+                             "lead until it does (only the leader ",
+                             options_.duty, ")"),
+                {{"lock", lock_->Describe()}, {"error", store_error_}});
       }
     }
   }
@@ -159,13 +164,13 @@ void LeaderElector::Run() {
         leading_ = true;
         ++transitions_;
         ++pending_started_;
-        LogInfo("this replica is now the leader: it alone publishes",
+        LogInfo(absl::StrCat("this replica is now the leader: it alone ", options_.duty),
                 {{"lock", lock_->Describe()}, {"identity", options_.identity}});
       }
     } else if (leading_ &&
                (now - last_renew_ >= options_.renew_deadline || holder_ != options_.identity)) {
       leading_ = false;
-      LogWarn("this replica lost the leadership: it no longer publishes",
+      LogWarn(absl::StrCat("this replica lost the leadership: it no longer ", options_.duty),
               {{"lock", lock_->Describe()}, {"identity", options_.identity}, {"holder", holder_}});
     }
     auto stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; };
@@ -186,29 +191,6 @@ void LeaderElector::RunCallbacks() {
     }
     if (callbacks_.started_leading) callbacks_.started_leading();
   }
-}
-
-void ElectedReplication::StartElection(const std::vector<std::string>& certificates,
-                                       Callbacks callbacks) {
-  callbacks_ = std::move(callbacks);
-  certificates_ = certificates;
-  follower_ = std::make_unique<StoredStateFollower>(callbacks_.stored_state_changed);
-  follower_->Start();
-  elector_.Start({callbacks_.started_leading, [this](bool reachable) {
-                    if (reachable) MarkAllChanged();
-                    if (callbacks_.store_reachability_changed) {
-                      callbacks_.store_reachability_changed(reachable);
-                    }
-                  }});
-}
-
-void ElectedReplication::MarkAllChanged() {
-  for (const std::string& name : certificates_) follower_->MarkChanged(name);
-}
-
-void ElectedReplication::StopElection() {
-  if (follower_ != nullptr) follower_->Stop();
-  elector_.Stop();
 }
 
 }  // namespace certcast

@@ -1,33 +1,35 @@
 // LeaderElector elects one leader among replicas that share a store, the way client-go's
-// leaderelection does, over a LeaderLock that the store provides (a Kubernetes Lease, an etcd key
-// bound to an etcd lease): the holder renews every retry period, and a holder that cannot renew
-// within the renew deadline stops leading before any other replica can take over (renew deadline
-// < lease duration). Stop() gives the lock up, so another replica takes over at once. It also
-// tracks whether the store answers (ReplicationStatus::store_reachable).
+// leaderelection does, over a LeaderLock that the store provides (a Kubernetes Lease:
+// kube/lease_lock.h; an etcd key bound to an etcd lease: server/etcd_replication.h): the holder
+// renews every retry period, and a holder that cannot renew within the renew deadline (counted
+// from when its last successful attempt began) stops leading before any other replica can take
+// over (renew deadline < lease duration). Stop() gives the lock up, so another replica takes over
+// at once. It also tracks whether the store answers (LeaderElectionStatus::store_reachable).
+// certcast-server's replicas elect the one that publishes with it, certcast-client
+// --shared-writer's the one that writes the tenant Secrets.
 //
+// No store code here: the locks live with their stores (kube/, server/).
 // Thread-safe. One thread renews or campaigns; a second runs the started-leading callback, so a
 // slow callback never delays a renewal. Does not own `lock` or `clock`.
-#ifndef CERTCAST_SERVER_LEADER_ELECTION_H_
-#define CERTCAST_SERVER_LEADER_ELECTION_H_
+#ifndef CERTCAST_COMMON_LEADER_ELECTION_H_
+#define CERTCAST_COMMON_LEADER_ELECTION_H_
 
 #include <cstdint>
 #include <functional>
-#include <memory>
 #include <string>
 #include <thread>
-#include <utility>
-#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/clock.h"
-#include "server/replication.h"
 
 namespace certcast {
 
 struct LeaderElectionOptions {
   std::string identity;  // unique per process: hostname (pod name) and a random suffix
+  // What the leader alone does, for the log lines ("it alone publishes", "it no longer ...").
+  std::string duty = "publishes";
   absl::Duration lease_duration = absl::Seconds(15);
   absl::Duration renew_deadline = absl::Seconds(10);
   absl::Duration retry_period = absl::Seconds(2);
@@ -60,7 +62,18 @@ class LeaderLock {
   virtual std::string Describe() const = 0;
 };
 
-class LeaderElector final : public Leadership {
+// What status pages, /readyz and metrics show about the election.
+struct LeaderElectionStatus {
+  std::string identity;         // this replica's holder identity
+  std::string leader;           // the observed holder ("" when none)
+  bool is_leader = false;       // LeaderElector::IsLeader()
+  bool store_reachable = true;  // a store request was answered within the renew deadline
+  std::string store_error;      // the latest store error while unreachable
+  absl::Time unreachable_since = absl::InfinitePast();
+  uint64_t leader_transitions = 0;  // times this replica became the leader
+};
+
+class LeaderElector {
  public:
   struct Callbacks {
     std::function<void()> started_leading;                     // on the callback thread
@@ -68,15 +81,19 @@ class LeaderElector final : public Leadership {
   };
 
   LeaderElector(LeaderLock* lock, const Clock* clock, LeaderElectionOptions options);
-  ~LeaderElector() override;
+  ~LeaderElector();
 
   void Start(Callbacks callbacks);
-  // Stops campaigning; a leader gives the lock up so others need not wait.
+  // Stops campaigning; a leader gives the lock up so others need not wait, also when the attempt
+  // in flight when Stop was called acquired it.
   void Stop();
 
-  bool IsLeader() const override;
-  std::string Leader() const override;
-  ReplicationStatus Status() const;
+  // True while this replica holds the lock and its last successful attempt began less than the
+  // renew deadline ago, so no other replica can have taken it over yet.
+  bool IsLeader() const;
+  // The holder as last observed ("" when none or unknown), for messages.
+  std::string Leader() const;
+  LeaderElectionStatus Status() const;
   const LeaderElectionOptions& options() const { return options_; }
 
  private:
@@ -104,37 +121,6 @@ class LeaderElector final : public Leadership {
   std::thread callback_thread_;
 };
 
-// What every shared store's Replication has in common: a LeaderElector over the store's lock, and
-// a StoredStateFollower that the store's watches feed (MarkChanged) and that follows every
-// certificate again when the store answers after being unreachable. Subclasses add the store and
-// its watches.
-class ElectedReplication : public Replication {
- public:
-  ReplicationStatus Status() const override { return elector_.Status(); }
-  bool IsLeader() const override { return elector_.IsLeader(); }
-  std::string Leader() const override { return elector_.Leader(); }
-
- protected:
-  // Does not use `lock` before StartElection, so it may be a member of the subclass.
-  ElectedReplication(LeaderLock* lock, const Clock* clock, LeaderElectionOptions options)
-      : elector_(lock, clock, std::move(options)) {}
-
-  // Starts the follower and the election (call before starting the watches).
-  void StartElection(const std::vector<std::string>& certificates, Callbacks callbacks);
-  // Stops them, after the watches stopped; a leader gives the lock up.
-  void StopElection();
-  // Hands `name`'s stored state to the callback soon (from the watches).
-  void MarkChanged(const std::string& name) { follower_->MarkChanged(name); }
-  void MarkAllChanged();
-
-  LeaderElector elector_;
-
- private:
-  Callbacks callbacks_;
-  std::vector<std::string> certificates_;
-  std::unique_ptr<StoredStateFollower> follower_;
-};
-
 }  // namespace certcast
 
-#endif  // CERTCAST_SERVER_LEADER_ELECTION_H_
+#endif  // CERTCAST_COMMON_LEADER_ELECTION_H_

@@ -1,28 +1,28 @@
-// KubeLeaseLock is the LeaderLock of the Kubernetes store: a coordination.k8s.io/v1 Lease, taken
+// LeaseLock is a LeaderLock (common/leader_election.h) on a coordination.k8s.io/v1 Lease, taken
 // over the way client-go's leaderelection does: a candidate takes the Lease over only when its
 // record has not changed for leaseDurationSeconds of the candidate's own clock (so clock skew
 // between replicas does not matter). Every write is an update at the Lease's resourceVersion, so
 // two candidates can never both win. Release clears the holder, so a candidate takes over at its
-// next attempt.
+// next attempt. certcast-server's Kubernetes store elects with it, and so do the shared
+// writer's replicas (certcast-client --shared-writer).
 //
 // RBAC: get and update on the Lease (resourceNames), create on leases in the namespace.
 // Used by one LeaderElector thread at a time. Does not own `api`.
-#ifndef CERTCAST_SERVER_KUBE_LEADER_ELECTION_H_
-#define CERTCAST_SERVER_KUBE_LEADER_ELECTION_H_
+#ifndef CERTCAST_KUBE_LEASE_LOCK_H_
+#define CERTCAST_KUBE_LEASE_LOCK_H_
 
 #include <string>
 
 #include "absl/time/time.h"
+#include "common/leader_election.h"
 #include "kube/api.h"
-#include "server/leader_election.h"
 
-namespace certcast {
+namespace certcast::kube {
 
-class KubeLeaseLock final : public LeaderLock {
+class LeaseLock final : public LeaderLock {
  public:
   // The Lease `ns`/`name`; `options` gives the identity and the lease duration.
-  KubeLeaseLock(kube::KubeApi* api, std::string ns, std::string name,
-                LeaderElectionOptions options);
+  LeaseLock(KubeApi* api, std::string ns, std::string name, LeaderElectionOptions options);
 
   bool TryAcquireOrRenew(absl::Time now, std::string* holder,
                          const RequestObserver& observe) override;
@@ -30,9 +30,9 @@ class KubeLeaseLock final : public LeaderLock {
   std::string Describe() const override;
 
  private:
-  kube::Json LeaseBody(const kube::Json* existing, absl::Time now, bool acquiring) const;
+  Json LeaseBody(const Json* existing, absl::Time now, bool acquiring) const;
 
-  kube::KubeApi* const api_;
+  KubeApi* const api_;
   const std::string ns_;
   const std::string name_;
   const LeaderElectionOptions options_;
@@ -42,6 +42,6 @@ class KubeLeaseLock final : public LeaderLock {
   absl::Time observed_at_ = absl::InfinitePast();
 };
 
-}  // namespace certcast
+}  // namespace certcast::kube
 
-#endif  // CERTCAST_SERVER_KUBE_LEADER_ELECTION_H_
+#endif  // CERTCAST_KUBE_LEASE_LOCK_H_
