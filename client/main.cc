@@ -178,6 +178,39 @@ void ServeSignals(const sigset_t& signals, certcast::CredentialsProvider* creden
   }
 }
 
+// Serves `healthz` and `readyz` on --health-listen and `collector` on --metrics-listen, where
+// those flags are given. Sets `*metrics` to the metrics endpoint (null without --metrics-listen).
+// An error names the flag; `probes` may have started then.
+absl::Status ServeProbesAndMetrics(certcast::HttpProbeServer::Check healthz,
+                                   certcast::HttpProbeServer::Check readyz,
+                                   std::shared_ptr<prometheus::Collectable> collector,
+                                   certcast::HttpProbeServer* probes,
+                                   std::unique_ptr<certcast::metrics::MetricsEndpoint>* metrics) {
+  if (const std::string health = absl::GetFlag(FLAGS_health_listen); !health.empty()) {
+    probes->Handle("/healthz", std::move(healthz));
+    probes->Handle("/readyz", std::move(readyz));
+    absl::StatusOr<int> port = probes->Start(health);
+    if (!port.ok()) {
+      return absl::Status(port.status().code(),
+                          absl::StrCat("--health-listen: ", port.status().message()));
+    }
+    certcast::LogInfo(absl::StrCat("health endpoints on port ", *port), {{"port", *port}});
+  }
+  if (const std::string listen = absl::GetFlag(FLAGS_metrics_listen); !listen.empty()) {
+    absl::StatusOr<std::unique_ptr<certcast::metrics::MetricsEndpoint>> started =
+        certcast::metrics::MetricsEndpoint::Start(listen);
+    if (!started.ok()) {
+      return absl::Status(started.status().code(),
+                          absl::StrCat("--metrics-listen: ", started.status().message()));
+    }
+    *metrics = *std::move(started);
+    (*metrics)->Register(std::move(collector));
+    certcast::LogInfo(absl::StrCat("metrics on port ", (*metrics)->port()),
+                      {{"port", (*metrics)->port()}});
+  }
+  return absl::OkStatus();
+}
+
 // --shared-writer: the Lease election and the SharedWriter (client/shared_writer.h).
 // `rollouts` and `verify` say whether those repeated flags (taken out of argv before parsing)
 // were given.
@@ -246,28 +279,17 @@ int RunSharedWriter(certcast::SessionOptions options, bool rollouts, bool verify
                                 [&elector] { return elector.IsLeader(); });
 
   certcast::HttpProbeServer probes;
-  if (const std::string health = absl::GetFlag(FLAGS_health_listen); !health.empty()) {
-    probes.Handle("/healthz", [&writer]() -> absl::Status {
-      if (writer.Alive(absl::Minutes(3))) return absl::OkStatus();
-      return absl::UnavailableError("the writer loop has not run for 3 minutes");
-    });
-    // Both replicas are ready: the standby takes over when the leader goes.
-    probes.Handle("/readyz", []() -> absl::Status { return absl::OkStatus(); });
-    absl::StatusOr<int> port = probes.Start(health);
-    if (!port.ok()) return Fail(absl::StrCat("--health-listen: ", port.status().message()));
-    certcast::LogInfo(absl::StrCat("health endpoints on port ", *port), {{"port", *port}});
-  }
   std::unique_ptr<certcast::metrics::MetricsEndpoint> metrics;
-  if (const std::string listen = absl::GetFlag(FLAGS_metrics_listen); !listen.empty()) {
-    absl::StatusOr<std::unique_ptr<certcast::metrics::MetricsEndpoint>> started =
-        certcast::metrics::MetricsEndpoint::Start(listen);
-    if (!started.ok()) {
-      return Fail(absl::StrCat("--metrics-listen: ", started.status().message()));
-    }
-    metrics = *std::move(started);
-    metrics->Register(std::make_shared<certcast::WriterMetrics>(&writer));
-    certcast::LogInfo(absl::StrCat("metrics on port ", metrics->port()),
-                      {{"port", metrics->port()}});
+  if (absl::Status served = ServeProbesAndMetrics(
+          [&writer]() -> absl::Status {
+            if (writer.Alive(absl::Minutes(3))) return absl::OkStatus();
+            return absl::UnavailableError("the writer loop has not run for 3 minutes");
+          },
+          // Both replicas are ready: the standby takes over when the leader goes.
+          []() -> absl::Status { return absl::OkStatus(); },
+          std::make_shared<certcast::WriterMetrics>(&writer), &probes, &metrics);
+      !served.ok()) {
+    return Fail(served.message());
   }
   certcast::LogInfo("shared writer started; campaigning for the lease",
                     {{"lock", lease.Describe()},
@@ -460,32 +482,21 @@ int main(int argc, char** argv) {
   if (secret_sink != nullptr) secret_sink->Start();
 
   certcast::HttpProbeServer probes;
-  if (const std::string health = absl::GetFlag(FLAGS_health_listen); !health.empty()) {
-    probes.Handle("/healthz", [&session]() -> absl::Status {
-      if (session.Alive(absl::Minutes(3))) return absl::OkStatus();
-      return absl::UnavailableError("the session loop has not run for 3 minutes");
-    });
-    probes.Handle("/readyz", [&session]() -> absl::Status {
-      std::string why;
-      if (session.Ready(&why)) return absl::OkStatus();
-      return absl::UnavailableError(why);
-    });
-    absl::StatusOr<int> port = probes.Start(health);
-    if (!port.ok()) return Fail(absl::StrCat("--health-listen: ", port.status().message()));
-    certcast::LogInfo(absl::StrCat("health endpoints on port ", *port), {{"port", *port}});
-  }
   // Declared after the session, so it stops (no scrape runs) before the session goes.
   std::unique_ptr<certcast::metrics::MetricsEndpoint> metrics;
-  if (const std::string listen = absl::GetFlag(FLAGS_metrics_listen); !listen.empty()) {
-    absl::StatusOr<std::unique_ptr<certcast::metrics::MetricsEndpoint>> started =
-        certcast::metrics::MetricsEndpoint::Start(listen);
-    if (!started.ok()) {
-      return Fail(absl::StrCat("--metrics-listen: ", started.status().message()));
-    }
-    metrics = *std::move(started);
-    metrics->Register(std::make_shared<certcast::ClientMetrics>(&session));
-    certcast::LogInfo(absl::StrCat("metrics on port ", metrics->port()),
-                      {{"port", metrics->port()}});
+  if (absl::Status served = ServeProbesAndMetrics(
+          [&session]() -> absl::Status {
+            if (session.Alive(absl::Minutes(3))) return absl::OkStatus();
+            return absl::UnavailableError("the session loop has not run for 3 minutes");
+          },
+          [&session]() -> absl::Status {
+            std::string why;
+            if (session.Ready(&why)) return absl::OkStatus();
+            return absl::UnavailableError(why);
+          },
+          std::make_shared<certcast::ClientMetrics>(&session), &probes, &metrics);
+      !served.ok()) {
+    return Fail(served.message());
   }
   std::thread runner([&session] { session.Run(); });
   ServeSignals(signals, &credentials, [&session] { session.Reconnect(); });
