@@ -13,6 +13,9 @@
 #   CLIENT_BIN=, SERVER_BIN=   other binaries (default: under BUILD)
 #   CLIENT_ENV=   environment for the client only, e.g. CLIENT_ENV="MALLOC_ARENA_MAX=8"
 #   SMAPS=FILE    also copy the client's /proc/PID/smaps to FILE
+#   WSS=30        then clear the client's accessed bits (/proc/PID/clear_refs) and after WSS
+#                 seconds idle sum smaps' Referenced: the pages the idle client still uses
+#                 (anonymous and file-backed); 0 skips this
 # Example: bench/client_memory.sh TLS=1
 set -euo pipefail
 
@@ -110,4 +113,20 @@ awk '/^[0-9a-f]+-[0-9a-f]+ / { name = (NF >= 6 ? $6 : "[anon]") }
      END { for (n in rss) if (rss[n] > 0) printf "%8d %6d  %s\n", rss[n], dirty[n], n }' \
   "/proc/$CLIENT_PID/smaps" | sort -rn | head -"${TOP:-15}" | sed 's/^/#   /'
 [[ -n ${SMAPS:-} ]] && cp "/proc/$CLIENT_PID/smaps" "$SMAPS"
+# Referenced is per page: for files other processes map too (libc, ...) it counts their
+# accesses as well, so it is exact only for the anonymous pages and the client's own binary.
+WSS=${WSS:-30}
+if [[ $WSS != 0 ]]; then
+  echo 1 > "/proc/$CLIENT_PID/clear_refs"
+  sleep "$WSS"
+  echo "# referenced in $WSS s idle, by mapping (KiB):"
+  awk '/^[0-9a-f]+-[0-9a-f]+ / { name = (NF >= 6 ? $6 : "[anon]") }
+       /^Referenced:/ { referenced[name] += $2 }
+       END { for (n in referenced) if (referenced[n] > 0) printf "%8d  %s\n", referenced[n], n }' \
+    "/proc/$CLIENT_PID/smaps" | sort -rn | head -"${TOP:-15}" | sed 's/^/#   /'
+  awk -v wss="$WSS" '/^[0-9a-f]+-[0-9a-f]+ / { file = (NF >= 6 && $6 ~ /^\//) }
+       /^Referenced:/ { if (file) f += $2; else a += $2 }
+       END { printf "Referenced in %s s idle: %d KiB (anonymous %d, file-backed %d)\n", wss, a + f, a, f }' \
+    "/proc/$CLIENT_PID/smaps"
+fi
 exit 0
