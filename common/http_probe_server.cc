@@ -19,66 +19,17 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/tcp_listen.h"
 
 namespace certcast {
-
-absl::Status SplitHostPort(const std::string& host_port, std::string* host, int* port) {
-  const size_t colon = host_port.rfind(':');
-  if (colon == std::string::npos) {
-    return absl::InvalidArgumentError(absl::StrCat("\"", host_port, "\" is not HOST:PORT"));
-  }
-  std::string h = host_port.substr(0, colon);
-  if (h.size() >= 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
-  int p = 0;
-  if (!absl::SimpleAtoi(host_port.substr(colon + 1), &p) || p < 0 || p > 65535) {
-    return absl::InvalidArgumentError(absl::StrCat("\"", host_port, "\" has an invalid port"));
-  }
-  *host = h.empty() ? "0.0.0.0" : h;
-  *port = p;
-  return absl::OkStatus();
-}
 
 HttpProbeServer::~HttpProbeServer() { Stop(); }
 
 absl::StatusOr<int> HttpProbeServer::Start(const std::string& host_port) {
-  std::string host;
-  int port = 0;
-  absl::Status split = SplitHostPort(host_port, &host, &port);
-  if (!split.ok()) return split;
-  struct addrinfo hints = {};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-  struct addrinfo* addresses = nullptr;
-  const std::string port_text = std::to_string(port);
-  if (int rc = getaddrinfo(host.c_str(), port_text.c_str(), &hints, &addresses); rc != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot resolve ", host_port, ": ", gai_strerror(rc)));
-  }
-  int fd = -1;
-  int err = 0;
-  for (struct addrinfo* a = addresses; a != nullptr && fd < 0; a = a->ai_next) {
-    fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol);
-    if (fd < 0) continue;
-    const int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(fd, a->ai_addr, a->ai_addrlen) != 0 || listen(fd, 64) != 0) {
-      err = errno;
-      close(fd);
-      fd = -1;
-    }
-  }
-  freeaddrinfo(addresses);
-  if (fd < 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen on ", host_port, ": ", strerror(err)));
-  }
-  struct sockaddr_storage bound = {};
-  socklen_t length = sizeof(bound);
-  getsockname(fd, reinterpret_cast<struct sockaddr*>(&bound), &length);
-  const int bound_port =
-      ntohs(bound.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
-                                        : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+  absl::StatusOr<ListeningSocket> socket = ListenTcp(host_port, 64);
+  if (!socket.ok()) return socket.status();
+  const int fd = socket->fd;
+  const int bound_port = socket->port;
   listen_fd_ = fd;
   wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   thread_ = std::thread([this] { Serve(); });

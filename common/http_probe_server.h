@@ -65,9 +65,6 @@ class HttpProbeServer {
   std::thread thread_;
 };
 
-// Splits "HOST:PORT" or "[V6]:PORT". InvalidArgument when malformed.
-absl::Status SplitHostPort(const std::string& host_port, std::string* host, int* port);
-
 }  // namespace certcast
 
 #endif  // CERTCAST_COMMON_HTTP_PROBE_SERVER_H_

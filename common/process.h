@@ -14,6 +14,10 @@ namespace certcast {
 // stream; certcast documents its lock order next to each mutex instead). Call first in main().
 void HardenKeyHoldingProcess();
 
+// Raises the soft limit on open files to the hard limit (as Go's runtime does for etcd): every
+// client stream is a socket, and the soft limit is often 1,024. Returns the limit now in force.
+long RaiseOpenFileLimit();
+
 // Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and every thread started after it)
 // and returns the set, for main() to sigwait on.
 sigset_t BlockControlSignals();

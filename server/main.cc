@@ -176,6 +176,7 @@ std::string Help() {
 
 int main(int argc, char** argv) {
   certcast::HardenKeyHoldingProcess();
+  certcast::RaiseOpenFileLimit();  // a socket per client stream
   // Block the control signals before anything can start a thread (gRPC starts its own while
   // credentials and channels are built): every thread inherits the mask, and this thread takes
   // them synchronously with sigwait once it is serving.

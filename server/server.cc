@@ -370,8 +370,13 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
       publisher, server->authorizer_.get(), server->authenticator_.get(), server->rollout_.get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  // certcast accepts connections itself and hands them to gRPC (server/listener.h says why).
+  ASSIGN_OR_RETURN(server->listener_, Listener::Bind(options.listen));
+  server->port_ = server->listener_->port();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, MakeCredentials(options), &server->port_);
+  server->connection_acceptor_ = builder.experimental().AddExternalConnectionAcceptor(
+      grpc::ServerBuilder::experimental_type::ExternalConnectionType::FROM_FD,
+      MakeCredentials(options));
   builder.RegisterService(server->distribution_service_.get());
   builder.RegisterService(server->inspection_service_.get());
   builder.RegisterService(server->admin_service_.get());
@@ -399,13 +404,19 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
   // connection and idle connections are the common case, while a push is rare. About 10 KiB less
   // per idle TLS client for about 17 % more instructions per TLS push (bench/README.md).
   builder.AddChannelArgument(GRPC_ARG_TSI_MAX_FRAME_SIZE, 4096);
+  // A connection must finish its TLS handshake within 20 s (gRPC's default: 120 s). A client
+  // gives up after 20 s anyway (gRPC's connect timeout), so holding its socket longer only keeps
+  // a file descriptor from the next client, in a reconnect storm or under a flood of half-open
+  // connections.
+  builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, 20'000);
   // gRPC refuses anything larger outright; the hub gives a clearer error above its own limit.
   builder.SetMaxReceiveMessageSize(
       static_cast<int>(std::max<size_t>(options.distribution.max_message_bytes * 4, 256 * 1024)));
   server->grpc_server_ = builder.BuildAndStart();
-  if (server->grpc_server_ == nullptr || server->port_ == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen));
+  if (server->grpc_server_ == nullptr) {
+    return absl::UnavailableError(absl::StrCat("cannot start the gRPC server on ", options.listen));
   }
+  server->listener_->Start(server->connection_acceptor_.get());
   server->readiness_->SetHealthService(server->grpc_server_->GetHealthCheckService());
   server->hub_->Start();
   server->rollout_->Start();
@@ -477,9 +488,10 @@ absl::Status CertcastServer::SetUpIdentities(Filesystem* fs, const Clock* clock,
   }
   if (options_.insecure) {
     if (policy_ != nullptr) {
-      LogWarn("--insecure: clients have no identities, so the policy's grants and admins are "
-              "NOT enforced (every client receives what it asks for); its rollouts apply",
-              {{"policy", options_.policy_file}});
+      LogWarn(
+          "--insecure: clients have no identities, so the policy's grants and admins are "
+          "NOT enforced (every client receives what it asks for); its rollouts apply",
+          {{"policy", options_.policy_file}});
     }
     authorizer_ = std::make_unique<AllowAllAuthorizer>();
     return absl::OkStatus();
@@ -546,6 +558,8 @@ void CertcastServer::Shutdown(absl::Duration grace) {
   if (policy_ != nullptr) policy_->Stop();
   if (namespaces_ != nullptr) namespaces_->Stop();
   probes_.Stop();
+  // New connections are refused from here: a restarting client goes to another replica.
+  if (listener_ != nullptr) listener_->Stop();
   if (grpc_server_ != nullptr) {
     // Tell clients first, so they reconnect (to another replica, or to us after a restart)
     // instead of waiting for the grace period to cancel their streams.

@@ -26,6 +26,7 @@
 #include "server/fleet.h"
 #include "server/fleet_exchange.h"
 #include "server/inspection.h"
+#include "server/listener.h"
 #include "server/metrics.h"
 #include "server/policy.h"
 #include "server/publisher.h"
@@ -144,6 +145,8 @@ class CertcastServer {
   std::unique_ptr<DistributionService> distribution_service_;
   std::unique_ptr<InspectionService> inspection_service_;
   std::unique_ptr<AdminService> admin_service_;
+  std::unique_ptr<Listener> listener_;  // stopped before grpc_server_ shuts down
+  std::unique_ptr<grpc::experimental::ExternalConnectionAcceptor> connection_acceptor_;
   std::unique_ptr<grpc::Server> grpc_server_;
   std::shared_ptr<ServerMetrics> metrics_;
   std::shared_ptr<ReplicationMetrics> replication_metrics_;

@@ -1,10 +1,14 @@
 // The real certcast-server binary as a child process: versions survive kill -9, SIGTERM drains
 // and exits cleanly, bad flags fail with a clear message.
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -43,9 +47,11 @@ class ServerProcessTest : public ::testing::Test {
     return {"--listen=127.0.0.1:0", "--insecure", "--quiet-period=20ms",
             "--certificate=wildcard=" + tmp_.Join("source"), "--state-dir=" + tmp_.Join("state")};
   }
-  uint64_t CurrentVersion(int port, std::string* fingerprint = nullptr) {
+  uint64_t CurrentVersion(int port, std::string* fingerprint = nullptr,
+                          absl::Duration timeout = absl::Seconds(20)) {
     auto stub = v1::Inspection::NewStub(scenario::InsecureChannel(port));
     grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
     v1::GetCertificateRequest request;
     request.set_name("wildcard");
     v1::Certificate certificate;
@@ -183,6 +189,65 @@ TEST_F(ServerProcessTest, JsonLogsAreOneObjectPerLine) {
   }
   EXPECT_GE(lines, 2);
   EXPECT_THAT(log, HasSubstr("certificate \\\"wildcard\\\"")) << "quotes must be escaped";
+}
+
+// A TCP connection to 127.0.0.1:port, not speaking anything; -1 when connect fails.
+int ConnectRaw(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in address = {};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+size_t OpenFiles(pid_t pid) {
+  size_t count = 0;
+  for ([[maybe_unused]] const auto& entry :
+       std::filesystem::directory_iterator(absl::StrCat("/proc/", pid, "/fd"))) {
+    ++count;
+  }
+  return count;
+}
+
+// When the file table is full, accepting pauses instead of ending: gRPC 1.51's own listener
+// stopped for good on the first EMFILE from accept4, so a 10,000-client reconnect storm (or a
+// flood of idle connections) left a server that never accepted a connection again.
+TEST_F(ServerProcessTest, AFullFileTableOnlyPausesAccepting) {
+  ServerProcess server(Args(), tmp_.Join("server.log"));
+  const int port = server.WaitForPort();
+  ASSERT_NE(port, 0) << server.log();
+  ASSERT_NE(CurrentVersion(port), 0u) << server.log();
+  // A little room above what the server holds now; the connections below fill it.
+  const rlim_t room = OpenFiles(server.pid()) + 8;
+  const struct rlimit limit = {room, room};
+  ASSERT_EQ(prlimit(server.pid(), RLIMIT_NOFILE, &limit, nullptr), 0);
+  std::vector<int> idle;
+  for (int i = 0; i < 40; ++i) {
+    const int fd = ConnectRaw(port);
+    if (fd >= 0) idle.push_back(fd);
+  }
+  ASSERT_FALSE(server.WaitForLog("Too many open files", absl::Seconds(20)).empty())
+      << "the server never ran out of file descriptors: " << server.log();
+  for (int fd : idle) close(fd);  // the server sees EOF and closes its ends
+  EXPECT_TRUE(WaitFor([&] { return CurrentVersion(port, nullptr, absl::Seconds(2)) != 0; },
+                      absl::Seconds(30)))
+      << "the server accepts no connection after its file table was full once: " << server.log();
+}
+
+// --listen=:PORT (as the shipped Deployment has it) means every interface; gRPC's own listener
+// refused it at start-up ("unparseable host:port").
+TEST_F(ServerProcessTest, ListenWithoutAHostMeansEveryInterface) {
+  std::vector<std::string> args = Args();
+  args[0] = "--listen=:0";
+  ServerProcess server(args, tmp_.Join("server.log"));
+  const int port = server.WaitForPort();
+  ASSERT_NE(port, 0) << server.log();
+  EXPECT_NE(CurrentVersion(port), 0u) << server.log();
 }
 
 // Bad flags fail fast with a message that names the flag.
