@@ -121,6 +121,7 @@ class Channels {
     args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20'000);
     args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
     args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 60'000);
     if (!absl::GetFlag(FLAGS_tls_server_name).empty()) {
       args.SetSslTargetNameOverride(absl::GetFlag(FLAGS_tls_server_name));
     }

@@ -11,6 +11,11 @@ std::shared_ptr<grpc::Channel> MakeServerChannel(const std::string& server,
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20'000);
   args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  // A connection attempt may take up to 60 s (gRPC's default: 20 s) before it counts as failed.
+  // When a server restarts under thousands of clients, their TLS handshakes queue up behind each
+  // other; clients that gave up after 20 s reconnected later and made the server do the work
+  // again (bench/README.md: the 10,000-client TLS reconnect storm).
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 60'000);
   // Never reuse a connection from an earlier attempt: it may be the half-open one we left.
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   if (!tls_server_name.empty()) args.SetSslTargetNameOverride(tls_server_name);

@@ -404,11 +404,10 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
   // connection and idle connections are the common case, while a push is rare. About 10 KiB less
   // per idle TLS client for about 17 % more instructions per TLS push (bench/README.md).
   builder.AddChannelArgument(GRPC_ARG_TSI_MAX_FRAME_SIZE, 4096);
-  // A connection must finish its TLS handshake within 20 s (gRPC's default: 120 s). A client
-  // gives up after 20 s anyway (gRPC's connect timeout), so holding its socket longer only keeps
-  // a file descriptor from the next client, in a reconnect storm or under a flood of half-open
-  // connections.
-  builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, 20'000);
+  // A connection must finish its handshake within 70 s (gRPC's default: 120 s): certcast-client
+  // waits up to 60 s for it (client/server_channel.cc), so a socket held longer belongs to a
+  // client that left, and keeps a file descriptor from the next one.
+  builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, 70'000);
   // gRPC refuses anything larger outright; the hub gives a clearer error above its own limit.
   builder.SetMaxReceiveMessageSize(
       static_cast<int>(std::max<size_t>(options.distribution.max_message_bytes * 4, 256 * 1024)));
