@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # certcast-client built with CERTCAST_STATIC_CLIENT (the default) carries gRPC, protobuf, abseil,
-# OpenSSL, c-ares, re2 and upb itself: neither the binary (readelf -d) nor anything it loads (ldd)
-# names a shared copy of them, libcurl is not linked (client/lazy_curl.h loads it on demand),
+# OpenSSL, c-ares, re2, upb and spdlog itself: neither the binary (readelf -d) nor anything it
+# loads (ldd) names a shared copy of them, libcurl is not linked (client/lazy_curl.h loads it on demand),
 # and the executable exports no OpenSSL or curl symbols, so the libcurl it loads keeps its own
 # OpenSSL instead of binding to the static one. Also runs the binary (--version) once.
 # Usage: static_client_test.sh CLIENT_BINARY
 set -euo pipefail
 client=${1:?usage: $0 CLIENT_BINARY}
 fail=0
-static='lib(grpc|gpr|upb|address_sorting|protobuf|absl_|ssl|crypto|cares|re2|curl)'
+static='lib(grpc|gpr|upb|address_sorting|protobuf|absl_|ssl|crypto|cares|re2|curl|spdlog)'
 
 needed=$(readelf -d "$client" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p')
 [[ -n $needed ]] || { echo "FAIL: readelf -d lists no NEEDED entry in $client" >&2; exit 1; }
