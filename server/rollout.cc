@@ -128,6 +128,7 @@ void RolloutController::OnPublish(std::shared_ptr<const Publication> publication
                  : "the policy no longer gives this certificate a rollout: sent to everyone");
     }
     entry.previous = nullptr;
+    entry.awaiting_stored = false;
     ApplyGate(name, entry);
     hub_->OnPublish(std::move(publication));
     return;
@@ -137,11 +138,19 @@ void RolloutController::OnPublish(std::shared_ptr<const Publication> publication
   entry.previous = held_back;
   entry.spec = spec;
   auto stored = pending_.find(name);
+  entry.awaiting_stored = false;
   if (stored != pending_.end() && stored->second.version() == publication->version) {
     entry.state = std::move(stored->second);  // RolloutStateFor: stored with the version
   } else {
     entry.state = Started(publication->version, held_back->version);
-    dirty_.insert(name);
+    if (options_.leadership != nullptr) {
+      // Adopted from the store: the replica that published it stored its rollout with it, maybe
+      // advanced since. Starting over here, on this clock, would overwrite that once this replica
+      // leads; Follow takes the stored one (the Publisher's lock, held now, keeps it from here).
+      entry.awaiting_stored = true;
+    } else {
+      dirty_.insert(name);
+    }
   }
   pending_.erase(name);
   ApplyGate(name, entry);
@@ -232,40 +241,54 @@ void RolloutController::Stop() {
 
 void RolloutController::Tick() {
   if (!MayAdvance()) {
-    Follow();
+    Follow(/*awaiting_only=*/false);
     return;
   }
+  Follow(/*awaiting_only=*/true);  // a new leader continues what the previous one stored
   {
     absl::MutexLock lock(&mu_);
     if (MayAdvance()) {
       for (auto& [name, entry] : entries_) {
-        if (entry.active()) Evaluate(name, entry);
+        if (entry.active() && !entry.awaiting_stored) Evaluate(name, entry);
       }
     }
   }
   Persist();
 }
 
-void RolloutController::Follow() {
+void RolloutController::Follow(bool awaiting_only) {
   Publisher* publisher = nullptr;
-  std::vector<std::string> names;
+  std::vector<std::pair<std::string, uint64_t>> names;  // with the current version
   {
     absl::MutexLock lock(&mu_);
     publisher = publisher_;
-    for (const auto& [name, entry] : entries_) names.push_back(name);
+    for (const auto& [name, entry] : entries_) {
+      if (entry.current == nullptr || (awaiting_only && !entry.awaiting_stored)) continue;
+      names.emplace_back(name, entry.current->version);
+    }
   }
   if (publisher == nullptr) return;
-  for (const std::string& name : names) {
+  for (const auto& [name, version] : names) {
+    // The Publisher stores a version's state before it tells OnPublish: read after `version`
+    // was current here, this is `version`'s stored state, or a newer version already came.
     state::v1::RolloutState stored;
-    if (!stored.ParseFromString(publisher->RolloutState(name)) || stored.version() == 0) continue;
+    if (!stored.ParseFromString(publisher->RolloutState(name))) stored.Clear();
     std::shared_ptr<const Publication> previous =
         publisher->PublicationOf(name, stored.previous_version());
     absl::MutexLock lock(&mu_);
     Entry& entry = entries_[name];
-    if (entry.current == nullptr || entry.current->version != stored.version() ||
-        entry.state.SerializeAsString() == stored.SerializeAsString()) {
+    if (entry.current == nullptr || entry.current->version != version) continue;  // newer came
+    if (stored.version() != version) {
+      if (entry.awaiting_stored && MayAdvance()) {
+        // Stored without its rollout (by a replica without this policy, say): start it here.
+        entry.awaiting_stored = false;
+        dirty_.insert(name);
+      }
       continue;
     }
+    entry.awaiting_stored = false;
+    dirty_.erase(name);  // what is stored: nothing to persist
+    if (entry.state.SerializeAsString() == stored.SerializeAsString()) continue;
     entry.state = std::move(stored);
     entry.previous = entry.state.outcome().empty() ? std::move(previous) : nullptr;
     entry.spec = SpecOf(name);
@@ -282,10 +305,15 @@ void RolloutController::Persist() {
     absl::MutexLock lock(&mu_);
     publisher = publisher_;
     if (publisher == nullptr) return;  // before Restore: kept dirty
-    for (const std::string& name : dirty_) {
-      states.emplace_back(name, entries_[name].state.SerializeAsString());
+    for (auto it = dirty_.begin(); it != dirty_.end();) {
+      const Entry& entry = entries_[*it];
+      if (entry.awaiting_stored) {  // a stand-in: kept until Follow settles it
+        ++it;
+        continue;
+      }
+      states.emplace_back(*it, entry.state.SerializeAsString());
+      it = dirty_.erase(it);
     }
-    dirty_.clear();
   }
   for (const auto& [name, bytes] : states) {
     absl::Status saved = publisher->SaveRolloutState(name, bytes);
@@ -480,6 +508,7 @@ void RolloutController::Evaluate(const std::string& name, Entry& entry) {
 absl::StatusOr<v1::Rollout> RolloutController::Resume(const std::string& name) {
   v1::Rollout described;
   if (!MayAdvance()) return NotTheLeader(*options_.leadership, "advances rollouts");
+  Follow(/*awaiting_only=*/true);  // a rollout adopted a moment ago: the stored one
   {
     absl::MutexLock lock(&mu_);
     auto it = entries_.find(name);
@@ -529,6 +558,7 @@ absl::StatusOr<v1::Rollout> RolloutController::Resume(const std::string& name) {
 absl::StatusOr<v1::Rollout> RolloutController::Promote(const std::string& name) {
   v1::Rollout described;
   if (!MayAdvance()) return NotTheLeader(*options_.leadership, "advances rollouts");
+  Follow(/*awaiting_only=*/true);  // a rollout adopted a moment ago: the stored one
   {
     absl::MutexLock lock(&mu_);
     auto it = entries_.find(name);

@@ -71,7 +71,8 @@ class RolloutController final : public PublicationListener {
                                              bool pinned) override;
   // From the Publisher (its lock held): a new version starts a rollout when the policy gives the
   // certificate one and a previous version exists; a rollback (pinned) or a certificate without
-  // a rollout goes to everyone, ending any rollout.
+  // a rollout goes to everyone, ending any rollout. With replicas, a version adopted from the
+  // store (not started by RolloutStateFor here) continues the rollout stored with it.
   void OnPublish(std::shared_ptr<const Publication> publication) override;
 
   // Once every certificate is added to `publisher` and before sources are evaluated: restores
@@ -120,6 +121,10 @@ class RolloutController final : public PublicationListener {
     std::shared_ptr<const RolloutSpec> spec;      // the spec the gate was built from
     std::shared_ptr<const RolloutGate> gate;
     state::v1::RolloutState state;  // version 0: never had a rollout
+    // With replicas: `current` was adopted from the version store (another replica published
+    // it), so its rollout is the one stored with it, taken at the next Follow; `state` is only a
+    // stand-in at wave 1 that is neither advanced nor persisted.
+    bool awaiting_stored = false;
     bool active() const { return state.version() != 0 && state.outcome().empty() && previous; }
   };
   // Per-wave counts of the fleet's clients of a certificate.
@@ -145,9 +150,11 @@ class RolloutController final : public PublicationListener {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   v1::Rollout DescribeLocked(const std::string& name, const Entry& entry)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // On a replica that may not advance: adopts the leader's persisted progress (the Publisher
-  // refreshes the stored state when the leader writes it). Call without mu_.
-  void Follow() ABSL_LOCKS_EXCLUDED(mu_);
+  // Adopts the persisted progress (the Publisher refreshes the stored state when the leader
+  // writes it): of every certificate on a replica that may not advance, else of those
+  // awaiting_stored only. The leader starts its own rollout of an adopted version that was
+  // stored without one. Call without mu_.
+  void Follow(bool awaiting_only) ABSL_LOCKS_EXCLUDED(mu_);
   // Writes the changed states through the Publisher; call without mu_.
   void Persist() ABSL_LOCKS_EXCLUDED(mu_);
   // The wave of `namespace_` in `spec`, with the labels in `namespaces` (may be null).

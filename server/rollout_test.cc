@@ -45,11 +45,14 @@ class RolloutControllerTest : public ::testing::Test {
                                                       &clock_, RolloutController::Options());
   }
 
-  // A wildcard chain and key valid for `lifetime` from now.
-  static CertificateMaterial Material(absl::Duration lifetime) {
+  // A wildcard chain and key valid for `lifetime` from now, issued `age` ago (replicas publish
+  // only a leaf issued later than the current one).
+  static CertificateMaterial Material(absl::Duration lifetime,
+                                      absl::Duration age = absl::Hours(1)) {
     fixtures::Chain chain = fixtures::MakeChain();
     fixtures::CertOptions leaf;
     leaf.dns_names = {"*.example.test"};
+    leaf.not_before = absl::Now() - age;
     leaf.not_after = absl::Now() + lifetime;
     fixtures::Issued issued = fixtures::MakeCert(chain.intermediate, leaf);
     CertificateMaterial material;
@@ -95,6 +98,92 @@ class RolloutControllerTest : public ::testing::Test {
     policy_ = std::make_shared<const Policy>(*std::move(policy));
     controller_ = std::make_unique<RolloutController>([this] { return policy_; }, &fleet_, &hub_,
                                                       &clock_, std::move(options));
+  }
+
+  // Two replicas share a version store. The leader publishes version 2 (its rollout's start
+  // stored with it) and moves it on to wave 2; the follower adopts version 2 from the store only
+  // a second later, just before it is elected (or while it takes over), and leads before its next
+  // tick. It must continue that rollout (same start, same wave), not start it over on its own
+  // clock and overwrite the stored progress.
+  void FailOverRightAfterTheFollowerAdoptsAVersion(bool adopted_before_election) {
+    fixtures::FakeFilesystem fs;
+    fs.AddDir("/state", 0700);
+    auto opened = FileVersionStore::Open(&fs, "/state");
+    ASSERT_TRUE(opened.ok()) << opened.status();
+    std::unique_ptr<FileVersionStore> store = *std::move(opened);
+    struct Lease final : Leadership {
+      bool leader = false;
+      bool IsLeader() const override { return leader; }
+      std::string Leader() const override { return "the-other-replica"; }
+    };
+    struct Replica {
+      Lease lease;
+      std::unique_ptr<DistributionHub> hub;
+      std::unique_ptr<RolloutController> rollout;
+      std::unique_ptr<Publisher> publisher;
+      fixtures::FakeSource* source = nullptr;
+    };
+    auto start = [&](Replica& replica) {
+      replica.hub = std::make_unique<DistributionHub>(
+          std::vector<std::string>{"wildcard"}, DistributionHub::Options(), &fleet_, &authorizer_);
+      RolloutController::Options options;
+      options.leadership = &replica.lease;
+      replica.rollout = std::make_unique<RolloutController>([this] { return policy_; }, &fleet_,
+                                                            replica.hub.get(), &clock_, options);
+      PublisherOptions publisher_options;
+      publisher_options.leadership = &replica.lease;
+      replica.publisher = std::make_unique<Publisher>(store.get(), &clock_, replica.rollout.get(),
+                                                      publisher_options);
+      auto source = std::make_unique<fixtures::FakeSource>();
+      replica.source = source.get();
+      CertificateSpec spec;
+      spec.name = "wildcard";
+      spec.source = std::move(source);
+      ASSERT_TRUE(replica.publisher->AddCertificate(std::move(spec)).ok());
+      replica.rollout->Restore(replica.publisher.get());
+    };
+    Replica leader, follower;
+    leader.lease.leader = true;
+    start(leader);
+    start(follower);
+    leader.source->Set(Material(absl::Hours(24 * 60), absl::Hours(2)));
+    ASSERT_EQ(leader.publisher->Evaluate("wildcard", true), Verdict::kSettled);
+    ASSERT_TRUE(follower.publisher->Refresh("wildcard").ok());
+    const uint64_t canary = Connect("canary", *leader.publisher->Current("wildcard"));
+    Connect("tenant-a1", *leader.publisher->Current("wildcard"));
+    leader.source->Set(Material(absl::Hours(24 * 90)));
+    ASSERT_EQ(leader.publisher->Evaluate("wildcard", true), Verdict::kSettled);
+    const std::optional<v1::Rollout> started = leader.rollout->Describe("wildcard");
+    ASSERT_TRUE(started.has_value());
+    Ack(canary, *leader.publisher->Current("wildcard"));
+    leader.rollout->Tick();  // the canary acknowledged: its soak starts
+    clock_.Advance(absl::Minutes(11));
+    leader.rollout->Tick();  // soaked: wave 2 gets version 2, stored
+    ASSERT_EQ(leader.rollout->Describe("wildcard")->wave(), 2u);
+
+    clock_.Advance(absl::Seconds(1));
+    if (adopted_before_election) {
+      ASSERT_TRUE(follower.publisher->Refresh("wildcard").ok());  // adopts version 2
+      ASSERT_EQ(follower.publisher->Current("wildcard")->version, 2u);
+    }
+    leader.lease.leader = false;  // the leader dies; the follower is elected before it ticks
+    follower.lease.leader = true;
+    ASSERT_TRUE(follower.publisher->TakeOver("wildcard").ok());  // adopts version 2 at the latest
+    ASSERT_EQ(follower.publisher->Current("wildcard")->version, 2u);
+    follower.rollout->Tick();
+
+    const std::optional<v1::Rollout> continued = follower.rollout->Describe("wildcard");
+    ASSERT_TRUE(continued.has_value());
+    EXPECT_EQ(continued->version(), 2u);
+    EXPECT_EQ(continued->state(), "rolling");
+    EXPECT_EQ(continued->wave(), 2u) << "the new leader started the rollout over";
+    EXPECT_EQ(FromProtoTime(continued->started_at()), FromProtoTime(started->started_at()))
+        << "the new leader started the rollout over";
+    state::v1::RolloutState stored;
+    ASSERT_TRUE(stored.ParseFromString(follower.publisher->RolloutState("wildcard")));
+    EXPECT_EQ(stored.wave(), 1u) << "the stored progress was overwritten";
+    EXPECT_EQ(FromProtoTime(stored.started_at()), FromProtoTime(started->started_at()));
+    EXPECT_EQ(follower.rollout->WaitingFor("wildcard", "tenant-a1"), 0u);
   }
 
   FakeClock clock_;
@@ -168,10 +257,10 @@ TEST_F(RolloutControllerTest, WavesChosenByLabelFollowLabelChanges) {
   EXPECT_EQ(controller_->ExpectedVersions()("wildcard", "shop-a", 2), 2u);
   EXPECT_EQ(controller_->ExpectedVersions()("wildcard", "shop-b", 2), 1u);
 
-  *namespaces = std::make_shared<const kube::NamespaceSet>(kube::NamespaceSet{
-      {"shop-a", {{"certcast.io/wave", "canary"}}},
-      {"shop-b", {{"certcast.io/wave", "canary"}}},
-      {"shop-c", {}}});
+  *namespaces = std::make_shared<const kube::NamespaceSet>(
+      kube::NamespaceSet{{"shop-a", {{"certcast.io/wave", "canary"}}},
+                         {"shop-b", {{"certcast.io/wave", "canary"}}},
+                         {"shop-c", {}}});
   controller_->OnNamespacesChanged();
   EXPECT_EQ(controller_->WaitingFor("wildcard", "shop-b"), 0u);
   EXPECT_EQ(controller_->ExpectedVersions()("wildcard", "shop-b", 2), 2u)
@@ -203,8 +292,8 @@ TEST_F(RolloutControllerTest, ARestartRightAfterPublishingResumesTheRollout) {
     auto store = FileVersionStore::Open(&fs, "/state");
     ASSERT_TRUE(store.ok()) << store.status();
     server.store = *std::move(store);
-    server.rollout = std::make_unique<RolloutController>(
-        [this] { return policy_; }, &fleet_, &hub_, &clock_, RolloutController::Options());
+    server.rollout = std::make_unique<RolloutController>([this] { return policy_; }, &fleet_, &hub_,
+                                                         &clock_, RolloutController::Options());
     server.publisher =
         std::make_unique<Publisher>(server.store.get(), &clock_, server.rollout.get());
     auto source = std::make_unique<fixtures::FakeSource>();
@@ -233,6 +322,14 @@ TEST_F(RolloutControllerTest, ARestartRightAfterPublishingResumesTheRollout) {
   EXPECT_EQ(rollout->wave(), 1u);
   EXPECT_EQ(restarted.rollout->WaitingFor("wildcard", "tenant-z"), 3u);
   EXPECT_EQ(restarted.rollout->ExpectedVersions()("wildcard", "tenant-z", 2), 1u);
+}
+
+TEST_F(RolloutControllerTest, AFollowerElectedRightAfterAdoptingAVersionContinuesItsRollout) {
+  FailOverRightAfterTheFollowerAdoptsAVersion(/*adopted_before_election=*/true);
+}
+
+TEST_F(RolloutControllerTest, ALeaderThatAdoptsAVersionWhileTakingOverContinuesItsRollout) {
+  FailOverRightAfterTheFollowerAdoptsAVersion(/*adopted_before_election=*/false);
 }
 
 // On a replica that is not the leader, admin calls are refused with the leader's name instead of

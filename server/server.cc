@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
+#include <string>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -39,6 +41,12 @@ class CertcastServer::Readiness final : public PublicationListener {
  public:
   Readiness(PublicationListener* next, size_t certificates)
       : next_(next), certificates_(certificates) {}
+
+  // Forwarded: the rollout's start is stored in the same write as its version.
+  std::optional<std::string> RolloutStateFor(const std::string& name, uint64_t version,
+                                             bool pinned) override {
+    return next_->RolloutStateFor(name, version, pinned);
+  }
 
   void OnPublish(std::shared_ptr<const Publication> publication) override {
     const std::string name = publication->name;

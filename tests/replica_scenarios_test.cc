@@ -608,8 +608,9 @@ TEST_P(ReplicaScenarioTest, RotationReachesClientsOfEveryReplicaWithOneHistory) 
 }
 
 // Any replica lists every replica's clients: each replica's summary travels through the store
-// (the ConfigMap certcast-fleet, or the etcd keys PREFIX/fleet/REPLICA), marked with the replica that holds the stream. The clients of
-// a replica that died disappear once its summary stopped changing (15 x --fleet-sync-interval).
+// (the ConfigMap certcast-fleet, or the etcd keys PREFIX/fleet/REPLICA), marked with the replica
+// that holds the stream. The clients of a replica that died disappear once its summary stopped
+// changing (15 x --fleet-sync-interval).
 TEST_P(ReplicaScenarioTest, AnyReplicaListsTheWholeFleet) {
   StartAll(MakeLeaf(1));
   std::vector<std::unique_ptr<TestSubscriber>> subscribers;
@@ -651,10 +652,10 @@ TEST_P(ReplicaScenarioTest, AnyReplicaListsTheWholeFleet) {
   {
     grpc::ClientContext context;
     v1::ListCertificatesResponse certificates;
-    ASSERT_TRUE(replicas_[1]
-                    .inspection->ListCertificates(&context, v1::ListCertificatesRequest(),
-                                                  &certificates)
-                    .ok());
+    ASSERT_TRUE(
+        replicas_[1]
+            .inspection->ListCertificates(&context, v1::ListCertificatesRequest(), &certificates)
+            .ok());
     ASSERT_EQ(certificates.certificates_size(), 1);
     EXPECT_EQ(certificates.certificates(0).clients(), 3u) << "counts every replica's clients";
     EXPECT_EQ(certificates.certificates(0).clients_acknowledged(), 3u);
@@ -720,10 +721,11 @@ TEST_P(ReplicaScenarioTest, RolloutCountsEveryReplicasClientsAndSurvivesFailover
     ASSERT_EQ(update->update().version(), version);
     // The leader counts the follower's canary client, and holds tenant-b back meanwhile.
     ASSERT_TRUE(WaitFor([&] { return rollout_on(at) == absl::StrCat(version, " 1 rolling 1"); }))
-        << rollout_on(at) << "\n" << Logs();
-    ASSERT_TRUE(WaitFor([&] { return tenant_state(tenant_replica) ==
-                                     absl::StrCat(version - 1, "/2"); }))
-        << tenant_state(tenant_replica);
+        << rollout_on(at) << "\n"
+        << Logs();
+    ASSERT_TRUE(WaitFor([&] {
+      return tenant_state(tenant_replica) == absl::StrCat(version - 1, "/2");
+    })) << tenant_state(tenant_replica);
     EXPECT_TRUE(WaitFor([&] { return tenant_state(at) == absl::StrCat(version - 1, "/2"); }))
         << "seen from the leader: " << tenant_state(at);
     ASSERT_TRUE(canary.SendAck(update->update()));
@@ -748,8 +750,13 @@ TEST_P(ReplicaScenarioTest, RolloutCountsEveryReplicasClientsAndSurvivesFailover
   ASSERT_TRUE(WaitFor([&] { return Leader() >= 0; })) << Logs();
   const int next = Leader();
   ASSERT_TRUE(WaitFor([&] { return rollout_on(next) == "3 1 rolling 1"; }))
-      << rollout_on(next) << "\n" << Logs();
-  EXPECT_EQ(GetCertificate(next).rollout().started_at().seconds(), started_at.seconds())
+      << rollout_on(next) << "\n"
+      << Logs();
+  // To the nanosecond: a replica that starts the rollout over on its own clock, even within the
+  // same second, is caught.
+  const auto next_started_at = GetCertificate(next).rollout().started_at();
+  EXPECT_EQ(absl::StrCat(next_started_at.seconds(), ".", next_started_at.nanos()),
+            absl::StrCat(started_at.seconds(), ".", started_at.nanos()))
       << "the new leader started the rollout over";
   EXPECT_EQ(tenant_state(tenant_replica), "2/2") << "tenant-b got version 3 early";
   ASSERT_TRUE(canary.SendAck(update->update()));
