@@ -472,6 +472,12 @@ void DistributionHub::FinishAll(const grpc::Status& status) {
   }
 }
 
+bool DistributionHub::WaitUntilNoStreams(absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  auto none = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return streams_.empty(); };
+  return mu_.AwaitWithDeadline(absl::Condition(&none), deadline);
+}
+
 void DistributionHub::Start() {
   housekeeper_ = std::thread([this] { Housekeep(); });
 }

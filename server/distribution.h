@@ -97,6 +97,8 @@ class DistributionHub final : public PublicationListener {
 
   // Ends every open stream with `status` (on shutdown, so clients reconnect elsewhere at once).
   void FinishAll(const grpc::Status& status);
+  // Waits until every stream is gone (its OnDone ran) or `deadline` passes; true if none is left.
+  bool WaitUntilNoStreams(absl::Time deadline);
 
   // Creates the reactor of a new Subscribe call.
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* NewStream(

@@ -572,7 +572,12 @@ void CertcastServer::Shutdown(absl::Duration grace) {
     // instead of waiting for the grace period to cancel their streams.
     hub_->FinishAll(
         grpc::Status(grpc::StatusCode::UNAVAILABLE, "certcast-server is shutting down"));
-    grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+    // The grace is for streams still writing. Once they are gone, other calls get at most 1 s
+    // more: with the whole grace, gRPC's Shutdown waited for clients to close their connections
+    // (5,000 clients: 4.6 s from SIGTERM to exit, now 1.6 s; bench/README.md).
+    const absl::Time deadline = absl::Now() + grace;
+    hub_->WaitUntilNoStreams(deadline);
+    grpc_server_->Shutdown(absl::ToChronoTime(std::min(deadline, absl::Now() + absl::Seconds(1))));
     grpc_server_->Wait();
   }
   if (hub_ != nullptr) hub_->Stop();

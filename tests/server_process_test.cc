@@ -108,6 +108,28 @@ TEST_F(ServerProcessTest, SigtermDrainsAndExitsCleanly) {
   EXPECT_THAT(server.log(), HasSubstr("certcast-server stopped"));
 }
 
+// The shutdown grace is for streams still writing, not for clients to close their connections:
+// with a 120 s grace and a client that keeps its channel, the server still exits promptly.
+TEST_F(ServerProcessTest, ShutdownDoesNotWaitForClientsToCloseTheirConnections) {
+  std::vector<std::string> args = Args();
+  args.push_back("--shutdown-grace=120s");
+  ServerProcess server(args, tmp_.Join("server.log"));
+  const int port = server.WaitForPort();
+  ASSERT_NE(port, 0) << server.log();
+  std::shared_ptr<grpc::Channel> channel = scenario::InsecureChannel(port);
+  TestSubscriber subscriber(channel);
+  v1::HeldCertificate held;
+  held.set_name("wildcard");
+  ASSERT_TRUE(subscriber.SendHello("tenant-a", "pod-1", {held}));
+  ASSERT_TRUE(subscriber.NextNonHeartbeat().has_value());
+  server.Signal(SIGTERM);
+  EXPECT_EQ(subscriber.Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+  // The channel stays open here, as a client's does until it reconnects.
+  const int status = server.Wait(absl::Seconds(30));
+  ASSERT_NE(status, -1) << "still running 30 s after SIGTERM: " << server.log();
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << server.log();
+}
+
 // A corrupt state file is a clear start-up error naming the file, never a silent reset.
 TEST_F(ServerProcessTest, CorruptStateFileIsAStartupError) {
   {
