@@ -242,7 +242,8 @@ TEST_F(LeaderElectorTest, StopGivesUpTheLockTheAttemptInFlightAcquired) {
     elector.Stop();
   });
   stopper.join();
-  EXPECT_EQ(lock_.attempts(), 1);
+  // Not the number of attempts: the attempt thread may start a second one between
+  // stop_called and Stop setting its flag (seen once under load: 2 attempts).
   EXPECT_EQ(lock_.releases(), 1);
   EXPECT_EQ(lock_.holder(), "");
 }
