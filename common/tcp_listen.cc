@@ -41,8 +41,7 @@ int BindOne(const struct sockaddr* address, socklen_t length, int backlog, bool 
   return fd;
 }
 
-}  // namespace
-
+// Splits HOST:PORT ([V6]:PORT too); an empty host means every interface.
 absl::Status SplitHostPort(const std::string& host_port, std::string* host, int* port) {
   const size_t colon = host_port.rfind(':');
   if (colon == std::string::npos) {
@@ -58,6 +57,8 @@ absl::Status SplitHostPort(const std::string& host_port, std::string* host, int*
   *port = p;
   return absl::OkStatus();
 }
+
+}  // namespace
 
 absl::StatusOr<ListeningSocket> ListenTcp(const std::string& host_port, int backlog) {
   std::string host;

@@ -10,9 +10,6 @@
 
 namespace certcast {
 
-// Splits HOST:PORT ([V6]:PORT too). An empty host means every interface.
-absl::Status SplitHostPort(const std::string& host_port, std::string* host, int* port);
-
 struct ListeningSocket {
   int fd = -1;  // non-blocking, close-on-exec; the caller closes it
   int port = 0;

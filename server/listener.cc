@@ -81,7 +81,6 @@ void Listener::Run(grpc::experimental::ExternalConnectionAcceptor* acceptor, abs
       if (err == EAGAIN || err == EWOULDBLOCK) break;
       // EMFILE, ENFILE, ENOBUFS, ENOMEM: the connection stays in the backlog until a file
       // descriptor or memory is free again.
-      accept_pauses_.fetch_add(1, std::memory_order_relaxed);
       if (!paused) {
         LogWarn(absl::StrCat("cannot accept connections: ", strerror(err), "; retrying every ",
                              absl::FormatDuration(retry)),

@@ -9,7 +9,6 @@
 #define CERTCAST_SERVER_LISTENER_H_
 
 #include <atomic>
-#include <cstdint>
 #include <memory>
 #include <string>
 #include <thread>
@@ -38,9 +37,6 @@ class Listener {
   // Closes the socket: connections are refused from now on.
   void Stop();
 
-  // Failed accepts that paused the loop (file table full, out of memory).
-  uint64_t accept_pauses() const { return accept_pauses_.load(std::memory_order_relaxed); }
-
  private:
   Listener(int fd, int wake_fd, int port) : fd_(fd), wake_fd_(wake_fd), port_(port) {}
   void Run(grpc::experimental::ExternalConnectionAcceptor* acceptor, absl::Duration retry);
@@ -53,7 +49,6 @@ class Listener {
   const int port_;
   std::thread thread_;
   std::atomic<bool> stopping_{false};
-  std::atomic<uint64_t> accept_pauses_{0};
 };
 
 }  // namespace certcast
