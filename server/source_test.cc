@@ -2,10 +2,12 @@
 
 #include <unistd.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/synchronization/mutex.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -60,6 +62,72 @@ TEST_P(DirectorySourceTest, ReadsPlainDirectoryWithoutCa) {
   absl::StatusOr<CertificateMaterial> read = Make(tmp_.Join("s"))->Read();
   ASSERT_TRUE(read.ok()) << read.status();
   EXPECT_EQ(*read, material);
+}
+
+// The real filesystem, running `before_read(path)` before each ReadFile: a kubelet update that
+// lands in the middle of a read.
+class InterleavingFilesystem final : public Filesystem {
+ public:
+  std::function<void(const std::string&)> before_read;
+
+  absl::StatusOr<std::string> ReadFile(const std::string& path) override {
+    if (before_read) before_read(path);
+    return fs_.ReadFile(path);
+  }
+  absl::Status WriteFile(const std::string& path, absl::string_view data, mode_t mode) override {
+    return fs_.WriteFile(path, data, mode);
+  }
+  absl::Status Rename(const std::string& from, const std::string& to) override {
+    return fs_.Rename(from, to);
+  }
+  absl::Status SyncDir(const std::string& path) override { return fs_.SyncDir(path); }
+  absl::Status CreateDir(const std::string& path, mode_t mode) override {
+    return fs_.CreateDir(path, mode);
+  }
+  absl::Status Remove(const std::string& path) override { return fs_.Remove(path); }
+  absl::Status RemoveAll(const std::string& path) override { return fs_.RemoveAll(path); }
+  absl::StatusOr<std::vector<std::string>> ListDir(const std::string& path) override {
+    return fs_.ListDir(path);
+  }
+  absl::Status Symlink(const std::string& target, const std::string& path) override {
+    return fs_.Symlink(target, path);
+  }
+  absl::StatusOr<std::string> ReadLink(const std::string& path) override {
+    return fs_.ReadLink(path);
+  }
+  bool Exists(const std::string& path) override { return fs_.Exists(path); }
+  absl::StatusOr<FileInfo> Stat(const std::string& path) override { return fs_.Stat(path); }
+  absl::Status Chmod(const std::string& path, mode_t mode) override {
+    return fs_.Chmod(path, mode);
+  }
+  FileOwner Self() override { return fs_.Self(); }
+
+ private:
+  PosixFilesystem fs_;
+};
+
+// The kubelet swaps ..data and deletes the previous version directory while a read is between
+// tls.key and ca.crt: the read must not return the previous version's pair without its CA (a
+// content the source never held, which would be published as a new version). It reads again.
+TEST(DirectorySourceReadTest, AnUpdateDuringAReadNeverMixesVersions) {
+  TempDir tmp;
+  const std::string dir = tmp.Join("s");
+  Chain first = MakeChain(), second = MakeChain();
+  ASSERT_FALSE(first.material.ca_pem.empty());
+  fixtures::WriteKubeletDir(dir, first.material);
+  InterleavingFilesystem fs;
+  DirectorySource source(&fs, dir, DirectorySource::Options());
+  bool updated = false;
+  fs.before_read = [&](const std::string& path) {
+    if (updated || !absl::EndsWith(path, "/ca.crt")) return;
+    updated = true;
+    fixtures::WriteKubeletDir(dir, second.material);  // swaps, then removes the first's directory
+  };
+  absl::StatusOr<CertificateMaterial> read = source.Read();
+  ASSERT_TRUE(updated);
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_FALSE(read->ca_pem.empty()) << "the first version's pair without its ca.crt";
+  EXPECT_EQ(*read, second.material);
 }
 
 // A missing directory or file is NotFound with reason "missing", naming the path.
