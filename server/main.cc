@@ -1,6 +1,7 @@
 // certcast-server: the composition root. Parses flags, configures logging, starts a
 // CertcastServer and waits for SIGTERM/SIGINT.
 #include <signal.h>
+#include <stdlib.h>
 
 #include <iostream>
 #include <map>
@@ -172,9 +173,17 @@ std::string Help() {
       "--version prints the version and commit; --helpfull lists abseil's own flags too.");
 }
 
+// gRPC 1.51 reads each connection into 8 KiB buffers that stay allocated while the connection
+// idles (its "tcp_read_chunks" experiment, on by default). A server holds thousands of streams
+// that idle for days and receive only hellos and ACKs, so it turns the experiment off and gRPC
+// sizes reads by GRPC_ARG_TCP_READ_CHUNK_SIZE (server.cc) instead. Must run before gRPC reads
+// its configuration and before any thread starts (setenv). An operator's GRPC_EXPERIMENTS stays.
+void UseSizedReadBuffers() { setenv("GRPC_EXPERIMENTS", "-tcp_read_chunks", /*overwrite=*/0); }
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  UseSizedReadBuffers();
   certcast::HardenKeyHoldingProcess();
   certcast::RaiseOpenFileLimit();  // a socket per client stream
   // Block the control signals before anything can start a thread (gRPC starts its own while

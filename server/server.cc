@@ -416,6 +416,15 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
   // waits up to 60 s for it (client/server_channel.cc), so a socket held longer belongs to a
   // client that left, and keeps a file descriptor from the next one.
   builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, 70'000);
+  // Memory per idle connection (bench/README.md: 36.9 -> 31.3 KiB per idle plaintext client,
+  // 103.3 -> 96.7 KiB with TLS): reads start at 256 bytes and grow when a read fills its buffer
+  // (gRPC doubles them), since a stream receives hellos and ACKs of a few dozen bytes; this needs
+  // gRPC's tcp_read_chunks experiment off (main.cc). No channelz bookkeeping per connection
+  // (certcast serves no channelz service), and no compression filter (nothing certcast sends is
+  // compressed: key material must not be, and certificates gain nothing).
+  builder.AddChannelArgument(GRPC_ARG_TCP_READ_CHUNK_SIZE, 256);
+  builder.AddChannelArgument(GRPC_ARG_ENABLE_CHANNELZ, 0);
+  builder.AddChannelArgument(GRPC_ARG_ENABLE_PER_MESSAGE_COMPRESSION, 0);
   // gRPC refuses anything larger outright; the hub gives a clearer error above its own limit.
   builder.SetMaxReceiveMessageSize(
       static_cast<int>(std::max<size_t>(options.distribution.max_message_bytes * 4, 256 * 1024)));

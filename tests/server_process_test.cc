@@ -272,6 +272,21 @@ TEST_F(ServerProcessTest, ListenWithoutAHostMeansEveryInterface) {
   EXPECT_NE(CurrentVersion(port), 0u) << server.log();
 }
 
+// gRPC 1.51 would give every connection an 8 KiB read buffer kept while it idles (its
+// tcp_read_chunks experiment); the server turns that off so reads start at 256 bytes. gRPC's tcp
+// tracer logs each read buffer of the sized reader only, with its sizes.
+TEST_F(ServerProcessTest, ConnectionsReadIntoSmallBuffersThatGrow) {
+  std::vector<std::string> args = {"-u", "GRPC_EXPERIMENTS", "GRPC_TRACE=tcp",
+                                   CERTCAST_SERVER_BINARY, "--log-level=debug"};
+  for (const std::string& arg : Args()) args.push_back(arg);
+  scenario::ChildProcess server("/usr/bin/env", args, tmp_.Join("server.log"));
+  const int port = server.WaitForPort();
+  ASSERT_NE(port, 0) << server.log();
+  EXPECT_NE(CurrentVersion(port), 0u) << server.log();
+  EXPECT_NE(server.WaitForLog("alloc_slices; min_chunk=256 max_chunk=[0-9]+ target=256[.]"), "")
+      << "no 256-byte read buffer in the log";
+}
+
 // Bad flags fail fast with a message that names the flag.
 TEST_F(ServerProcessTest, BadFlagsFailWithClearMessage) {
   ServerProcess no_tls({"--listen=127.0.0.1:0", "--certificate=wildcard=" + tmp_.Join("source")},
