@@ -16,6 +16,10 @@
 #   WSS=30        then clear the client's accessed bits (/proc/PID/clear_refs) and after WSS
 #                 seconds idle sum smaps' Referenced: the pages the idle client still uses
 #                 (anonymous and file-backed); 0 skips this
+#   CGROUP=1      run the client in a memory cgroup of its own (v2, or v1's memory controller;
+#                 needs root) after evicting its binary from the page cache, as a pod's first
+#                 start would find it, and print the cgroup's usage and the working set as the
+#                 kubelet computes it (usage - inactive_file); 0 skips this
 # Example: bench/client_memory.sh TLS=1
 set -euo pipefail
 
@@ -37,13 +41,15 @@ for bin in "$SERVER_BIN" "$CLIENT_BIN"; do
 done
 
 WORK=$(mktemp -d /tmp/certcast-client-memory.XXXXXX)
-SERVER_PID= CLIENT_PID=
+SERVER_PID= CLIENT_PID= CG=
+cleanup_cgroup() { [[ -z $CG ]] || rmdir "$CG" 2> /dev/null || true; }
 cleanup() {
   for pid in $CLIENT_PID $SERVER_PID; do
     kill -TERM "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
   done
   rm -rf "$WORK"
+  cleanup_cgroup
 }
 trap cleanup EXIT
 
@@ -79,8 +85,29 @@ for _ in $(seq 1 100); do
 done
 [[ -n $PORT ]] || { echo "server did not report its port" >&2; cat server.log >&2; exit 1; }
 
+# The client's own memory cgroup: what a pod's limit and the kubelet's working set see. Page
+# cache is charged to the cgroup that reads it first, hence the eviction of the binary.
+CGROUP=${CGROUP:-1}
+CG_PREFIX=()
+if [[ $CGROUP == 1 ]]; then
+  if [[ -f /sys/fs/cgroup/cgroup.controllers ]] && grep -qw memory /sys/fs/cgroup/cgroup.controllers; then
+    CG=/sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup)
+    CG=${CG%/}/certcast-client-memory.$$
+  elif [[ -d /sys/fs/cgroup/memory ]]; then
+    CG=/sys/fs/cgroup/memory$(sed -n 's/^[0-9]*:memory://p' /proc/self/cgroup)
+    CG=${CG%/}/certcast-client-memory.$$
+  fi
+  if [[ -n $CG ]] && mkdir "$CG" 2> /dev/null; then
+    python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$CLIENT_BIN"
+    CG_PREFIX=(sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$CG")
+  else
+    echo "# no memory cgroup to create here (CGROUP=0 skips this)" >&2
+    CG=
+  fi
+fi
+
 # shellcheck disable=SC2086  # CLIENT_ENV is a list of NAME=VALUE words
-env $CLIENT_ENV "$CLIENT_BIN" --server="127.0.0.1:$PORT" "${CLIENT_SECURITY[@]}" \
+"${CG_PREFIX[@]}" env $CLIENT_ENV "$CLIENT_BIN" --server="127.0.0.1:$PORT" "${CLIENT_SECURITY[@]}" \
   --namespace=bench --client-id=client-1 --certificate=bench --output-dir="$WORK/out" \
   --state-dir="$WORK/client-state" --log-level=warn > client.log 2>&1 &
 CLIENT_PID=$!
@@ -113,6 +140,19 @@ awk '/^[0-9a-f]+-[0-9a-f]+ / { name = (NF >= 6 ? $6 : "[anon]") }
      END { for (n in rss) if (rss[n] > 0) printf "%8d %6d  %s\n", rss[n], dirty[n], n }' \
   "/proc/$CLIENT_PID/smaps" | sort -rn | head -"${TOP:-15}" | sed 's/^/#   /'
 [[ -n ${SMAPS:-} ]] && cp "/proc/$CLIENT_PID/smaps" "$SMAPS"
+if [[ -n $CG ]]; then
+  if [[ -f $CG/memory.current ]]; then
+    usage=$(cat "$CG/memory.current")
+    inactive=$(awk '$1 == "inactive_file" { print $2 }' "$CG/memory.stat")
+  else
+    usage=$(cat "$CG/memory.usage_in_bytes")
+    inactive=$(awk '$1 == "total_inactive_file" { print $2 }' "$CG/memory.stat")
+  fi
+  echo "cgroup     $((usage / 1024)) KiB charged ($(awk '$1 ~ /^(total_)?(anon|rss|file|cache)$/ { printf "%s%s %d KiB", (n++ ? ", " : ""), $1, $2 / 1024 }' "$CG/memory.stat"))"
+  echo "working set $(((usage - inactive) / 1024)) KiB (the kubelet's: usage - inactive_file)"
+  [[ ! -f $CG/memory.kmem.usage_in_bytes ]] ||
+    echo "kernel     $(($(cat "$CG/memory.kmem.usage_in_bytes") / 1024)) KiB (cgroup v1 memory.kmem, part of the usage)"
+fi
 # Referenced is per page: for files other processes map too (libc, ...) it counts their
 # accesses as well, so it is exact only for the anonymous pages and the client's own binary.
 WSS=${WSS:-30}

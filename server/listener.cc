@@ -86,6 +86,7 @@ void Listener::Run(grpc::experimental::ExternalConnectionAcceptor* acceptor, abs
                              absl::FormatDuration(retry)),
                 {{"port", port_}});
         paused = true;
+        pauses_.fetch_add(1, std::memory_order_relaxed);
       }
       // Waits on the wake-up only: the socket stays readable while the backlog is full.
       struct pollfd wake = {wake_fd_, POLLIN, 0};

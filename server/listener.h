@@ -9,6 +9,7 @@
 #define CERTCAST_SERVER_LISTENER_H_
 
 #include <atomic>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <thread>
@@ -29,6 +30,8 @@ class Listener {
   Listener& operator=(const Listener&) = delete;
 
   int port() const { return port_; }
+  // How often accepting paused because the process had no file descriptor or memory left.
+  uint64_t pauses() const { return pauses_.load(std::memory_order_relaxed); }
 
   // Hands every accepted connection to `acceptor` (which must outlive Stop) from a thread of
   // its own. A full file table pauses accepting for `retry`, then accepting resumes.
@@ -49,6 +52,7 @@ class Listener {
   const int port_;
   std::thread thread_;
   std::atomic<bool> stopping_{false};
+  std::atomic<uint64_t> pauses_{0};
 };
 
 }  // namespace certcast

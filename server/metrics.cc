@@ -161,6 +161,14 @@ std::vector<prometheus::MetricFamily> ServerMetrics::Collect() const {
       std::move(waiting),        std::move(rollout_in_progress),
       std::move(rollout_halted), std::move(rollout_wave),
       std::move(rollout_waves),  std::move(rollout_held)};
+  if (listener_ != nullptr) {
+    auto pauses = Family("certcast_accept_pauses_total",
+                         "Times the server stopped accepting connections because the process "
+                         "had no file descriptor or memory left (it retries every 100 ms).",
+                         MetricType::Counter);
+    AddSample(pauses, {}, static_cast<double>(listener_->pauses()));
+    families.push_back(std::move(pauses));
+  }
   if (coverage_ != nullptr && coverage_->known()) {
     const CoverageReport report = coverage_->Report();
     auto missing = Family("certcast_namespaces_missing",

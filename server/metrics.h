@@ -16,6 +16,7 @@
 #include "server/coverage.h"
 #include "server/distribution.h"
 #include "server/fleet.h"
+#include "server/listener.h"
 #include "server/publisher.h"
 #include "server/rollout.h"
 
@@ -27,13 +28,14 @@ class ServerMetrics final : public prometheus::Collectable {
   // `rollout` may be null (no staged rollouts).
   ServerMetrics(const Publisher* publisher, Fleet* fleet, DistributionHub* hub,
                 Authorizer* authorizer, const Coverage* coverage = nullptr,
-                RolloutController* rollout = nullptr)
+                RolloutController* rollout = nullptr, const Listener* listener = nullptr)
       : publisher_(publisher),
         fleet_(fleet),
         hub_(hub),
         authorizer_(authorizer),
         coverage_(coverage),
-        rollout_(rollout) {}
+        rollout_(rollout),
+        listener_(listener) {}
 
   // certcast_build_info, per certificate: certificate_version, certificate_not_after_seconds,
   // certificate_pinned, source_present, source_rejections_total{reason}, publications_total,
@@ -41,7 +43,7 @@ class ServerMetrics final : public prometheus::Collectable {
   // nacks_total{reason}, hook_warnings_total, push_to_ack_seconds (histogram); and
   // clients_serving_verified, clients_waiting_for_rollout, rollout_in_progress, rollout_halted,
   // rollout_wave, rollout_waves; stream_errors_total{code}, auth_denials_total{reason};
-  // namespaces_missing (with a namespace watch).
+  // namespaces_missing (with a namespace watch); accept_pauses_total (with a listener).
   std::vector<prometheus::MetricFamily> Collect() const override;
 
  private:
@@ -51,6 +53,7 @@ class ServerMetrics final : public prometheus::Collectable {
   Authorizer* const authorizer_;
   const Coverage* const coverage_;
   RolloutController* const rollout_;
+  const Listener* const listener_;
 };
 
 }  // namespace certcast

@@ -438,7 +438,8 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
   server->rollout_->Start();
   server->metrics_ = std::make_shared<ServerMetrics>(
       publisher, server->fleet_.get(), server->hub_.get(), server->authorizer_.get(),
-      server->coverage_.get(), server->rollout_.get());
+      server->coverage_.get(), server->rollout_.get(),
+      server->listener_.get());
 
   if (!options.health_listen.empty()) {
     server->probes_.Handle("/healthz", [] { return absl::OkStatus(); });

@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -238,11 +239,16 @@ size_t OpenFiles(pid_t pid) {
 
 // When the file table is full, accepting pauses instead of ending: gRPC 1.51's own listener
 // stopped for good on the first EMFILE from accept4, so a 10,000-client reconnect storm (or a
-// flood of idle connections) left a server that never accepted a connection again.
+// flood of idle connections) left a server that never accepted a connection again. The pause is
+// counted for the operator (certcast_accept_pauses_total; CertcastAcceptPaused).
 TEST_F(ServerProcessTest, AFullFileTableOnlyPausesAccepting) {
-  ServerProcess server(Args(), tmp_.Join("server.log"));
+  std::vector<std::string> args = Args();
+  args.push_back("--metrics-listen=127.0.0.1:0");
+  ServerProcess server(args, tmp_.Join("server.log"));
   const int port = server.WaitForPort();
   ASSERT_NE(port, 0) << server.log();
+  const int metrics_port = std::atoi(server.WaitForLog("metrics on port ([0-9]+)").c_str());
+  ASSERT_NE(metrics_port, 0) << server.log();
   ASSERT_NE(CurrentVersion(port), 0u) << server.log();
   // A little room above what the server holds now; the connections below fill it.
   const rlim_t room = OpenFiles(server.pid()) + 8;
@@ -259,6 +265,10 @@ TEST_F(ServerProcessTest, AFullFileTableOnlyPausesAccepting) {
   EXPECT_TRUE(WaitFor([&] { return CurrentVersion(port, nullptr, absl::Seconds(2)) != 0; },
                       absl::Seconds(30)))
       << "the server accepts no connection after its file table was full once: " << server.log();
+  std::string metrics;
+  ASSERT_EQ(scenario::HttpGet(metrics_port, "/metrics", &metrics), 200);
+  // At least once: accepting the dead connections of the backlog may fill the table again.
+  EXPECT_THAT(metrics, ::testing::ContainsRegex("\ncertcast_accept_pauses_total [1-9]"));
 }
 
 // --listen=:PORT (as the shipped Deployment has it) means every interface; gRPC's own listener
