@@ -17,6 +17,7 @@
 #include "absl/time/time.h"
 #include "common/clock.h"
 #include "common/filesystem.h"
+#include "common/forwarding_filesystem.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/fixtures/cert_factory.h"
@@ -220,14 +221,14 @@ TEST_F(FileSinkTest, RefusesSymlinkedCertificateDirectory) {
 // Forwards to `base`, and once, right after the first lstat of `watched` (the sink's check of
 // OUT/NAME), replaces that directory with a symlink to `target`: an attacker who can write OUT
 // racing the check. Its ConfinedTo view does the same, so the race is run whichever the sink uses.
-class PlantingFilesystem final : public Filesystem {
+class PlantingFilesystem final : public ForwardingFilesystem {
  public:
   PlantingFilesystem(Filesystem* base, std::string watched, std::string target)
       : PlantingFilesystem(base, nullptr, std::move(watched), std::move(target),
                            std::make_shared<bool>(false)) {}
 
   absl::StatusOr<FileInfo> Stat(const std::string& p) override {
-    absl::StatusOr<FileInfo> info = base_->Stat(p);
+    absl::StatusOr<FileInfo> info = ForwardingFilesystem::Stat(p);
     if (p == watched_ && !*planted_) {
       *planted_ = true;
       // Whatever the check saw, NAME is now a symlink (a directory is moved aside first).
@@ -239,45 +240,23 @@ class PlantingFilesystem final : public Filesystem {
     return info;
   }
   std::unique_ptr<Filesystem> ConfinedTo(const std::string& root) override {
-    std::unique_ptr<Filesystem> confined = base_->ConfinedTo(root);
+    std::unique_ptr<Filesystem> confined = base()->ConfinedTo(root);
     if (confined == nullptr) return nullptr;
     Filesystem* view = confined.get();
     return std::unique_ptr<Filesystem>(
         new PlantingFilesystem(view, std::move(confined), watched_, target_, planted_));
   }
-  absl::StatusOr<std::string> ReadFile(const std::string& p) override { return base_->ReadFile(p); }
-  absl::Status WriteFile(const std::string& p, absl::string_view d, mode_t m) override {
-    return base_->WriteFile(p, d, m);
-  }
-  absl::Status Rename(const std::string& a, const std::string& b) override {
-    return base_->Rename(a, b);
-  }
-  absl::Status SyncDir(const std::string& p) override { return base_->SyncDir(p); }
-  absl::Status CreateDir(const std::string& p, mode_t m) override { return base_->CreateDir(p, m); }
-  absl::Status Remove(const std::string& p) override { return base_->Remove(p); }
-  absl::Status RemoveAll(const std::string& p) override { return base_->RemoveAll(p); }
-  absl::StatusOr<std::vector<std::string>> ListDir(const std::string& p) override {
-    return base_->ListDir(p);
-  }
-  absl::Status Symlink(const std::string& t, const std::string& p) override {
-    return base_->Symlink(t, p);
-  }
-  absl::StatusOr<std::string> ReadLink(const std::string& p) override { return base_->ReadLink(p); }
-  bool Exists(const std::string& p) override { return base_->Exists(p); }
-  absl::Status Chmod(const std::string& p, mode_t m) override { return base_->Chmod(p, m); }
-  FileOwner Self() override { return base_->Self(); }
 
  private:
   PlantingFilesystem(Filesystem* base, std::unique_ptr<Filesystem> owned, std::string watched,
                      std::string target, std::shared_ptr<bool> planted)
-      : base_(base),
+      : ForwardingFilesystem(base),
         owned_(std::move(owned)),
         watched_(std::move(watched)),
         target_(std::move(target)),
         planted_(std::move(planted)) {}
 
-  Filesystem* const base_;
-  const std::unique_ptr<Filesystem> owned_;  // the confined view `base_` points at, if any
+  const std::unique_ptr<Filesystem> owned_;  // the confined view base() points at, if any
   const std::string watched_;
   const std::string target_;
   const std::shared_ptr<bool> planted_;

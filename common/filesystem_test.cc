@@ -10,6 +10,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/forwarding_filesystem.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/fixtures/fake_filesystem.h"
@@ -41,42 +42,23 @@ class ScopedUmask {
 
 // Delegates to another Filesystem, failing selected calls: lets the real WriteFileAtomically
 // meet a failure on a real disk.
-class FailingFilesystem : public Filesystem {
+class FailingFilesystem : public ForwardingFilesystem {
  public:
-  explicit FailingFilesystem(Filesystem* base) : base_(base) {}
+  explicit FailingFilesystem(Filesystem* base) : ForwardingFilesystem(base) {}
   bool fail_rename = false;
   int fail_write_after_bytes = -1;  // >= 0: write that many bytes, then fail with ENOSPC
 
-  absl::StatusOr<std::string> ReadFile(const std::string& p) override { return base_->ReadFile(p); }
   absl::Status WriteFile(const std::string& p, absl::string_view d, mode_t m) override {
     if (fail_write_after_bytes >= 0) {
-      base_->WriteFile(p, d.substr(0, fail_write_after_bytes), m).IgnoreError();
+      ForwardingFilesystem::WriteFile(p, d.substr(0, fail_write_after_bytes), m).IgnoreError();
       return ErrnoToStatus(ENOSPC, "write", p);
     }
-    return base_->WriteFile(p, d, m);
+    return ForwardingFilesystem::WriteFile(p, d, m);
   }
   absl::Status Rename(const std::string& f, const std::string& t) override {
     if (fail_rename) return ErrnoToStatus(EIO, "rename", f);
-    return base_->Rename(f, t);
+    return ForwardingFilesystem::Rename(f, t);
   }
-  absl::Status SyncDir(const std::string& p) override { return base_->SyncDir(p); }
-  absl::Status CreateDir(const std::string& p, mode_t m) override { return base_->CreateDir(p, m); }
-  absl::Status Remove(const std::string& p) override { return base_->Remove(p); }
-  absl::Status RemoveAll(const std::string& p) override { return base_->RemoveAll(p); }
-  absl::StatusOr<std::vector<std::string>> ListDir(const std::string& p) override {
-    return base_->ListDir(p);
-  }
-  absl::Status Symlink(const std::string& t, const std::string& p) override {
-    return base_->Symlink(t, p);
-  }
-  absl::StatusOr<std::string> ReadLink(const std::string& p) override { return base_->ReadLink(p); }
-  bool Exists(const std::string& p) override { return base_->Exists(p); }
-  absl::StatusOr<FileInfo> Stat(const std::string& p) override { return base_->Stat(p); }
-  absl::Status Chmod(const std::string& p, mode_t m) override { return base_->Chmod(p, m); }
-  FileOwner Self() override { return base_->Self(); }
-
- private:
-  Filesystem* base_;
 };
 
 // stat(2) of `path` (zeroed when it fails).

@@ -9,6 +9,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/synchronization/mutex.h"
+#include "common/forwarding_filesystem.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/fixtures/cert_factory.h"
@@ -66,44 +67,14 @@ TEST_P(DirectorySourceTest, ReadsPlainDirectoryWithoutCa) {
 
 // The real filesystem, running `before_read(path)` before each ReadFile: a kubelet update that
 // lands in the middle of a read.
-class InterleavingFilesystem final : public Filesystem {
+class InterleavingFilesystem final : public ForwardingFilesystem {
  public:
   std::function<void(const std::string&)> before_read;
 
   absl::StatusOr<std::string> ReadFile(const std::string& path) override {
     if (before_read) before_read(path);
-    return fs_.ReadFile(path);
+    return ForwardingFilesystem::ReadFile(path);
   }
-  absl::Status WriteFile(const std::string& path, absl::string_view data, mode_t mode) override {
-    return fs_.WriteFile(path, data, mode);
-  }
-  absl::Status Rename(const std::string& from, const std::string& to) override {
-    return fs_.Rename(from, to);
-  }
-  absl::Status SyncDir(const std::string& path) override { return fs_.SyncDir(path); }
-  absl::Status CreateDir(const std::string& path, mode_t mode) override {
-    return fs_.CreateDir(path, mode);
-  }
-  absl::Status Remove(const std::string& path) override { return fs_.Remove(path); }
-  absl::Status RemoveAll(const std::string& path) override { return fs_.RemoveAll(path); }
-  absl::StatusOr<std::vector<std::string>> ListDir(const std::string& path) override {
-    return fs_.ListDir(path);
-  }
-  absl::Status Symlink(const std::string& target, const std::string& path) override {
-    return fs_.Symlink(target, path);
-  }
-  absl::StatusOr<std::string> ReadLink(const std::string& path) override {
-    return fs_.ReadLink(path);
-  }
-  bool Exists(const std::string& path) override { return fs_.Exists(path); }
-  absl::StatusOr<FileInfo> Stat(const std::string& path) override { return fs_.Stat(path); }
-  absl::Status Chmod(const std::string& path, mode_t mode) override {
-    return fs_.Chmod(path, mode);
-  }
-  FileOwner Self() override { return fs_.Self(); }
-
- private:
-  PosixFilesystem fs_;
 };
 
 // The kubelet swaps ..data and deletes the previous version directory while a read is between

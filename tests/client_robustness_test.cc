@@ -20,6 +20,7 @@
 #include "client/hooks.h"
 #include "client/session.h"
 #include "client/state_store.h"
+#include "common/forwarding_filesystem.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
@@ -213,57 +214,30 @@ TEST_F(ScriptedServerTest, ServerWinsWhenVersionGoesBackwards) {
 // A real filesystem whose directory fsync fails (EIO) while `..data` of that directory names a
 // version other than the first one ever swapped in: a failure after the swap, as Sink::Apply's
 // contract describes it. Thread-safe.
-class FailAfterSwapFilesystem final : public Filesystem {
+class FailAfterSwapFilesystem final : public ForwardingFilesystem {
  public:
   void set_failing(bool failing) { failing_.store(failing); }
 
-  absl::StatusOr<std::string> ReadFile(const std::string& path) override {
-    return fs_.ReadFile(path);
-  }
-  absl::Status WriteFile(const std::string& path, absl::string_view data, mode_t mode) override {
-    return fs_.WriteFile(path, data, mode);
-  }
   absl::Status Rename(const std::string& from, const std::string& to) override {
-    absl::Status status = fs_.Rename(from, to);
+    absl::Status status = ForwardingFilesystem::Rename(from, to);
     if (status.ok() && absl::EndsWith(to, "/..data")) {
       absl::MutexLock lock(&mu_);
-      if (first_version_.empty()) first_version_ = fs_.ReadLink(to).value_or("");
+      if (first_version_.empty()) first_version_ = ReadLink(to).value_or("");
     }
     return status;
   }
   absl::Status SyncDir(const std::string& path) override {
     if (failing_.load()) {
-      absl::StatusOr<std::string> current = fs_.ReadLink(JoinPath(path, "..data"));
+      absl::StatusOr<std::string> current = ReadLink(JoinPath(path, "..data"));
       absl::MutexLock lock(&mu_);
       if (current.ok() && !first_version_.empty() && *current != first_version_) {
         return absl::InternalError(absl::StrCat("fsync ", path, ": Input/output error"));
       }
     }
-    return fs_.SyncDir(path);
+    return ForwardingFilesystem::SyncDir(path);
   }
-  absl::Status CreateDir(const std::string& path, mode_t mode) override {
-    return fs_.CreateDir(path, mode);
-  }
-  absl::Status Remove(const std::string& path) override { return fs_.Remove(path); }
-  absl::Status RemoveAll(const std::string& path) override { return fs_.RemoveAll(path); }
-  absl::StatusOr<std::vector<std::string>> ListDir(const std::string& path) override {
-    return fs_.ListDir(path);
-  }
-  absl::Status Symlink(const std::string& target, const std::string& path) override {
-    return fs_.Symlink(target, path);
-  }
-  absl::StatusOr<std::string> ReadLink(const std::string& path) override {
-    return fs_.ReadLink(path);
-  }
-  bool Exists(const std::string& path) override { return fs_.Exists(path); }
-  absl::StatusOr<FileInfo> Stat(const std::string& path) override { return fs_.Stat(path); }
-  absl::Status Chmod(const std::string& path, mode_t mode) override {
-    return fs_.Chmod(path, mode);
-  }
-  FileOwner Self() override { return fs_.Self(); }
 
  private:
-  PosixFilesystem fs_;
   std::atomic<bool> failing_{false};
   absl::Mutex mu_;
   std::string first_version_ ABSL_GUARDED_BY(mu_);
