@@ -6,6 +6,7 @@
 
 #include "absl/time/time.h"
 #include "metrics/families.h"
+#include "server/listener.h"
 
 namespace certcast {
 

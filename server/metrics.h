@@ -16,11 +16,12 @@
 #include "server/coverage.h"
 #include "server/distribution.h"
 #include "server/fleet.h"
-#include "server/listener.h"
 #include "server/publisher.h"
 #include "server/rollout.h"
 
 namespace certcast {
+
+class Listener;
 
 class ServerMetrics final : public prometheus::Collectable {
  public:

@@ -158,23 +158,20 @@ absl::StatusOr<CertificateMaterial> DirectorySource::Read() {
     const std::string base =
         kubelet_layout ? (target->front() == '/' ? *target : JoinPath(dir_, *target)) : dir_;
     absl::StatusOr<CertificateMaterial> material = ReadFrom(base);
-    if (!kubelet_layout) {
-      if (material.ok()) return material;
-      last_error = material.status();
-      break;
+    if (kubelet_layout) {
+      // ..data moved on during the read: the version directory read may be half deleted (a
+      // vanished ca.crt reads as "no CA", a content the source never held). Read again.
+      absl::StatusOr<std::string> again = fs_->ReadLink(JoinPath(dir_, kDataLink));
+      if (!again.ok() || *again != *target) {
+        last_error = material.ok() ? absl::UnavailableError(absl::StrCat(
+                                         "source directory ", dir_, " changed during every read"))
+                                   : material.status();
+        continue;
+      }
     }
-    // ..data moved on during the read: the version directory read may be half deleted (a
-    // vanished ca.crt reads as "no CA", a content the source never held). Read again.
-    absl::StatusOr<std::string> again = fs_->ReadLink(JoinPath(dir_, kDataLink));
-    const bool swapped = !again.ok() || *again != *target;
-    if (!swapped) {
-      if (material.ok()) return material;
-      last_error = material.status();
-      break;
-    }
-    last_error = material.ok() ? absl::UnavailableError(absl::StrCat("source directory ", dir_,
-                                                                     " changed during every read"))
-                               : material.status();
+    if (material.ok()) return material;
+    last_error = material.status();
+    break;
   }
   return WithReason(last_error, absl::IsNotFound(last_error) ? "missing" : "unreadable");
 }
