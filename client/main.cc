@@ -318,6 +318,7 @@ int main(int argc, char** argv) {
   // idle, bench/README.md "The client's memory"). Before any thread starts.
   mallopt(M_ARENA_MAX, 1);
   certcast::HardenKeyHoldingProcess();
+  certcast::KeepOpenSslUntilExit();
   // Block the control signals before anything can start a thread (gRPC starts its own while
   // credentials and channels are built): every thread inherits the mask, and this thread takes
   // them synchronously with sigwait once it is serving.

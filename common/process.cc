@@ -1,5 +1,6 @@
 #include "common/process.h"
 
+#include <openssl/crypto.h>
 #include <pthread.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -15,6 +16,8 @@ void HardenKeyHoldingProcess() {
   prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 }
+
+void KeepOpenSslUntilExit() { OPENSSL_init_crypto(OPENSSL_INIT_NO_ATEXIT, nullptr); }
 
 long RaiseOpenFileLimit() {
   struct rlimit limit = {};

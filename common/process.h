@@ -14,6 +14,13 @@ namespace certcast {
 // stream; certcast documents its lock order next to each mutex instead). Call first in main().
 void HardenKeyHoldingProcess();
 
+// Keeps OpenSSL's global state until the process is gone: no OPENSSL_cleanup() at exit. gRPC's
+// threads (handshakes, executors) outlive main() and may still use OpenSSL while exit() runs the
+// atexit handlers; a cleanup under them fails their calls and loses the per-thread random
+// generators of a thread that ends after it (LeakSanitizer reported one). Call before anything
+// uses OpenSSL: the first initialisation decides.
+void KeepOpenSslUntilExit();
+
 // Raises the soft limit on open files to the hard limit (as Go's runtime does for etcd): every
 // client stream is a socket, and the soft limit is often 1,024. Returns the limit now in force.
 long RaiseOpenFileLimit();

@@ -185,6 +185,7 @@ void UseSizedReadBuffers() { setenv("GRPC_EXPERIMENTS", "-tcp_read_chunks", /*ov
 int main(int argc, char** argv) {
   UseSizedReadBuffers();
   certcast::HardenKeyHoldingProcess();
+  certcast::KeepOpenSslUntilExit();
   certcast::RaiseOpenFileLimit();  // a socket per client stream
   // Block the control signals before anything can start a thread (gRPC starts its own while
   // credentials and channels are built): every thread inherits the mask, and this thread takes
