@@ -1,6 +1,7 @@
 #include "server/distribution.h"
 
 #include <algorithm>
+#include <thread>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -252,6 +253,10 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
   grpc::Status finish_status_;  // written once under mu_ before Finish is due
 };
 
+int DefaultFanOutThreads() {
+  return std::clamp(static_cast<int>(std::thread::hardware_concurrency()), 2, 8);
+}
+
 DistributionHub::DistributionHub(std::vector<std::string> names, Options options, Fleet* fleet,
                                  Authorizer* authorizer, Authenticator* authenticator)
     : options_(options), fleet_(fleet), authorizer_(authorizer), authenticator_(authenticator) {
@@ -262,7 +267,7 @@ DistributionHub::DistributionHub(std::vector<std::string> names, Options options
 DistributionHub::~DistributionHub() { Stop(); }
 
 void DistributionHub::OnPublish(std::shared_ptr<const Publication> publication) {
-  std::vector<SubscribeStream*> subscribers;
+  Offers offers;
   bool gated = false;
   {
     absl::MutexLock lock(&mu_);
@@ -270,18 +275,18 @@ void DistributionHub::OnPublish(std::shared_ptr<const Publication> publication) 
     topic.current = publication;
     gated = topic.gate != nullptr;
     if (!gated) {
-      subscribers.assign(topic.subscribers.begin(), topic.subscribers.end());
-      for (SubscribeStream* stream : subscribers) stream->Ref();
+      offers.reserve(topic.subscribers.size());
+      for (SubscribeStream* stream : topic.subscribers) {
+        stream->Ref();
+        offers.emplace_back(stream, publication);
+      }
     }
   }
   if (gated) {  // a rollout decides per namespace
     OfferAll(publication->name);
     return;
   }
-  for (SubscribeStream* stream : subscribers) {
-    stream->OfferUpdate(publication);
-    stream->Unref();
-  }
+  Offer(std::move(offers));
 }
 
 void DistributionHub::SetGate(const std::string& name, std::shared_ptr<const RolloutGate> gate) {
@@ -300,7 +305,7 @@ std::shared_ptr<const Publication> DistributionHub::For(const Topic& topic,
 }
 
 void DistributionHub::OfferAll(const std::string& name) {
-  std::vector<std::pair<SubscribeStream*, std::shared_ptr<const Publication>>> offers;
+  Offers offers;
   {
     absl::MutexLock lock(&mu_);
     Topic& topic = topics_[name];
@@ -311,10 +316,26 @@ void DistributionHub::OfferAll(const std::string& name) {
       offers.emplace_back(stream, std::move(publication));
     }
   }
-  for (auto& [stream, publication] : offers) {
-    stream->OfferUpdate(publication);
-    stream->Unref();
+  Offer(std::move(offers));
+}
+
+void DistributionHub::Offer(Offers offers) {
+  auto offer_range = [&offers](size_t begin, size_t end) {
+    for (size_t i = begin; i < end; ++i) {
+      offers[i].first->OfferUpdate(offers[i].second);
+      offers[i].first->Unref();
+    }
+  };
+  const size_t threads = std::clamp<size_t>(
+      offers.size() / std::max<size_t>(options_.min_streams_per_fan_out_thread, 1), 1,
+      std::max(options_.fan_out_threads, 1));
+  std::vector<std::thread> helpers;
+  const size_t shard = (offers.size() + threads - 1) / threads;
+  for (size_t begin = shard; begin < offers.size(); begin += shard) {
+    helpers.emplace_back(offer_range, begin, std::min(begin + shard, offers.size()));
   }
+  offer_range(0, std::min(shard, offers.size()));
+  for (std::thread& helper : helpers) helper.join();
 }
 
 absl::StatusOr<std::vector<std::shared_ptr<const Publication>>> DistributionHub::Register(

@@ -54,6 +54,9 @@ struct HubCounters {
   std::map<std::string, uint64_t> stream_errors;
 };
 
+// One per hardware thread, at least 2 and at most 8.
+int DefaultFanOutThreads();
+
 // Thread-safe. Does not own `fleet`, `authorizer` or `clock`.
 class DistributionHub final : public PublicationListener {
  public:
@@ -67,6 +70,12 @@ class DistributionHub final : public PublicationListener {
     // connection, and per peer address across its connections. About 10 KiB each.
     int max_awaiting_hello_per_connection = 64;
     int max_awaiting_hello_per_address = 512;
+    // Threads that start the writes of one publication, the calling thread one of them, each
+    // for at least min_streams_per_fan_out_thread streams. Starting a write sends it in the
+    // calling thread, so one thread would put a fan-out to 10,000 streams on one core
+    // (bench/README.md, optimization 8). Default: one per hardware thread, at most 8.
+    int fan_out_threads = DefaultFanOutThreads();
+    size_t min_streams_per_fan_out_thread = 512;
   };
 
   // `authenticator` may be null: then only the transport (mTLS) identity counts.
@@ -120,6 +129,10 @@ class DistributionHub final : public PublicationListener {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Offers each subscriber of `topic` its publication (under mu_ it collects; then it calls).
   void OfferAll(const std::string& name);
+  using Offers = std::vector<std::pair<SubscribeStream*, std::shared_ptr<const Publication>>>;
+  // Offers each stream its publication, in up to fan_out_threads shards, and drops the
+  // references the offers hold. Returns when every write has been started.
+  void Offer(Offers offers);
 
   struct AwaitingHello {
     absl::Time deadline;

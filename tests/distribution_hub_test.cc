@@ -121,5 +121,47 @@ TEST(DistributionHubTest, HelloRacingTheDeadlineNeverCrashes) {
   hub.Stop();
 }
 
+// A publication's writes are started by several threads, each for a shard of the streams: with
+// an uneven split (7 streams in shards of 3) every stream still gets each version exactly once.
+TEST(DistributionHubTest, FanOutInShardsReachesEveryStreamOnce) {
+  RealClock clock;
+  Fleet fleet(&clock, absl::Hours(1));
+  AllowAllAuthorizer authorizer;
+  DistributionHub::Options options;
+  options.fan_out_threads = 3;
+  options.min_streams_per_fan_out_thread = 1;
+  DistributionHub hub({"wildcard"}, options, &fleet, &authorizer);
+  DistributionService service(&hub);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  hub.Start();
+  auto channel = InsecureChannel(port);
+  constexpr int kStreams = 7;
+  std::vector<std::unique_ptr<TestSubscriber>> subscribers;
+  for (int i = 0; i < kStreams; ++i) {
+    subscribers.push_back(std::make_unique<TestSubscriber>(channel));
+    v1::HeldCertificate held;
+    held.set_name("wildcard");
+    ASSERT_TRUE(subscribers.back()->SendHello("tenant-a", "client-" + std::to_string(i), {held}));
+  }
+  ASSERT_TRUE(WaitFor([&] { return hub.live_streams() == kStreams; }));
+  for (uint64_t version = 1; version <= 2; ++version) {
+    hub.OnPublish(BigPublication(version));
+    for (int i = 0; i < kStreams; ++i) {
+      std::optional<v1::SubscribeResponse> response = subscribers[i]->NextNonHeartbeat();
+      ASSERT_TRUE(response.has_value()) << "stream " << i << " got no version " << version;
+      ASSERT_TRUE(response->has_update());
+      EXPECT_EQ(response->update().version(), version) << "stream " << i;
+    }
+  }
+  EXPECT_EQ(hub.counters().updates_written, 2u * kStreams);
+  for (auto& subscriber : subscribers) subscriber->CloseSend();
+  server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+  hub.Stop();
+}
+
 }  // namespace
 }  // namespace certcast
