@@ -1,6 +1,7 @@
 #include "server/distribution.h"
 
 #include <algorithm>
+#include <system_error>
 #include <thread>
 #include <utility>
 
@@ -332,7 +333,15 @@ void DistributionHub::Offer(Offers offers) {
   std::vector<std::thread> helpers;
   const size_t shard = (offers.size() + threads - 1) / threads;
   for (size_t begin = shard; begin < offers.size(); begin += shard) {
-    helpers.emplace_back(offer_range, begin, std::min(begin + shard, offers.size()));
+    const size_t end = std::min(begin + shard, offers.size());
+    try {
+      helpers.push_back(
+          options_.start_fan_out_thread([&offer_range, begin, end] { offer_range(begin, end); }));
+    } catch (const std::system_error& error) {
+      LogWarn("no thread for a shard of the fan-out; the publishing thread writes it too",
+              {{"streams", absl::StrCat(end - begin)}, {"error", error.what()}});
+      offer_range(begin, end);
+    }
   }
   offer_range(0, std::min(shard, offers.size()));
   for (std::thread& helper : helpers) helper.join();

@@ -15,6 +15,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -76,6 +77,10 @@ class DistributionHub final : public PublicationListener {
     // (bench/README.md, optimization 8). Default: one per hardware thread, at most 8.
     int fan_out_threads = DefaultFanOutThreads();
     size_t min_streams_per_fan_out_thread = 512;
+    // Starts one of those threads. When it throws std::system_error (no thread to be had: a
+    // pod's pids limit), the calling thread offers that shard itself. Tests make it fail.
+    std::function<std::thread(std::function<void()>)> start_fan_out_thread =
+        [](std::function<void()> run) { return std::thread(std::move(run)); };
   };
 
   // `authenticator` may be null: then only the transport (mTLS) identity counts.

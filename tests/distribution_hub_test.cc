@@ -1,8 +1,11 @@
 // The distribution hub with a real gRPC server and misbehaving clients: one that stops reading
 // (latest wins keeps memory bounded), and hellos racing the hello deadline.
+#include <functional>
 #include <memory>
 #include <random>
 #include <string>
+#include <system_error>
+#include <thread>
 #include <vector>
 
 #include "common/clock.h"
@@ -121,15 +124,12 @@ TEST(DistributionHubTest, HelloRacingTheDeadlineNeverCrashes) {
   hub.Stop();
 }
 
-// A publication's writes are started by several threads, each for a shard of the streams: with
-// an uneven split (7 streams in shards of 3) every stream still gets each version exactly once.
-TEST(DistributionHubTest, FanOutInShardsReachesEveryStreamOnce) {
+// Publishes two versions to 7 streams through a hub with `options` and requires every stream to
+// get each version exactly once.
+void ExpectEveryStreamGetsEachVersionOnce(const DistributionHub::Options& options) {
   RealClock clock;
   Fleet fleet(&clock, absl::Hours(1));
   AllowAllAuthorizer authorizer;
-  DistributionHub::Options options;
-  options.fan_out_threads = 3;
-  options.min_streams_per_fan_out_thread = 1;
   DistributionHub hub({"wildcard"}, options, &fleet, &authorizer);
   DistributionService service(&hub);
   grpc::ServerBuilder builder;
@@ -161,6 +161,32 @@ TEST(DistributionHubTest, FanOutInShardsReachesEveryStreamOnce) {
   for (auto& subscriber : subscribers) subscriber->CloseSend();
   server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
   hub.Stop();
+}
+
+DistributionHub::Options ShardsOfThree() {
+  DistributionHub::Options options;
+  options.fan_out_threads = 3;
+  options.min_streams_per_fan_out_thread = 1;
+  return options;
+}
+
+// A publication's writes are started by several threads, each for a shard of the streams: with
+// an uneven split (7 streams in shards of 3) every stream still gets each version exactly once.
+TEST(DistributionHubTest, FanOutInShardsReachesEveryStreamOnce) {
+  ExpectEveryStreamGetsEachVersionOnce(ShardsOfThree());
+}
+
+// No thread to be had (a pod's pids limit): the publishing thread writes every shard itself
+// instead of the server ending on an uncaught std::system_error.
+TEST(DistributionHubTest, FanOutWithoutThreadsStillReachesEveryStream) {
+  DistributionHub::Options options = ShardsOfThree();
+  int refused = 0;
+  options.start_fan_out_thread = [&refused](std::function<void()>) -> std::thread {
+    ++refused;
+    throw std::system_error(EAGAIN, std::generic_category(), "pthread_create");
+  };
+  ExpectEveryStreamGetsEachVersionOnce(options);
+  EXPECT_EQ(refused, 4) << "two publications, two extra shards each";
 }
 
 }  // namespace
