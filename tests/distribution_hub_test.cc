@@ -1,5 +1,6 @@
 // The distribution hub with a real gRPC server and misbehaving clients: one that stops reading
-// (latest wins keeps memory bounded), and hellos racing the hello deadline.
+// (latest wins keeps memory bounded), and hellos racing the hello deadline; and its fan-out in
+// shards, with and without threads to run them.
 #include <functional>
 #include <memory>
 #include <random>
@@ -31,19 +32,35 @@ std::shared_ptr<const Publication> BigPublication(uint64_t version) {
   return MakePublication("wildcard", version, false, info, material);
 }
 
+// A hub with `options` behind a real gRPC server on a free loopback port, started; shut down in
+// that order when it goes.
+struct ServedHub {
+  explicit ServedHub(const DistributionHub::Options& options)
+      : hub({"wildcard"}, options, &fleet, &authorizer), service(&hub) {
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(&service);
+    server = builder.BuildAndStart();
+    hub.Start();
+  }
+  ~ServedHub() {
+    server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+    hub.Stop();
+  }
+
+  RealClock clock;
+  Fleet fleet{&clock, absl::Hours(1)};
+  AllowAllAuthorizer authorizer;
+  DistributionHub hub;
+  DistributionService service;
+  int port = 0;
+  std::unique_ptr<grpc::Server> server;
+};
+
 // A reader that is not reading gets only a bounded number of the 60 versions, ending with 60.
 TEST(SlowReaderTest, LatestVersionWinsForAClientThatStopsReading) {
-  RealClock clock;
-  Fleet fleet(&clock, absl::Hours(1));
-  AllowAllAuthorizer authorizer;
-  DistributionHub hub({"wildcard"}, DistributionHub::Options(), &fleet, &authorizer);
-  DistributionService service(&hub);
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  hub.Start();
+  ServedHub served{DistributionHub::Options()};
+  DistributionHub& hub = served.hub;
   hub.OnPublish(BigPublication(1));
 
   grpc::ChannelArguments args;
@@ -52,7 +69,7 @@ TEST(SlowReaderTest, LatestVersionWinsForAClientThatStopsReading) {
   // many messages on the application's behalf, so "not reading" really stops the stream.
   args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
   args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 * 1024);
-  TestSubscriber subscriber(grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port),
+  TestSubscriber subscriber(grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(served.port),
                                                       grpc::InsecureChannelCredentials(), args));
   v1::HeldCertificate held;
   held.set_name("wildcard");
@@ -85,28 +102,17 @@ TEST(SlowReaderTest, LatestVersionWinsForAClientThatStopsReading) {
   EXPECT_GT(hub.counters().updates_replaced, 0u);
 
   subscriber.CloseSend();
-  server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
-  hub.Stop();
 }
 
 // A hello that arrives just as the hello deadline ends the stream must not make the stream
 // write after Finish (gRPC aborts the whole process then).
 TEST(DistributionHubTest, HelloRacingTheDeadlineNeverCrashes) {
-  RealClock clock;
-  Fleet fleet(&clock, absl::Hours(1));
-  AllowAllAuthorizer authorizer;
   DistributionHub::Options options;
   options.hello_timeout = absl::Milliseconds(3);
-  DistributionHub hub({"wildcard"}, options, &fleet, &authorizer);
-  DistributionService service(&hub);
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  hub.Start();
+  ServedHub served(options);
+  DistributionHub& hub = served.hub;
   hub.OnPublish(BigPublication(1));
-  auto channel = InsecureChannel(port);
+  auto channel = InsecureChannel(served.port);
   std::mt19937 random(7);
   int deadline_exceeded = 0;
   for (int i = 0; i < 150; ++i) {
@@ -120,25 +126,14 @@ TEST(DistributionHubTest, HelloRacingTheDeadlineNeverCrashes) {
     if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) ++deadline_exceeded;
   }
   EXPECT_GT(deadline_exceeded, 0) << "the race was never exercised";
-  server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
-  hub.Stop();
 }
 
 // Publishes two versions to 7 streams through a hub with `options` and requires every stream to
 // get each version exactly once.
 void ExpectEveryStreamGetsEachVersionOnce(const DistributionHub::Options& options) {
-  RealClock clock;
-  Fleet fleet(&clock, absl::Hours(1));
-  AllowAllAuthorizer authorizer;
-  DistributionHub hub({"wildcard"}, options, &fleet, &authorizer);
-  DistributionService service(&hub);
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  hub.Start();
-  auto channel = InsecureChannel(port);
+  ServedHub served(options);
+  DistributionHub& hub = served.hub;
+  auto channel = InsecureChannel(served.port);
   constexpr int kStreams = 7;
   std::vector<std::unique_ptr<TestSubscriber>> subscribers;
   for (int i = 0; i < kStreams; ++i) {
@@ -159,8 +154,6 @@ void ExpectEveryStreamGetsEachVersionOnce(const DistributionHub::Options& option
   }
   EXPECT_EQ(hub.counters().updates_written, 2u * kStreams);
   for (auto& subscriber : subscribers) subscriber->CloseSend();
-  server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
-  hub.Stop();
 }
 
 DistributionHub::Options ShardsOfThree() {
