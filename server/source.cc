@@ -94,21 +94,30 @@ bool DirectorySource::WaitForChange(absl::Time deadline) {
     }
     if (watching && ready > 0 && (fds[1].revents & POLLIN)) {
       alignas(struct inotify_event) char buffer[4096];
+      bool changed = false;
       bool lost_watch = false;
       ssize_t n;
       while ((n = read(inotify_fd_, buffer, sizeof(buffer))) > 0) {
         for (char* p = buffer; p < buffer + n;) {
           const auto* event = reinterpret_cast<const struct inotify_event*>(p);
-          if (event->mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF)) lost_watch = true;
           p += sizeof(struct inotify_event) + event->len;
+          // An earlier watch's last events (its IN_IGNORED arrives after we removed it) say
+          // nothing about the directory now; taken for the current watch's loss, they once made
+          // the source drop and re-add its watch on every call, reporting a change each time.
+          // wd -1 is a queue overflow: events were lost, so assume a change.
+          if (event->wd != watch_ && event->wd != -1) continue;
+          changed = true;
+          if (event->mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF)) lost_watch = true;
         }
       }
-      if (lost_watch && watch_ >= 0) {
+      if (lost_watch) {
         inotify_rm_watch(inotify_fd_, watch_);
         watch_ = -1;
       }
-      last_signature_ = Signature();
-      return true;
+      if (changed) {
+        last_signature_ = Signature();
+        return true;
+      }
     }
     if (!watching) {
       std::string signature = Signature();

@@ -143,6 +143,36 @@ TEST_P(DirectorySourceTest, WaitTimesOutAndInterrupts) {
   EXPECT_FALSE(source->WaitForChange(absl::InfiniteFuture()));
 }
 
+// Moved away and replaced: the new directory is watched, and once it is quiet, WaitForChange
+// says so. The old watch's removal leaves a late IN_IGNORED for its descriptor in the queue;
+// taken for the new watch's loss, it once made the source drop and re-add its watch on every call
+// and report a change each time, so the watcher never saw the quiet it waits for to read the
+// source (ServerScenarioTest.BadSourceKeepsLastGoodVersion hung that way, now and then).
+TEST_P(DirectorySourceTest, ReplacedDirectoryGoesQuiet) {
+  fixtures::WriteKubeletDir(tmp_.Join("s"), MakeChain().material);
+  auto source = Make(tmp_.Join("s"));
+  ASSERT_EQ(::rename(tmp_.Join("s").c_str(), tmp_.Join("old").c_str()), 0);
+  Chain next = MakeChain();
+  fixtures::WriteKubeletDir(tmp_.Join("s"), next.material);
+  ASSERT_TRUE(Eventually([&] {
+    return source->WaitForChange(absl::Now() + absl::Milliseconds(100)) &&
+           source->Read().ok() && source->Read()->chain_pem == next.material.chain_pem;
+  }));
+  // Nothing changes any more: within a few calls one must reach its deadline.
+  bool quiet = false;
+  for (int call = 0; call < 20 && !quiet; ++call) {
+    quiet = !source->WaitForChange(absl::Now() + absl::Milliseconds(100));
+  }
+  EXPECT_TRUE(quiet);
+  // And the new directory's changes are still noticed.
+  Chain third = MakeChain();
+  fixtures::WriteKubeletDir(tmp_.Join("s"), third.material);
+  EXPECT_TRUE(Eventually([&] {
+    return source->WaitForChange(absl::Now() + absl::Milliseconds(100)) &&
+           source->Read().ok() && source->Read()->chain_pem == third.material.chain_pem;
+  }));
+}
+
 INSTANTIATE_TEST_SUITE_P(InotifyAndPolling, DirectorySourceTest, ::testing::Bool(),
                          [](const auto& param_info) {
                            return param_info.param ? "Inotify" : "Polling";
