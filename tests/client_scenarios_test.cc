@@ -175,7 +175,10 @@ class ClientScenarioTest : public ::testing::Test {
 TEST_F(ClientScenarioTest, RotationReachesThreeClients) {
   StartServer();
   std::vector<std::unique_ptr<ChildProcess>> clients;
-  for (const char* ns : {"tenant-a", "tenant-b", "tenant-c"}) clients.push_back(StartClient(ns));
+  clients.push_back(StartClient("tenant-a"));
+  clients.push_back(StartClient("tenant-b"));
+  // By name, through gRPC's DNS resolver, as clients in a cluster dial the server's Service.
+  clients.push_back(StartClient("tenant-c", {absl::StrCat("--server=dns:///localhost:", port_)}));
   const std::map<std::string, uint64_t> v1 = {{"tenant-a", 1}, {"tenant-b", 1}, {"tenant-c", 1}};
   ASSERT_TRUE(WaitFor([&] { return Acked() == v1; })) << clients[0]->log();
   for (const char* ns : {"tenant-a", "tenant-b", "tenant-c"}) {

@@ -3,7 +3,8 @@
 # OpenSSL, c-ares, re2, upb and spdlog itself: neither the binary (readelf -d) nor anything it
 # loads (ldd) names a shared copy of them, libcurl is not linked (client/lazy_curl.h loads it on demand),
 # and the executable exports no OpenSSL or curl symbols, so the libcurl it loads keeps its own
-# OpenSSL instead of binding to the static one. Also runs the binary (--version) once.
+# OpenSSL instead of binding to the static one, and that no xDS, grpclb or RLS code is linked
+# (client/grpc_plugins.cc). Also runs the binary (--version) once.
 # Usage: static_client_test.sh CLIENT_BINARY
 set -euo pipefail
 client=${1:?usage: $0 CLIENT_BINARY}
@@ -29,6 +30,15 @@ if bad=$(nm -D --defined-only "$client" | awk '{ print $3 }' \
            | grep -E '^(SSL_|EVP_|OPENSSL_|X509_|CRYPTO_|curl_)'); then
   echo "FAIL: $client exports OpenSSL or curl symbols, which a loaded library would bind to:" \
     $(head -5 <<<"$bad") >&2
+  fail=1
+fi
+# Only the gRPC plugins it uses (client/grpc_plugins.cc): no xDS, grpclb or RLS code linked.
+symbols=$(nm -C "$client" 2>/dev/null || true)
+if ! grep -q ' grpc_core::BuildCoreConfiguration(' <<<"$symbols"; then
+  echo "FAIL: no symbol table, or no BuildCoreConfiguration, in $client: cannot check its plugins" >&2
+  fail=1
+elif bad=$(grep -oE 'grpc_core::(RegisterXdsResolver|RegisterGrpcLbPolicy|RegisterRlsLbPolicy|RegisterRingHashLbPolicy|XdsClient::XdsClient)\(' <<<"$symbols" | sort -u); then
+  echo "FAIL: $client links gRPC plugins it never uses:" $bad >&2
   fail=1
 fi
 version=$("$client" --version)
