@@ -38,7 +38,7 @@ uint64_t Fleet::Connect(ClientRecord record) {
   record.connected_since = record.last_seen = clock_->Now();
   by_key_[key] = record.id;
   const uint64_t id = record.id;
-  records_.emplace(id, std::move(record));
+  index_[id] = &records_.emplace(id, std::move(record)).first->second;
   return id;
 }
 
@@ -65,6 +65,7 @@ void Fleet::Erase(std::map<uint64_t, ClientRecord>::iterator record) {
       }
     }
   }
+  index_.erase(record->first);
   records_.erase(record);
 }
 
@@ -79,10 +80,15 @@ void Fleet::Prune() {
   }
 }
 
+ClientRecord* Fleet::FindRecord(uint64_t id) {
+  auto it = index_.find(id);
+  return it == index_.end() ? nullptr : it->second;
+}
+
 ClientCertificateState* Fleet::Find(uint64_t id, const std::string& name) {
-  auto it = records_.find(id);
-  if (it == records_.end()) return nullptr;
-  for (ClientCertificateState& state : it->second.certificates) {
+  ClientRecord* record = FindRecord(id);
+  if (record == nullptr) return nullptr;
+  for (ClientCertificateState& state : record->certificates) {
     if (state.name == name) return &state;
   }
   return nullptr;
@@ -112,7 +118,7 @@ ClientCertificateState* Fleet::Answered(uint64_t id, const std::string& name, ui
     *outcome = AckOutcome::kUnknownCertificate;
     return nullptr;
   }
-  records_[id].last_seen = clock_->Now();
+  FindRecord(id)->last_seen = clock_->Now();
   if (nonce != state->sent_nonce || version != state->sent_version) {
     ++counters_.stale;
     *outcome = AckOutcome::kStale;

@@ -73,6 +73,12 @@ TEST(FleetTest, DisconnectedClientsAreKeptForRetention) {
   page = fleet.List("", "", 10, 0);
   ASSERT_EQ(page.clients.size(), 1u);
   EXPECT_EQ(page.clients[0].namespace_, "tenant-a");
+  // The replaced and the expired records are gone for the lookups of a push and its ACK too
+  // (the index beside the ordered records; ASan sees a stale entry).
+  fleet.RecordSent(id, "wildcard", 1, "n1", false);
+  fleet.RecordSent(other, "wildcard", 1, "n1", false);
+  EXPECT_EQ(fleet.RecordAck(id, "wildcard", 1, "n1", ""), AckOutcome::kUnknownCertificate);
+  EXPECT_EQ(fleet.RecordAck(other, "wildcard", 1, "n1", ""), AckOutcome::kUnknownCertificate);
 }
 
 // Other replicas' clients count with kAllReplicas only, after this replica's, and page through
