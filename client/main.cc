@@ -5,7 +5,7 @@
 #include <unistd.h>
 
 #include <functional>
-#include <iostream>
+#include <optional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -325,18 +325,8 @@ int main(int argc, char** argv) {
   const sigset_t signals = certcast::BlockControlSignals();
   // --verify probes write to endpoints that may hang up mid-handshake: EPIPE, not death.
   signal(SIGPIPE, SIG_IGN);
-  certcast::NormalizeFlagNames(argc, argv);
-  if (certcast::WantsHelp(argc, argv)) {
-    std::cout << Help();
-    return 0;
-  }
-  if (certcast::WantsVersion(argc, argv)) {
-    std::cout << certcast::VersionLine(kProgram) << "\n";
-    return 0;
-  }
-  certcast::ConfigureLoggingFromArgv(argc, argv);
-  if (absl::Status durations = certcast::CheckDurationFlags(argc, argv); !durations.ok()) {
-    return Fail(durations.message());
+  if (std::optional<int> exit_status = certcast::BeginCommandLine(argc, argv, kProgram, Help)) {
+    return *exit_status;
   }
   const std::vector<std::string> certificates =
       certcast::TakeRepeatedFlag(&argc, argv, "certificate");

@@ -6,8 +6,11 @@
 #include <sys/resource.h>
 
 #include <cstdio>
+#include <iostream>
 
 #include "absl/synchronization/mutex.h"
+#include "common/build_info.h"
+#include "common/flags_util.h"
 #include "common/logging.h"
 
 namespace certcast {
@@ -49,6 +52,24 @@ int FailStartup(absl::string_view program, absl::string_view message) {
                  line.c_str());
   }
   return 2;
+}
+
+std::optional<int> BeginCommandLine(int argc, char** argv, absl::string_view program,
+                                    absl::FunctionRef<std::string()> help) {
+  NormalizeFlagNames(argc, argv);
+  if (WantsHelp(argc, argv)) {
+    std::cout << help();
+    return 0;
+  }
+  if (WantsVersion(argc, argv)) {
+    std::cout << VersionLine(program) << "\n";
+    return 0;
+  }
+  ConfigureLoggingFromArgv(argc, argv);
+  if (absl::Status durations = CheckDurationFlags(argc, argv); !durations.ok()) {
+    return FailStartup(program, durations.message());
+  }
+  return std::nullopt;
 }
 
 }  // namespace certcast

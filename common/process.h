@@ -5,6 +5,10 @@
 
 #include <signal.h>
 
+#include <optional>
+#include <string>
+
+#include "absl/functional/function_ref.h"
 #include "absl/strings/string_view.h"
 
 namespace certcast {
@@ -33,6 +37,14 @@ sigset_t BlockControlSignals();
 // returns the exit status (2) for a local permanent error (bad flags, unreadable files), so a
 // supervisor shows why the process did not start.
 int FailStartup(absl::string_view program, absl::string_view message);
+
+// What every binary does with its command line before its own flags: both flag spellings
+// accepted (NormalizeFlagNames), --help (`help()`) and --version answered on stdout, logging set
+// up from argv so that start-up errors are logged in the chosen format, and the values of
+// duration flags checked. Returns the status main() returns at once (0 after --help or
+// --version, FailStartup's for a bad duration), or nullopt to go on parsing.
+std::optional<int> BeginCommandLine(int argc, char** argv, absl::string_view program,
+                                    absl::FunctionRef<std::string()> help);
 
 }  // namespace certcast
 

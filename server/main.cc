@@ -3,7 +3,7 @@
 #include <signal.h>
 #include <stdlib.h>
 
-#include <iostream>
+#include <optional>
 #include <map>
 #include <string>
 #include <vector>
@@ -191,18 +191,8 @@ int main(int argc, char** argv) {
   // credentials and channels are built): every thread inherits the mask, and this thread takes
   // them synchronously with sigwait once it is serving.
   const sigset_t signals = certcast::BlockControlSignals();
-  certcast::NormalizeFlagNames(argc, argv);
-  if (certcast::WantsHelp(argc, argv)) {
-    std::cout << Help();
-    return 0;
-  }
-  if (certcast::WantsVersion(argc, argv)) {
-    std::cout << certcast::VersionLine(kProgram) << "\n";
-    return 0;
-  }
-  certcast::ConfigureLoggingFromArgv(argc, argv);
-  if (absl::Status durations = certcast::CheckDurationFlags(argc, argv); !durations.ok()) {
-    return Fail(durations.message());
+  if (std::optional<int> exit_status = certcast::BeginCommandLine(argc, argv, kProgram, Help)) {
+    return *exit_status;
   }
   const std::vector<std::string> certificates =
       certcast::TakeRepeatedFlag(&argc, argv, "certificate");
