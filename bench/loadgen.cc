@@ -356,7 +356,7 @@ class CertcastClient {
       held->set_version(version_);
       held->set_fingerprint(fingerprint_);
       // A fresh connection per attempt, as certcast-client makes. The previous attempt's channel
-      // goes here, outside its own callbacks (dropping it in OnDone trips gRPC's refcounts).
+      // is normally gone already (ReleaseChannel).
       stub_ = v1::Distribution::NewStub(channels_->NewChannel());
       call = call_ = new CertcastCall(this);
     }
@@ -383,23 +383,38 @@ class CertcastClient {
     }
     shared_->Delivered(index_, now_ns);
   }
-  void Ended(CertcastCall* call, const grpc::Status& status, bool first_seen) {
+  // The call is ending: no Cancel() reaches it from now on.
+  void Detach(CertcastCall* call) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (call_ == call) call_ = nullptr;
+  }
+  // After the call is gone (and with its context the context's reference to the channel).
+  void Ended(const grpc::Status& status, bool first_seen) {
     if (!first_seen) shared_->FailedBeforeFirst(index_, status);
     double delay;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (call_ == call) call_ = nullptr;
       if (shared_->stopping.load()) return;
       std::uniform_real_distribution<double> jitter(0.8, 1.2);
       delay = backoff_ * jitter(random_);
       backoff_ = std::min(backoff_ * 2, kMaxBackoff);
     }
-    scheduler_->At(std::chrono::steady_clock::now() +
-                       std::chrono::microseconds(static_cast<int64_t>(delay * 1e6)),
+    const auto now = std::chrono::steady_clock::now();
+    // certcast-client closes its connection as soon as the stream ends (client/session.cc), so a
+    // server shutting down does not wait for it; the stub holds the channel's last reference.
+    scheduler_->At(now, [this] { ReleaseChannel(); });
+    scheduler_->At(now + std::chrono::microseconds(static_cast<int64_t>(delay * 1e6)),
                    [this] { Connect(); });
   }
 
  private:
+  // On the scheduler's thread: a channel destroyed inside its own callbacks trips gRPC's refcounts.
+  void ReleaseChannel() {
+    std::unique_ptr<v1::Distribution::Stub> released;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (call_ == nullptr) released = std::move(stub_);
+  }
+
   static constexpr double kInitialBackoff = 0.5;  // seconds, as certcast-client
   static constexpr double kMaxBackoff = 30;
 
@@ -450,8 +465,12 @@ void CertcastCall::OnReadDone(bool ok) {
 }
 
 void CertcastCall::OnDone(const grpc::Status& status) {
-  client_->Ended(this, status, first_seen_);
+  CertcastClient* client = client_;
+  const bool first_seen = first_seen_;
+  const grpc::Status ended = status;
+  client->Detach(this);
   delete this;
+  client->Ended(ended, first_seen);
 }
 
 // --- etcd watchers ------------------------------------------------------------------------------
