@@ -3,8 +3,8 @@
 #include <signal.h>
 #include <stdlib.h>
 
-#include <optional>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -330,7 +330,7 @@ int main(int argc, char** argv) {
   const absl::Time signalled = absl::Now();
   (*server)->Shutdown(absl::GetFlag(FLAGS_shutdown_grace));
   metrics.reset();
-  // How long the drain took, for sizing terminationGracePeriodSeconds (10,000 clients: ~5 s).
+  // How long the drain took, for sizing the pod's terminationGracePeriodSeconds.
   certcast::LogInfo("certcast-server stopped", {{"took", absl::Now() - signalled}});
   return 0;
 }
