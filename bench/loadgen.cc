@@ -14,7 +14,8 @@
 // The driver (bench/run) sends one command per line on stdin; each gets one line on stdout that
 // starts with the command's name. Times are wall-clock Unix nanoseconds (the driver, the server
 // and the load generators share one host clock).
-//   subscribers: connect | arm | collect MS | resync-arm | resync-wait MS | quit
+//   subscribers: ready | connect | arm | collect MS | resync-arm | resync-wait MS | quit
+//   (collect and resync-wait answer with a count and then each client's time)
 //   control:     ready MS | published | acks VERSION N MS | put FILE | quit
 //
 // Not thread-safe beyond what it needs: gRPC callbacks and the reconnect thread meet in Shared.
@@ -99,6 +100,18 @@ void Reply(const std::string& line) {
   std::fflush(stdout);
 }
 
+// --tls_ca becomes gRPC's default roots (before any gRPC call or thread), so that gRPC parses it
+// once per process instead of once per connection attempt, as it does for roots passed in
+// SslCredentialsOptions: with OpenSSL 3.0's decoders that parse took ~13 % of the load
+// generators' CPU per TLS connection (perf), on the cores the server under test needs. A real
+// client parses its CA once per attempt on its own CPU. (Debian's gRPC never asks
+// grpc_set_ssl_roots_override_callback, so this goes through the environment.)
+void UseCaAsDefaultRoots() {
+  if (absl::GetFlag(FLAGS_tls_ca).empty()) return;
+  ReadFileOrDie(absl::GetFlag(FLAGS_tls_ca));  // fail here, not in every handshake
+  setenv("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", absl::GetFlag(FLAGS_tls_ca).c_str(), 1);
+}
+
 // Channels: TLS or plaintext; each call to NewChannel is its own connection.
 class Channels {
  public:
@@ -106,9 +119,8 @@ class Channels {
     if (absl::GetFlag(FLAGS_tls_ca).empty()) {
       credentials_ = grpc::InsecureChannelCredentials();
     } else {
-      grpc::SslCredentialsOptions ssl;
-      ssl.pem_root_certs = ReadFileOrDie(absl::GetFlag(FLAGS_tls_ca));
-      credentials_ = grpc::SslCredentials(ssl);
+      // No roots here: gRPC takes its default roots, the CA (UseCaAsDefaultRoots).
+      credentials_ = grpc::SslCredentials(grpc::SslCredentialsOptions());
     }
   }
   std::shared_ptr<grpc::Channel> NewChannel() {
@@ -150,7 +162,7 @@ std::vector<std::string> ReadTokens(size_t count, size_t skip) {
 struct Shared {
   explicit Shared(int clients)
       : receipt_ns(static_cast<size_t>(clients), 0),
-        resynced(static_cast<size_t>(clients), false),
+        resync_ns(static_cast<size_t>(clients), 0),
         initial(static_cast<size_t>(clients), false),
         failed_first(static_cast<size_t>(clients), false) {}
 
@@ -160,9 +172,8 @@ struct Shared {
   std::vector<int64_t> receipt_ns;  // first update (certcast) or event (etcd) after `arm`
   int received = 0;
   bool resync_armed = false;
-  std::vector<bool> resynced;  // a new stream got its first message since `resync-arm`
+  std::vector<int64_t> resync_ns;  // when a new stream got its first message since `resync-arm`
   int resynced_count = 0;
-  int64_t last_resync_ns = 0;
   std::vector<bool> initial;  // the first stream got its first message
   int initial_count = 0;
   std::vector<bool> failed_first;  // the first stream ended unserved, no retry served it yet
@@ -182,10 +193,9 @@ struct Shared {
         failed_first[i] = false;
         --failed;
       }
-    } else if (resync_armed && !resynced[i]) {
-      resynced[i] = true;
+    } else if (resync_armed && resync_ns[i] == 0) {
+      resync_ns[i] = WallNs();
       ++resynced_count;
-      last_resync_ns = WallNs();
     }
     cv.notify_all();
   }
@@ -590,9 +600,8 @@ int RunSubscribers() {
       Reply(reply);
     } else if (command == "resync-arm") {
       std::lock_guard<std::mutex> lock(shared.mu);
-      std::fill(shared.resynced.begin(), shared.resynced.end(), false);
+      std::fill(shared.resync_ns.begin(), shared.resync_ns.end(), 0);
       shared.resynced_count = 0;
-      shared.last_resync_ns = 0;
       shared.resync_armed = true;
       shared.storm_failures.clear();
       Reply("resync-arm");
@@ -603,7 +612,13 @@ int RunSubscribers() {
       for (const auto& [reason, count] : shared.storm_failures) {
         std::fprintf(stderr, "storm: %d attempts ended unserved: code %s\n", count, reason.c_str());
       }
-      Reply(absl::StrCat("resync-wait ", shared.resynced_count, " ", shared.last_resync_ns));
+      std::string reply = absl::StrCat("resync-wait ", shared.resynced_count);
+      for (int64_t at : shared.resync_ns) {
+        if (at != 0) absl::StrAppend(&reply, " ", at);
+      }
+      Reply(reply);
+    } else if (command == "ready") {  // started: what it costs from here on is the run's
+      Reply("ready");
     } else if (command == "quit") {
       break;
     } else {
@@ -752,6 +767,7 @@ int main(int argc, char** argv) {
   // took 14 % of the load generators' CPU while 3,000 TLS subscribers connected (perf), CPU
   // the server under test then lacks on a 2-core machine.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  UseCaAsDefaultRoots();
   if (absl::GetFlag(FLAGS_target).empty()) Die("--target is required");
   const std::string system = absl::GetFlag(FLAGS_system);
   if (system != "certcast" && system != "etcd") Die("--system must be certcast or etcd");
