@@ -38,6 +38,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -178,8 +179,10 @@ struct Shared {
   int initial_count = 0;
   std::vector<bool> failed_first;  // the first stream ended unserved, no retry served it yet
   int failed = 0;                  // how many are so
-  // Attempts that ended unserved while a resync is armed, by status: why a storm is slow.
-  std::map<std::string, int> storm_failures;
+  // Attempts that ended unserved while a resync is armed, by second since `resync-arm` and
+  // status: why a storm is slow.
+  int64_t resync_arm_ns = 0;
+  std::map<std::pair<int64_t, std::string>, int> storm_failures;
   std::atomic<bool> stopping{false};
 
   // A stream's first message (certcast: InSync or Update; etcd: created).
@@ -211,8 +214,9 @@ struct Shared {
     std::lock_guard<std::mutex> lock(mu);
     const size_t i = static_cast<size_t>(index);
     if (resync_armed) {
-      ++storm_failures[absl::StrCat(static_cast<int>(status.error_code()), " ",
-                                    status.error_message().substr(0, 300))];
+      ++storm_failures[{(WallNs() - resync_arm_ns) / 1'000'000'000,
+                        absl::StrCat(static_cast<int>(status.error_code()), " ",
+                                     status.error_message().substr(0, 300))}];
     }
     if (initial[i] || failed_first[i]) return;
     failed_first[i] = true;
@@ -603,14 +607,16 @@ int RunSubscribers() {
       std::fill(shared.resync_ns.begin(), shared.resync_ns.end(), 0);
       shared.resynced_count = 0;
       shared.resync_armed = true;
+      shared.resync_arm_ns = WallNs();
       shared.storm_failures.clear();
       Reply("resync-arm");
     } else if (command == "resync-wait") {
       wait(timeout, [&] { return shared.resynced_count >= clients; });
       std::lock_guard<std::mutex> lock(shared.mu);
       shared.resync_armed = false;
-      for (const auto& [reason, count] : shared.storm_failures) {
-        std::fprintf(stderr, "storm: %d attempts ended unserved: code %s\n", count, reason.c_str());
+      for (const auto& [when, count] : shared.storm_failures) {
+        std::fprintf(stderr, "storm: second %lld: %d attempts ended unserved: code %s\n",
+                     static_cast<long long>(when.first), count, when.second.c_str());
       }
       std::string reply = absl::StrCat("resync-wait ", shared.resynced_count);
       for (int64_t at : shared.resync_ns) {
