@@ -16,10 +16,9 @@
 
 namespace certcast {
 
-absl::StatusOr<std::unique_ptr<Listener>> Listener::Bind(const std::string& address) {
-  // The kernel caps the backlog at net.core.somaxconn; a storm of reconnecting clients waits
-  // there rather than being refused.
-  absl::StatusOr<ListeningSocket> socket = ListenTcp(address, SOMAXCONN);
+absl::StatusOr<std::unique_ptr<Listener>> Listener::Bind(const std::string& address,
+                                                          int backlog) {
+  absl::StatusOr<ListeningSocket> socket = ListenTcp(address, backlog);
   if (!socket.ok()) return socket.status();
   const int wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (wake_fd < 0) {
@@ -35,8 +34,15 @@ Listener::~Listener() {
 }
 
 void Listener::Start(grpc::experimental::ExternalConnectionAcceptor* acceptor,
-                     absl::Duration retry) {
-  thread_ = std::thread([this, acceptor, retry] { Run(acceptor, retry); });
+                     absl::Duration retry, size_t max_queued) {
+  max_queued_ = max_queued;
+  accepting_ = std::thread([this, retry] { AcceptLoop(retry); });
+  handing_over_ = std::thread([this, acceptor] { HandOverLoop(acceptor); });
+}
+
+size_t Listener::queued() {
+  absl::MutexLock lock(&mu_);
+  return accepted_.size();
 }
 
 void Listener::Stop() {
@@ -45,7 +51,14 @@ void Listener::Stop() {
   if (write(wake_fd_, &one, sizeof(one)) < 0) {
     // Cannot fail after one write to a fresh eventfd; the loop also checks stopping_.
   }
-  if (thread_.joinable()) thread_.join();
+  {
+    absl::MutexLock lock(&mu_);
+    stopped_ = true;
+    for (int connection : accepted_) close(connection);  // never handed over
+    accepted_.clear();
+  }
+  if (accepting_.joinable()) accepting_.join();
+  if (handing_over_.joinable()) handing_over_.join();
   if (fd_ >= 0) close(fd_);
   fd_ = -1;
 }
@@ -57,11 +70,20 @@ bool Listener::Wait(int timeout_ms) {
   return !stopping_.load();
 }
 
-void Listener::Run(grpc::experimental::ExternalConnectionAcceptor* acceptor, absl::Duration retry) {
+void Listener::AcceptLoop(absl::Duration retry) {
   const int retry_ms = static_cast<int>(absl::ToInt64Milliseconds(retry));
   bool paused = false;  // one log line per episode, not one per retry
   while (Wait(-1)) {
     for (;;) {
+      {
+        absl::MutexLock lock(&mu_);
+        mu_.Await(absl::Condition(
+            +[](Listener* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mu_) {
+              return self->stopped_ || self->accepted_.size() < self->max_queued_;
+            },
+            this));
+        if (stopped_) return;
+      }
       const int connection = accept4(fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (connection >= 0) {
         if (paused) {
@@ -70,10 +92,12 @@ void Listener::Run(grpc::experimental::ExternalConnectionAcceptor* acceptor, abs
         }
         const int one = 1;  // what gRPC's own listener sets: pushes are not held back
         setsockopt(connection, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        grpc::experimental::ExternalConnectionAcceptor::NewConnectionParameters parameters;
-        parameters.listener_fd = fd_;
-        parameters.fd = connection;  // gRPC owns it from here
-        acceptor->HandleNewConnection(&parameters);
+        absl::MutexLock lock(&mu_);
+        if (stopped_) {
+          close(connection);
+          return;
+        }
+        accepted_.push_back(connection);
         continue;
       }
       const int err = errno;
@@ -94,6 +118,27 @@ void Listener::Run(grpc::experimental::ExternalConnectionAcceptor* acceptor, abs
       }
       if (stopping_.load()) return;
     }
+  }
+}
+
+void Listener::HandOverLoop(grpc::experimental::ExternalConnectionAcceptor* acceptor) {
+  for (;;) {
+    int connection;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](Listener* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mu_) {
+            return self->stopped_ || !self->accepted_.empty();
+          },
+          this));
+      if (stopped_) return;
+      connection = accepted_.front();
+      accepted_.pop_front();
+    }
+    grpc::experimental::ExternalConnectionAcceptor::NewConnectionParameters parameters;
+    parameters.listener_fd = fd_;
+    parameters.fd = connection;  // gRPC owns it from here
+    acceptor->HandleNewConnection(&parameters);
   }
 }
 
