@@ -40,7 +40,7 @@ void Listener::Start(grpc::experimental::ExternalConnectionAcceptor* acceptor,
   handing_over_ = std::thread([this, acceptor] { HandOverLoop(acceptor); });
 }
 
-size_t Listener::queued() {
+size_t Listener::queued() const {
   absl::MutexLock lock(&mu_);
   return accepted_.size();
 }

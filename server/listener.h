@@ -48,7 +48,7 @@ class Listener {
   uint64_t pauses() const { return pauses_.load(std::memory_order_relaxed); }
 
   // Accepted connections waiting to be handed to gRPC.
-  size_t queued();
+  size_t queued() const;
 
   // Hands every accepted connection to `acceptor` (which must outlive Stop). A full file table
   // pauses accepting for `retry`, then accepting resumes. At most `max_queued` accepted
@@ -74,7 +74,7 @@ class Listener {
   std::thread handing_over_;
   std::atomic<bool> stopping_{false};
   std::atomic<uint64_t> pauses_{0};
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   size_t max_queued_ = 0;  // set by Start
   std::deque<int> accepted_ ABSL_GUARDED_BY(mu_);  // not handed to gRPC yet
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;

@@ -169,6 +169,12 @@ std::vector<prometheus::MetricFamily> ServerMetrics::Collect() const {
                          MetricType::Counter);
     AddSample(pauses, {}, static_cast<double>(listener_->pauses()));
     families.push_back(std::move(pauses));
+    auto queued = Family("certcast_accept_queue_connections",
+                         "Connections accepted and not yet handed to gRPC: above 0 only while "
+                         "connections arrive faster than gRPC takes them (a reconnect storm).",
+                         MetricType::Gauge);
+    AddSample(queued, {}, static_cast<double>(listener_->queued()));
+    families.push_back(std::move(queued));
   }
   if (coverage_ != nullptr && coverage_->known()) {
     const CoverageReport report = coverage_->Report();

@@ -269,6 +269,8 @@ TEST_F(ServerProcessTest, AFullFileTableOnlyPausesAccepting) {
   ASSERT_EQ(scenario::HttpGet(metrics_port, "/metrics", &metrics), 200);
   // At least once: accepting the dead connections of the backlog may fill the table again.
   EXPECT_THAT(metrics, ::testing::ContainsRegex("\ncertcast_accept_pauses_total [1-9]"));
+  // Nothing waits for gRPC once the burst is over.
+  EXPECT_THAT(metrics, ::testing::ContainsRegex("\ncertcast_accept_queue_connections 0\n"));
 }
 
 // --listen=:PORT (as the shipped Deployment has it) means every interface; gRPC's own listener
