@@ -52,8 +52,8 @@ void Listener::Stop() {
     // Cannot fail after one write to a fresh eventfd; the loop also checks stopping_.
   }
   {
+    // Under mu_ after stopping_ is set, so that both loops' conditions see it.
     absl::MutexLock lock(&mu_);
-    stopped_ = true;
     for (int connection : accepted_) close(connection);  // never handed over
     accepted_.clear();
   }
@@ -79,10 +79,10 @@ void Listener::AcceptLoop(absl::Duration retry) {
         absl::MutexLock lock(&mu_);
         mu_.Await(absl::Condition(
             +[](Listener* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mu_) {
-              return self->stopped_ || self->accepted_.size() < self->max_queued_;
+              return self->stopping_.load() || self->accepted_.size() < self->max_queued_;
             },
             this));
-        if (stopped_) return;
+        if (stopping_.load()) return;
       }
       const int connection = accept4(fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (connection >= 0) {
@@ -93,7 +93,7 @@ void Listener::AcceptLoop(absl::Duration retry) {
         const int one = 1;  // what gRPC's own listener sets: pushes are not held back
         setsockopt(connection, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         absl::MutexLock lock(&mu_);
-        if (stopped_) {
+        if (stopping_.load()) {
           close(connection);
           return;
         }
@@ -128,10 +128,10 @@ void Listener::HandOverLoop(grpc::experimental::ExternalConnectionAcceptor* acce
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(
           +[](Listener* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mu_) {
-            return self->stopped_ || !self->accepted_.empty();
+            return self->stopping_.load() || !self->accepted_.empty();
           },
           this));
-      if (stopped_) return;
+      if (stopping_.load()) return;
       connection = accepted_.front();
       accepted_.pop_front();
     }

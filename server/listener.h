@@ -77,7 +77,6 @@ class Listener {
   mutable absl::Mutex mu_;
   size_t max_queued_ = 0;  // set by Start
   std::deque<int> accepted_ ABSL_GUARDED_BY(mu_);  // not handed to gRPC yet
-  bool stopped_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace certcast
