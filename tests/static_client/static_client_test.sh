@@ -4,7 +4,9 @@
 # loads (ldd) names a shared copy of them, libcurl is not linked (client/lazy_curl.h loads it on demand),
 # and the executable exports no OpenSSL or curl symbols, so the libcurl it loads keeps its own
 # OpenSSL instead of binding to the static one, and that no xDS, grpclb or RLS code is linked
-# (client/grpc_plugins.cc). Also runs the binary (--version) once.
+# (client/grpc_plugins.cc), and that the code it runs was linked first and together
+# (client/used_text.ld; a Debian update that renamed the archives' objects would empty it).
+# Also runs the binary (--version) once.
 # Usage: static_client_test.sh CLIENT_BINARY
 set -euo pipefail
 client=${1:?usage: $0 CLIENT_BINARY}
@@ -39,6 +41,14 @@ if ! grep -q ' grpc_core::BuildCoreConfiguration(' <<<"$symbols"; then
   fail=1
 elif bad=$(grep -oE 'grpc_core::(RegisterXdsResolver|RegisterGrpcLbPolicy|RegisterRlsLbPolicy|RegisterRingHashLbPolicy|XdsClient::XdsClient)\(' <<<"$symbols" | sort -u); then
   echo "FAIL: $client links gRPC plugins it never uses:" $bad >&2
+  fail=1
+fi
+# The ordered code: 4.1 MiB when client/used_text.ld was generated; most of it must still match.
+used=$(readelf -SW "$client" | awk '$2 == ".text.used" { print $6 }')
+used=$((16#${used:-0}))
+if ((used < 3 * 1024 * 1024)); then
+  echo "FAIL: $client's .text.used holds $used bytes, not the ~4 MiB client/used_text.ld" \
+    "listed: regenerate it with bench/client_text_order.sh" >&2
   fail=1
 fi
 version=$("$client" --version)
