@@ -20,8 +20,8 @@ map=$WORK/certcast-client.map
 (cd "$BUILD/client" && sh -c "$(sed -e 's| -Wl,-T,[^ ]*used_text.ld||' -e 's| -Wl,-Map=[^ ]*||' \
    -e "s| -o certcast-client | -o $client -Wl,-Map=$map |" "$link")")
 for tls in 0 1; do
-  printf '#!/bin/sh\nexec valgrind --tool=callgrind --dump-instr=yes --callgrind-out-file=%s %s "$@"\n' \
-    "$WORK/callgrind.$tls" "$client" > "$WORK/client-under-callgrind"
+  printf '#!/bin/sh\nexec valgrind --tool=callgrind --dump-instr=yes %s %s "$@"\n' \
+    "--callgrind-out-file=$WORK/callgrind.$tls" "$client" > "$WORK/client-under-callgrind"
   chmod +x "$WORK/client-under-callgrind"
   if ! CLIENT_BIN="$WORK/client-under-callgrind" TLS=$tls CGROUP=0 WSS=0 SETTLE=10 \
        "$ROOT/bench/client_memory.sh" > "$WORK/memory.$tls.log" 2>&1; then
