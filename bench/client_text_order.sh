@@ -17,7 +17,7 @@ WORK=$(mktemp -d /tmp/certcast-text-order.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 client=$WORK/certcast-client
 map=$WORK/certcast-client.map
-(cd "$BUILD/client" && sh -c "$(sed -e 's| -Wl,-T,[^ ]*used_text.ld||' -e 's| -Wl,-Map=[^ ]*||' \
+(cd "$BUILD/client" && sh -c "$(sed -e 's| -Wl,-T,[^ ]*used_text.ld||' \
    -e "s| -o certcast-client | -o $client -Wl,-Map=$map |" "$link")")
 for tls in 0 1; do
   printf '#!/bin/sh\nexec valgrind --tool=callgrind --dump-instr=yes %s %s "$@"\n' \
