@@ -19,6 +19,13 @@ namespace certcast {
 // The transport of one Subscribe call: reads, writes (one in flight), Finish exactly once,
 // OnDone. What to write and whether a message is acceptable is SubscriptionState's business.
 // Lives until OnDone and the last reference from the hub are gone.
+//
+// Reads on demand: while the client owes an answer, and after each write. gRPC 1.51 answers a
+// received message with a stream WINDOW_UPDATE in a write of its own when the next read is
+// already waiting; a read started after the next write finds that update sent along with it, so
+// an ACK costs no write (bench/README.md, optimization 15). A settled stream therefore reads
+// again only after its next write (an update, or a heartbeat at the latest); a client that goes
+// away meanwhile is seen by OnCancel.
 class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   SubscribeStream(DistributionHub* hub, grpc::CallbackServerContext* context)
@@ -31,7 +38,8 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
             TransportIdentity(*context),
             [hub](const std::string& name) { return hub->Known(name); }, hub->fleet_,
             hub->authorizer_, &hub->counters_.stream) {
-    StartRead(&read_buffer_);
+    absl::MutexLock lock(&mu_);
+    StartReadLocked();
   }
   ~SubscribeStream() override { CleanseString(&bearer_token_); }
 
@@ -94,6 +102,7 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
       FinishWith(grpc::Status::OK);
       return;
     }
+    // read_pending_ stays set until the message is handled: read_buffer_ is still in use.
     bool read_next = true;
     grpc::Status status = HandleMessage(&read_next);
     if (!status.ok()) {
@@ -123,12 +132,19 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
       state_.WriteDone(ok);
       if (finish_requested_) {
         finish_now = true;
-      } else {
+      } else if (ok) {
         StartWriteLocked();
       }
     }
-    if (finish_now) Finish(finish_status_);
+    if (finish_now) {
+      Finish(finish_status_);
+    } else if (!ok) {  // the call is broken; no read may be pending to notice it
+      FinishWith(grpc::Status::OK);
+    }
   }
+
+  // The client cancelled or its connection is gone, perhaps while no read was pending.
+  void OnCancel() override { FinishWith(grpc::Status::OK); }
 
   void OnDone() override {
     hub_->Unregister(this);
@@ -145,9 +161,17 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
                         std::string(status.message()));
   }
 
+  // The message in read_buffer_ is handled: read on while the client owes an answer.
   void ReadNext() {
     absl::MutexLock lock(&mu_);
-    if (!finish_requested_) StartRead(&read_buffer_);
+    read_pending_ = false;
+    if (state_.AwaitingAnswer()) StartReadLocked();
+  }
+
+  void StartReadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finish_requested_ || read_pending_) return;
+    read_pending_ = true;
+    StartRead(&read_buffer_);
   }
 
   // Handles one message; `*read_next` false means the handler restarts reading itself.
@@ -229,7 +253,8 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
     return grpc::Status::OK;
   }
 
-  // OnWriteDone never runs inline in StartWrite, so starting a write under mu_ is safe.
+  // OnWriteDone (OnReadDone) never runs inline in StartWrite (StartRead), so starting either
+  // under mu_ is safe. The read follows the write: see the class comment.
   void StartWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (finish_requested_ || write_in_flight_) return;  // no write may follow Finish
     std::optional<Outgoing> next = state_.TakeWrite();
@@ -237,6 +262,7 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
     write_in_flight_ = true;
     in_flight_ = std::move(next->bytes);
     StartWrite(&in_flight_);
+    StartReadLocked();
   }
 
   DistributionHub* const hub_;
@@ -244,12 +270,13 @@ class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, g
   // The read path owns the bearer token until it is handed to authentication.
   std::string bearer_token_;
   std::atomic<int> refs_{1};      // gRPC's reference, dropped in OnDone
-  grpc::ByteBuffer read_buffer_;  // touched only by the single outstanding read
+  grpc::ByteBuffer read_buffer_;  // the single read's, until its message is handled
 
   absl::Mutex mu_;
   SubscriptionState state_ ABSL_GUARDED_BY(mu_);
   grpc::ByteBuffer in_flight_ ABSL_GUARDED_BY(mu_);
   bool write_in_flight_ ABSL_GUARDED_BY(mu_) = false;
+  bool read_pending_ ABSL_GUARDED_BY(mu_) = false;  // a read, or its message being handled
   bool finish_requested_ ABSL_GUARDED_BY(mu_) = false;
   grpc::Status finish_status_;  // written once under mu_ before Finish is due
 };

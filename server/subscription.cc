@@ -256,6 +256,8 @@ std::optional<Outgoing> SubscriptionState::TakeWrite() {
       break;
   }
   if (outgoing.publication != nullptr) {
+    // An in-sync is answered only by a client that verifies serving; it is owed until then.
+    subscriptions_[outgoing.subscription].answer_owed = true;
     fleet_->RecordSent(fleet_id_, outgoing.publication->name, outgoing.publication->version,
                        outgoing.publication->nonce, outgoing.kind == Outgoing::kInSync);
   }
@@ -264,14 +266,26 @@ std::optional<Outgoing> SubscriptionState::TakeWrite() {
 
 void SubscriptionState::WriteDone(bool ok) {
   write_in_flight_ = false;
-  // A broken call: its pending read fails too and ends the stream.
   if (!ok) pending_.clear();
+}
+
+bool SubscriptionState::AwaitingAnswer() const {
+  if (!subscribed()) return true;
+  for (const Subscription& subscription : subscriptions_) {
+    if (subscription.answer_owed) return true;
+  }
+  return false;
 }
 
 absl::Status SubscriptionState::ReceiveAck(const v1::Ack& ack) {
   const AckOutcome outcome =
       fleet_->RecordAck(fleet_id_, ack.name(), ack.version(), ack.nonce(),
                         absl::StrJoin(ack.warnings(), "; "), ack.serving_verified());
+  if (outcome == AckOutcome::kRecorded) {
+    for (Subscription& subscription : subscriptions_) {
+      if (subscription.name == ack.name()) subscription.answer_owed = false;
+    }
+  }
   return CountOutcome(outcome, ack.name(), &StreamCounters::acks);
 }
 

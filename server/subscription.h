@@ -68,6 +68,7 @@ class SubscriptionState {
     kAuthenticate,  // a well-formed hello: authenticate the peer, then call Admit()
   };
 
+
   // `known` says whether this server distributes a certificate name.
   SubscriptionState(Options options, PeerIdentity transport,
                     std::function<bool(const std::string&)> known, Fleet* fleet,
@@ -107,8 +108,13 @@ class SubscriptionState {
   // The next message to write, when none is in flight; marks it in flight and records it as
   // sent. nullopt when nothing is due or a write is in flight.
   std::optional<Outgoing> TakeWrite();
-  // The write in flight completed; `ok` false means the call is broken.
+  // The write in flight completed; `ok` false means the call is broken (the transport ends it).
   void WriteDone(bool ok);
+  // Whether the client owes an answer: before its hello, and from an update or in-sync written
+  // until the ACK with that nonce (a NACK or a stale ACK leaves it owed; a client that verifies
+  // serving answers an in-sync). The transport reads on while it does, and otherwise only after
+  // its next write.
+  bool AwaitingAnswer() const;
 
   // Whether the policy (as the authorizer sees it now) still allows everything subscribed; the
   // denial otherwise. OK before the hello is admitted.
@@ -137,6 +143,7 @@ class SubscriptionState {
     std::string name;
     uint64_t queued_version = 0;                 // newest version queued or written on this stream
     std::shared_ptr<const Publication> current;  // newest offered, for heartbeats
+    bool answer_owed = false;  // an update or in-sync was written and no ACK recorded since
   };
 
   absl::StatusOr<Next> ReceiveHello(const v1::Hello& hello);

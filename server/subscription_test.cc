@@ -181,6 +181,41 @@ TEST_F(SubscriptionStateTest, RecordsAcksByNonce) {
   EXPECT_EQ(counters_.stale_acks.load(), 1u);
 }
 
+// The transport reads while the client owes an answer: from an update or in-sync written until
+// an ACK with its nonce; a NACK or a stale ACK leaves it owed, a heartbeat owes nothing.
+TEST_F(SubscriptionStateTest, AnAnswerIsOwedFromAnUpdateUntilItsAck) {
+  EXPECT_TRUE(state_.AwaitingAnswer()) << "before the hello";
+  std::shared_ptr<const Publication> web = Version("web", 1);
+  std::shared_ptr<const Publication> api = Version("api", 4);
+  ASSERT_EQ(*state_.Receive(Hello({"web", "api"}, 4, api->info.fingerprint)),
+            SubscriptionState::Next::kAuthenticate);
+  std::string denial;
+  ASSERT_TRUE(state_.Admit(TenantA(), &denial).ok());
+  state_.Subscribe({nullptr, api});
+  ASSERT_EQ(state_.TakeWrite()->kind, Outgoing::kHeartbeat);
+  state_.WriteDone(true);
+  EXPECT_FALSE(state_.AwaitingAnswer()) << "a heartbeat is not answered";
+  ASSERT_EQ(state_.TakeWrite()->kind, Outgoing::kInSync);
+  state_.WriteDone(true);
+  EXPECT_TRUE(state_.AwaitingAnswer()) << "an in-sync is answered by a client that verifies";
+  ASSERT_TRUE(state_.Receive(Ack("api", 4, api->nonce)).ok());
+  EXPECT_FALSE(state_.AwaitingAnswer());
+
+  state_.OfferUpdate(web);
+  ASSERT_EQ(Drain(), (std::vector<Outgoing::Kind>{Outgoing::kUpdate}));
+  EXPECT_TRUE(state_.AwaitingAnswer());
+  v1::SubscribeRequest nack;
+  nack.mutable_nack()->set_name("web");
+  nack.mutable_nack()->set_version(1);
+  nack.mutable_nack()->set_nonce(web->nonce);
+  ASSERT_TRUE(state_.Receive(nack).ok());
+  EXPECT_TRUE(state_.AwaitingAnswer()) << "a NACKing client retries and answers again";
+  ASSERT_TRUE(state_.Receive(Ack("web", 1, "another-nonce")).ok());
+  EXPECT_TRUE(state_.AwaitingAnswer()) << "a stale ACK answers nothing";
+  ASSERT_TRUE(state_.Receive(Ack("web", 1, web->nonce)).ok());
+  EXPECT_FALSE(state_.AwaitingAnswer());
+}
+
 // Malformed hellos never reach authentication.
 TEST_F(SubscriptionStateTest, RefusesMalformedHellos) {
   v1::SubscribeRequest bad_namespace = Hello({"web"});
