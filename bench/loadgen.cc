@@ -129,12 +129,13 @@ class Channels {
     // A distinct argument and a local subchannel pool: gRPC shares no connection between them.
     args.SetInt("certcast.loadgen.channel", next_.fetch_add(1));
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-    // What certcast-client sets (client/session.cc).
+    // What certcast-client sets (client/server_channel.cc), for both systems.
     args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30'000);
     args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20'000);
     args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
     args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
     args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 60'000);
+    args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
     if (!absl::GetFlag(FLAGS_tls_server_name).empty()) {
       args.SetSslTargetNameOverride(absl::GetFlag(FLAGS_tls_server_name));
     }

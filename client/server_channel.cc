@@ -18,6 +18,10 @@ std::shared_ptr<grpc::Channel> MakeServerChannel(const std::string& server,
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 60'000);
   // Never reuse a connection from an earlier attempt: it may be the half-open one we left.
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  // No bandwidth-delay probing: what arrives is a few kilobytes now and then, far inside the
+  // default window, and every probe is a PING the server answers with a write of its own
+  // (bench/README.md, optimization 15).
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
   if (!tls_server_name.empty()) args.SetSslTargetNameOverride(tls_server_name);
   return grpc::CreateCustomChannel(server, credentials->Get(), args);
 }

@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "client/file_sink.h"
@@ -194,6 +195,23 @@ TEST_F(ClientScenarioTest, RotationReachesThreeClients) {
   const std::map<std::string, uint64_t> v2 = {{"tenant-a", 2}, {"tenant-b", 2}, {"tenant-c", 2}};
   ASSERT_TRUE(WaitFor([&] { return Acked() == v2; })) << clients[0]->log();
   for (const char* ns : {"tenant-a", "tenant-b", "tenant-c"}) EXPECT_EQ(*Files(ns), next.material);
+}
+
+// The client sends no bandwidth-delay probes: each would be a PING the server answers with a
+// write of its own (bench/README.md, optimization 15). gRPC's http tracer names why each of the
+// client's writes started.
+TEST_F(ClientScenarioTest, ClientSendsNoBandwidthProbes) {
+  StartServer();
+  ClientIdentity("tenant-a", "certcast-client");
+  std::vector<std::string> args = {"GRPC_TRACE=http", CERTCAST_CLIENT_BINARY, "--log-level=debug"};
+  for (const std::string& arg : ClientArgs("tenant-a")) args.push_back(arg);
+  ChildProcess client("/usr/bin/env", args, tmp_.Join("client.log"));
+  ASSERT_TRUE(WaitFor([&] { return Acked()["tenant-a"] == 1; })) << client.log();
+  fixtures::WriteKubeletDir(tmp_.Join("source"), MakeChain().material);
+  ASSERT_TRUE(WaitFor([&] { return Acked()["tenant-a"] == 2; })) << client.log();
+  const std::string log = client.log();
+  ASSERT_TRUE(absl::StrContains(log, "CLIENT [")) << "no http trace in the client's log";
+  EXPECT_FALSE(absl::StrContains(log, "[BDP_PING]")) << "the client sent a BDP ping";
 }
 
 // A client restarted with current files writes nothing and runs no hook.
