@@ -104,6 +104,30 @@ TEST(SlowReaderTest, LatestVersionWinsForAClientThatStopsReading) {
   subscriber.CloseSend();
 }
 
+// A stream whose client has answered everything has no read pending (it reads again after its
+// next write); a client that goes away then must still end it at once, not at the next
+// heartbeat (OnCancel).
+TEST(DistributionHubTest, SettledStreamEndsWhenItsClientGoesAway) {
+  DistributionHub::Options options;
+  options.heartbeat_interval = absl::Hours(1);
+  ServedHub served(options);
+  DistributionHub& hub = served.hub;
+  hub.OnPublish(BigPublication(1));
+  {
+    TestSubscriber subscriber(InsecureChannel(served.port));
+    v1::HeldCertificate held;
+    held.set_name("wildcard");
+    ASSERT_TRUE(subscriber.SendHello("tenant-a", "settled", {held}));
+    std::optional<v1::SubscribeResponse> pushed = subscriber.NextNonHeartbeat();
+    ASSERT_TRUE(pushed.has_value() && pushed->has_update());
+    ASSERT_TRUE(subscriber.SendAck(pushed->update()));
+    ASSERT_TRUE(WaitFor([&] { return hub.counters().acks == 1; }));
+    EXPECT_EQ(hub.live_streams(), 1u);
+  }  // cancels the call
+  EXPECT_TRUE(WaitFor([&] { return hub.live_streams() == 0; }, absl::Seconds(10)))
+      << "the stream outlived its client";
+}
+
 // A hello that arrives just as the hello deadline ends the stream must not make the stream
 // write after Finish (gRPC aborts the whole process then).
 TEST(DistributionHubTest, HelloRacingTheDeadlineNeverCrashes) {
