@@ -24,8 +24,9 @@ namespace certcast {
 // received message with a stream WINDOW_UPDATE in a write of its own when the next read is
 // already waiting; a read started after the next write finds that update sent along with it, so
 // an ACK costs no write (bench/README.md, optimization 15). A settled stream therefore reads
-// again only after its next write (an update, or a heartbeat at the latest); a client that goes
-// away meanwhile is seen by OnCancel.
+// again only after its next write (an update, or a heartbeat at the latest). A client that goes
+// away meanwhile (cancels, or its connection ends) is seen by OnCancel; one that only half-closes
+// (certcast-client never does) is seen at that next write.
 class SubscribeStream final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   SubscribeStream(DistributionHub* hub, grpc::CallbackServerContext* context)

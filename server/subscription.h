@@ -68,7 +68,6 @@ class SubscriptionState {
     kAuthenticate,  // a well-formed hello: authenticate the peer, then call Admit()
   };
 
-
   // `known` says whether this server distributes a certificate name.
   SubscriptionState(Options options, PeerIdentity transport,
                     std::function<bool(const std::string&)> known, Fleet* fleet,
