@@ -87,7 +87,7 @@ void RunClients(int port, int count, int payload, int ack, int reply) {
   address.sin_family = AF_INET;
   address.sin_port = htons(static_cast<uint16_t>(port));
   address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::vector<int> received(static_cast<size_t>(count) + 1024, 0);  // bytes of this round, by fd
+  std::vector<int> received;  // bytes of this round, by fd
   int open = 0;
   for (int i = 0; i < count; ++i) {
     const int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -95,7 +95,7 @@ void RunClients(int port, int count, int payload, int ack, int reply) {
     if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) Die("connect");
     const int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    if (static_cast<size_t>(fd) >= received.size()) received.resize(static_cast<size_t>(fd) + 1024);
+    if (static_cast<size_t>(fd) >= received.size()) received.resize(static_cast<size_t>(fd) + 1);
     epoll_event event{};
     event.events = EPOLLIN;
     event.data.fd = fd;
@@ -172,11 +172,6 @@ double CpuSeconds() {
   return seconds(usage.ru_utime) + seconds(usage.ru_stime);
 }
 
-struct Round {
-  double cpu_us_per_push;
-  double wall_ms;
-};
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -192,7 +187,9 @@ int main(int argc, char** argv) {
   const int ack = absl::GetFlag(FLAGS_ack);
   const int reply_size = absl::GetFlag(FLAGS_reply);
   if (connections < 1 || payload_size < 1 || ack < 1 || reply_size < 0) {
-    std::fprintf(stderr, "certcast-tcp-floor: --connections, --payload and --ack must be > 0\n");
+    std::fprintf(stderr,
+                 "certcast-tcp-floor: --connections, --payload and --ack must be > 0, "
+                 "--reply >= 0\n");
     return 2;
   }
   RaiseFileLimit();
@@ -205,7 +202,9 @@ int main(int argc, char** argv) {
   socklen_t length = sizeof(address);
   if (bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) Die("bind");
   if (listen(listener, 65535) != 0) Die("listen");
-  if (getsockname(listener, reinterpret_cast<sockaddr*>(&address), &length) != 0) Die("getsockname");
+  if (getsockname(listener, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+    Die("getsockname");
+  }
   const int port = ntohs(address.sin_port);
 
   std::vector<pid_t> children;
@@ -233,7 +232,8 @@ int main(int argc, char** argv) {
   const std::string payload(static_cast<size_t>(payload_size), 'p');
   const std::string reply(static_cast<size_t>(reply_size), 'w');
   const int rounds = std::max(1, absl::GetFlag(FLAGS_rounds));
-  std::vector<Round> measured;
+  std::vector<double> cpu;   // per push, by measured round (us)
+  std::vector<double> wall;  // first write to last ACK, by measured round (ms)
   for (int r = 0; r <= rounds; ++r) {
     const double cpu_before = CpuSeconds();
     const auto start = std::chrono::steady_clock::now();
@@ -242,9 +242,12 @@ int main(int argc, char** argv) {
       workers.emplace_back(ServeRound, std::cref(share), std::cref(payload), ack, std::cref(reply));
     }
     for (auto& worker : workers) worker.join();
-    const std::chrono::duration<double, std::milli> wall = std::chrono::steady_clock::now() - start;
+    const std::chrono::duration<double, std::milli> elapsed =
+        std::chrono::steady_clock::now() - start;
     const double cpu_us = (CpuSeconds() - cpu_before) * 1e6;
-    if (r > 0) measured.push_back({cpu_us / connections, wall.count()});
+    if (r == 0) continue;  // unmeasured
+    cpu.push_back(cpu_us / connections);
+    wall.push_back(elapsed.count());
   }
 
   for (const Share& share : owned) {
@@ -253,12 +256,6 @@ int main(int argc, char** argv) {
   }
   for (const pid_t pid : children) waitpid(pid, nullptr, 0);
 
-  std::vector<double> cpu;
-  std::vector<double> wall;
-  for (const Round& round : measured) {
-    cpu.push_back(round.cpu_us_per_push);
-    wall.push_back(round.wall_ms);
-  }
   std::vector<double> sorted = cpu;
   std::sort(sorted.begin(), sorted.end());
   const double median = sorted[sorted.size() / 2];
@@ -271,8 +268,10 @@ int main(int argc, char** argv) {
     for (const double v : values) parts.push_back(fixed(v));
     return absl::StrJoin(parts, ", ");
   };
-  std::printf("connections %d, payload %d B, ACK %d B, reply %d B, %d server thread(s), %d client processes\n",
-              connections, payload_size, ack, reply_size, threads, processes);
+  std::printf(
+      "connections %d, payload %d B, ACK %d B, reply %d B, %d server thread(s), %d client "
+      "processes\n",
+      connections, payload_size, ack, reply_size, threads, processes);
   std::printf("server CPU per push (us), by round: %s; mean %s, median %s\n", list(cpu).c_str(),
               fixed(mean).c_str(), fixed(median).c_str());
   std::printf("first write to last ACK (ms), by round: %s\n", list(wall).c_str());

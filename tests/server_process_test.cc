@@ -337,7 +337,8 @@ TEST_F(ServerProcessTest, AcksCostTheServerNoWriteOfTheirOwn) {
     ASSERT_TRUE(subscriber.SendAck(pushed->update()));
     ASSERT_TRUE(WaitFor([&] { return acknowledged() == version; })) << "ACK of " << version;
   }
-  const std::string peer = server.WaitForLog("stream subscribed peer=(ipv4:127[.]0[.]0[.]1:[0-9]+)");
+  const std::string peer =
+      server.WaitForLog("stream subscribed peer=(ipv4:127[.]0[.]0[.]1:[0-9]+)");
   ASSERT_NE(peer, "") << server.log();
   const std::string connection = absl::StrCat("SERVER [", peer, "]");
   // Every write the transport starts or queues for the stream's window says so, whether the
