@@ -1,6 +1,5 @@
 // certcast-client: the composition root. Parses flags, wires the files sink, hooks, state and
 // credentials into a Session, and runs it until SIGTERM. SIGHUP re-reads the TLS files.
-#include <malloc.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -315,8 +314,8 @@ int RunSharedWriter(certcast::SessionOptions options, bool rollouts, bool verify
 int main(int argc, char** argv) {
   // One malloc arena instead of one per thread that allocates (gRPC starts seven threads): the
   // client allocates little and rarely, and each extra arena kept a few pages (70 KB of RssAnon
-  // idle, bench/README.md "The client's memory"). Before any thread starts.
-  mallopt(M_ARENA_MAX, 1);
+  // idle, bench/README.md "The client's memory").
+  certcast::UseOneMallocArena();
   certcast::HardenKeyHoldingProcess();
   certcast::KeepOpenSslUntilExit();
   // Block the control signals before anything can start a thread (gRPC starts its own while

@@ -1,11 +1,14 @@
 #include "common/process.h"
 
+#include <malloc.h>
 #include <openssl/crypto.h>
 #include <pthread.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <iostream>
 
 #include "absl/synchronization/mutex.h"
@@ -18,6 +21,15 @@ namespace certcast {
 void HardenKeyHoldingProcess() {
   prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+}
+
+void UseOneMallocArena() {
+  const char* tunables = std::getenv("GLIBC_TUNABLES");
+  if (std::getenv("MALLOC_ARENA_MAX") != nullptr ||
+      (tunables != nullptr && std::strstr(tunables, "glibc.malloc.arena_max") != nullptr)) {
+    return;
+  }
+  mallopt(M_ARENA_MAX, 1);
 }
 
 void KeepOpenSslUntilExit() { OPENSSL_init_crypto(OPENSSL_INIT_NO_ATEXIT, nullptr); }

@@ -1,8 +1,17 @@
 #include "common/process.h"
 
 #include <openssl/rand.h>
+#include <malloc.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <thread>
+#include <vector>
 
 #include "gtest/gtest.h"
 
@@ -27,6 +36,53 @@ void ExitWhileOpenSslIsInUse(bool keep) {
 TEST(KeepOpenSslUntilExitTest, OpenSslStillWorksWhileTheProcessExits) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_EXIT(ExitWhileOpenSslIsInUse(/*keep=*/true), testing::ExitedWithCode(0), "");
+}
+
+// Four threads allocate and stay until all four have (an ended thread's arena is handed to the
+// next one): without a cap glibc gives each its own arena. Exits with the number of arenas
+// malloc_info reports.
+void ExitWithArenaCount(bool one_arena, const char* malloc_arena_max) {
+  if (malloc_arena_max != nullptr) setenv("MALLOC_ARENA_MAX", malloc_arena_max, 1);
+  if (one_arena) UseOneMallocArena();
+  std::atomic<int> allocated{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i) {
+    threads.emplace_back([&allocated] {
+      void* block = malloc(64);
+      allocated.fetch_add(1);
+      while (allocated.load() < 4) std::this_thread::yield();
+      free(block);
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  char* text = nullptr;
+  size_t size = 0;
+  FILE* out = open_memstream(&text, &size);
+  if (out == nullptr || malloc_info(0, out) != 0) _exit(100);
+  fclose(out);
+  int arenas = 0;
+  for (size_t at = std::string(text).find("<heap nr="); at != std::string::npos;
+       at = std::string(text).find("<heap nr=", at + 1)) {
+    ++arenas;
+  }
+  _exit(arenas);
+}
+
+// glibc's default: more than one arena (how many depends on the cores).
+bool SeveralArenas(int status) { return WIFEXITED(status) && WEXITSTATUS(status) > 1; }
+
+TEST(UseOneMallocArenaTest, ThreadsShareOneArena) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");  // a fresh process: no arenas from other tests
+  EXPECT_EXIT(ExitWithArenaCount(/*one_arena=*/true, nullptr), testing::ExitedWithCode(1), "");
+  // The control: without the call the threads get arenas of their own.
+  EXPECT_EXIT(ExitWithArenaCount(/*one_arena=*/false, nullptr), SeveralArenas, "");
+}
+
+TEST(UseOneMallocArenaTest, LeavesTheChoiceToAnOperatorWhoMadeOne) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  // glibc reads MALLOC_ARENA_MAX when the process starts, so setting it here only shows that
+  // the call stood back: the threads get glibc's default.
+  EXPECT_EXIT(ExitWithArenaCount(/*one_arena=*/true, "8"), SeveralArenas, "");
 }
 
 }  // namespace
