@@ -71,7 +71,14 @@ void ExitWithArenaCount(bool one_arena, const char* malloc_arena_max) {
 // glibc's default: more than one arena (how many depends on the cores).
 bool SeveralArenas(int status) { return WIFEXITED(status) && WEXITSTATUS(status) > 1; }
 
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kGlibcMalloc = false;  // AddressSanitizer allocates, not glibc's arenas
+#else
+constexpr bool kGlibcMalloc = true;
+#endif
+
 TEST(UseOneMallocArenaTest, ThreadsShareOneArena) {
+  if (!kGlibcMalloc) GTEST_SKIP() << "malloc is AddressSanitizer's";
   GTEST_FLAG_SET(death_test_style, "threadsafe");  // a fresh process: no arenas from other tests
   EXPECT_EXIT(ExitWithArenaCount(/*one_arena=*/true, nullptr), testing::ExitedWithCode(1), "");
   // The control: without the call the threads get arenas of their own.
@@ -79,6 +86,7 @@ TEST(UseOneMallocArenaTest, ThreadsShareOneArena) {
 }
 
 TEST(UseOneMallocArenaTest, LeavesTheChoiceToAnOperatorWhoMadeOne) {
+  if (!kGlibcMalloc) GTEST_SKIP() << "malloc is AddressSanitizer's";
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   // glibc reads MALLOC_ARENA_MAX when the process starts, so setting it here only shows that
   // the call stood back: the threads get glibc's default.
