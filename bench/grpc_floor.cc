@@ -4,14 +4,16 @@
 // server), so a per-push figure can be split into what the kernel, gRPC and certcast each take.
 //
 // The server serves Distribution/Subscribe as raw bytes, as certcast-server does, with its channel
-// arguments. Clients are certcast-loadgen subscriber processes (the ones bench/run starts): each
+// arguments, abseil's deadlock detection off and, with --tls_dir, its TLS record buffers
+// released while empty (server/tls_buffers.cc, linked in here too). Clients are certcast-loadgen subscriber processes (the ones bench/run starts): each
 // sends a hello and is answered with an InSync; each round the server writes one pre-serialized
 // ~5 KB CertificateUpdate to every stream, reads the ACK it is owed, and the round ends when every
 // ACK is in. As in certcast-server, a stream reads only while an answer is owed (bench/README.md,
 // optimization 15). One unmeasured round first, then --rounds measured ones.
 //
 // --api=callback  one reactor per stream (what certcast-server uses); a round's writes are started
-//                 by --threads threads, each for a contiguous share of the streams, as the hub does.
+//                 by --threads threads, each for a contiguous share of the streams, kept from one
+//                 round to the next, as the hub does (server/fan_out_pool.h).
 // --api=async     the completion-queue API: --threads queues, each with one thread that owns its
 //                 streams, starts their writes and handles their completions. A write's completion
 //                 lands on the queue of the thread that started it, so no other thread is woken
@@ -37,6 +39,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -52,8 +55,10 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "certcast/v1/certcast.grpc.pb.h"
+#include "common/process.h"
 #include "grpcpp/alarm.h"
 #include "grpcpp/grpcpp.h"
+#include "server/fan_out_pool.h"
 
 ABSL_FLAG(int, connections, 1000, "Streams, each on its own connection (one per simulated client).");
 ABSL_FLAG(int, rounds, 5, "Measured rounds (after one unmeasured round).");
@@ -62,6 +67,9 @@ ABSL_FLAG(int, threads, 2, "callback: threads that start a round's writes; async
 ABSL_FLAG(int, payload, 5120, "Bytes of certificate chain in each update.");
 ABSL_FLAG(int, per_process, 2500, "Subscribers per load-generator process (at least 2 processes).");
 ABSL_FLAG(std::string, loadgen, "", "certcast-loadgen binary (default: the one beside this one).");
+ABSL_FLAG(std::string, tls_dir, "",
+          "TLS: a directory with server.crt, server.key (for 127.0.0.1) and ca.crt, as "
+          "`bench/run --mint-only=DIR` writes them. Empty: plaintext.");
 ABSL_FLAG(std::string, json, "", "Also write the results to this file.");
 
 namespace {
@@ -87,9 +95,13 @@ bool Parse(const grpc::ByteBuffer& buffer, v1::SubscribeRequest* request) {
          request->ParseFromArray(slice.begin(), static_cast<int>(slice.size()));
 }
 
-double CpuSeconds() {
+rusage Usage() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
+  return usage;
+}
+
+double CpuSeconds(const rusage& usage) {
   return static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
          static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6;
 }
@@ -213,29 +225,32 @@ class CallbackFloor final
     return streams_.back().get();
   }
 
-  // Starts every stream's write of `update`: `threads` threads, each a contiguous share.
-  void Push(const grpc::ByteBuffer& update, int threads) {
+  // Starts every stream's write of `update`: --threads contiguous shares, on the calling thread
+  // and the threads certcast-server's hub keeps for that (server/fan_out_pool.h).
+  void Push(const grpc::ByteBuffer& update) {
     std::vector<CallbackStream*> streams;
     {
       absl::MutexLock lock(&mu_);
       for (const auto& stream : streams_) streams.push_back(stream.get());
     }
-    const size_t share = (streams.size() + static_cast<size_t>(threads) - 1) /
-                         static_cast<size_t>(std::max(threads, 1));
-    auto push = [&](size_t begin) {
-      for (size_t i = begin; i < std::min(begin + share, streams.size()); ++i) {
-        streams[i]->Push(update);
-      }
-    };
-    std::vector<std::thread> helpers;
-    for (size_t begin = share; begin < streams.size(); begin += share) {
-      helpers.emplace_back(push, begin);
+    const size_t share = (streams.size() + static_cast<size_t>(threads_) - 1) /
+                         static_cast<size_t>(threads_);
+    std::vector<std::function<void()>> jobs;
+    for (size_t begin = 0; begin < streams.size(); begin += share) {
+      jobs.push_back([&streams, &update, begin, share] {
+        for (size_t i = begin; i < std::min(begin + share, streams.size()); ++i) {
+          streams[i]->Push(update);
+        }
+      });
     }
-    push(0);
-    for (std::thread& helper : helpers) helper.join();
+    fan_out_.Run(std::move(jobs));
   }
 
  private:
+  const int threads_ = std::max(absl::GetFlag(FLAGS_threads), 1);
+  certcast::FanOutPool fan_out_{threads_, [](std::function<void()> run) {
+                                  return std::thread(std::move(run));
+                                }};
   Tally* const tally_;
   absl::Mutex mu_;
   std::vector<std::unique_ptr<CallbackStream>> streams_ ABSL_GUARDED_BY(mu_);
@@ -414,6 +429,20 @@ class Loadgen {
   FILE* from_ = nullptr;
 };
 
+std::string ReadFileOrDie(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) Die(absl::StrCat("cannot read ", path));
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+std::shared_ptr<grpc::ServerCredentials> Credentials(const std::string& tls_dir) {
+  if (tls_dir.empty()) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions options;
+  options.pem_key_cert_pairs.push_back(
+      {ReadFileOrDie(tls_dir + "/server.key"), ReadFileOrDie(tls_dir + "/server.crt")});
+  return grpc::SslServerCredentials(options);
+}
+
 std::string LoadgenBinary() {
   if (!absl::GetFlag(FLAGS_loadgen).empty()) return absl::GetFlag(FLAGS_loadgen);
   char self[4096];
@@ -441,13 +470,12 @@ int main(int argc, char** argv) {
       "certcast-grpc-floor [--connections=N] [--api=callback|async] [--threads=T] [--rounds=R] "
       "[--json=FILE]: the CPU per push of a bare gRPC server speaking certcast's protocol.");
   absl::ParseCommandLine(argc, argv);
-  // As certcast-server (server/main.cc): sized read buffers, which need this experiment off.
+  // As certcast-server: no abseil deadlock detection (common/process.h: it costs CPU and memory
+  // per gRPC stream), sized read buffers, which need this experiment off (server/main.cc).
+  certcast::HardenKeyHoldingProcess();
   setenv("GRPC_EXPERIMENTS", "-tcp_read_chunks", 0);
+  certcast::RaiseOpenFileLimit();
   signal(SIGPIPE, SIG_IGN);
-  rlimit limit{};
-  getrlimit(RLIMIT_NOFILE, &limit);
-  limit.rlim_cur = limit.rlim_max;
-  setrlimit(RLIMIT_NOFILE, &limit);
 
   const int connections = absl::GetFlag(FLAGS_connections);
   const int rounds = absl::GetFlag(FLAGS_rounds);
@@ -464,7 +492,8 @@ int main(int argc, char** argv) {
   std::vector<std::unique_ptr<AsyncQueue>> queues;
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  const std::string tls_dir = absl::GetFlag(FLAGS_tls_dir);
+  builder.AddListeningPort("127.0.0.1:0", Credentials(tls_dir), &port);
   // certcast-server's channel arguments (server/server.cc) that touch a push.
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30'000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20'000);
@@ -472,6 +501,7 @@ int main(int argc, char** argv) {
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10'000);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  builder.AddChannelArgument(GRPC_ARG_TSI_MAX_FRAME_SIZE, 4096);
   builder.AddChannelArgument(GRPC_ARG_TCP_READ_CHUNK_SIZE, 256);
   builder.AddChannelArgument(GRPC_ARG_ENABLE_CHANNELZ, 0);
   builder.AddChannelArgument(GRPC_ARG_ENABLE_PER_MESSAGE_COMPRESSION, 0);
@@ -496,12 +526,12 @@ int main(int argc, char** argv) {
   const int per = (connections + processes - 1) / processes;
   std::vector<std::unique_ptr<Loadgen>> loadgens;
   for (int first = 0; first < connections; first += per) {
-    loadgens.push_back(std::make_unique<Loadgen>(
-        LoadgenBinary(),
-        std::vector<std::string>{"--system=certcast", "--role=subscribers",
-                                 absl::StrCat("--target=127.0.0.1:", port),
-                                 absl::StrCat("--clients=", std::min(per, connections - first)),
-                                 absl::StrCat("--first=", first)}));
+    std::vector<std::string> args{"--system=certcast", "--role=subscribers",
+                                  absl::StrCat("--target=127.0.0.1:", port),
+                                  absl::StrCat("--clients=", std::min(per, connections - first)),
+                                  absl::StrCat("--first=", first)};
+    if (!tls_dir.empty()) args.push_back(absl::StrCat("--tls_ca=", tls_dir, "/ca.crt"));
+    loadgens.push_back(std::make_unique<Loadgen>(LoadgenBinary(), args));
   }
   for (auto& loadgen : loadgens) loadgen->Send("connect");
   for (auto& loadgen : loadgens) {
@@ -525,19 +555,20 @@ int main(int argc, char** argv) {
     update->set_nonce(absl::StrCat("n", version));
     const grpc::ByteBuffer bytes = Bytes(response);
     tally.StartRound(version);
-    const double cpu0 = CpuSeconds();
+    const rusage before = Usage();
     const absl::Time start = absl::Now();
     if (api == "callback") {
-      callback_service.Push(bytes, threads);
+      callback_service.Push(bytes);
     } else {
       for (auto& queue : queues) queue->Push(bytes);
     }
     if (!tally.AwaitAcked(connections)) Die(absl::StrCat("round ", r, ": ACKs missing"));
     const double ms = absl::ToDoubleMilliseconds(absl::Now() - start);
-    const double cpu_us = (CpuSeconds() - cpu0) * 1e6 / connections;
+    const rusage after = Usage();
+    const double cpu_us = (CpuSeconds(after) - CpuSeconds(before)) * 1e6 / connections;
     if (r > 0) measured.push_back({cpu_us, ms});
-    std::printf("%s round %d: %.1f us per push, %.1f ms%s\n", api.c_str(), r, cpu_us, ms,
-                r == 0 ? " (unmeasured)" : "");
+    std::printf("%s round %d: %.1f us per push, %.1f ms, %ld page faults%s\n", api.c_str(), r,
+                cpu_us, ms, after.ru_minflt - before.ru_minflt, r == 0 ? " (unmeasured)" : "");
     std::fflush(stdout);
   }
 
@@ -551,16 +582,17 @@ int main(int argc, char** argv) {
     ms.push_back(round.ms);
   }
   std::printf(
-      "=== bare gRPC server, %s API, %d threads, %d streams, %d rounds ===\n"
+      "=== bare gRPC server, %s, %s API, %d threads, %d streams, %d rounds ===\n"
       "CPU per push (us): mean %.1f, min %.1f, max %.1f\n"
       "round, first write to last ACK (ms): mean %.1f, min %.1f, max %.1f\n"
       "RSS per idle stream: %.2f KiB\n",
-      api.c_str(), threads, connections, rounds, Mean(cpu), *std::min_element(cpu.begin(), cpu.end()),
+      tls_dir.empty() ? "plaintext" : "TLS", api.c_str(), threads, connections, rounds, Mean(cpu), *std::min_element(cpu.begin(), cpu.end()),
       *std::max_element(cpu.begin(), cpu.end()), Mean(ms), *std::min_element(ms.begin(), ms.end()),
       *std::max_element(ms.begin(), ms.end()), rss_per_stream);
   if (const std::string path = absl::GetFlag(FLAGS_json); !path.empty()) {
     std::ofstream out(path);
-    out << "{\"api\": \"" << api << "\", \"threads\": " << threads
+    out << "{\"api\": \"" << api << "\", \"tls\": " << (tls_dir.empty() ? "false" : "true")
+        << ", \"threads\": " << threads
         << ", \"connections\": " << connections << ", \"cpu_us_per_push\": ["
         << absl::StrJoin(cpu, ", ") << "], \"cpu_us_per_push_mean\": " << Mean(cpu)
         << ", \"round_ms\": [" << absl::StrJoin(ms, ", ")

@@ -355,24 +355,16 @@ void DistributionHub::Offer(Offers offers) {
       offers[i].first->Unref();
     }
   };
-  const size_t threads = std::clamp<size_t>(
+  const size_t shards = std::clamp<size_t>(
       offers.size() / std::max<size_t>(options_.min_streams_per_fan_out_thread, 1), 1,
       std::max(options_.fan_out_threads, 1));
-  std::vector<std::thread> helpers;
-  const size_t shard = (offers.size() + threads - 1) / threads;
-  for (size_t begin = shard; begin < offers.size(); begin += shard) {
+  const size_t shard = (offers.size() + shards - 1) / shards;
+  std::vector<std::function<void()>> jobs;
+  for (size_t begin = 0; begin < offers.size(); begin += shard) {
     const size_t end = std::min(begin + shard, offers.size());
-    try {
-      helpers.push_back(
-          options_.start_fan_out_thread([&offer_range, begin, end] { offer_range(begin, end); }));
-    } catch (const std::system_error& error) {
-      LogWarn("no thread for a shard of the fan-out; the publishing thread writes it too",
-              {{"streams", absl::StrCat(end - begin)}, {"error", error.what()}});
-      offer_range(begin, end);
-    }
+    jobs.push_back([&offer_range, begin, end] { offer_range(begin, end); });
   }
-  offer_range(0, std::min(shard, offers.size()));
-  for (std::thread& helper : helpers) helper.join();
+  fan_out_.Run(std::move(jobs));
 }
 
 absl::StatusOr<std::vector<std::shared_ptr<const Publication>>> DistributionHub::Register(
@@ -546,6 +538,7 @@ void DistributionHub::Stop() {
     stopping_ = true;
   }
   if (housekeeper_.joinable()) housekeeper_.join();
+  fan_out_.Stop();
 }
 
 void DistributionHub::Housekeep() {

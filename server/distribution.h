@@ -30,6 +30,7 @@
 #include "grpcpp/support/byte_buffer.h"
 #include "server/authentication.h"
 #include "server/authorizer.h"
+#include "server/fan_out_pool.h"
 #include "server/fleet.h"
 #include "server/publisher.h"
 #include "server/rollout_gate.h"
@@ -77,8 +78,9 @@ class DistributionHub final : public PublicationListener {
     // (bench/README.md, optimization 8). Default: one per hardware thread, at most 8.
     int fan_out_threads = DefaultFanOutThreads();
     size_t min_streams_per_fan_out_thread = 512;
-    // Starts one of those threads. When it throws std::system_error (no thread to be had: a
-    // pod's pids limit), the calling thread offers that shard itself. Tests make it fail.
+    // Starts one of those threads (they live until Stop: server/fan_out_pool.h). When it throws
+    // std::system_error (no thread to be had: a pod's pids limit), the calling thread offers
+    // that shard itself. Tests make it fail.
     std::function<std::thread(std::function<void()>)> start_fan_out_thread =
         [](std::function<void()> run) { return std::thread(std::move(run)); };
   };
@@ -97,7 +99,8 @@ class DistributionHub final : public PublicationListener {
   // version. Offers every stream what it should now have (a stream never goes back).
   void SetGate(const std::string& name, std::shared_ptr<const RolloutGate> gate);
 
-  // Starts and stops the housekeeping thread (heartbeats, hello deadlines).
+  // Starts and stops the housekeeping thread (heartbeats, hello deadlines); Stop also ends the
+  // fan-out threads.
   void Start();
   void Stop();
 
@@ -196,6 +199,7 @@ class DistributionHub final : public PublicationListener {
   AtomicCounters counters_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread housekeeper_;
+  FanOutPool fan_out_{options_.fan_out_threads, options_.start_fan_out_thread};
 };
 
 // Registers Subscribe as a raw (ByteBuffer) method so publications are written as shared bytes,
