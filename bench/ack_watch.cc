@@ -166,6 +166,8 @@ CpuSample ReadCpu(int pid) {
   timespec cpu{};
   if (clock_getcpuclockid(pid, &clock) == 0 && clock_gettime(clock, &cpu) == 0) {
     sample.sched_seconds = static_cast<double>(cpu.tv_sec) + static_cast<double>(cpu.tv_nsec) / 1e9;
+  } else {
+    sample.sched_seconds = sample.ticks_seconds;  // the coarser count rather than none
   }
   return sample;
 }

@@ -5,11 +5,12 @@
 //
 // The server serves Distribution/Subscribe as raw bytes, as certcast-server does, with its channel
 // arguments, abseil's deadlock detection off and, with --tls_dir, its TLS record buffers
-// released while empty (server/tls_buffers.cc, linked in here too). Clients are certcast-loadgen subscriber processes (the ones bench/run starts): each
-// sends a hello and is answered with an InSync; each round the server writes one pre-serialized
-// ~5 KB CertificateUpdate to every stream, reads the ACK it is owed, and the round ends when every
-// ACK is in. As in certcast-server, a stream reads only while an answer is owed (bench/README.md,
-// optimization 15). One unmeasured round first, then --rounds measured ones.
+// released while empty (server/tls_buffers.cc, linked in here too). Clients are certcast-loadgen
+// subscriber processes (the ones bench/run starts): each sends a hello and is answered with an
+// InSync; each round the server writes one pre-serialized ~5 KB CertificateUpdate to every stream,
+// reads the ACK it is owed, and the round ends when every ACK is in. As in certcast-server, a
+// stream reads only while an answer is owed (bench/README.md, optimization 15). One unmeasured
+// round first, then --rounds measured ones.
 //
 // --api=callback  one reactor per stream (what certcast-server uses); a round's writes are started
 //                 by --threads threads, each for a contiguous share of the streams, kept from one
@@ -60,7 +61,8 @@
 #include "grpcpp/grpcpp.h"
 #include "server/fan_out_pool.h"
 
-ABSL_FLAG(int, connections, 1000, "Streams, each on its own connection (one per simulated client).");
+ABSL_FLAG(int, connections, 1000,
+          "Streams, each on its own connection (one per simulated client).");
 ABSL_FLAG(int, rounds, 5, "Measured rounds (after one unmeasured round).");
 ABSL_FLAG(std::string, api, "callback", "callback or async (see the top of grpc_floor.cc).");
 ABSL_FLAG(int, threads, 2, "callback: threads that start a round's writes; async: queues.");
@@ -233,8 +235,8 @@ class CallbackFloor final
       absl::MutexLock lock(&mu_);
       for (const auto& stream : streams_) streams.push_back(stream.get());
     }
-    const size_t share = (streams.size() + static_cast<size_t>(threads_) - 1) /
-                         static_cast<size_t>(threads_);
+    const size_t share =
+        (streams.size() + static_cast<size_t>(threads_) - 1) / static_cast<size_t>(threads_);
     std::vector<std::function<void()>> jobs;
     for (size_t begin = 0; begin < streams.size(); begin += share) {
       jobs.push_back([&streams, &update, begin, share] {
@@ -248,9 +250,8 @@ class CallbackFloor final
 
  private:
   const int threads_ = std::max(absl::GetFlag(FLAGS_threads), 1);
-  certcast::FanOutPool fan_out_{threads_, [](std::function<void()> run) {
-                                  return std::thread(std::move(run));
-                                }};
+  certcast::FanOutPool fan_out_{
+      threads_, [](std::function<void()> run) { return std::thread(std::move(run)); }};
   Tally* const tally_;
   absl::Mutex mu_;
   std::vector<std::unique_ptr<CallbackStream>> streams_ ABSL_GUARDED_BY(mu_);
@@ -258,9 +259,8 @@ class CallbackFloor final
 
 // --- the completion-queue API -------------------------------------------------------------------
 
-using AsyncFloorService =
-    v1::Distribution::WithRawMethod_Subscribe<v1::Distribution::WithAsyncMethod_ListWriterNamespaces<
-        v1::Distribution::Service>>;
+using AsyncFloorService = v1::Distribution::WithRawMethod_Subscribe<
+    v1::Distribution::WithAsyncMethod_ListWriterNamespaces<v1::Distribution::Service>>;
 
 class AsyncQueue;
 
@@ -586,17 +586,17 @@ int main(int argc, char** argv) {
       "CPU per push (us): mean %.1f, min %.1f, max %.1f\n"
       "round, first write to last ACK (ms): mean %.1f, min %.1f, max %.1f\n"
       "RSS per idle stream: %.2f KiB\n",
-      tls_dir.empty() ? "plaintext" : "TLS", api.c_str(), threads, connections, rounds, Mean(cpu), *std::min_element(cpu.begin(), cpu.end()),
-      *std::max_element(cpu.begin(), cpu.end()), Mean(ms), *std::min_element(ms.begin(), ms.end()),
-      *std::max_element(ms.begin(), ms.end()), rss_per_stream);
+      tls_dir.empty() ? "plaintext" : "TLS", api.c_str(), threads, connections, rounds, Mean(cpu),
+      *std::min_element(cpu.begin(), cpu.end()), *std::max_element(cpu.begin(), cpu.end()),
+      Mean(ms), *std::min_element(ms.begin(), ms.end()), *std::max_element(ms.begin(), ms.end()),
+      rss_per_stream);
   if (const std::string path = absl::GetFlag(FLAGS_json); !path.empty()) {
     std::ofstream out(path);
     out << "{\"api\": \"" << api << "\", \"tls\": " << (tls_dir.empty() ? "false" : "true")
-        << ", \"threads\": " << threads
-        << ", \"connections\": " << connections << ", \"cpu_us_per_push\": ["
-        << absl::StrJoin(cpu, ", ") << "], \"cpu_us_per_push_mean\": " << Mean(cpu)
-        << ", \"round_ms\": [" << absl::StrJoin(ms, ", ")
-        << "], \"rss_per_stream_kb\": " << rss_per_stream << "}\n";
+        << ", \"threads\": " << threads << ", \"connections\": " << connections
+        << ", \"cpu_us_per_push\": [" << absl::StrJoin(cpu, ", ")
+        << "], \"cpu_us_per_push_mean\": " << Mean(cpu) << ", \"round_ms\": ["
+        << absl::StrJoin(ms, ", ") << "], \"rss_per_stream_kb\": " << rss_per_stream << "}\n";
     if (!out) Die(absl::StrCat("cannot write ", path));
   }
   return 0;

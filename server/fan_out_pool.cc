@@ -35,9 +35,8 @@ void FanOutPool::Run(std::vector<std::function<void()>> jobs) {
   }
   Work(batch.get());
   absl::MutexLock lock(&batch->mu);
-  auto done = [&batch]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(batch->mu) {
-    return batch->unfinished == 0;
-  };
+  auto done = [&batch]()
+                  ABSL_EXCLUSIVE_LOCKS_REQUIRED(batch->mu) { return batch->unfinished == 0; };
   batch->mu.Await(absl::Condition(&done));
 }
 

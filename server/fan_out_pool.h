@@ -17,7 +17,8 @@ namespace certcast {
 // their first batch until Stop(). They are kept rather than started per publication: a thread
 // started per publication got whichever malloc arena was free, and the TLS write buffers a push
 // frees in one arena were allocated again in another, so every page of them was faulted in again
-// (bench/README.md, optimization 16). A thread that cannot be started (std::system_error: a
+// (bench/README.md, optimization 16). Kept threads keep their arenas, so every push allocates in
+// the same few arenas the previous one freed into (any thread may take any job of a batch). A thread that cannot be started (std::system_error: a
 // pod's pids limit) is tried again at the next batch; meanwhile the calling thread runs more.
 // Thread-safe: batches from several threads share the pool.
 class FanOutPool {
