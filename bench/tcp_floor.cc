@@ -87,7 +87,9 @@ void RunClients(int port, int count, int payload, int ack, int reply) {
   address.sin_family = AF_INET;
   address.sin_port = htons(static_cast<uint16_t>(port));
   address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::vector<int> received;  // bytes of this round, by fd
+  // By fd: bytes of the current round so far, and whether its ACK went out.
+  std::vector<int> received;
+  std::vector<bool> acked;
   int open = 0;
   for (int i = 0; i < count; ++i) {
     const int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -95,7 +97,10 @@ void RunClients(int port, int count, int payload, int ack, int reply) {
     if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) Die("connect");
     const int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    if (static_cast<size_t>(fd) >= received.size()) received.resize(static_cast<size_t>(fd) + 1);
+    if (static_cast<size_t>(fd) >= received.size()) {
+      received.resize(static_cast<size_t>(fd) + 1);
+      acked.resize(static_cast<size_t>(fd) + 1);
+    }
     epoll_event event{};
     event.events = EPOLLIN;
     event.data.fd = fd;
@@ -118,10 +123,18 @@ void RunClients(int port, int count, int payload, int ack, int reply) {
         continue;
       }
       int& got = received[static_cast<size_t>(fd)];
-      const int before = got;
       got += static_cast<int>(n);
-      if (before < payload && got >= payload) WriteAll(fd, ack_bytes.data(), ack_bytes.size());
-      if (got >= payload + reply) got -= payload + reply;
+      // One read may end a round's reply and begin the next round's payload (on a busy machine
+      // the reply is read late), so the bytes are taken as a stream, round by round.
+      while (true) {
+        if (!acked[static_cast<size_t>(fd)] && got >= payload) {
+          WriteAll(fd, ack_bytes.data(), ack_bytes.size());
+          acked[static_cast<size_t>(fd)] = true;
+        }
+        if (!acked[static_cast<size_t>(fd)] || got < payload + reply) break;
+        got -= payload + reply;
+        acked[static_cast<size_t>(fd)] = false;
+      }
     }
   }
   close(epoll_fd);
@@ -282,8 +295,8 @@ int main(int argc, char** argv) {
     out << "{\"connections\": " << connections << ", \"payload\": " << payload_size
         << ", \"ack\": " << ack << ", \"reply\": " << reply_size
         << ", \"server_threads\": " << threads << ", \"processes\": " << processes
-        << ", \"cpu_us_per_push\": [" << list(cpu) << "], \"cpu_us_per_push_mean\": "
-        << fixed(mean) << ", \"round_ms\": [" << list(wall) << "]}\n";
+        << ", \"cpu_us_per_push\": [" << list(cpu) << "], \"cpu_us_per_push_mean\": " << fixed(mean)
+        << ", \"round_ms\": [" << list(wall) << "]}\n";
     if (!out) Die("writing " + json_path);
   }
   return 0;
