@@ -60,6 +60,7 @@
 #include "grpcpp/alarm.h"
 #include "grpcpp/grpcpp.h"
 #include "server/fan_out_pool.h"
+#include "server/server.h"
 
 ABSL_FLAG(int, connections, 1000,
           "Streams, each on its own connection (one per simulated client).");
@@ -494,17 +495,8 @@ int main(int argc, char** argv) {
   int port = 0;
   const std::string tls_dir = absl::GetFlag(FLAGS_tls_dir);
   builder.AddListeningPort("127.0.0.1:0", Credentials(tls_dir), &port);
-  // certcast-server's channel arguments (server/server.cc) that touch a push.
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30'000);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20'000);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10'000);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
-  builder.AddChannelArgument(GRPC_ARG_TSI_MAX_FRAME_SIZE, 4096);
-  builder.AddChannelArgument(GRPC_ARG_TCP_READ_CHUNK_SIZE, 256);
-  builder.AddChannelArgument(GRPC_ARG_ENABLE_CHANNELZ, 0);
-  builder.AddChannelArgument(GRPC_ARG_ENABLE_PER_MESSAGE_COMPRESSION, 0);
+  // certcast-server's, with its default heartbeat interval.
+  certcast::AddStreamChannelArguments(absl::Seconds(30), &builder);
   std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> completion_queues;
   if (api == "callback") {
     builder.RegisterService(&callback_service);

@@ -33,19 +33,21 @@ void FanOutPool::Run(std::vector<std::function<void()>> jobs) {
     absl::MutexLock lock(&mu_);
     if (!threads_.empty()) batches_.push_back(batch);
   }
-  Work(batch.get());
+  while (RunOne(batch.get())) {
+  }
   absl::MutexLock lock(&batch->mu);
   auto done = [&batch]()
                   ABSL_EXCLUSIVE_LOCKS_REQUIRED(batch->mu) { return batch->unfinished == 0; };
   batch->mu.Await(absl::Condition(&done));
 }
 
-void FanOutPool::Work(Batch* batch) {
-  for (size_t i = batch->next.fetch_add(1); i < batch->jobs.size(); i = batch->next.fetch_add(1)) {
-    batch->jobs[i]();
-    absl::MutexLock lock(&batch->mu);
-    --batch->unfinished;
-  }
+bool FanOutPool::RunOne(Batch* batch) {
+  const size_t i = batch->next.fetch_add(1);
+  if (i >= batch->jobs.size()) return false;
+  batch->jobs[i]();
+  absl::MutexLock lock(&batch->mu);
+  --batch->unfinished;
+  return true;
 }
 
 void FanOutPool::StartMissingThreads() {
@@ -77,11 +79,7 @@ void FanOutPool::Serve() {
       // is claimed, by whoever claims the last one or sees none left.
       if (batch->next.load() + 1 >= batch->jobs.size()) batches_.pop_front();
     }
-    const size_t i = batch->next.fetch_add(1);
-    if (i >= batch->jobs.size()) continue;
-    batch->jobs[i]();
-    absl::MutexLock lock(&batch->mu);
-    --batch->unfinished;
+    RunOne(batch.get());
   }
 }
 

@@ -18,8 +18,9 @@ namespace certcast {
 // started per publication got whichever malloc arena was free, and the TLS write buffers a push
 // frees in one arena were allocated again in another, so every page of them was faulted in again
 // (bench/README.md, optimization 16). Kept threads keep their arenas, so every push allocates in
-// the same few arenas the previous one freed into (any thread may take any job of a batch). A thread that cannot be started (std::system_error: a
-// pod's pids limit) is tried again at the next batch; meanwhile the calling thread runs more.
+// the same few arenas the previous one freed into (any thread may take any job of a batch). A
+// thread that cannot be started (std::system_error: a pod's pids limit) is tried again at the
+// next batch; meanwhile the calling thread runs more.
 // Thread-safe: batches from several threads share the pool.
 class FanOutPool {
  public:
@@ -35,8 +36,8 @@ class FanOutPool {
 
  private:
   struct Batch;
-  // Runs jobs of `batch` until none is left unclaimed.
-  static void Work(Batch* batch);
+  // Claims and runs one job of `batch`; false when none was left.
+  static bool RunOne(Batch* batch);
   void StartMissingThreads();
   void Serve();
 

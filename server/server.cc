@@ -202,6 +202,45 @@ std::shared_ptr<grpc::ServerCredentials> MakeCredentials(const ServerOptions& op
 
 }  // namespace
 
+void AddStreamChannelArguments(absl::Duration heartbeat, grpc::ServerBuilder* builder) {
+  // Idle streams live for days. A peer that went silent (crashed host, partition) is found by
+  // HTTP/2 keepalive pings, paced by --heartbeat-interval like the client's own detection: a
+  // ping every interval, answered within the interval (at least 5 s: a replica whose store is
+  // unreachable answered pings late and lost healthy connections with 1 s; at most 20 s). The
+  // server thus marks a silent client gone within an interval plus that timeout (default: 50 s).
+  const absl::Duration ping_timeout = std::clamp(heartbeat, absl::Seconds(5), absl::Seconds(20));
+  builder->AddChannelArgument(
+      GRPC_ARG_KEEPALIVE_TIME_MS,
+      static_cast<int>(absl::ToInt64Milliseconds(std::min(heartbeat, absl::Hours(24 * 24)))));
+  builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+                              static_cast<int>(absl::ToInt64Milliseconds(ping_timeout)));
+  builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder->AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10'000);
+  builder->AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  // No bandwidth-delay probing: the server only receives small hellos and ACKs, so a larger
+  // receive window buys nothing, while the probe sent a PING after every ACK and woke a thread
+  // for its answer (bench/README.md: half the recvmsg calls, futex calls and context switches
+  // per push at 1,000 clients).
+  builder->AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  // TLS records of at most 4 KiB instead of 16 KiB: the frame protector's buffers are per
+  // connection and idle connections are the common case, while a push is rare. About 10 KiB less
+  // per idle TLS client for about 17 % more instructions per TLS push (bench/README.md).
+  builder->AddChannelArgument(GRPC_ARG_TSI_MAX_FRAME_SIZE, 4096);
+  // A connection must finish its handshake within 70 s (gRPC's default: 120 s): certcast-client
+  // waits up to 60 s for it (client/server_channel.cc), so a socket held longer belongs to a
+  // client that left, and keeps a file descriptor from the next one.
+  builder->AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, 70'000);
+  // Memory per idle connection (bench/README.md: 36.9 -> 31.3 KiB per idle plaintext client,
+  // 103.3 -> 96.7 KiB with TLS): reads start at 256 bytes and grow when a read fills its buffer
+  // (gRPC doubles them), since a stream receives hellos and ACKs of a few dozen bytes; this needs
+  // gRPC's tcp_read_chunks experiment off (main.cc). No channelz bookkeeping per connection
+  // (certcast serves no channelz service), and no compression filter (nothing certcast sends is
+  // compressed: key material must not be, and certificates gain nothing).
+  builder->AddChannelArgument(GRPC_ARG_TCP_READ_CHUNK_SIZE, 256);
+  builder->AddChannelArgument(GRPC_ARG_ENABLE_CHANNELZ, 0);
+  builder->AddChannelArgument(GRPC_ARG_ENABLE_PER_MESSAGE_COMPRESSION, 0);
+}
+
 absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOptions options,
                                                                       Filesystem* fs,
                                                                       const Clock* clock) {
@@ -388,43 +427,7 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
   builder.RegisterService(server->distribution_service_.get());
   builder.RegisterService(server->inspection_service_.get());
   builder.RegisterService(server->admin_service_.get());
-  // Idle streams live for days. A peer that went silent (crashed host, partition) is found by
-  // HTTP/2 keepalive pings, paced by --heartbeat-interval like the client's own detection: a
-  // ping every interval, answered within the interval (at least 5 s: a replica whose store is
-  // unreachable answered pings late and lost healthy connections with 1 s; at most 20 s). The
-  // server thus marks a silent client gone within an interval plus that timeout (default: 50 s).
-  const absl::Duration heartbeat = options.distribution.heartbeat_interval;
-  const absl::Duration ping_timeout = std::clamp(heartbeat, absl::Seconds(5), absl::Seconds(20));
-  builder.AddChannelArgument(
-      GRPC_ARG_KEEPALIVE_TIME_MS,
-      static_cast<int>(absl::ToInt64Milliseconds(std::min(heartbeat, absl::Hours(24 * 24)))));
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
-                             static_cast<int>(absl::ToInt64Milliseconds(ping_timeout)));
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10'000);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
-  // No bandwidth-delay probing: the server only receives small hellos and ACKs, so a larger
-  // receive window buys nothing, while the probe sent a PING after every ACK and woke a thread
-  // for its answer (bench/README.md: half the recvmsg calls, futex calls and context switches
-  // per push at 1,000 clients).
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
-  // TLS records of at most 4 KiB instead of 16 KiB: the frame protector's buffers are per
-  // connection and idle connections are the common case, while a push is rare. About 10 KiB less
-  // per idle TLS client for about 17 % more instructions per TLS push (bench/README.md).
-  builder.AddChannelArgument(GRPC_ARG_TSI_MAX_FRAME_SIZE, 4096);
-  // A connection must finish its handshake within 70 s (gRPC's default: 120 s): certcast-client
-  // waits up to 60 s for it (client/server_channel.cc), so a socket held longer belongs to a
-  // client that left, and keeps a file descriptor from the next one.
-  builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, 70'000);
-  // Memory per idle connection (bench/README.md: 36.9 -> 31.3 KiB per idle plaintext client,
-  // 103.3 -> 96.7 KiB with TLS): reads start at 256 bytes and grow when a read fills its buffer
-  // (gRPC doubles them), since a stream receives hellos and ACKs of a few dozen bytes; this needs
-  // gRPC's tcp_read_chunks experiment off (main.cc). No channelz bookkeeping per connection
-  // (certcast serves no channelz service), and no compression filter (nothing certcast sends is
-  // compressed: key material must not be, and certificates gain nothing).
-  builder.AddChannelArgument(GRPC_ARG_TCP_READ_CHUNK_SIZE, 256);
-  builder.AddChannelArgument(GRPC_ARG_ENABLE_CHANNELZ, 0);
-  builder.AddChannelArgument(GRPC_ARG_ENABLE_PER_MESSAGE_COMPRESSION, 0);
+  AddStreamChannelArguments(options.distribution.heartbeat_interval, &builder);
   // gRPC refuses anything larger outright; the hub gives a clearer error above its own limit.
   builder.SetMaxReceiveMessageSize(
       static_cast<int>(std::max<size_t>(options.distribution.max_message_bytes * 4, 256 * 1024)));
@@ -438,8 +441,7 @@ absl::StatusOr<std::unique_ptr<CertcastServer>> CertcastServer::Start(ServerOpti
   server->rollout_->Start();
   server->metrics_ = std::make_shared<ServerMetrics>(
       publisher, server->fleet_.get(), server->hub_.get(), server->authorizer_.get(),
-      server->coverage_.get(), server->rollout_.get(),
-      server->listener_.get());
+      server->coverage_.get(), server->rollout_.get(), server->listener_.get());
 
   if (!options.health_listen.empty()) {
     server->probes_.Handle("/healthz", [] { return absl::OkStatus(); });

@@ -18,6 +18,7 @@
 #include "common/http_probe_server.h"
 #include "common/leader_election.h"
 #include "grpcpp/server.h"
+#include "grpcpp/server_builder.h"
 #include "kube/api.h"
 #include "server/authentication.h"
 #include "server/authorizer.h"
@@ -158,6 +159,11 @@ class CertcastServer {
 
 // Certificate names become file names and label values: [a-z0-9]([a-z0-9.-]*[a-z0-9])?, ≤253.
 bool ValidCertificateName(const std::string& name);
+
+// The channel arguments of the streams' server (keepalive paced by `heartbeat`, no bandwidth
+// probes, 4 KiB TLS records, small read buffers, no channelz or compression); each is explained
+// where it is set. certcast-grpc-floor uses them too, so its floor is certcast's transport.
+void AddStreamChannelArguments(absl::Duration heartbeat, grpc::ServerBuilder* builder);
 
 }  // namespace certcast
 
